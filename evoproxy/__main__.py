@@ -1,0 +1,5 @@
+import sys
+
+from evoproxy.cli import main
+
+sys.exit(main())
