@@ -57,6 +57,48 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_options(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench_command", metavar="ACTION")
+    sub.required = True
+    b = sub.add_parser("build", help="build (or resume) an MQ-Bench table: bit configurations -> PTQ top-1")
+    b.add_argument("--model", default="resnet20", help="CIFAR ResNet with a checkpoint in the data root (resnet20, resnet32, ...)")
+    b.add_argument("--configs", type=int, default=500, help="sampled configurations (the uniform 2/3/4/8-bit anchors come on top)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the configuration sample")
+    b.add_argument("--calib-seed", type=int, default=0, help="seed of the 1024 calibration images")
+    b.add_argument("--calib-images", type=int, default=1024)
+    b.add_argument("--jobs", type=int, default=2, help="worker processes")
+    b.add_argument("--checkpoint", default=None, help="FP checkpoint (default: the data root's)")
+    b.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
+    b.add_argument("--out", required=True, help="CSV to write (a .meta.json sidecar goes beside it)")
+    c = sub.add_parser("compare", help="Spearman/Kendall between the top-1 of two tables on their common configurations")
+    c.add_argument("tables", nargs=2)
+    c.add_argument("--json", action="store_true")
+
+
+@command("bench", "build and compare MQ-Bench tables", _bench_options)
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "build":
+        from mqbench.build import build_table
+        from mqbench.ptq import PTQSettings
+
+        settings = PTQSettings(calib_images=args.calib_images, calib_seed=args.calib_seed)
+        out = build_table(args.model, args.configs, args.seed, args.out, jobs=args.jobs,
+                          checkpoint=args.checkpoint, ptq=settings, limit=args.limit)
+        print(f"wrote {out}")
+        return 0
+    from mqbench.table import compare_tables
+
+    result = compare_tables(*args.tables)
+    if args.json:
+        import json
+
+        print(json.dumps(result))
+    else:
+        print(f"n={result['n']} common configurations: Spearman {result['spearman']:.4f}, "
+              f"Kendall {result['kendall']:.4f}, mean |diff| {result['mean_abs_diff']:.3f} points")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evoproxy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

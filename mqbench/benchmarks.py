@@ -1,0 +1,239 @@
+"""One Benchmark interface for MQ-Bench tables and NAS-Bench-201, as the engine consumes them.
+
+    bench = get_benchmark("nb201-cifar10")                 # or "mq-resnet20-cifar10", table=..., gt_column=...
+    search, holdout = bench.split(seed=0)                 # 10% / 90%, disjoint
+    ids = bench.sample(100, seed=1, split="search")
+    model, bit_config = bench.build(ids[0])               # network ready for primitives.extract
+    y = bench.ground_truth(ids)                           # accuracies, aligned with ids
+
+Proxies are always computed on CIFAR-10 images (``bench.normalization``), whatever the ground-truth
+column, with the model in ``bench.model_mode`` ("train" for freshly initialised NAS networks, "eval"
+for pretrained quantized ones).
+"""
+from __future__ import annotations
+
+import csv
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from evoproxy.errors import ConfigError, DataError
+from mqbench.table import SPLITS, MQTable, sample_ids, split_ids
+
+TABLES_DIR = Path(__file__).resolve().parent / "tables"
+_BENCHMARKS: dict[str, Callable[..., "Benchmark"]] = {}
+
+
+def register_benchmark(name: str):
+    def wrap(factory):
+        _BENCHMARKS[name] = factory
+        return factory
+
+    return wrap
+
+
+def benchmark_names() -> list[str]:
+    return list(_BENCHMARKS)
+
+
+def get_benchmark(name: str, table: str | Path | None = None, gt_column: str | None = None) -> "Benchmark":
+    if name not in _BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(_BENCHMARKS)}")
+    return _BENCHMARKS[name](table=table, gt_column=gt_column)
+
+
+class Benchmark(ABC):
+    """ids -> ground truth; build(id) -> (model, bit_config or None); deterministic splits."""
+
+    name: str
+    normalization: str = "cifar10"
+    model_mode: str = "train"
+    size_label: str = "params"
+
+    @property
+    @abstractmethod
+    def ids(self) -> list: ...
+
+    @abstractmethod
+    def ground_truth(self, ids) -> np.ndarray: ...
+
+    @abstractmethod
+    def build(self, item) -> tuple[torch.nn.Module, list[int] | None]: ...
+
+    @abstractmethod
+    def size(self, ids) -> np.ndarray:
+        """The obvious size signal the partial correlation controls for (params or model size)."""
+
+    @abstractmethod
+    def model_key(self, item) -> str:
+        """Identifies the weights of ``build(item)`` (checkpoint hash or init seed), for caches."""
+
+    def split(self, seed: int = 0, search_fraction: float = 0.1) -> tuple[list, list]:
+        return split_ids(self.ids, seed, search_fraction)
+
+    def sample(self, n: int | None, seed: int, split: str = "holdout", split_seed: int = 0) -> list:
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        search, holdout = self.split(split_seed)
+        pool = {"search": search, "holdout": holdout, "all": self.ids}[split]
+        return sample_ids(pool, n, seed)
+
+
+# ---------------------------------------------------------------------------------------- NAS-Bench-201
+
+NB201_GT_COLUMNS = ("CIFAR10TestAccuracy200Epochs", "CIFAR100TestAccuracy200Epochs", "ImageNetTestAccuracy200Epochs")
+NB201_BASE_PARAMS = 73306  # stem, reduction blocks, last BN and a 10-class head: the all-none cell
+
+
+def nb201_param_count(arch: str, num_classes: int = 10) -> int:
+    """Parameters of the NB201 network for ``arch`` (closed form; equals counting the built model)."""
+    from mqbench.networks.nb201 import parse_arch
+
+    ops = [op for node in parse_arch(arch) for op in node]
+    per_cell = {"nor_conv_3x3": lambda c: 9 * c * c + 2 * c, "nor_conv_1x1": lambda c: c * c + 2 * c}
+    cells = sum(5 * per_cell[op](c) for c in (16, 32, 64) for op in ops if op in per_cell)
+    return NB201_BASE_PARAMS + (num_classes - 10) * 65 + cells
+
+
+def read_nb201_csv(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(architecture strings, {column: accuracies}) of a NATS-TSS CSV, validated."""
+    from mqbench.networks.nb201 import parse_arch
+
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            if "ArchitectureString" not in header:
+                raise DataError(f"{path} has no ArchitectureString column (columns: {', '.join(header) or 'none'})")
+            gt_cols = [c for c in NB201_GT_COLUMNS if c in header]
+            if not gt_cols:
+                raise DataError(f"{path} has none of the accuracy columns {', '.join(NB201_GT_COLUMNS)}")
+            archs, values = [], {c: [] for c in gt_cols}
+            for lineno, row in enumerate(reader, start=2):
+                arch = row["ArchitectureString"]
+                try:
+                    parse_arch(arch)
+                    for c in gt_cols:
+                        values[c].append(float(row[c]))
+                except (ValueError, TypeError) as exc:
+                    raise DataError(f"{path} line {lineno}: {exc}") from None
+                archs.append(arch)
+    except FileNotFoundError:
+        raise DataError(f"NAS-Bench-201 table not found: {path}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} is not a readable CSV: {exc}") from None
+    if not archs:
+        raise DataError(f"{path} has no architectures")
+    if len(set(archs)) != len(archs):
+        raise DataError(f"{path} lists some architecture more than once")
+    return archs, {c: np.asarray(v, dtype=float) for c, v in values.items()}
+
+
+@register_benchmark("nb201-cifar10")
+class NB201Benchmark(Benchmark):
+    """NAS-Bench-201 (NATS-TSS) architectures; id = row index in the CSV; network init seed = id."""
+
+    normalization = "cifar10"
+    model_mode = "train"
+    size_label = "params"
+
+    def __init__(self, table: str | Path | None = None, gt_column: str | None = None, num_classes: int = 10):
+        from mqbench.dataroot import require
+
+        self.name = "nb201-cifar10"
+        self.path = Path(table) if table else require("nats-tss-cifar10")
+        self.archs, self.columns = read_nb201_csv(self.path)
+        self.gt_column = gt_column or NB201_GT_COLUMNS[0]
+        if self.gt_column not in self.columns:
+            raise ConfigError(f"ground-truth column {self.gt_column!r} not in {self.path.name}; present: {', '.join(self.columns)}")
+        self.num_classes = num_classes
+
+    @property
+    def ids(self) -> list[int]:
+        return list(range(len(self.archs)))
+
+    def arch(self, item: int) -> str:
+        return self.archs[int(item)]
+
+    def ground_truth(self, ids) -> np.ndarray:
+        return self.columns[self.gt_column][np.asarray(ids, dtype=int)]
+
+    def build(self, item) -> tuple[torch.nn.Module, None]:
+        from mqbench.networks.nb201 import NB201Network
+
+        torch.manual_seed(int(item))
+        model = NB201Network(self.arch(item), num_classes=self.num_classes)
+        return model.train(), None
+
+    def model_key(self, item) -> str:
+        return f"nb201:{self.arch(item)}:init-seed-{int(item)}"
+
+    def size(self, ids) -> np.ndarray:
+        return np.array([nb201_param_count(self.arch(i), self.num_classes) for i in ids], dtype=float)
+
+
+# ---------------------------------------------------------------------------------------- MQ-Bench
+
+
+class MQBenchmark(Benchmark):
+    """An MQ-Bench table: id = configuration index; build = pretrained FP network + its bit configuration."""
+
+    normalization = "imagenet"  # what the pretrained checkpoints were trained with
+    model_mode = "eval"
+    size_label = "model size"
+
+    def __init__(self, name: str, default_table: Path, table: str | Path | None = None, gt_column: str | None = None):
+        if gt_column not in (None, "top1"):
+            raise ConfigError(f"MQ tables have one ground-truth column, 'top1'; got {gt_column!r}")
+        self.name = name
+        self.table = MQTable.load(table or default_table)
+        self._fp_model = None
+
+    @property
+    def ids(self) -> list[int]:
+        return self.table.ids
+
+    def ground_truth(self, ids) -> np.ndarray:
+        return self.table.column("top1", ids)
+
+    def fp_model(self) -> torch.nn.Module:
+        if self._fp_model is None:
+            from mqbench.networks.resnet_cifar import load_pretrained
+
+            depth = int(self.table.meta["model"].removeprefix("resnet"))
+            model = load_pretrained(depth, self.table.meta.get("checkpoint"))
+            if model.checkpoint_sha256 != self.table.meta.get("checkpoint_sha256"):
+                raise DataError(f"checkpoint {model.checkpoint_path} does not match table {self.table.path.name} (sha256 differs)")
+            self._fp_model = model
+        return self._fp_model
+
+    def build(self, item) -> tuple[torch.nn.Module, list[int]]:
+        import copy
+
+        return copy.deepcopy(self.fp_model()).eval(), self.table.full_bits(item)
+
+    def model_key(self, item) -> str:
+        return f"{self.table.meta['model']}:{self.table.meta['checkpoint_sha256'][:16]}"
+
+    def size(self, ids) -> np.ndarray:
+        return self.table.column("size_mb", ids)
+
+
+def _mq_factory(model: str):
+    name = f"mq-{model}-cifar10"
+    default = TABLES_DIR / f"{model}_cifar10_w234a8.csv"
+
+    def factory(table=None, gt_column=None):
+        if table is None and not default.exists():
+            raise DataError(f"no committed table for {name} at {default}; build one with "
+                            f"'evoproxy bench build --model {model} --out {default}' or pass --table")
+        return MQBenchmark(name, default, table, gt_column)
+
+    register_benchmark(name)(factory)
+
+
+for _model in ("resnet20", "resnet32"):
+    _mq_factory(_model)

@@ -1,0 +1,273 @@
+"""Build an MQ-Bench table: sampled bit configurations of a pretrained network -> PTQ top-1.
+
+One CSV row per configuration (``TABLE_COLUMNS``), appended with a single write + fsync each, plus
+a ``<table>.meta.json`` sidecar with everything that defines the table. Killing the build at any
+moment and re-running the same command continues where it stopped: a torn last line is cut off,
+finished indices are skipped, and a table built with other options is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evoproxy.errors import ConfigError, DataError
+from mqbench.ptq import PTQSettings, fp_top1, ptq_top1
+from mqbench.quant import BitSpec, bops, default_bit_spec, layer_macs, model_size_mb, quantizable_layers
+
+TABLE_COLUMNS = ("index", "kind", "bits", "top1", "size_mb", "bops_g", "calib_seed", "fp_sha256", "seconds")
+ANCHOR_BITS = (2, 3, 4, 8)
+META_SUFFIX = ".meta.json"
+# Keys of the metadata that must agree for a table to be resumed.
+IDENTITY_KEYS = ("model", "checkpoint_sha256", "layer_names", "searchable", "fixed_bits", "act_bits",
+                 "allowed", "seed", "ptq", "normalization", "format")
+FORMAT = "mqbench-table/1"
+
+
+def bits_to_str(bits) -> str:
+    return "-".join(str(int(b)) for b in bits)
+
+
+def bits_from_str(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split("-"))
+    except ValueError:
+        raise ConfigError(f"bad bit configuration {text!r}: expected bit-widths joined by '-', e.g. 4-3-2") from None
+
+
+def sample_configs(n: int, n_layers: int, allowed: tuple[int, ...], seed: int) -> list[tuple[int, ...]]:
+    """``n`` distinct configurations drawn uniformly from allowed^n_layers, never a uniform one.
+
+    Drawn one after another from one seeded generator, so the first k of a larger draw equal a
+    draw of k (tables of different sizes share their prefix).
+    """
+    space = len(allowed) ** n_layers - len(allowed)
+    if n > space:
+        raise ConfigError(f"asked for {n} distinct configurations but only {space} non-uniform ones exist")
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[int, ...]] = set()
+    out: list[tuple[int, ...]] = []
+    choices = np.asarray(allowed)
+    while len(out) < n:
+        cfg = tuple(int(b) for b in choices[rng.integers(0, len(allowed), size=n_layers)])
+        if cfg in seen or len(set(cfg)) == 1:
+            continue
+        seen.add(cfg)
+        out.append(cfg)
+    return out
+
+
+def planned_rows(spec: BitSpec, configs: int, seed: int) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(index, kind, searchable bits) for the anchors (uniform 2/3/4/8) then the sampled configs."""
+    n_layers = len(spec.searchable)
+    rows = [(i, "anchor", (b,) * n_layers) for i, b in enumerate(ANCHOR_BITS)]
+    start = len(rows)
+    rows += [(start + i, "sample", cfg) for i, cfg in enumerate(sample_configs(configs, n_layers, spec.allowed, seed))]
+    return rows
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """What a worker needs to evaluate configurations (picklable; each worker loads data once)."""
+
+    model: str
+    checkpoint: str
+    normalization: str
+    data_source: str | None
+    ptq: PTQSettings
+    threads: int
+
+
+_WORKER_CACHE: dict = {}
+
+
+def _context(job: BuildJob):
+    key = job
+    if key not in _WORKER_CACHE:
+        from mqbench.cifar10 import load_split, normalize, sample_indices
+        from mqbench.networks.resnet_cifar import load_pretrained
+
+        torch.set_num_threads(job.threads)
+        depth = int(job.model.removeprefix("resnet"))
+        fp_model = load_pretrained(depth, job.checkpoint)
+        train_x, train_y = load_split("train", job.data_source)
+        test_x, test_y = load_split("test", job.data_source)
+        idx = sample_indices(train_y, job.ptq.calib_images, job.ptq.calib_seed, balanced=True)
+        calib = normalize(train_x[idx], job.normalization)
+        _WORKER_CACHE.clear()
+        _WORKER_CACHE[key] = (fp_model, calib, normalize(test_x, job.normalization), test_y)
+    return _WORKER_CACHE[key]
+
+
+def evaluate_config(job: BuildJob, full_bits: list[int]) -> tuple[float, float]:
+    """(top-1 %, seconds) of one configuration, in the calling process."""
+    fp_model, calib, test_x, test_y = _context(job)
+    start = time.perf_counter()
+    acc = ptq_top1(fp_model, full_bits, calib, test_x, test_y, job.ptq)
+    return acc, time.perf_counter() - start
+
+
+def _evaluate_row(job: BuildJob, index: int, kind: str, full_bits: list[int]):
+    acc, seconds = evaluate_config(job, full_bits)
+    return index, kind, acc, seconds
+
+
+def read_rows(path: Path, repair: bool = False) -> list[dict]:
+    """Rows of a table CSV; a torn last line is cut off when ``repair`` (else it is an error)."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        if not repair:
+            raise DataError(f"table {path} ends with an incomplete row; re-run the build to repair it")
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
+        data = data[:cut]
+    lines = data.decode("utf-8").splitlines()
+    if not lines:
+        return []
+    header = tuple(lines[0].split(","))
+    if header != TABLE_COLUMNS:
+        raise DataError(f"table {path} has columns {','.join(header)}, expected {','.join(TABLE_COLUMNS)}")
+    rows, seen = [], set()
+    for lineno, line in enumerate(lines[1:], start=2):
+        parts = line.split(",")
+        if len(parts) != len(TABLE_COLUMNS):
+            raise DataError(f"table {path} line {lineno}: {len(parts)} fields, expected {len(TABLE_COLUMNS)}")
+        row = dict(zip(TABLE_COLUMNS, parts))
+        try:
+            row["index"] = int(row["index"])
+            row["bits"] = bits_from_str(row["bits"])
+            for key in ("top1", "size_mb", "bops_g", "seconds"):
+                row[key] = float(row[key])
+            row["calib_seed"] = int(row["calib_seed"])
+        except (ValueError, ConfigError) as exc:
+            raise DataError(f"table {path} line {lineno}: {exc}") from None
+        if row["index"] in seen:
+            raise DataError(f"table {path} line {lineno}: duplicate index {row['index']}")
+        seen.add(row["index"])
+        rows.append(row)
+    return rows
+
+
+def _append_line(path: Path, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: int = 1,
+                checkpoint: str | Path | None = None, ptq: PTQSettings = PTQSettings(),
+                data_source: str | None = None, keep_first_last: bool = True,
+                allowed: tuple[int, ...] = (2, 3, 4), progress: bool = True,
+                limit: int | None = None) -> Path:
+    """Build (or resume) the table at ``out``; returns its path. ``limit`` stops after that many new rows."""
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    from mqbench.cifar10 import load_split, normalize, sample_indices
+    from mqbench.dataroot import require
+    from mqbench.networks.resnet_cifar import CHECKPOINT_NORMALIZATION, load_pretrained
+
+    if not model.startswith("resnet") or not model.removeprefix("resnet").isdigit():
+        raise ConfigError(f"unknown model {model!r}: expected a CIFAR ResNet such as resnet20 or resnet32")
+    depth = int(model.removeprefix("resnet"))
+    checkpoint = Path(checkpoint) if checkpoint else require(model)
+    fp_model = load_pretrained(depth, checkpoint)
+    spec = default_bit_spec(fp_model, keep_first_last=keep_first_last, allowed=tuple(allowed), act_bits=ptq.act_bits)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta_path = out.with_name(out.name + META_SUFFIX)
+    layers = quantizable_layers(fp_model)
+    identity = {
+        "format": FORMAT, "model": model, "checkpoint_sha256": fp_model.checkpoint_sha256,
+        "layer_names": list(spec.layer_names), "searchable": list(spec.searchable),
+        "fixed_bits": spec.fixed_bits, "act_bits": spec.act_bits, "allowed": list(spec.allowed),
+        "seed": seed, "ptq": ptq.as_dict(), "normalization": CHECKPOINT_NORMALIZATION,
+    }
+    if meta_path.exists():
+        try:
+            old = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"table metadata {meta_path} is not valid JSON ({exc})") from None
+        diff = [k for k in IDENTITY_KEYS if old.get(k) != identity.get(k)]
+        if diff:
+            raise ConfigError(f"{out} was built with other settings ({', '.join(diff)} differ); use another --out or the same options")
+        meta = old
+    else:
+        if out.exists() and out.stat().st_size > 0:
+            raise DataError(f"{out} exists without its metadata {meta_path.name}; move it away or pass another --out")
+        meta = dict(identity)
+        meta.update({
+            "checkpoint": str(checkpoint), "layer_params": [m.weight.numel() for _, m in layers],
+            "layer_bias": [m.bias.numel() if m.bias is not None else 0 for _, m in layers],
+            "layer_macs": layer_macs(fp_model),
+        })
+    plan = planned_rows(spec, configs, seed)
+    rows = read_rows(out, repair=True)
+    planned = {i: (kind, cfg) for i, kind, cfg in plan}
+    for row in rows:
+        if row["index"] in planned and planned[row["index"]][1] != row["bits"]:
+            raise DataError(f"{out}: row {row['index']} holds bits {bits_to_str(row['bits'])}, but seed {seed} plans {bits_to_str(planned[row['index']][1])}")
+    if not out.exists() or out.stat().st_size == 0:
+        _append_line(out, ",".join(TABLE_COLUMNS) + "\n")
+    done = {row["index"] for row in rows}
+    todo = [(i, kind, cfg) for i, kind, cfg in plan if i not in done]
+    if limit is not None:
+        todo = todo[:limit]
+
+    if "fp_top1" not in meta:
+        test_x, test_y = load_split("test", data_source)
+        train_x, train_y = load_split("train", data_source)
+        calib = normalize(train_x[sample_indices(train_y, ptq.calib_images, ptq.calib_seed)], CHECKPOINT_NORMALIZATION)
+        test_n = normalize(test_x, CHECKPOINT_NORMALIZATION)
+        meta["fp_top1"] = fp_top1(fp_model, None, test_n, test_y, ptq)
+        meta["fp_bn_top1"] = fp_top1(fp_model, calib, test_n, test_y, ptq)
+    meta["configs"] = max(meta.get("configs", 0), configs)
+    _write_json_atomic(meta_path, meta)
+
+    jobs = max(1, int(jobs))
+    job = BuildJob(model, str(checkpoint), CHECKPOINT_NORMALIZATION, data_source, ptq,
+                   threads=max(1, (os.cpu_count() or 1) // jobs))
+    tasks = (delayed(_evaluate_row)(job, i, kind, spec.full_config(cfg)) for i, kind, cfg in todo)
+    by_index = {i: cfg for i, _, cfg in todo}
+    wall = time.perf_counter()
+    bar = tqdm(total=len(todo), desc=f"PTQ {model}", unit="cfg", disable=not progress, dynamic_ncols=True)
+    try:
+        runner = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered") if jobs > 1 else None
+        results = runner(tasks) if runner is not None else (_evaluate_row_local(job, t) for t in tasks)
+        for index, kind, acc, seconds in results:
+            cfg = by_index[index]
+            full = spec.full_config(cfg)
+            size = model_size_mb(meta["layer_params"], meta["layer_bias"], full)
+            bop = bops(meta["layer_macs"], full, spec.act_bits) / 1e9
+            _append_line(out, f"{index},{kind},{bits_to_str(cfg)},{acc:.2f},{size:.6f},{bop:.6f},{ptq.calib_seed},{fp_model.checkpoint_sha256[:16]},{seconds:.3f}\n")
+            bar.update(1)
+    finally:
+        bar.close()
+    meta.setdefault("build_wall_s", 0.0)
+    meta["build_wall_s"] = round(meta["build_wall_s"] + time.perf_counter() - wall, 1)
+    _write_json_atomic(meta_path, meta)
+    return out
+
+
+def _evaluate_row_local(job: BuildJob, task):
+    fn, args, kwargs = task
+    return fn(*args, **kwargs)

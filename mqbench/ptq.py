@@ -1,0 +1,96 @@
+"""Post-training quantization of a pretrained network at one bit configuration, and its top-1.
+
+Pipeline (per configuration): quantize weights (per channel, MSE clip) -> re-estimate BatchNorm
+statistics on the calibration images (cumulative average, float activations) -> calibrate the 8-bit
+per-tensor activation quantizers on the first ``act_calib_images`` calibration images -> fold BN
+into the preceding convs (exact in eval mode, for speed) -> top-1 on the evaluation set.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from mqbench.quant import activation_scale, fold_batchnorm, quant_layers, quantize_model
+
+
+@dataclass(frozen=True)
+class PTQSettings:
+    calib_images: int = 1024
+    calib_seed: int = 0
+    act_bits: int = 8
+    act_calib_images: int = 256
+    bn_batch: int = 256
+    eval_batch: int = 100
+    mse_clip: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def reestimate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int) -> None:
+    """Replace every BN's running statistics by their cumulative average over ``images``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch):
+            model(images[start:start + batch].contiguous(memory_format=torch.channels_last))
+    model.eval()
+
+
+def calibrate_activations(model: nn.Module, images: torch.Tensor, bits: int, batch: int) -> None:
+    layers = quant_layers(model)
+    for layer in layers:
+        layer.calibrating = True
+        layer.calibration_inputs = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch):
+            model(images[start:start + batch])
+    for layer in layers:
+        inputs = torch.cat(layer.calibration_inputs)
+        layer.calibration_inputs = []
+        layer.calibrating = False
+        layer.act_quant = activation_scale(inputs, bits)
+
+
+def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 100) -> float:
+    """Top-1 accuracy in percent (channels_last, inference mode)."""
+    model = model.to(memory_format=torch.channels_last).eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch):
+            x = images[start:start + batch].contiguous(memory_format=torch.channels_last)
+            correct += int((model(x).argmax(dim=1) == labels[start:start + batch]).sum())
+    return 100.0 * correct / images.shape[0]
+
+
+def quantize_and_calibrate(fp_model: nn.Module, full_bits: list[int], calib_images: torch.Tensor,
+                           settings: PTQSettings = PTQSettings()) -> nn.Module:
+    """A calibrated fake-quantized copy of ``fp_model`` (BN re-estimated), ready for evaluation."""
+    model = quantize_model(copy.deepcopy(fp_model), list(full_bits), settings.act_bits, settings.mse_clip)
+    model = model.to(memory_format=torch.channels_last)
+    reestimate_batchnorm(model, calib_images, settings.bn_batch)
+    calibrate_activations(model, calib_images[: settings.act_calib_images], settings.act_bits, settings.bn_batch)
+    return model
+
+
+def ptq_top1(fp_model: nn.Module, full_bits: list[int], calib_images: torch.Tensor,
+             test_images: torch.Tensor, test_labels: torch.Tensor, settings: PTQSettings = PTQSettings()) -> float:
+    """Top-1 (%) of ``fp_model`` after PTQ at ``full_bits`` (one weight bit-width per Conv2d/Linear)."""
+    model = quantize_and_calibrate(fp_model, full_bits, calib_images, settings)
+    fold_batchnorm(model)
+    return top1(model, test_images, test_labels, settings.eval_batch)
+
+
+def fp_top1(fp_model: nn.Module, calib_images: torch.Tensor | None, test_images: torch.Tensor,
+            test_labels: torch.Tensor, settings: PTQSettings = PTQSettings()) -> float:
+    """Full-precision top-1, with BN re-estimated on the calibration images when they are given."""
+    model = copy.deepcopy(fp_model)
+    if calib_images is not None:
+        reestimate_batchnorm(model, calib_images, settings.bn_batch)
+    return top1(model, test_images, test_labels, settings.eval_batch)

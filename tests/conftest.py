@@ -1,0 +1,51 @@
+"""Shared fixtures: a private cache for every test, and a tiny self-made data root."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mqbench import cifar10
+from mqbench.networks.resnet_cifar import CifarResNet
+
+
+# Tests use tiny tensors: one thread avoids OpenMP spin-waiting when the machine is shared
+# (which made a 20-image ResNet-8 test 50x slower next to a running table build).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOPROXY_CACHE", str(tmp_path / "cache"))
+    cifar10.clear_memo()
+    yield
+    cifar10.clear_memo()
+
+
+def write_image_tree(root, per_class: dict[str, int], seed: int = 0) -> None:
+    """train|test/<class>/NNNN.jpg with random pixels."""
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for name in cifar10.CLASSES:
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+                (root / split / name / f"{i:04d}.jpg").write_bytes(buffer.getvalue())
+
+
+@pytest.fixture
+def tiny_data_root(tmp_path, monkeypatch):
+    """A data root with a small CIFAR-10 image tree and a random ResNet-8 'checkpoint' (module. prefix)."""
+    root = tmp_path / "data"
+    write_image_tree(root / "cifar10" / "cifar10-jpg", {"train": 4, "test": 3})
+    (root / "pretrained").mkdir(parents=True)
+    torch.manual_seed(0)
+    model = CifarResNet(8)
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "best_prec1": 10.0}, root / "pretrained" / "resnet8-test.th")
+    monkeypatch.setenv("EVOPROXY_DATA", str(root))
+    return root
