@@ -57,6 +57,52 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default=None, help="NAS-Bench-201 architecture string (default: row --index of the table)")
+    p.add_argument("--index", type=int, default=1, help="row of the NATS table to use when --arch is not given")
+    p.add_argument("--batch", type=int, default=64, help="CIFAR-10 training images in the batch")
+    p.add_argument("--seed", type=int, default=0, help="batch, network-init and probe seed")
+    p.add_argument("--probes", type=int, default=4, help="Hutchinson probes for the Hessian (0: skip)")
+
+
+@command("demo", "extract the per-layer primitives of one NAS-Bench-201 network and print a summary", _demo_options)
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from mqbench.cifar10 import sample_batch
+    from mqbench.networks.nb201 import NB201Network
+    from primitives import extract
+
+    if args.arch is None:
+        from mqbench.benchmarks import get_benchmark
+
+        bench = get_benchmark("nb201-cifar10")
+        arch, acc = bench.arch(args.index), float(bench.ground_truth([args.index])[0])
+        print(f"architecture (row {args.index}): {arch}  CIFAR-10 test accuracy {acc:.2f}%")
+    else:
+        arch = args.arch
+        print(f"architecture: {arch}")
+    torch.manual_seed(args.seed)
+    model = NB201Network(arch).train()
+    x, y = sample_batch("train", args.batch, args.seed)
+    start = time.perf_counter()
+    stats = extract(model, x, y, hutchinson_probes=args.probes, seed=args.seed)
+    seconds = time.perf_counter() - start
+    print(f"{'layer':<24}  {'kind':<6}  " + "  ".join(f"{c:>10}" for c in (
+        "weight", "params", "MACs", "|W|", "|G|", "mean A_out", "fisher", "tr H")))
+    for layer in stats.layers:
+        t = layer.tensors
+        trace = f"{float(t['hessian_trace']):10.3g}" if "hessian_trace" in t else f"{'-':>10}"
+        print(f"{layer.name[:24]:<24}  {layer.kind:<6}  {'x'.join(map(str, layer.weight_shape)):>10}  "
+              f"{layer.params:>10}  {layer.flops:>10}  {t['weight'].norm():10.3g}  {t['weight_grad'].norm():10.3g}  "
+              f"{t['act_out'].mean():10.3g}  {t['fisher'].sum():10.3g}  {trace}")
+    print(f"{len(stats.layers)} layers, {stats.total_params} parameters, {stats.total_flops / 1e6:.1f} M MACs per image; "
+          f"{len(stats.layers[0].tensors)} primitives per layer extracted in {seconds:.2f} s")
+    return 0
+
+
 def _bench_options(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_command", metavar="ACTION")
     sub.required = True

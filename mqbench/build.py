@@ -80,7 +80,7 @@ class BuildJob:
     normalization: str
     data_source: str | None
     ptq: PTQSettings
-    threads: int
+    threads: int | None  # torch threads in a worker process; None: leave the caller's setting
 
 
 _WORKER_CACHE: dict = {}
@@ -92,7 +92,8 @@ def _context(job: BuildJob):
         from mqbench.cifar10 import load_split, normalize, sample_indices
         from mqbench.networks.resnet_cifar import load_pretrained
 
-        torch.set_num_threads(job.threads)
+        if job.threads is not None:
+            torch.set_num_threads(job.threads)
         depth = int(job.model.removeprefix("resnet"))
         fp_model = load_pretrained(depth, job.checkpoint)
         train_x, train_y = load_split("train", job.data_source)
@@ -245,7 +246,7 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
 
     jobs = max(1, int(jobs))
     job = BuildJob(model, str(checkpoint), CHECKPOINT_NORMALIZATION, data_source, ptq,
-                   threads=max(1, (os.cpu_count() or 1) // jobs))
+                   threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
     tasks = (delayed(_evaluate_row)(job, i, kind, spec.full_config(cfg)) for i, kind, cfg in todo)
     by_index = {i: cfg for i, _, cfg in todo}
     wall = time.perf_counter()

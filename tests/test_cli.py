@@ -1,0 +1,43 @@
+"""The evoproxy command: subcommands run end to end on a tiny data root; user errors are one line."""
+from __future__ import annotations
+
+import csv
+
+from evoproxy.cli import main
+
+ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+
+
+def test_data_lists_found_items(tiny_data_root, capsys):
+    assert main(["data"]) == 1  # the tiny root lacks the NATS table and the real checkpoints
+    out = capsys.readouterr().out
+    assert "cifar10" in out and "found" in out and "MISSING" in out
+
+
+def test_demo_runs_on_tiny_data(tiny_data_root, capsys):
+    nats = tiny_data_root / "nats-bench"
+    nats.mkdir()
+    with open(nats / "nats_tss_cifar10.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("ArchitectureString", "CIFAR10TestAccuracy200Epochs"), (ARCH, 93.5)])
+    assert main(["demo", "--index", "0", "--batch", "10", "--probes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "93.50%" in out and "classifier" in out and "53 layers" in out
+
+
+def test_bad_arch_is_one_line_error(tiny_data_root, capsys):
+    assert main(["demo", "--arch", "|conv_9x9~0|+|x|", "--batch", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+
+
+def test_bench_build_resume_and_compare(tiny_data_root, tmp_path, capsys):
+    out = tmp_path / "t.csv"
+    args = ["bench", "build", "--model", "resnet8", "--configs", "3", "--jobs", "1", "--calib-images", "20",
+            "--checkpoint", str(tiny_data_root / "pretrained" / "resnet8-test.th"), "--out", str(out)]
+    assert main(args + ["--limit", "2"]) == 0
+    assert len(out.read_text().splitlines()) == 3
+    assert main(args) == 0
+    assert len(out.read_text().splitlines()) == 1 + 3 + 4
+    assert main(["bench", "compare", str(out), str(out)]) == 0
+    assert "Spearman 1.0000" in capsys.readouterr().out
+    assert main(args[:-1] + [str(tmp_path / "missing" / "x.csv"), "--model", "resnet7"]) == 2
