@@ -116,6 +116,9 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     b.add_argument("--checkpoint", default=None, help="FP checkpoint (default: the data root's)")
     b.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
     b.add_argument("--out", required=True, help="CSV to write (a .meta.json sidecar goes beside it)")
+    st = sub.add_parser("stats", help="size, top-1 spread and trivial-proxy correlations of a table")
+    st.add_argument("table")
+    st.add_argument("--json", action="store_true")
     c = sub.add_parser("compare", help="Spearman/Kendall between the top-1 of two tables on their common configurations")
     c.add_argument("tables", nargs=2)
     c.add_argument("--json", action="store_true")
@@ -131,6 +134,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out = build_table(args.model, args.configs, args.seed, args.out, jobs=args.jobs,
                           checkpoint=args.checkpoint, ptq=settings, limit=args.limit)
         print(f"wrote {out}")
+        return 0
+    if args.bench_command == "stats":
+        import json
+
+        from mqbench.table import table_summary
+
+        summary = table_summary(args.table)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            for key, value in summary.items():
+                print(f"{key:>36}: {value:.4f}" if isinstance(value, float) else f"{key:>36}: {value}")
         return 0
     from mqbench.table import compare_tables
 

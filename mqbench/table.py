@@ -136,3 +136,30 @@ def compare_tables(path_a: str | Path, path_b: str | Path) -> dict:
         "n": len(pairs), "spearman": float(spearmanr(x, y).statistic),
         "kendall": float(kendalltau(x, y).statistic), "mean_abs_diff": float(np.abs(x - y).mean()),
     }
+
+
+def table_summary(path: str | Path) -> dict:
+    """Size of a table, its top-1 spread, and how the trivial proxies (model size, sum of bits) rank it."""
+    from scipy.stats import kendalltau, spearmanr
+
+    table = MQTable.load(path)
+    ids = table.ids
+    top1 = table.column("top1", ids)
+    bit_sum = np.array([sum(table.bits(i)) for i in ids], dtype=float)
+    size = table.column("size_mb", ids)
+    samples = [i for i in ids if table.rows[i]["kind"] == "sample"]
+    out = {
+        "table": str(table.path), "model": table.meta["model"], "n": len(ids), "n_samples": len(samples),
+        "fp_top1": table.meta.get("fp_top1"), "fp_bn_top1": table.meta.get("fp_bn_top1"),
+        "top1_min": float(top1.min()), "top1_max": float(top1.max()), "top1_median": float(np.median(top1)),
+        "worker_seconds_per_config_median": float(np.median(table.column("seconds", ids))),
+        "build_wall_s": table.meta.get("build_wall_s"),
+    }
+    for name, proxy in (("model_size", size), ("bit_sum", bit_sum)):
+        out[f"spearman_{name}"] = float(spearmanr(proxy, top1).statistic)
+        out[f"kendall_{name}"] = float(kendalltau(proxy, top1).statistic)
+    if samples:
+        s_top1 = table.column("top1", samples)
+        out["spearman_model_size_samples_only"] = float(spearmanr(table.column("size_mb", samples), s_top1).statistic)
+        out["spearman_bit_sum_samples_only"] = float(spearmanr([sum(table.bits(i)) for i in samples], s_top1).statistic)
+    return out
