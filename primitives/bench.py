@@ -1,6 +1,7 @@
 """Time primitive extraction on NAS-Bench-201 networks.
 
     python -m primitives.bench --archs 20 --seed 0 [--jobs N] [--batch 64] [--threads T]
+                               [--hessian-method exact|fd|fd_central]
 
 Picks ``--archs`` architectures of the NATS-Bench TSS table by a seeded permutation, builds each
 ``NB201Network`` with ``torch.manual_seed(seed + index)`` in train mode, samples ``--batch``
@@ -9,7 +10,11 @@ three separate ``extract`` calls (model building excluded):
 
 * cheap: weight, weight_grad, act_in, act_out, act_grad, fisher, act_x_grad (the data pass);
 * eznas: the six ``@noise`` / ``@perturb`` primitives (two more passes);
-* hessian: hessian_diag + hessian_trace with hutchinson_probes=4.
+* hessian: hessian_diag + hessian_trace with hutchinson_probes=4 and ``--hessian-method``
+  (``core.extract``'s ``hessian_method``: exact double backprop, default; ``fd`` forward
+  differences; ``fd_central`` central differences). The hessian call asks for no data-pass
+  primitive, so ``fd`` computes the base gradient g(w) itself and its time is included in
+  ``hessian_s_per_arch`` (1 + 4 gradient passes; the JSON says so in ``hessian_base_gradient``).
 
 Prints a progress bar on stderr, a table on stdout, and as the last stdout line one JSON object
 with the medians (``cheap_s_per_arch``, ``eznas_s_per_arch``, ``hessian_s_per_arch``) and the
@@ -59,7 +64,8 @@ def read_archs(n: int, seed: int) -> list[str]:
     return [archs[i] for i in perm[: min(n, len(archs))].tolist()]
 
 
-def time_arch(arch: str, index: int, seed: int, x: torch.Tensor, y: torch.Tensor, threads: int | None) -> dict:
+def time_arch(arch: str, index: int, seed: int, x: torch.Tensor, y: torch.Tensor, threads: int | None,
+              hessian_method: str = "exact") -> dict:
     """Build network ``index`` and time the three extract calls on it (top-level: runs in workers)."""
     from mqbench.networks.nb201 import NB201Network
 
@@ -68,7 +74,8 @@ def time_arch(arch: str, index: int, seed: int, x: torch.Tensor, y: torch.Tensor
     row = {"index": index, "arch": arch}
     for label, names, probes in (("cheap", CHEAP, 0), ("eznas", EZNAS, 0), ("hessian", HESSIAN, PROBES)):
         start, cpu = time.perf_counter(), time.process_time()
-        stats = core.extract(model, x, y, names=list(names), hutchinson_probes=probes, seed=seed, threads=threads)
+        stats = core.extract(model, x, y, names=list(names), hutchinson_probes=probes, seed=seed, threads=threads,
+                             hessian_method=hessian_method)
         row[label] = time.perf_counter() - start
         row[label + "_cpu"] = time.process_time() - cpu
     row["layers"] = len(stats.layers)
@@ -87,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"torch threads per extract call (default {core.DEFAULT_THREADS}, the extract default)")
     parser.add_argument("--data", choices=("cifar10", "random"), default="cifar10",
                         help="cifar10 (default) or random N(0,1) images with random labels (no data needed)")
+    parser.add_argument("--hessian-method", choices=core.HESSIAN_METHODS, default="exact",
+                        help="how H z is computed: exact double backprop (default), fd (forward differences, "
+                             "base gradient included in the time) or fd_central")
     args = parser.parse_args(argv)
     if args.archs < 1 or args.jobs < 1 or args.batch < 1 or args.threads < 1:
         print("error: --archs, --jobs, --batch and --threads must be positive", file=sys.stderr)
@@ -112,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if args.jobs == 1:
         for i, arch in enumerate(archs):
-            rows.append(time_arch(arch, i, args.seed, x, y, args.threads))
+            rows.append(time_arch(arch, i, args.seed, x, y, args.threads, args.hessian_method))
             bar.update(1)
     else:
         from joblib import Parallel, delayed
 
         runner = Parallel(n_jobs=args.jobs, backend="loky", return_as="generator")
-        for row in runner(delayed(time_arch)(arch, i, args.seed, x, y, args.threads) for i, arch in enumerate(archs)):
+        for row in runner(delayed(time_arch)(arch, i, args.seed, x, y, args.threads, args.hessian_method) for i, arch in enumerate(archs)):
             rows.append(row)
             bar.update(1)
     bar.close()
@@ -141,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(wall, 2), "loadavg_1m": round(os.getloadavg()[0], 2),
         "cheap_cpu_s_per_arch": round(cpu["cheap"], 4), "eznas_cpu_s_per_arch": round(cpu["eznas"], 4),
         "hessian_cpu_s_per_arch": round(cpu["hessian"], 4),
+        "hessian_method": args.hessian_method,
+        "hessian_fd_rel_step": core.FD_REL_STEP if args.hessian_method != "exact" else None,
+        "hessian_base_gradient": {"exact": "n/a", "fd": "computed and timed in the hessian call",
+                                  "fd_central": "n/a"}[args.hessian_method],
     }
     print(json.dumps(result))
     return 0

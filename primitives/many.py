@@ -66,6 +66,8 @@ def cache_key(item, model_key: str, batch_seed, batch_digest: str, kwargs: dict)
         ("quantizer", core._quantizer_id(quantizer) if bit_config is not None else None),
         ("code", core.CODE_VERSION),
     )
+    if probes > 0 and kwargs.get("hessian_method", "exact") != "exact":  # exact keeps its old keys
+        parts += (("hessian_method", str(kwargs["hessian_method"]), core.FD_REL_STEP),)
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 

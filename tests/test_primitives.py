@@ -451,3 +451,70 @@ def test_cache_key_covers_batch():
     assert k == primitives.cache_key(("tiny", 3), "init-seed-3", s, primitives.many.batch_hash(x, y),
                                      {"names": list(reversed(core.default_names()))})
     assert math.isfinite(len(k)) and len(k) == 64
+
+
+# ---------------------------------------------------------------------------------------------
+class SmoothNet(nn.Module):
+    """conv -> tanh -> conv(stride 2) -> tanh -> mean -> linear: smooth, no batch-norm."""
+
+    def __init__(self, c: int = 4, classes: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c + 1, 3, stride=2, padding=1, bias=False)
+        self.fc = nn.Linear(c + 1, classes)
+
+    def forward(self, x):
+        x = torch.tanh(self.conv2(torch.tanh(self.conv1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["fd", "fd_central"])
+def test_fd_hessian_matches_exact_on_smooth_net(method, monkeypatch):
+    if method == "fd":  # forward differences: O(h) truncation, ~2e-3 relative at the default step here
+        monkeypatch.setattr(core, "FD_REL_STEP", 1e-5)
+    torch.manual_seed(0)
+    model = SmoothNet().double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=g)
+    names = ["hessian_diag", "hessian_trace"]
+    ex = extract(model, x, y, names=names, hutchinson_probes=3, seed=5)
+    fd = extract(model, x, y, names=names, hutchinson_probes=3, seed=5, hessian_method=method)
+    assert fd.meta["hessian_method"] == method and ex.meta["hessian_method"] == "exact"
+    for a, b in zip(ex.layers, fd.layers):
+        ta, tb = a.tensors["hessian_trace"].item(), b.tensors["hessian_trace"].item()
+        assert abs(ta) > 1e-6
+        assert tb == pytest.approx(ta, rel=1e-3), a.name  # same probes z, H z by differences
+        torch.testing.assert_close(b.tensors["hessian_diag"], a.tensors["hessian_diag"], rtol=1e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["fd", "fd_central"])
+def test_fd_hessian_restores_model_bit_identically(method):
+    model, x, y = make()  # train-mode BN: running stats and num_batches_tracked must come back too
+    model.conv2.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ptrs = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    stats = extract(model, x, y, names=["weight_grad", "hessian_diag", "hessian_trace"], hutchinson_probes=2,
+                    hessian_method=method)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+        assert v.data_ptr() == ptrs[k], k
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.conv2.weight.requires_grad and model.conv1.weight.requires_grad
+    assert all(torch.isfinite(l.tensors["hessian_trace"]) for l in stats.layers)
+    # the fd call with the data pass (reused g(w)) equals a Hessian-only fd call up to float32 rounding
+    alone = extract(model, x, y, names=["hessian_trace"], hutchinson_probes=2, hessian_method=method)
+    for a, b in zip(stats.layers, alone.layers):
+        torch.testing.assert_close(a.tensors["hessian_trace"], b.tensors["hessian_trace"], rtol=1e-3, atol=1e-3)
+
+
+def test_hessian_method_validated_and_in_cache_key():
+    model, x, y = make()
+    for bad in ("FD", "central", None, 1):
+        with pytest.raises(ConfigError, match="hessian_method"):
+            extract(model, x, y, names=["hessian_trace"], hutchinson_probes=1, hessian_method=bad)
+    x_, y_, s = tiny_batch()
+    digest = primitives.many.batch_hash(x_, y_)
+    key = lambda **kw: primitives.cache_key(("tiny", 3), "m", s, digest, {"hutchinson_probes": 2, **kw})
+    assert key() == key(hessian_method="exact")
+    assert len({key(), key(hessian_method="fd"), key(hessian_method="fd_central")}) == 3
