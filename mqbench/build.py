@@ -213,7 +213,8 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
             raise ConfigError(f"{out} was built with other settings ({', '.join(diff)} differ); use another --out or the same options")
         meta = old
     else:
-        if out.exists() and out.stat().st_size > 0:
+        header_only = out.exists() and out.read_bytes() in (b"", (",".join(TABLE_COLUMNS) + "\n").encode())
+        if out.exists() and not header_only:
             raise DataError(f"{out} exists without its metadata {meta_path.name}; move it away or pass another --out")
         meta = dict(identity)
         meta.update({
@@ -227,6 +228,9 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
     for row in rows:
         if row["index"] in planned and planned[row["index"]][1] != row["bits"]:
             raise DataError(f"{out}: row {row['index']} holds bits {bits_to_str(row['bits'])}, but seed {seed} plans {bits_to_str(planned[row['index']][1])}")
+    # The metadata goes down before the first byte of the CSV: a kill at any later moment
+    # leaves a table that the same command resumes.
+    _write_json_atomic(meta_path, meta)
     if not out.exists() or out.stat().st_size == 0:
         _append_line(out, ",".join(TABLE_COLUMNS) + "\n")
     done = {row["index"] for row in rows}

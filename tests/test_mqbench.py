@@ -125,6 +125,24 @@ def test_build_crash_then_resume_equals_uninterrupted(tiny_data_root, tmp_path, 
     assert _stable(read_rows(crashing)) == _stable(reference)
 
 
+def test_build_killed_before_first_row_resumes(tiny_data_root, tmp_path, monkeypatch):
+    out = tmp_path / "early.csv"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_mod, "fp_top1", killed)  # dies while measuring the FP accuracy
+    with pytest.raises(KeyboardInterrupt):
+        _build(tiny_data_root, out, configs=2)
+    monkeypatch.undo()
+    _build(tiny_data_root, out, configs=2)
+    assert len(read_rows(out)) == 2 + 4
+    legacy = tmp_path / "legacy.csv"  # a header-only CSV without metadata (older builder) also resumes
+    legacy.write_text(",".join(build_mod.TABLE_COLUMNS) + "\n")
+    _build(tiny_data_root, legacy, configs=2)
+    assert _stable(read_rows(legacy)) == _stable(read_rows(out))
+
+
 def test_build_refuses_other_settings_and_grows(tiny_data_root, tmp_path):
     out = tmp_path / "t.csv"
     _build(tiny_data_root, out, configs=3)
