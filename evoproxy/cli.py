@@ -160,6 +160,87 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _proxy_run_options(p: argparse.ArgumentParser, bench_required: bool = True) -> None:
+    p.add_argument("--bench", required=bench_required, help="benchmark name (nb201-cifar10, mq-resnet20-cifar10, ...)")
+    p.add_argument("--samples", type=int, default=100, help="benchmark items to score")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    p.add_argument("--split", default="holdout", choices=("holdout", "search", "all"), help="which part of the benchmark to sample")
+    p.add_argument("--gt-column", default=None, help="ground-truth column (NAS-Bench-201: CIFAR10/CIFAR100/ImageNet...)")
+    p.add_argument("--table", default=None, help="benchmark table (default: the benchmark's own)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (scores do not depend on it)")
+    p.add_argument("--batch", type=int, default=64, help="CIFAR-10 training images in the batch")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--proxy", required=True, help="a registered proxy name (see 'evoproxy baselines --list')")
+    _proxy_run_options(p)
+
+
+@command("evaluate", "score one proxy on a benchmark sample: Spearman, Kendall, rho@k, partial Spearman", _evaluate_options)
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from evoproxy.evaluate import caption, evaluate, human_table
+    from evoproxy.metrics import json_safe
+
+    reports = evaluate(args.bench, [args.proxy], args.samples, args.seed, args.split, table=args.table,
+                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch)
+    rep = reports[next(iter(reports))]
+    if args.json:
+        print(json.dumps(json_safe(rep)))
+    else:
+        print(caption(reports))
+        print(human_table(reports))
+        for f in rep["failures"]:
+            print(f"  failed: id {f['id']}: {f['reason']}")
+    return 0
+
+
+def _baselines_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--proxies", default=None, help="comma-separated proxy names (default: every proxy of the benchmark's kind)")
+    p.add_argument("--out", default=None, help="folder for baselines.csv / baselines.md "
+                                               "(default: results/baselines/<bench>_<split>_n<N>_seed<S>)")
+    p.add_argument("--list", action="store_true", help="list the registered proxies and exit")
+    _proxy_run_options(p, bench_required=False)
+
+
+@command("baselines", "score several proxies on the same benchmark sample and write a CSV + markdown table", _baselines_options)
+def cmd_baselines(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from evoproxy.baselines import describe, proxy_names
+    from evoproxy.errors import ConfigError
+    from evoproxy.evaluate import BenchSpec, evaluate, human_table, is_mq, load_bench, write_baselines
+    from evoproxy.metrics import json_safe
+
+    if args.list:
+        for kind in ("nas", "mq"):
+            for name in proxy_names(kind):
+                print(f"{kind:>3}  {name:<12} {describe(name)}")
+        return 0
+    if not args.bench:
+        raise ConfigError("--bench is required (or --list)")
+    if args.proxies:
+        names = [n.strip() for n in args.proxies.split(",") if n.strip()]
+    else:
+        bench = load_bench(BenchSpec(args.bench, args.table, args.gt_column))
+        names = proxy_names("mq" if is_mq(bench) else "nas")
+    reports = evaluate(args.bench, names, args.samples, args.seed, args.split, table=args.table,
+                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch)
+    out = Path(args.out) if args.out else (Path(__file__).resolve().parent.parent / "results" / "baselines" /
+                                           f"{args.bench}_{args.split}_n{args.samples}_seed{args.seed}")
+    csv_path, md_path = write_baselines(reports, out)
+    if args.json:
+        print(f"wrote {csv_path} and {md_path}")
+        print(json.dumps(json_safe(reports)))
+    else:
+        print(human_table(reports))
+        print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evoproxy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
