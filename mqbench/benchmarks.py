@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from evoproxy.errors import ConfigError, DataError
-from mqbench.table import SPLITS, MQTable, sample_ids, split_ids
+from mqbench.table import MQTable, sample_split, split_ids
 
 TABLES_DIR = Path(__file__).resolve().parent / "tables"
 _BENCHMARKS: dict[str, Callable[..., "Benchmark"]] = {}
@@ -75,11 +75,7 @@ class Benchmark(ABC):
         return split_ids(self.ids, seed, search_fraction)
 
     def sample(self, n: int | None, seed: int, split: str = "holdout", split_seed: int = 0) -> list:
-        if split not in SPLITS:
-            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-        search, holdout = self.split(split_seed)
-        pool = {"search": search, "holdout": holdout, "all": self.ids}[split]
-        return sample_ids(pool, n, seed)
+        return sample_split(self.ids, n, seed, split, split_seed)
 
 
 # ---------------------------------------------------------------------------------------- NAS-Bench-201

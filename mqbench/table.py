@@ -39,6 +39,15 @@ def sample_ids(ids: list, n: int | None, seed: int) -> list:
     return [ids[i] for i in order]
 
 
+def sample_split(ids, n: int | None, seed: int, split: str = "holdout", split_seed: int = 0) -> list:
+    """``n`` ids from the search split, the holdout split or all of ``ids`` (seeded, deterministic)."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    search, holdout = split_ids(ids, split_seed)
+    pool = {"search": search, "holdout": holdout, "all": sorted(ids)}[split]
+    return sample_ids(pool, n, seed)
+
+
 @dataclass
 class MQTable:
     path: Path
@@ -113,11 +122,7 @@ class MQTable:
         return split_ids(self.ids, seed, search_fraction)
 
     def sample(self, n: int | None, seed: int, split: str = "holdout", split_seed: int = 0) -> list[int]:
-        if split not in SPLITS:
-            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-        search, holdout = self.split(split_seed)
-        pool = {"search": search, "holdout": holdout, "all": self.ids}[split]
-        return sample_ids(pool, n, seed)
+        return sample_split(self.ids, n, seed, split, split_seed)
 
 
 def compare_tables(path_a: str | Path, path_b: str | Path) -> dict:
