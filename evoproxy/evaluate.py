@@ -84,23 +84,26 @@ def gt_column(bench) -> str:
     return getattr(bench, "gt_column", None) or "top1"
 
 
-def resolve_proxies(names) -> list[str]:
-    """Validated proxy names; a path ending in .json is refused until the engine exists."""
+def resolve_proxies(names) -> tuple[list[str], dict]:
+    """(validated registered names, {label: parsed proxy file}) from names and ``.json`` paths."""
     from evoproxy.baselines import get_proxy
+    from evoproxy.tree import load_proxy
 
-    out = []
+    out, files = [], {}
     for name in names:
         name = str(name).strip()
         if not name:
             continue
         if name.lower().endswith(".json"):
-            raise ConfigError(f"{name}: proxy files need the engine (not yet available)")
+            if name not in files:
+                files[name] = load_proxy(name)
+            continue
         get_proxy(name)
         if name not in out:
             out.append(name)
-    if not out:
+    if not out and not files:
         raise ConfigError("no proxy given")
-    return out
+    return out, files
 
 
 def _reason(exc: BaseException) -> str:
@@ -184,6 +187,40 @@ def score_items(spec: BenchSpec, ids: list, names: list[str], inputs, targets, j
     return out
 
 
+def score_file_items(spec: BenchSpec, ids: list, files: dict, inputs, targets, jobs: int = 1,
+                     progress: bool = True, desc: str = "proxies") -> list[dict]:
+    """Like :func:`score_items` for parsed proxy files ``{label: Proxy}`` (see :mod:`evoproxy.score_file`)."""
+    from tqdm import tqdm
+
+    from evoproxy.score_file import needed, score_item as score_file_item
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    labels = list(files)
+    proxies_json = [files[k].to_json() for k in labels]
+    prim_names, probes, noise = needed(files.values())
+    inputs = inputs.detach().cpu().contiguous()
+    targets = targets.detach().cpu().contiguous()
+    args = (labels, proxies_json, prim_names, probes, noise, inputs, targets)
+    bar = tqdm(total=len(ids), desc=desc, unit="item", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    out = []
+    try:
+        if jobs == 1 or len(ids) <= 1:
+            for item in ids:
+                out.append(score_file_item(spec, item, *args))
+                bar.update(1)
+        else:
+            from joblib import Parallel, delayed
+
+            runner = Parallel(n_jobs=min(jobs, len(ids)), backend="loky", return_as="generator")
+            for res in runner(delayed(score_file_item)(spec, item, *args) for item in ids):
+                out.append(res)
+                bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
 def report(name: str, results: list[dict], truth: np.ndarray, size: np.ndarray, partial_on: str) -> dict:
     """The evaluator's object for proxy ``name`` from per-item results."""
     from evoproxy.metrics import correlation_report
@@ -207,7 +244,7 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     """{proxy: report} for every proxy on the same sample and batch (see the module docstring)."""
     from mqbench.cifar10 import sample_batch
 
-    names = resolve_proxies([proxies] if isinstance(proxies, str) else proxies)
+    names, files = resolve_proxies([proxies] if isinstance(proxies, str) else proxies)
     b = load_bench(BenchSpec(bench, None if table is None else str(table), gt_column_name))
     # workers get the table's resolved path, so they never depend on their own environment
     path = table_path(b)
@@ -216,8 +253,10 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     remember(spec, b)
     if not is_mq(b):
         from evoproxy.baselines import get_proxy
+        from evoproxy.searchdata import QUANT_NAMES
 
         wrong = [n for n in names if get_proxy(n).kind == "mq"]
+        wrong += [label for label, p in files.items() if p.tree.terminals() & set(QUANT_NAMES)]
         if wrong:
             raise ConfigError(f"{', '.join(wrong)}: bit-configuration proxies need an MQ benchmark, not {bench}")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
@@ -228,8 +267,16 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     truth = np.asarray(b.ground_truth(ids), dtype=float)
     size = np.asarray(b.size(ids), dtype=float)
     inputs, targets = sample_batch("train", batch, seed=BATCH_SEED, normalization=b.normalization)
-    results = score_items(spec, ids, names, inputs, targets, jobs=jobs, progress=progress,
-                          desc=names[0] if len(names) == 1 else f"{len(names)} proxies")
+    labels = names + list(files)
+    desc = labels[0] if len(labels) == 1 else f"{len(labels)} proxies"
+    results = score_items(spec, ids, names, inputs, targets, jobs=jobs, progress=progress, desc=desc) if names else \
+        [{"id": i, "scores": {}, "errors": {}, "seconds": {}} for i in ids]
+    if files:
+        file_results = score_file_items(spec, ids, files, inputs, targets, jobs=jobs, progress=progress, desc=desc)
+        for r, f in zip(results, file_results):
+            for key in ("scores", "errors", "seconds"):
+                r[key].update(f[key])
+    names = labels
     settings = {"bench": bench, "split": split, "seed": seed, "samples": len(ids), "batch": batch,
                 "gt_column": gt_column(b), "table": str(table_path(b))}
     out = {}
@@ -292,7 +339,8 @@ def write_baselines(reports: dict, out_dir: str | Path) -> tuple[Path, Path]:
         for name, r in reports.items():
             row = {k: r.get(k) for k in fields if k not in ("proxy", "kind")}
             row = {k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-            writer.writerow({"proxy": name, "kind": get_proxy(name).kind, **row})
+            kind = "file" if name.lower().endswith(".json") else get_proxy(name).kind
+            writer.writerow({"proxy": name, "kind": kind, **row})
     lines = [f"Baselines — {caption(reports)}.", "",
              "| proxy | Spearman | Kendall | Pearson | ρ@20% | ρ@50% | partial Spearman | n | failed | s/sample |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -121,7 +121,7 @@ def test_cli_evaluate_json_line(nb201_root, capsys):
 def test_cli_errors_are_one_line(nb201_root, capsys):
     assert main(["evaluate", "--bench", "nb201-cifar10", "--proxy", "evolved.json", "--samples", "4"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: evolved.json: proxy files need the engine (not yet available)"
+    assert err == "error: proxy file not found: evolved.json"
     assert main(["evaluate", "--bench", "nb201-cifar10", "--proxy", "nope", "--samples", "4"]) == 2
     assert "unknown proxy" in capsys.readouterr().err
     assert main(["evaluate", "--bench", "nb201-cifar10", "--proxy", "hawq_v2", "--samples", "4", "--split", "all"]) == 2

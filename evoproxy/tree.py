@@ -1,0 +1,307 @@
+"""Proxy trees: the in-memory form, the JSON file format and its parser, rendering, evaluation.
+
+A tree is a :class:`Node`: an operator of :mod:`evoproxy.ops` with child nodes, or a terminal (a
+primitive name of :mod:`primitives`, e.g. ``"weight_grad"``) with none. Its root has type ``net``.
+
+JSON proxy file (``evoproxy.proxy/1``), written by the search and read only by :func:`parse_proxy`
+(never eval'd or unpickled)::
+
+    {"format": "evoproxy.proxy/1",
+     "tree": ["layer_sum", ["l1", ["mul", "weight_grad", "weight"]]],
+     "orientation": 1,                      # score = orientation * value of the tree
+     "formula": "Σ_l ||(G * W)||_1",        # informative; regenerated from the tree on load
+     "primitives": {"hutchinson_probes": 0, "noise_std": 0.01},
+     "search": {...}}                       # optional: benchmark, fitness, seed, ...
+
+An operator node is a list ``[name, child, ...]``; a terminal is a string.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evoproxy.errors import ConfigError
+from evoproxy.ops import LAYER, NET, OPS, TENSOR, OpError
+
+FORMAT = "evoproxy.proxy/1"
+MAX_NODES = 200
+MAX_DEPTH = 40
+
+# terminal -> (plain symbol, LaTeX symbol)
+SYMBOLS = {
+    "weight": ("W", "W"),
+    "weight_grad": ("G", "G"),
+    "act_in": ("X", "X"),
+    "act_out": ("A", "A"),
+    "act_grad": ("dA", r"\partial A"),
+    "fisher": ("F", "F"),
+    "act_x_grad": ("AdA", r"A\partial A"),
+    "hessian_diag": ("H", "H"),
+    "hessian_trace": ("trH", r"\mathrm{tr}H"),
+    "weight_q": ("Wq", "W_q"),
+    "quant_error": ("(W-Wq)", r"\left(W - W_q\right)"),
+    "bitwidth": ("b", "b"),
+}
+SUFFIX_SYMBOLS = {"@noise": ("~", r"\tilde{{{0}}}"), "@perturb": ("^", r"\hat{{{0}}}")}
+
+
+class ProxyFileError(ConfigError):
+    """A proxy file or tree that is not valid in the proxy language."""
+
+
+def terminal_names() -> list[str]:
+    from primitives import PRIMITIVES
+
+    return list(PRIMITIVES)
+
+
+def terminal_symbol(name: str, latex: bool = False) -> str:
+    base, suffix = (name.split("@", 1) + [""])[:2]
+    plain, tex = SYMBOLS.get(base, (base, r"\mathrm{" + base.replace("_", r"\_") + "}"))
+    if not suffix:
+        return tex if latex else plain
+    mark = SUFFIX_SYMBOLS.get("@" + suffix)
+    if mark is None:
+        return (tex if latex else plain) + "@" + suffix
+    return mark[1].format(tex) if latex else plain + mark[0]
+
+
+@dataclass(frozen=True)
+class Node:
+    """An operator applied to children, or a terminal (``children`` empty, ``name`` a primitive)."""
+
+    name: str
+    children: tuple["Node", ...] = ()
+
+    @property
+    def is_terminal(self) -> bool:
+        return not self.children and self.name not in OPS
+
+    @property
+    def type(self) -> str:
+        return TENSOR if self.is_terminal else OPS[self.name].out_type
+
+    def to_json(self):
+        return self.name if self.is_terminal else [self.name, *(c.to_json() for c in self.children)]
+
+    def __str__(self) -> str:
+        return render(self)
+
+    def size(self) -> int:
+        return 1 + sum(c.size() for c in self.children)
+
+    def depth(self) -> int:
+        return 1 + max((c.depth() for c in self.children), default=0)
+
+    def terminals(self) -> set[str]:
+        if self.is_terminal:
+            return {self.name}
+        out = set()
+        for c in self.children:
+            out |= c.terminals()
+        return out
+
+
+def canonical(node: Node) -> str:
+    """A string equal for trees that differ only in the order of commutative operands."""
+    if node.is_terminal:
+        return node.name
+    parts = [canonical(c) for c in node.children]
+    if OPS[node.name].commutative:
+        parts.sort()
+    return f"{node.name}({','.join(parts)})"
+
+
+def render(node: Node, latex: bool = False) -> str:
+    """The formula in readable form (``latex=True``: a LaTeX math expression)."""
+    if node.is_terminal:
+        return terminal_symbol(node.name, latex)
+    op = OPS[node.name]
+    args = [render(c, latex) for c in node.children]
+    return (op.latex if latex else op.text).format(*args)
+
+
+# ------------------------------------------------------------------------------------- parsing
+
+def parse_tree(obj, where: str = "tree") -> Node:
+    """A :class:`Node` from the JSON form, checking operators, arities and types (ProxyFileError)."""
+    node = _parse(obj, where, 0)
+    if node.type != NET:
+        raise ProxyFileError(f"{where}: the root must be a network-level operator (e.g. layer_sum), "
+                             f"got {node.name!r} of type {node.type}")
+    if node.size() > MAX_NODES:
+        raise ProxyFileError(f"{where}: {node.size()} nodes, more than the limit {MAX_NODES}")
+    return node
+
+
+def _parse(obj, where: str, depth: int) -> Node:
+    if depth > MAX_DEPTH:
+        raise ProxyFileError(f"{where}: nested deeper than {MAX_DEPTH}")
+    if isinstance(obj, str):
+        if obj in OPS:
+            raise ProxyFileError(f"{where}: operator {obj!r} used without arguments")
+        if obj not in terminal_names():
+            raise ProxyFileError(f"{where}: unknown primitive {obj!r}; known: {', '.join(terminal_names())}")
+        return Node(obj)
+    if not isinstance(obj, list) or not obj:
+        raise ProxyFileError(f"{where}: expected an operator list [name, args...] or a primitive name, "
+                             f"got {type(obj).__name__}")
+    name = obj[0]
+    if not isinstance(name, str):
+        raise ProxyFileError(f"{where}[0]: operator name must be a string, got {type(name).__name__}")
+    if name not in OPS:
+        raise ProxyFileError(f"{where}[0]: unknown operator {name!r}")
+    op = OPS[name]
+    args = obj[1:]
+    if len(args) != op.arity:
+        raise ProxyFileError(f"{where}: operator {name!r} takes {op.arity} argument(s), got {len(args)}")
+    children = tuple(_parse(a, f"{where}[{i + 1}]", depth + 1) for i, a in enumerate(args))
+    for i, (child, want) in enumerate(zip(children, op.in_types)):
+        if child.type != want:
+            raise ProxyFileError(f"{where}[{i + 1}]: operator {name!r} needs a {want} argument, "
+                                 f"got {child.name!r} of type {child.type}")
+    return Node(name, children)
+
+
+@dataclass
+class Proxy:
+    """A parsed proxy file: the tree, its orientation and the settings of its primitives."""
+
+    tree: Node
+    orientation: int = 1
+    primitives: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)
+    source: str | None = None
+
+    @property
+    def formula(self) -> str:
+        prefix = "" if self.orientation == 1 else "-"
+        body = render(self.tree)
+        return f"{prefix}({body})" if prefix else body
+
+    def latex(self) -> str:
+        body = render(self.tree, latex=True)
+        return body if self.orientation == 1 else rf"-\left({body}\right)"
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "formula": self.formula, "tree": self.tree.to_json(),
+                "orientation": self.orientation, "primitives": dict(self.primitives), "search": dict(self.search)}
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temp file + rename)."""
+        import os
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(self.to_json(), fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def score(self, stats) -> float:
+        return self.orientation * evaluate_tree(self.tree, stats)
+
+
+PRIMITIVE_SETTINGS = {"hutchinson_probes": int, "noise_std": float}
+
+
+def parse_proxy(obj, source: str = "proxy") -> Proxy:
+    """A :class:`Proxy` from a decoded JSON document (ProxyFileError naming the problem)."""
+    if not isinstance(obj, dict):
+        raise ProxyFileError(f"{source}: expected a JSON object, got {type(obj).__name__}")
+    if obj.get("format") != FORMAT:
+        raise ProxyFileError(f"{source}: not an evoproxy proxy (format must be {FORMAT!r}, got {obj.get('format')!r})")
+    if "tree" not in obj:
+        raise ProxyFileError(f"{source}: no 'tree'")
+    try:
+        tree = parse_tree(obj["tree"])
+    except ProxyFileError as exc:
+        raise ProxyFileError(f"{source}: {exc}") from None
+    orientation = obj.get("orientation", 1)
+    if orientation not in (1, -1) or isinstance(orientation, bool):
+        raise ProxyFileError(f"{source}: orientation must be 1 or -1, got {orientation!r}")
+    prims = obj.get("primitives", {}) or {}
+    if not isinstance(prims, dict):
+        raise ProxyFileError(f"{source}: 'primitives' must be an object")
+    settings = {}
+    for key, value in prims.items():
+        if key not in PRIMITIVE_SETTINGS:
+            raise ProxyFileError(f"{source}: unknown primitives setting {key!r}; known: {', '.join(PRIMITIVE_SETTINGS)}")
+        kind = PRIMITIVE_SETTINGS[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise ProxyFileError(f"{source}: primitives.{key} must be a number, got {value!r}")
+        settings[key] = kind(value)
+    if settings.get("hutchinson_probes", 0) < 0:
+        raise ProxyFileError(f"{source}: primitives.hutchinson_probes must be >= 0")
+    needs_probes = any(t.startswith("hessian") for t in tree.terminals())
+    if needs_probes and settings.get("hutchinson_probes", 0) <= 0:
+        raise ProxyFileError(f"{source}: the tree uses the Hessian but primitives.hutchinson_probes is not > 0")
+    search = obj.get("search", {}) or {}
+    if not isinstance(search, dict):
+        raise ProxyFileError(f"{source}: 'search' must be an object")
+    return Proxy(tree, int(orientation), settings, search, source)
+
+
+def load_proxy(path: str | Path) -> Proxy:
+    """Read and parse a proxy JSON file (ProxyFileError / ConfigError with one line on any problem)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"proxy file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read proxy file {path}: {exc}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProxyFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    return parse_proxy(obj, str(path))
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+def _tensor(layer, name: str) -> torch.Tensor:
+    try:
+        t = layer.tensors[name]
+    except KeyError:
+        raise OpError("missing", f"primitive {name!r} not extracted for layer {layer.name}") from None
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def tensor_value(node: Node, layer) -> torch.Tensor:
+    if node.is_terminal:
+        return _tensor(layer, node.name)
+    op = OPS[node.name]
+    return op.fn(*(tensor_value(c, layer) for c in node.children))
+
+
+def layer_value(node: Node, layer) -> float:
+    op = OPS[node.name]
+    if op.kind == "reduce":
+        return op.fn(tensor_value(node.children[0], layer))
+    return op.fn(layer_value(node.children[0], layer), layer_value(node.children[1], layer))
+
+
+def evaluate_tree(node: Node, stats) -> float:
+    """The tree's value on one network's primitives (:class:`primitives.NetworkStats`).
+
+    Raises :class:`OpError` when an operator cannot be applied; may return nan/inf (the caller
+    decides: the search rejects, the evaluator counts a failure)."""
+    op = OPS[node.name]
+    if op.kind == "aggregate":
+        if not stats.layers:
+            raise OpError("shape", "network without Conv2d/Linear layers")
+        with torch.no_grad():
+            values = np.array([layer_value(node.children[0], layer) for layer in stats.layers], dtype=float)
+        weights = [math.prod(layer.weight_shape) for layer in stats.layers]
+        return op.fn(values, weights)
+    return float(op.fn(evaluate_tree(node.children[0], stats), evaluate_tree(node.children[1], stats)))

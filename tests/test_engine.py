@@ -1,0 +1,206 @@
+"""The proxy language (operators, trees, JSON parser), the search space, fitness and screening."""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from evoproxy import ops
+from evoproxy.engine import score_range
+from evoproxy.fitness import oriented_fitness, subsets
+from evoproxy.ops import OPS, OpError
+from evoproxy.space import SearchSpace, is_emq_shaped
+from evoproxy.tree import Node, ProxyFileError, canonical, evaluate_tree, load_proxy, parse_proxy, parse_tree, render
+from primitives.core import LayerStats, NetworkStats
+
+
+def _net(seed: int = 0, layers: int = 3, bits=None) -> NetworkStats:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(layers):
+        w = torch.randn(4, 3, 3, 3, generator=g)
+        tensors = {"weight": w, "weight_grad": torch.randn(4, 3, 3, 3, generator=g) * 1e-3,
+                   "act_out": torch.randn(8, 4, generator=g), "fisher": torch.rand(4, generator=g)}
+        if bits is not None:
+            tensors["bitwidth"] = torch.tensor(bits[i], dtype=torch.int32)
+        out.append(LayerStats(f"l{i}", "conv", (4, 3, 3, 3), (3, 8, 8), (4, 8, 8), 108, 6912, None, tensors))
+    return NetworkStats(out)
+
+
+# ------------------------------------------------------------------------------------------- operators
+
+def test_at_least_fifteen_unary_ops_and_every_kind_present():
+    kinds = {op.kind for op in OPS.values()}
+    assert {"unary", "binary", "reduce", "lbinary", "aggregate", "nbinary"} <= kinds
+    assert len(ops.ops_of("unary")) >= 15
+    assert {"add", "sub", "mul", "div", "matmul"} <= {o.name for o in ops.ops_of("binary")}
+    assert {"mean", "sum", "l1", "fro", "std", "numel", "logdet"} <= {o.name for o in ops.ops_of("reduce")}
+    assert {"layer_sum", "layer_mean", "layer_meanlog", "layer_pweighted"} <= {o.name for o in ops.ops_of("aggregate")}
+    assert all(op.doc for op in OPS.values())
+
+
+def test_unary_ops_against_their_definitions():
+    x = torch.tensor([[-2.0, 0.0], [0.5, 3.0]])
+    assert torch.equal(OPS["log"].fn(x), torch.log(torch.tensor([[2.0, 1e-20], [0.5, 3.0]])))
+    assert torch.allclose(OPS["sqrt"].fn(x), torch.tensor([[2.0, 0.0], [0.5, 3.0]]).sqrt())
+    assert OPS["exp"].fn(torch.tensor([100.0])).item() == pytest.approx(math.exp(30), rel=1e-6)
+    inv = OPS["inv"].fn(torch.tensor([0.0, -0.0, 2.0]))
+    assert inv[0].item() == pytest.approx(1e12) and inv[2].item() == pytest.approx(0.5)
+    z = OPS["znorm"].fn(x)
+    assert z.mean().item() == pytest.approx(0, abs=1e-6) and z.std().item() == pytest.approx(1, rel=1e-5)
+    mm = OPS["minmax"].fn(x)
+    assert mm.min().item() == 0 and mm.max().item() == pytest.approx(1)
+    assert torch.allclose(OPS["softmax"].fn(x).sum(), torch.tensor(1.0))
+    assert torch.equal(OPS["gram"].fn(x), x @ x.T)
+    assert torch.equal(OPS["batch_mean"].fn(x), x.mean(0))
+
+
+def test_binary_ops_check_shapes():
+    a, b = torch.ones(2, 3), torch.ones(3, 2)
+    with pytest.raises(OpError) as err:
+        OPS["add"].fn(a, b)
+    assert err.value.reason == "shape"
+    assert torch.equal(OPS["mul"].fn(a, torch.tensor(2.0)), 2 * a)  # single element broadcasts
+    assert OPS["matmul"].fn(torch.ones(2, 3), torch.ones(4, 3)).shape == (2, 4)
+    with pytest.raises(OpError):
+        OPS["matmul"].fn(a, b)
+    with pytest.raises(OpError) as err:
+        OPS["gram"].fn(torch.ones(600, 2))
+    assert err.value.reason == "size"
+
+
+def test_reductions_and_logdet_against_numpy():
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(1))
+    xd = x.double().numpy()
+    assert OPS["l1"].fn(x) == pytest.approx(np.abs(xd).sum())
+    assert OPS["fro"].fn(x) == pytest.approx(np.sqrt((xd ** 2).sum()))
+    assert OPS["std"].fn(x) == pytest.approx(xd.std(ddof=1))
+    assert OPS["numel"].fn(x) == 35
+    k = xd @ xd.T
+    expected = np.linalg.slogdet(k + 1e-6 * np.trace(k) / 5 * np.eye(5))[1]
+    assert OPS["logdet"].fn(x) == pytest.approx(expected, rel=1e-9)
+    assert OPS["layer_pweighted"].fn(np.array([1.0, 3.0]), [1, 3]) == pytest.approx(2.5)
+    assert OPS["layer_meanlog"].fn(np.array([math.e, -math.e ** 3]), [1, 1]) == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------------------------------- trees
+
+SNIP = ["layer_sum", ["l1", ["mul", "weight_grad", "weight"]]]
+
+
+def test_tree_value_equals_hand_computation():
+    st = _net()
+    tree = parse_tree(SNIP)
+    expected = sum(float((l["weight_grad"].double() * l["weight"].double()).abs().sum()) for l in st.layers)
+    assert evaluate_tree(tree, st) == pytest.approx(expected, rel=1e-6)
+    st_b = _net(bits=[2, 3, 4])
+    assert evaluate_tree(parse_tree(["layer_sum", ["mean", "bitwidth"]]), st_b) == 9
+
+
+def test_json_round_trip_canonical_and_render():
+    tree = parse_tree(SNIP)
+    assert parse_tree(json.loads(json.dumps(tree.to_json()))) == tree
+    swapped = parse_tree(["layer_sum", ["l1", ["mul", "weight", "weight_grad"]]])
+    assert canonical(swapped) == canonical(tree) and swapped != tree
+    assert canonical(parse_tree(["layer_sum", ["l1", ["sub", "weight", "weight_grad"]]])) != \
+        canonical(parse_tree(["layer_sum", ["l1", ["sub", "weight_grad", "weight"]]]))
+    assert render(tree) == "Σ_l ||(G * W)||_1"
+    assert "\\sum" in render(tree, latex=True)
+
+
+@pytest.mark.parametrize("tree, message", [
+    (["layer_sum", ["l1", ["bogus", "weight"]]], "unknown operator 'bogus'"),
+    (["layer_sum", ["l1", ["mul", "weight"]]], "takes 2 argument(s), got 1"),
+    (["layer_sum", ["l1", "nonsense"]], "unknown primitive 'nonsense'"),
+    (["layer_sum", ["mul", "weight", "weight"]], "needs a layer argument"),
+    (["l1", "weight"], "root must be a network-level operator"),
+    (["layer_sum", ["l1", 3]], "expected an operator list"),
+    (["layer_sum", "mean"], "used without arguments"),
+])
+def test_parser_rejects_malformed_trees_with_one_line(tree, message):
+    with pytest.raises(ProxyFileError) as err:
+        parse_tree(tree)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_proxy_files_are_parsed_never_executed(tmp_path):
+    good = {"format": "evoproxy.proxy/1", "tree": SNIP, "orientation": -1}
+    proxy = parse_proxy(good)
+    assert proxy.orientation == -1 and proxy.formula.startswith("-(")
+    path = tmp_path / "p.json"
+    proxy.save(path)
+    assert load_proxy(path).tree == proxy.tree
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ProxyFileError, match="not valid JSON"):
+        load_proxy(tmp_path / "bad.json")
+    for doc, msg in [({"tree": SNIP}, "format must be"), ({**good, "orientation": 2}, "orientation"),
+                     ({**good, "primitives": {"evil": 1}}, "unknown primitives setting"),
+                     ({**good, "tree": ["layer_sum", ["l1", "hessian_diag"]]}, "hutchinson_probes"),
+                     ({**good, "tree": "__import__('os').system('x')"}, "unknown primitive")]:
+        with pytest.raises(ProxyFileError, match=msg):
+            parse_proxy(doc)
+    with pytest.raises(Exception, match="not found"):
+        load_proxy(tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------------------------------- search space
+
+TERMS = ["weight", "weight_grad", "act_out", "fisher"]
+
+
+@pytest.mark.parametrize("structure", ["emq", "tree"])
+def test_generation_and_variation_stay_valid(structure):
+    space = SearchSpace(TERMS, structure, max_depth=7, max_size=20)
+    random.seed(1)
+    pop = [space.random_tree() for _ in range(50)]
+    for _ in range(400):
+        a, b = random.sample(pop, 2)
+        x, y = space.crossover(a, b)
+        z = space.mutate(x)
+        for t in (x, y, z):
+            assert parse_tree(t.to_json()) == t
+            assert space.within_limits(t)
+            assert structure == "tree" or is_emq_shaped(t)
+            assert space.from_deap(space.to_deap(t)) == t
+        pop[random.randrange(len(pop))] = z
+    assert len({canonical(t) for t in pop}) > 10
+
+
+def test_sampling_weights_zero_removes_an_operator():
+    space = SearchSpace(TERMS, "emq", weights={"log": 0, "fisher": 0, "layer_mean": 5})
+    random.seed(0)
+    trees = [space.random_tree() for _ in range(300)]
+    names = [n for t in trees for n in json.dumps(t.to_json()).split('"')]
+    assert "log" not in names and "fisher" not in names
+    assert sum(t.name == "layer_mean" for t in trees) > 100
+    with pytest.raises(Exception, match="unknown"):
+        SearchSpace(TERMS, "emq", weights={"nope": 1})
+
+
+# ------------------------------------------------------------------------------------------- fitness, screening
+
+def test_oriented_fitness_takes_the_better_sign():
+    y = np.arange(20.0)
+    value, orient = oriented_fitness("spearman", -y ** 3, y)
+    assert value == pytest.approx(1.0) and orient == -1
+    value, orient = oriented_fitness("subset_min", y + np.sin(y) * 3, y, seed=3)
+    expected = min(spearmanr((y + np.sin(y) * 3)[i], y[i]).statistic for i in subsets(20, 3))
+    assert value == pytest.approx(expected)
+    assert oriented_fitness("spearman", np.ones(20), y)[0] == -math.inf
+
+
+def test_screening_rejects_with_reasons():
+    stats = [_net(s) for s in range(4)]
+    ok = score_range(parse_tree(SNIP), stats, 0, 4)
+    assert ok.reason is None and len(ok.scores) == 4
+    shape = score_range(parse_tree(["layer_sum", ["l1", ["mul", "weight", "act_out"]]]), stats, 0, 4)
+    assert shape.reason == "shape" and "differ" in shape.message
+    const = score_range(parse_tree(["layer_sum", ["numel", "weight"]]), stats, 0, 4)
+    assert const.reason == "constant"
+    nan = score_range(parse_tree(["layer_sum", ["logdet", ["sub", "weight", "weight"]]]), stats, 0, 4)
+    assert nan.reason == "nan"
