@@ -178,8 +178,12 @@ def score_items(spec: BenchSpec, ids: list, names: list[str], inputs, targets, j
         else:
             from joblib import Parallel, delayed
 
+            from evoproxy.parallel import call_with_env, snapshot_env
+
+            env = snapshot_env()
+
             runner = Parallel(n_jobs=min(jobs, len(ids)), backend="loky", return_as="generator")
-            for res in runner(delayed(score_item)(spec, item, names, inputs, targets) for item in ids):
+            for res in runner(delayed(call_with_env)(env, score_item, spec, item, names, inputs, targets) for item in ids):
                 out.append(res)
                 bar.update(1)
     finally:
@@ -212,8 +216,12 @@ def score_file_items(spec: BenchSpec, ids: list, files: dict, inputs, targets, j
         else:
             from joblib import Parallel, delayed
 
+            from evoproxy.parallel import call_with_env, snapshot_env
+
+            env = snapshot_env()
+
             runner = Parallel(n_jobs=min(jobs, len(ids)), backend="loky", return_as="generator")
-            for res in runner(delayed(score_file_item)(spec, item, *args) for item in ids):
+            for res in runner(delayed(call_with_env)(env, score_file_item, spec, item, *args) for item in ids):
                 out.append(res)
                 bar.update(1)
     finally:
@@ -240,8 +248,11 @@ def _plain(value):
 
 def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, split: str = "holdout", *,
              table: str | Path | None = None, gt_column_name: str | None = None, jobs: int = 1, batch: int = 64,
-             progress: bool = True) -> dict:
-    """{proxy: report} for every proxy on the same sample and batch (see the module docstring)."""
+             progress: bool = True, items: dict | None = None) -> dict:
+    """{proxy: report} for every proxy on the same sample and batch (see the module docstring).
+
+    ``items``: a dict to receive the per-item data: ``ids``, ``truth``, ``size`` and ``results``
+    (one {"id", "scores", "errors", "seconds"} per item), e.g. for an experiment that keeps them."""
     from mqbench.cifar10 import sample_batch
 
     names, files = resolve_proxies([proxies] if isinstance(proxies, str) else proxies)
@@ -279,6 +290,8 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     names = labels
     settings = {"bench": bench, "split": split, "seed": seed, "samples": len(ids), "batch": batch,
                 "gt_column": gt_column(b), "table": str(table_path(b))}
+    if items is not None:
+        items.update({"ids": list(ids), "truth": truth, "size": size, "results": results})
     out = {}
     for name in names:
         rep = report(name, results, truth, size, b.size_label)

@@ -190,9 +190,11 @@ class Search:
         self.bench, self.mq = bench, is_mq(bench)
         probes = c.hutchinson_probes if c.hutchinson_probes is not None else (MQ_PROBES if self.mq else 0)
         self.probes = probes
-        available = [n for n, p in REGISTRY.items()
-                     if (p.pass_ != HESSIAN or probes > 0) and (self.mq or n not in QUANT_NAMES)]
-        terminals = list(c.terminals) if c.terminals else available
+        possible = [n for n, p in REGISTRY.items()
+                    if (p.pass_ != HESSIAN or probes > 0) and (self.mq or n not in QUANT_NAMES)]
+        available = possible  # --terminals may name any of them
+        default = [n for n in possible if getattr(REGISTRY[n], "default", True)]
+        terminals = list(c.terminals) if c.terminals else default
         bad = [t for t in terminals if t not in available]
         if bad:
             raise ConfigError(f"terminal(s) {', '.join(bad)} not available here (available: {', '.join(available)})")
@@ -217,6 +219,7 @@ class Search:
 
     def _state_json(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "settings": self.config.result_settings(),
+                "terminals": self.space.terminals, "hutchinson_probes": self.probes,
                 "generation": self.generation, "elapsed": self.elapsed, "stopped": self.stopped,
                 "population": [i.to_json() for i in self.population],
                 "memo": self.memo, "screen_memo": [[list(k), v] for k, v in self.screen_memo.items()],
@@ -227,6 +230,11 @@ class Search:
             raise ConfigError(f"{self.out / 'checkpoint.json'} is not a search checkpoint")
         theirs, ours = state["settings"], self.config.result_settings()
         diff = [k for k in ours if json.dumps(theirs.get(k)) != json.dumps(ours[k])]
+        if state.get("terminals", self.space.terminals) != self.space.terminals:
+            diff.append("terminals (the primitives available here changed: "
+                        f"{', '.join(sorted(set(state['terminals']) ^ set(self.space.terminals)))})")
+        if state.get("hutchinson_probes", self.probes) != self.probes:
+            diff.append("hutchinson_probes")
         if diff:
             raise ConfigError(f"--resume with different settings than the run in {self.out}: {', '.join(diff)}")
         self.generation = int(state["generation"])

@@ -157,8 +157,13 @@ def extract_many(items: Sequence[Hashable], build: Callable, batch, *, jobs: int
         else:
             from joblib import Parallel, delayed
 
+            from evoproxy.parallel import call_with_env, snapshot_env
+
+            env = snapshot_env()
+
             runner = Parallel(n_jobs=min(jobs, len(items)), backend="loky", return_as="generator")
-            for stats in runner(delayed(_one)(item, build, inputs, targets, batch_seed, digest, cache_dir, extract_kwargs)
+            for stats in runner(delayed(call_with_env)(env, _one, item, build, inputs, targets, batch_seed, digest, cache_dir,
+                                                          extract_kwargs)
                                 for item in items):
                 results.append(stats)
                 bar.update(1)

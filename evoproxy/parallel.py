@@ -1,0 +1,44 @@
+"""Worker calls that see the caller's data root and cache.
+
+joblib's loky executor keeps its worker processes between calls, and a worker keeps the environment
+it was started with. A program (or a test) that changes ``EVOPROXY_DATA`` / ``EVOPROXY_CACHE``
+between two parallel calls would otherwise have workers reading the old data root. Every parallel
+task is therefore wrapped in :func:`call_with_env`, which applies the caller's values first and,
+when they changed, drops the per-process memos that depend on them.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+ENV_KEYS = ("EVOPROXY_DATA", "EVOPROXY_CACHE")
+
+
+def snapshot_env() -> dict:
+    return {k: os.environ.get(k) for k in ENV_KEYS}
+
+
+def _forget_memos() -> None:
+    cifar = sys.modules.get("mqbench.cifar10")
+    if cifar is not None:
+        cifar.clear_memo()
+    for module, attr in (("evoproxy.searchdata", "_LOADED"), ("evoproxy.score_file", "_FP_CACHE"),
+                         ("evoproxy.evaluate", "_BENCHES")):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            getattr(mod, attr).clear()
+
+
+def call_with_env(env: dict, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with ``env`` (from :func:`snapshot_env`) applied to this process."""
+    changed = False
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            changed = True
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if changed:
+        _forget_memos()
+    return fn(*args, **kwargs)
