@@ -319,6 +319,52 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="proxy JSON file (e.g. runs/NAME/best.json)")
+    p.add_argument("-o", "--out", default=None, help="Python file to write (default: print the module)")
+
+
+@command("export", "write a proxy file as a standalone Python module (depends only on torch)", _export_options)
+def cmd_export(args: argparse.Namespace) -> int:
+    from evoproxy.export import export_file
+
+    source = export_file(args.file, args.out)
+    if args.out is None:
+        sys.stdout.write(source)
+    else:
+        print(f"wrote {args.out}: score(model, inputs, targets, bit_config=None) -> float")
+    return 0
+
+
+def _show_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="proxy JSON file")
+    p.add_argument("--latex", action="store_true", help="also print the formula as LaTeX")
+
+
+@command("show", "print a proxy file's formula, orientation, primitive settings and search info", _show_options)
+def cmd_show(args: argparse.Namespace) -> int:
+    import json
+
+    from evoproxy.tree import load_proxy
+
+    proxy = load_proxy(args.file)
+    print(f"formula:     {proxy.formula}")
+    if args.latex:
+        print(f"latex:       {proxy.latex()}")
+    print(f"orientation: {proxy.orientation:+d} (score = {'' if proxy.orientation == 1 else '-'}value of the tree)")
+    terminals = sorted(proxy.tree.terminals())
+    settings = ", ".join(f"{k} {v}" for k, v in proxy.primitives.items())
+    print(f"primitives:  {', '.join(terminals)}" + (f"  ({settings})" if settings else ""))
+    print(f"size:        {proxy.tree.size()} nodes, depth {proxy.tree.depth()}")
+    if proxy.search:
+        print("search:")
+        width = max(len(str(k)) for k in proxy.search)
+        for key, value in proxy.search.items():
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            print(f"  {key:<{width}}  {text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evoproxy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

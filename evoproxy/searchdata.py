@@ -21,6 +21,7 @@ process and reads the disk cache, so the primitives are computed once.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -100,7 +101,7 @@ def load_stats(recipe: DataRecipe, jobs: int = 1, progress: bool = True) -> list
 def with_bit_configs(fp, bit_configs, quant_names, keep=None, quantizer=None) -> list:
     """Copies of ``fp`` (NetworkStats of the FP network) with the quantization primitives of each bit
     configuration added (weights quantized once per layer and bit-width); tensors are shared, not copied."""
-    from primitives.core import LayerStats, NetworkStats
+    from primitives.core import LayerStats, NetworkStats, layer_size_mb
 
     if quantizer is None:
         from mqbench.quant import quantize_weight as quantizer
@@ -120,7 +121,9 @@ def with_bit_configs(fp, bit_configs, quant_names, keep=None, quantizer=None) ->
                     wq = quantizer(w, int(b)).detach().to(w.dtype)
                     quantized[(i, b)] = (wq, w - wq)
                 wq, err = quantized[(i, b)]
-                extra = {"weight_q": wq, "quant_error": err, "bitwidth": torch.tensor(int(b), dtype=torch.int32)}
+                numel = math.prod(layer.weight_shape)
+                extra = {"weight_q": wq, "quant_error": err, "bitwidth": torch.tensor(int(b), dtype=torch.int32),
+                         "size_mb": torch.tensor(layer_size_mb(numel, layer.params - numel, int(b)), dtype=torch.float64)}
                 tensors.update({k: extra[k] for k in quant_names})
             layers.append(LayerStats(layer.name, layer.kind, layer.weight_shape, layer.input_shape,
                                      layer.output_shape, layer.params, layer.flops, int(b), tensors))

@@ -46,6 +46,9 @@ SYMBOLS = {
     "weight_q": ("Wq", "W_q"),
     "quant_error": ("(W-Wq)", r"\left(W - W_q\right)"),
     "bitwidth": ("b", "b"),
+    "size_mb": ("MB", r"\mathrm{MB}"),
+    "params": ("P", r"\#\theta"),
+    "hessian_block_trace": ("trH_l", r"\mathrm{tr}H_{l}"),
 }
 SUFFIX_SYMBOLS = {"@noise": ("~", r"\tilde{{{0}}}"), "@perturb": ("^", r"\hat{{{0}}}")}
 

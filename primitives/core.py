@@ -30,6 +30,17 @@ Conventions
   probe costs ~2.5 gradient passes. Also measured slower and not used: ``is_grads_batched``
   probes (1.16x), forward-over-reverse ``torch.func.jvp(grad)`` (1.5x), an elementwise batch-norm
   decomposition (1.1-1.2x), mkldnn off (2x).
+* ``hessian_block_trace`` (only on request: not part of ``names=None``): Tr(H_ll) per layer by
+  Hutchinson with ``hutchinson_probes`` probes supported on that layer's weights only (HAWQ-V2's
+  estimator; no cross-layer terms), one exact block Hessian-vector product per layer and probe on
+  the contiguous batch, probes drawn layer by layer from a generator seeded with
+  (``BLOCK_PROBE_TAG`` = "hawq_v2", seed): the same numbers as the ``hawq_v2`` baseline. Costs about
+  layers x probes backward passes; ``hessian_method`` does not apply to it.
+* ``params``: a 0-d int64 count of trainable parameters attributed to the layer: its own weight and
+  bias plus those of every other module registered after it and before the next Conv2d/Linear (the
+  BatchNorm of a conv-BN block; parameters registered before the first layer go to the first), so
+  the layers' counts sum to the network's trainable parameter count (NAS-Bench-Suite-Zero's
+  ``params``); see :func:`block_param_counts`.
 * ``hessian_method`` ("exact" default): "fd" / "fd_central" replace H z by forward / central
   differences of weight gradients, (g(w + h z) - g(w)) / h or (g(w + h z) - g(w - h z)) / 2h,
   with the same probes z and one global step h = FD_REL_STEP * rms(all probed weights) (a single
@@ -94,6 +105,8 @@ INPUT_PASSES = (DATA, NOISE, PERTURB)
 PASS_ORDER = (DATA, NOISE, PERTURB, HESSIAN)
 HESSIAN_METHODS = ("exact", "fd", "fd_central")
 FD_REL_STEP = 1e-3  # finite-difference step h = FD_REL_STEP * rms of all probed weights
+BLOCK_PROBE_TAG = "hawq_v2"  # seed tag of hessian_block_trace's probes: the hawq_v2 baseline's stream, so
+#                              that baseline is expressible exactly as a proxy tree
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,6 +227,7 @@ class _Capture:
     wgrad: torch.Tensor | None = None  # dL/dW
     ograd: torch.Tensor | None = None  # dL/d(output), full
     hdiag: torch.Tensor | None = None  # Hutchinson diagonal
+    hblock: float | None = None  # block Hutchinson trace of the layer's Hessian block
     cache: dict = field(default_factory=dict)
 
 
@@ -229,6 +243,9 @@ class _LayerCtx:
     bits: int | None
     quantizer: Callable[[torch.Tensor, int], torch.Tensor]
     cache: dict = field(default_factory=dict)
+    model: nn.Module | None = None  # the whole network (for network-level attributions such as ``params``)
+    layer_names: tuple[str, ...] = ()  # every layer's name, forward order
+    shared: dict = field(default_factory=dict)  # one dict shared by all layers of the network
 
 
 @dataclass(frozen=True)
@@ -236,21 +253,23 @@ class Primitive:
     name: str
     description: str
     pass_: str
-    needs: frozenset  # subset of {"act_in", "act_out", "out", "wgrad", "ograd"}
+    needs: frozenset  # subset of {"act_in", "act_out", "out", "wgrad", "ograd"}; hessian: {"hdiag"} / {"hblock"}
     fn: Callable[[_LayerCtx, _Capture | None], torch.Tensor]
+    default: bool = True  # part of names=None (when its pass is available)
 
 
 REGISTRY: dict[str, Primitive] = {}
 PRIMITIVES: dict[str, str] = {}  # name -> one-line description
 
 
-def primitive(name: str, description: str, pass_: str, needs: Iterable[str] = ()):
-    """Register the function computing primitive ``name`` (used as a decorator)."""
+def primitive(name: str, description: str, pass_: str, needs: Iterable[str] = (), default: bool = True):
+    """Register the function computing primitive ``name`` (used as a decorator); ``default=False``
+    leaves it out of ``names=None`` (it is computed only on request)."""
 
     def register(fn):
         if name in REGISTRY:
             raise ValueError(f"primitive {name!r} registered twice")
-        REGISTRY[name] = Primitive(name, description, pass_, frozenset(needs), fn)
+        REGISTRY[name] = Primitive(name, description, pass_, frozenset(needs), fn, default)
         PRIMITIVES[name] = description
         return fn
 
@@ -289,6 +308,41 @@ def _weight(ctx, cap):
     return ctx.weight
 
 
+def block_param_counts(model: nn.Module, layer_names: Sequence[str]) -> list[int]:
+    """Trainable parameters attributed to each layer of ``layer_names`` (see the ``params`` primitive).
+
+    Walks ``model.named_modules()`` (registration order): a layer's own parameters go to it; every
+    other module's trainable parameters go to the layer registered last before it (its BatchNorm in
+    the usual conv-BN blocks), or to the first layer when none came before. Shared parameters count
+    once, so the counts sum to ``sum(p.numel() for p in model.parameters() if p.requires_grad)``."""
+    index = {n: i for i, n in enumerate(layer_names)}
+    counts = [0] * len(layer_names)
+    current, pending, seen = None, 0, set()
+    for name, module in model.named_modules():
+        if name in index:
+            current = index[name]
+            counts[current] += pending
+            pending = 0
+        n = 0
+        for p in module.parameters(recurse=False):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                n += p.numel()
+        if current is None:
+            pending += n
+        else:
+            counts[current] += n
+    return counts
+
+
+@primitive("params", "the layer's trainable parameter count with its block's (weight, bias, the BatchNorm "
+                     "registered after it); sums to the network's count over layers (0-d)", STATIC)
+def _params(ctx, cap):
+    if "block_params" not in ctx.shared:
+        ctx.shared["block_params"] = block_param_counts(ctx.model, ctx.layer_names)
+    return torch.tensor(ctx.shared["block_params"][ctx.index], dtype=torch.int64)
+
+
 _WHERE = {DATA: "on the batch", NOISE: "on N(0,1) noise inputs of the batch's shape",
           PERTURB: "on the batch plus noise_std * N(0,1)"}
 _SUFFIX = {DATA: "", NOISE: "@noise", PERTURB: "@perturb"}
@@ -323,14 +377,22 @@ for _pass in INPUT_PASSES:
             lambda ctx, cap: _per_sample_ag(ctx, cap).sum(dim=0) / (cap.out.shape[0] * _positions(ctx, cap)))
 
 
-@primitive("hessian_diag", "H: Hutchinson estimate of the diagonal of the loss Hessian w.r.t. W (needs hutchinson_probes > 0)", HESSIAN)
+@primitive("hessian_diag", "H: Hutchinson estimate of the diagonal of the loss Hessian w.r.t. W (needs hutchinson_probes > 0)",
+           HESSIAN, ("hdiag",))
 def _hessian_diag(ctx, cap):
     return cap.hdiag
 
 
-@primitive("hessian_trace", "Hutchinson trace of the layer's Hessian block: sum of hessian_diag (0-d tensor)", HESSIAN)
+@primitive("hessian_trace", "Hutchinson trace of the layer's Hessian block: sum of hessian_diag (0-d tensor)", HESSIAN, ("hdiag",))
 def _hessian_trace(ctx, cap):
     return cap.hdiag.sum()
+
+
+@primitive("hessian_block_trace", "Tr(H_l) by Hutchinson with probes on this layer's weights only (HAWQ-V2; "
+                                  "one Hessian-vector product per layer and probe; 0-d tensor)",
+           HESSIAN, ("hblock",), default=False)
+def _hessian_block_trace(ctx, cap):
+    return torch.tensor(cap.hblock, dtype=ctx.weight.dtype)
 
 
 def _quantized(ctx):
@@ -358,11 +420,26 @@ def _bitwidth(ctx, cap):
     return torch.tensor(int(ctx.bits), dtype=torch.int32)
 
 
+def layer_size_mb(weight_numel: int, bias_numel: int, bits: int) -> float:
+    """Storage of one layer in MB (2^20 bytes): weights at ``bits``, biases at 32 bit (the MQ tables' size_mb per layer)."""
+    return (int(weight_numel) * int(bits) + int(bias_numel) * 32) / 8 / 2 ** 20
+
+
+@primitive("size_mb", "the layer's storage in MB at its bit-width: weights at b bits, bias at 32 bits (0-d float64; needs bit_config)",
+           QUANT)
+def _size_mb(ctx, cap):
+    bias = ctx.module.bias.numel() if getattr(ctx.module, "bias", None) is not None else 0
+    return torch.tensor(layer_size_mb(ctx.weight.numel(), bias, int(ctx.bits)), dtype=torch.float64)
+
+
 def default_names(hutchinson_probes: int = 0, bit_config=None) -> list[str]:
-    """The names ``names=None`` stands for: all input-pass primitives, plus hessian_* when probes > 0,
-    plus the quantization ones when a bit_config is given."""
+    """The names ``names=None`` stands for: the static and input-pass primitives, plus hessian_diag and
+    hessian_trace when probes > 0, plus the quantization ones when a bit_config is given
+    (``hessian_block_trace``, one Hessian-vector product per layer and probe, only on request)."""
     out = []
     for name, prim in REGISTRY.items():
+        if not prim.default:
+            continue
         if prim.pass_ == HESSIAN and hutchinson_probes <= 0:
             continue
         if prim.pass_ == QUANT and bit_config is None:
@@ -383,7 +460,7 @@ def resolve_names(names, hutchinson_probes: int = 0, bit_config=None) -> list[st
         raise ConfigError(f"unknown primitive name(s) {', '.join(map(repr, bad))}; valid: {', '.join(REGISTRY)}")
     wanted = set(names)
     if hutchinson_probes <= 0 and any(REGISTRY[n].pass_ == HESSIAN for n in wanted):
-        raise ConfigError("hessian_diag/hessian_trace need hutchinson_probes > 0")
+        raise ConfigError("hessian_diag/hessian_trace/hessian_block_trace need hutchinson_probes > 0")
     if bit_config is None and any(REGISTRY[n].pass_ == QUANT for n in wanted):
         raise ConfigError("weight_q/quant_error/bitwidth need a bit_config")
     return [n for n in REGISTRY if n in wanted]
@@ -592,6 +669,34 @@ def _run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, prob
     return order, caps, loss_value
 
 
+def _block_traces(model, weights, x, y, probes: int, probe_seed: int) -> list[float]:
+    """Hutchinson estimate of Tr(H_ll) of each layer's Hessian block: ``probes`` Rademacher probes z_l
+    supported on that layer's weights only, mean of z_l . (H_ll z_l) from one exact block Hessian-vector
+    product each (double backprop on one graph, accumulated in float64). One generator seeded with
+    ``probe_seed`` draws all probes, layer by layer in forward order. A layer the loss does not depend
+    on (or only linearly) gets 0. This is the estimator of the ``hawq_v2`` baseline, probe for probe."""
+    with torch.enable_grad():
+        logits = model(x)
+        if not isinstance(logits, torch.Tensor):
+            raise ConfigError(f"model returned {type(logits).__name__}, expected a logits tensor")
+        loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+    gen = torch.Generator().manual_seed(probe_seed)
+    out = []
+    for w, g in zip(weights, grads):
+        if g is None or not g.requires_grad:
+            out.append(0.0)
+            continue
+        total = 0.0
+        for _ in range(probes):
+            z = torch.randint(0, 2, w.shape, generator=gen).to(w.dtype).mul_(2).sub_(1).to(w.device)
+            (hz,) = torch.autograd.grad(g, w, grad_outputs=z, retain_graph=True)
+            total += float((z.double() * hz.double()).sum())
+        out.append(total / probes)
+    del grads, loss, logits
+    return out
+
+
 def _fd_hessian(run, xp, probes: int, probe_seed: int, method: str, base, layers, rel_step: float):
     """Hutchinson diagonal with H z from finite differences of weight gradients (see the docstring).
 
@@ -707,8 +812,9 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
         prim = REGISTRY[n]
         if prim.pass_ in INPUT_PASSES:
             passes.setdefault(prim.pass_, set()).update(prim.needs)
-    if any(REGISTRY[n].pass_ == HESSIAN for n in wanted):
-        passes[HESSIAN] = set()
+    for n in wanted:
+        if REGISTRY[n].pass_ == HESSIAN:
+            passes.setdefault(HESSIAN, set()).update(REGISTRY[n].needs)  # "hdiag" (joint) / "hblock" (per layer)
     if not passes:
         passes[DATA] = set()  # a no-grad forward, just to find the layers and their order
 
@@ -747,10 +853,14 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
                 xp = torch.randn(x.shape, generator=_generator("noise", seed), dtype=x.dtype).to(device)
             else:
                 xp = x + noise_std * torch.randn(x.shape, generator=_generator("perturb", seed), dtype=x.dtype).to(device)
+            joint = pass_ != HESSIAN or "hdiag" in passes[HESSIAN]  # the joint-probe Hessian (or an input pass)
             fd = pass_ == HESSIAN and hessian_method != "exact"
             if channels_last and (pass_ != HESSIAN or fd) and xp.dim() == 4:
                 xp = xp.contiguous(memory_format=torch.channels_last)
-            if fd:
+            if not joint:  # only the per-layer block traces: a no-grad forward finds the layers if needed
+                order = layers if layers is not None else run(x, set(), 0)[0]
+                caps, loss = [_Capture() for _ in order], None
+            elif fd:
                 base = None
                 if hessian_method == "fd" and DATA in captures and "wgrad" in passes[DATA]:
                     base = [c.wgrad for c in captures[DATA]]  # same input, layout and weights: reuse g(w)
@@ -758,7 +868,16 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
                                           base, layers, fd_step)
                 loss = None
             else:
-                order, caps, loss = run(xp, passes[pass_], probes if pass_ == HESSIAN else 0)
+                order, caps, loss = run(xp, set() if pass_ == HESSIAN else passes[pass_], probes if pass_ == HESSIAN else 0)
+            if pass_ == HESSIAN and "hblock" in passes[HESSIAN]:
+                try:  # exact block Hessian-vector products on the contiguous batch, like the joint estimate
+                    traces = _block_traces(model, [l.module.weight for l in order], x, y, probes,
+                                           derive_seed(BLOCK_PROBE_TAG, seed))
+                finally:
+                    for b, saved in buffers:
+                        b.data.copy_(saved)
+                for cap, value in zip(caps, traces):
+                    cap.hblock = value
             if layers is None:
                 layers = order
             captures[pass_] = caps
@@ -772,11 +891,13 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
     bits = _bits_per_layer(bit_config, layer_names)
 
     index_cache: dict[tuple[int, int], torch.Tensor] = {}
+    shared: dict = {}
     out_layers = []
     for li, info in enumerate(layers):
         module = info.module
         weight = module.weight.detach().clone()
-        ctx = _LayerCtx(li, info.name, info.kind, module, weight, bits[li], quantizer)
+        ctx = _LayerCtx(li, info.name, info.kind, module, weight, bits[li], quantizer, model=model,
+                        layer_names=tuple(layer_names), shared=shared)
         tensors = {}
         for n in wanted:
             prim = REGISTRY[n]

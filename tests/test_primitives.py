@@ -105,7 +105,9 @@ def test_registry_and_unknown_name():
         extract(model, x, y, names=["hessian_trace"])
     with pytest.raises(ConfigError, match="bit_config"):
         extract(model, x, y, names=["weight_q"])
-    assert set(core.default_names()) == set(PRIMITIVES) - {"hessian_diag", "hessian_trace", "weight_q", "quant_error", "bitwidth"}
+    assert set(core.default_names()) == set(PRIMITIVES) - {"hessian_diag", "hessian_trace", "hessian_block_trace",
+                                                           "weight_q", "quant_error", "bitwidth", "size_mb"}
+    assert "hessian_block_trace" not in core.default_names(hutchinson_probes=2)  # only on request
 
 
 def test_weight_grad_finite_differences():

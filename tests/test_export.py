@@ -1,0 +1,317 @@
+"""evoproxy export: generated standalone modules score exactly like the engine."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evoproxy import cli
+from evoproxy.export import OP_SNIPPETS, PRIMITIVE_SNIPPETS, export_file, export_source, operators_source
+from evoproxy.ops import OPS, OpError
+from evoproxy.score_file import needed
+from evoproxy.searchdata import QUANT_NAMES, with_bit_configs
+from evoproxy.tree import ProxyFileError, parse_proxy
+from mqbench.cifar10 import normalize
+from mqbench.networks.nb201 import OPS as CELL_OPS
+from mqbench.networks.nb201 import NB201Network
+from mqbench.networks.resnet_cifar import CifarResNet
+from mqbench.quant import quantize_weight
+from primitives import PRIMITIVES, extract
+
+REL = 1e-5
+
+NAS_TREES = [
+    # snip + a logdet of noise/data activations (nbinary, matmul, div, @noise)
+    (["nadd", ["layer_sum", ["l1", ["mul", "weight_grad", "weight"]]],
+      ["layer_meanlog", ["logdet", ["matmul", ["div", "act_out@noise", "act_grad"], "act_out"]]]], -1, {}),
+    # perturbation pass, gram, znorm, minmax, softmax, pweighted
+    (["ndiv", ["layer_mean", ["std", ["gram", ["znorm", "act_grad@perturb"]]]],
+      ["layer_pweighted", ["fro", ["sub", ["softmax", "weight_grad@noise"], ["minmax", "weight"]]]]], 1, {"noise_std": 0.02}),
+    # Hessian: joint diagonal, its trace and the per-layer block trace
+    (["layer_sum", ["lmul", ["ladd", ["sum", "hessian_trace"], ["sum", "hessian_block_trace"]],
+                    ["mean", ["mul", "hessian_diag", ["square", "weight"]]]]], 1, {"hutchinson_probes": 2}),
+    # layer inputs, batch ops, fisher / act_x_grad, lbinary
+    (["layer_meanlog", ["ldiv", ["max", ["batch_mean", "act_in"]],
+                        ["lsub", ["numel", ["relu", "act_x_grad"]], ["min", ["batch_std", "act_out"]]]]], 1, {}),
+    # exp / sigmoid / log / gram logdet, nsub
+    (["nsub", ["layer_sum", ["sum", ["exp", ["neg", ["sigmoid", "fisher"]]]]],
+      ["layer_mean", ["logdet", ["gram", ["log", "weight_grad@perturb"]]]]], -1, {}),
+    # parameter counts, safe reciprocal of a square root, nmul
+    (["nmul", ["layer_sum", ["sum", "params"]], ["layer_mean", ["mean", ["inv", ["sqrt", "act_grad@noise"]]]]], 1, {}),
+]
+
+MQ_TREES = [
+    (["layer_sum", ["lmul", ["sum", ["square", "quant_error"]], ["mean", "bitwidth"]]], -1, {}),
+    (["layer_mean", ["logdet", ["matmul", "weight_q", "weight"]]], 1, {}),
+    (["layer_sum", ["lmul", ["ldiv", ["sum", "hessian_block_trace"], ["numel", "weight"]],
+                    ["l1", ["mul", "hessian_diag", ["square", "quant_error"]]]]], -1, {"hutchinson_probes": 2}),
+    (["ndiv", ["layer_pweighted", ["fro", ["div", "quant_error", "weight"]]],
+      ["layer_sum", ["sum", ["mul", "bitwidth", ["tanh", "act_x_grad"]]]]], 1, {}),
+    (["layer_sum", ["l1", ["mul", ["abs", "weight_grad@noise"], ["square", "quant_error"]]]], -1, {}),
+    (["layer_meanlog", ["lmul", ["sum", "size_mb"], ["fro", "quant_error"]]], -1, {}),
+]
+
+
+def _proxy(tree, orientation, prims):
+    return parse_proxy({"format": "evoproxy.proxy/1", "tree": tree, "orientation": orientation,
+                        "primitives": prims, "search": {"bench": "test"}}, "test")
+
+
+def _module(source: str, tmp_path, name: str):
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    return normalize(images), torch.randint(0, 10, (n,), generator=g)
+
+
+def _arch(rng: random.Random) -> str:
+    return "+".join("|" + "|".join(f"{rng.choice(CELL_OPS)}~{j}" for j in range(n)) + "|" for n in (1, 2, 3))
+
+
+def _engine_stats(proxy, model, x, y, bit_configs=None):
+    """Primitives as evoproxy.score_file._stats_for computes them (seed 0, one thread)."""
+    names, probes, noise = needed([proxy])
+    plain = [n for n in names if n not in QUANT_NAMES]
+    if bit_configs is None:
+        return [extract(model, x, y, names=plain, hutchinson_probes=probes if any(n.startswith("hessian") for n in plain)
+                        else 0, noise_std=noise, seed=0)]
+    fp_names = sorted(set(plain) | {"weight"})
+    fp = extract(model, x, y, names=fp_names, hutchinson_probes=probes if any(n.startswith("hessian") for n in fp_names)
+                 else 0, noise_std=noise, seed=0)
+    return with_bit_configs(fp, bit_configs, [n for n in names if n in QUANT_NAMES], keep=set(names),
+                            quantizer=quantize_weight)
+
+
+def _close(a: float, b: float) -> bool:
+    return a == b or abs(a - b) <= REL * max(abs(a), abs(b))
+
+
+@pytest.fixture(scope="module")
+def nas_nets():
+    rng = random.Random(0)
+    nets = []
+    for i in range(10):
+        torch.manual_seed(i)
+        nets.append(NB201Network(_arch(rng), C=8, N=1).train())
+    return nets
+
+
+@pytest.mark.parametrize("k", range(len(NAS_TREES)))
+def test_exported_nas_proxy_equals_engine(k, nas_nets, tmp_path):
+    proxy = _proxy(*NAS_TREES[k])
+    mod = _module(export_source(proxy, f"nas{k}"), tmp_path, f"nas{k}")
+    x, y = _batch()
+    checked = 0
+    for model in nas_nets:
+        want = proxy.score(_engine_stats(proxy, model, x, y)[0])
+        got = mod.score(model, x, y)
+        if math.isnan(want):
+            assert math.isnan(got)
+            continue
+        assert _close(got, want), (k, got, want)
+        checked += 1
+    assert checked >= 8  # at most a couple of nan (e.g. logdet) scores, which must agree too
+
+
+@pytest.fixture(scope="module")
+def mq_setup():
+    torch.manual_seed(0)
+    model = CifarResNet(8).eval()
+    layers = 8  # 7 convs + the linear head
+    rng = random.Random(1)
+    configs = [[8] + [rng.choice([2, 3, 4, 5, 6, 8]) for _ in range(layers - 2)] + [8] for _ in range(10)]
+    return model, configs
+
+
+@pytest.mark.parametrize("k", range(len(MQ_TREES)))
+def test_exported_mq_proxy_equals_engine(k, mq_setup, tmp_path):
+    model, configs = mq_setup
+    proxy = _proxy(*MQ_TREES[k])
+    mod = _module(export_source(proxy, f"mq{k}"), tmp_path, f"mq{k}")
+    x, y = _batch(seed=1)
+    stats = _engine_stats(proxy, model, x, y, configs)
+    for bits, st in zip(configs, stats):
+        want, got = proxy.score(st), mod.score(model, x, y, bits)
+        assert _close(got, want), (k, bits, got, want)
+    names = [l.name for l in stats[0].layers]
+    assert mod.score(model, x, y, dict(zip(names, configs[0]))) == mod.score(model, x, y, configs[0])
+    with pytest.raises(ValueError, match="bit_config"):
+        mod.score(model, x, y)
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples" / "proxies").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_exported_examples_equal_engine(path, nas_nets, mq_setup, tmp_path):
+    """Static-only (params, l2_norm), quantization-only (bit_sum) and block-Hessian-only (hawq_v2) passes."""
+    obj = json.loads(path.read_text())
+    if obj.get("primitives", {}).get("hutchinson_probes"):
+        obj["primitives"]["hutchinson_probes"] = 3  # keep the test fast; the code path is the same
+    proxy = parse_proxy(obj, path.name)
+    mod = _module(export_source(proxy, path.stem), tmp_path, path.stem)
+    if proxy.tree.terminals() & set(QUANT_NAMES):
+        model, configs = mq_setup
+        x, y = _batch(seed=2)
+        for bits, st in zip(configs[:3], _engine_stats(proxy, model, x, y, configs[:3])):
+            assert _close(mod.score(model, x, y, bits), proxy.score(st))
+    else:
+        x, y = _batch(seed=2)
+        for model in nas_nets[:3]:
+            assert _close(mod.score(model, x, y), proxy.score(_engine_stats(proxy, model, x, y)[0]))
+
+
+def test_generated_quantizer_is_mqbench_s(tmp_path):
+    mod = _module(export_source(_proxy(*MQ_TREES[0]), "q"), tmp_path, "q")
+    w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(3))
+    for bits in (1, 2, 3, 4, 8, 16, 32):
+        assert torch.equal(mod.quantize_weight(w, bits), quantize_weight(w, bits))
+
+
+def test_module_is_standalone_readable_and_leaves_the_model_alone(tmp_path, nas_nets):
+    proxy = _proxy(*NAS_TREES[0])
+    source = export_source(proxy, "standalone")
+    imports = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imports |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imports.add(node.module)
+    assert imports <= {"hashlib", "math", "torch", "torch.nn", "torch.nn.functional"}
+    doc = ast.get_docstring(ast.parse(source))
+    assert proxy.formula in doc and proxy.latex() in doc
+    # only what the formula uses: no Hessian, no quantizer, no unused operator
+    assert "_block_traces" not in source and "quantize_weight" not in source and "def op_gram" not in source
+    model = nas_nets[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    mod = _module(source, tmp_path, "standalone")
+    x, y = _batch()
+    mod.score(model, x, y)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert flags == [p.requires_grad for p in model.parameters()]
+    assert all(p.grad is None for p in model.parameters()) and model.training
+
+
+def test_module_runs_without_the_project(tmp_path):
+    proxy = _proxy(*NAS_TREES[1])
+    (tmp_path / "alone.py").write_text(export_source(proxy, "alone"))
+    code = ("import sys\n"
+            "for m in ('evoproxy', 'primitives', 'mqbench', 'numpy'): sys.modules[m] = None\n"
+            "import torch, alone\n"
+            "net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),\n"
+            "                          torch.nn.Flatten(), torch.nn.Linear(4, 10))\n"
+            "print(alone.score(net, torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert math.isfinite(float(out.stdout.strip()))
+
+
+def test_every_operator_and_primitive_has_a_snippet():
+    assert set(OP_SNIPPETS) == set(OPS)
+    assert set(PRIMITIVE_SNIPPETS) == set(PRIMITIVES)
+
+
+def _inputs(g: torch.Generator):
+    shapes = [(4, 3), (5,), (), (3, 2, 2), (1,)]
+    out = []
+    for shape in shapes:
+        t = torch.randn(shape, generator=g) * 3
+        if t.numel() > 2:
+            t.view(-1)[0] = 0.0
+            t.view(-1)[1] = -0.0
+        out.append(t)
+    out.append(torch.tensor([1e30, -50.0, 45.0]))
+    out.append(torch.zeros(0))
+    out.append(torch.randn(600, 2, generator=g))
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+    if math.isnan(a):
+        return math.isnan(b)
+    return a == b or abs(a - b) <= 1e-12 * max(abs(a), abs(b))
+
+
+def _call(fn, *args):
+    try:
+        return "ok", fn(*args)
+    except (OpError, ArithmeticError) as exc:
+        return "error", getattr(exc, "reason", type(exc).__name__)
+    except RuntimeError as exc:
+        return "runtime", type(exc).__name__
+
+
+def test_operator_snippets_match_evoproxy_ops():
+    ns: dict = {}
+    exec(operators_source(), ns)
+    g = torch.Generator().manual_seed(0)
+    tensors = _inputs(g)
+    for name, op in OPS.items():
+        mine = ns[f"op_{name}"]
+        if op.kind in ("unary", "reduce"):
+            cases = [(t,) for t in tensors]
+        elif op.kind == "binary":
+            cases = [(a, b) for a in tensors for b in tensors]
+        elif op.kind == "aggregate":
+            cases = [([1.5, -2.0, 0.0, 3e5], [10, 20, 30, 40]), ([float("nan"), 1.0], [1, 2]), ([-1e-30], [7])]
+            cases = [(np.array(v, dtype=float), w) for v, w in cases]  # the engine passes a float64 array
+        else:
+            cases = [(a, b) for a in (0.0, -0.0, 2.5, -3.0, 1e300) for b in (0.0, -0.0, 4.0, -1e-13)]
+        for args in cases:
+            want, got = _call(op.fn, *args), _call(mine, *[list(a) if op.kind == "aggregate" and i == 0 else a
+                                                           for i, a in enumerate(args)])
+            assert want[0] == got[0], (name, args, want, got)
+            if want[0] == "ok":
+                assert _same(want[1], got[1]), (name, args, want[1], got[1])
+            else:
+                assert want[1] == got[1], (name, want, got)
+
+
+def test_export_cli_and_errors(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"format": "evoproxy.proxy/1", "tree": NAS_TREES[0][0], "orientation": -1}))
+    out = tmp_path / "my_proxy.py"
+    assert cli.main(["export", str(good), "-o", str(out)]) == 0
+    assert "def score(model, inputs, targets, bit_config=None" in out.read_text()
+    assert cli.main(["export", str(good)]) == 0
+    assert "def formula(layers, counts)" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "evoproxy.proxy/1", "tree": ["layer_sum", ["frobnicate", "weight"]]}))
+    for path in (bad, tmp_path / "missing.json"):
+        assert cli.main(["export", str(path), "-o", str(tmp_path / "x.py")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err
+    with pytest.raises(ProxyFileError, match="unknown operator"):
+        export_file(bad)
+    assert not (tmp_path / "x.py").exists()
+
+
+def test_show_cli(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"format": "evoproxy.proxy/1", "tree": NAS_TREES[0][0], "orientation": -1,
+                                "search": {"bench": "nb201-cifar10", "fitness_value": 0.8}}))
+    assert cli.main(["show", str(path), "--latex"]) == 0
+    text = capsys.readouterr().out
+    proxy = _proxy(*NAS_TREES[0])
+    assert proxy.formula in text and proxy.latex() in text and "orientation" in text and "nb201-cifar10" in text
+    assert cli.main(["show", str(tmp_path / "none.json")]) == 2
