@@ -131,10 +131,10 @@ def test_build_killed_before_first_row_resumes(tiny_data_root, tmp_path, monkeyp
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build_mod, "fp_top1", killed)  # dies while measuring the FP accuracy
-    with pytest.raises(KeyboardInterrupt):
-        _build(tiny_data_root, out, configs=2)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # (undo() would also drop the fixture's EVOPROXY_DATA)
+        patch.setattr(build_mod, "fp_top1", killed)  # dies while measuring the FP accuracy
+        with pytest.raises(KeyboardInterrupt):
+            _build(tiny_data_root, out, configs=2)
     _build(tiny_data_root, out, configs=2)
     assert len(read_rows(out)) == 2 + 4
     legacy = tmp_path / "legacy.csv"  # a header-only CSV without metadata (older builder) also resumes
