@@ -38,7 +38,7 @@ def write_table(folder: Path, stem: str, rows: list[dict], columns: list[str], c
     lines = [caption, "", "| " + " | ".join(headers.get(c, c) for c in columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(fmt(row.get(c), digits) for c in columns) + " |")
+        lines.append("| " + " | ".join(fmt(row.get(c), digits).replace("|", "\\|") for c in columns) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
