@@ -151,3 +151,26 @@ def mean_std(values) -> tuple[float, float]:
     if not len(v):
         return math.nan, math.nan
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def evolved_rows(reports: dict, evolved: dict, metrics: list[str]) -> list[dict]:
+    """Table rows of the evolved proxies (one per search seed, with its formula) plus their mean ± std."""
+    from evoproxy.tree import load_proxy
+
+    rows, seeds = [], []
+    for s, path in evolved.items():
+        seeds.append(reports[path])
+        rows.append({"proxy": f"evolved (seed {s})", **{k: reports[path][k] for k in metrics},
+                     "formula": load_proxy(path).formula})
+    if len(seeds) > 1:
+        row = {"proxy": f"evolved, mean ± std over {len(seeds)} seeds", "formula": ""}
+        for k in metrics:
+            m, sd = mean_std([r[k] for r in seeds])
+            if k in ("n", "failed"):
+                row[k] = int(round(m))
+            elif k == "seconds_per_sample":
+                row[k] = m
+            else:
+                row[k] = f"{m:.3f} ± {sd:.3f}" if math.isfinite(m) else "-"
+        rows.append(row)
+    return rows

@@ -13,10 +13,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from experiments.common import (announce, log, mean_std, results_dir, run_or_resume_search, score_with_cache,
+from experiments.common import (announce, evolved_rows, log, results_dir, run_or_resume_search, score_with_cache,
                                 write_table)
 
 SEARCH = dict(samples=50, population=32, generations=20, structure="emq", fitness="spearman_partial")
@@ -51,23 +50,7 @@ def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
         formula = load_proxy(name).formula if name.endswith(".json") else ""
         rows.append({"proxy": Path(name).stem if name.endswith(".json") else name, **{k: rep[k] for k in METRICS},
                      "formula": formula})
-    seeds = []
-    for s, path in evolved.items():
-        seeds.append(reports[path])
-        rows.append({"proxy": f"evolved (seed {s})", **{k: reports[path][k] for k in METRICS},
-                     "formula": load_proxy(path).formula})
-    if len(seeds) > 1:
-        row = {"proxy": f"evolved, mean ± std over {len(seeds)} seeds", "formula": ""}
-        for k in METRICS:
-            m, sd = mean_std([r[k] for r in seeds])
-            if k in ("n", "failed"):
-                row[k] = int(round(m))
-            elif k == "seconds_per_sample":
-                row[k] = m
-            else:
-                row[k] = f"{m:.3f} ± {sd:.3f}" if math.isfinite(m) else "-"
-        rows.append(row)
-    return rows
+    return rows + evolved_rows(reports, evolved, METRICS)
 
 
 def main(argv=None) -> int:

@@ -11,9 +11,8 @@
 from __future__ import annotations
 
 import argparse
-import math
 
-from experiments.common import (announce, log, mean_std, results_dir, run_or_resume_search, score_with_cache,
+from experiments.common import (announce, evolved_rows, log, results_dir, run_or_resume_search, score_with_cache,
                                 write_table)
 
 BENCH = "nb201-cifar10"
@@ -39,30 +38,12 @@ def search_runs(seeds, jobs: int) -> dict[int, str]:
 
 
 def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
-    from evoproxy.tree import load_proxy
-
     rows = []
     for name, rep in reports.items():
         if name in evolved.values():
             continue
         rows.append({"proxy": name, **{k: rep[k] for k in METRICS}, "formula": ""})
-    seeds = []
-    for s, path in evolved.items():
-        rep = reports[path]
-        seeds.append(rep)
-        rows.append({"proxy": f"evolved (seed {s})", **{k: rep[k] for k in METRICS}, "formula": load_proxy(path).formula})
-    if len(seeds) > 1:
-        row = {"proxy": f"evolved, mean ± std over {len(seeds)} seeds", "formula": ""}
-        for k in METRICS:
-            m, sd = mean_std([r[k] for r in seeds])
-            if k in ("n", "failed"):
-                row[k] = int(round(m))
-            elif k == "seconds_per_sample":
-                row[k] = m
-            else:
-                row[k] = f"{m:.3f} ± {sd:.3f}" if math.isfinite(m) else "-"
-        rows.append(row)
-    return rows
+    return rows + evolved_rows(reports, evolved, METRICS)
 
 
 def main(argv=None) -> int:
