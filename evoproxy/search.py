@@ -33,7 +33,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from evoproxy.errors import ConfigError
+from mqbench.fileio import atomic_write_text
 from evoproxy.tree import Node, Proxy, canonical, parse_tree, render
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
@@ -151,15 +151,6 @@ def _seed_for(seed: int, generation: int) -> int:
     return derive_seed("search", int(seed), int(generation))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _screen_key(values) -> tuple:
     return tuple(float(f"{v:.12g}") for v in values)
 
@@ -264,7 +255,7 @@ class Search:
         config = {**dataclasses.asdict(self.config), "search_ids": [int(i) for i in self.ids],
                   "hutchinson_probes_used": self.probes, "terminals_used": self.space.terminals,
                   "benchmark": self.bench.name}
-        _atomic_write(self.out / "config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
 
     # ------------------------------------------------------------------ scoring
     def _score(self, trees: list[Node], counts: dict) -> list[dict]:
@@ -439,7 +430,7 @@ class Search:
 
     # ------------------------------------------------------------------ outputs
     def _checkpoint(self) -> None:
-        _atomic_write(self.out / "checkpoint.json", json.dumps(self._state_json()))
+        atomic_write_text(self.out / "checkpoint.json", json.dumps(self._state_json()))
         self._write_outputs()
 
     def _write_outputs(self) -> None:
@@ -450,13 +441,13 @@ class Search:
             writer = csv.DictWriter(buf, fieldnames=list(self.log[0]))
             writer.writeheader()
             writer.writerows(self.log)
-            _atomic_write(self.out / "log.csv", buf.getvalue())
+            atomic_write_text(self.out / "log.csv", buf.getvalue())
         hof = [{"rank": r + 1, "formula": self._proxy(i).formula, "fitness": i.fitness, "generation": i.generation,
                 "tree": i.tree.to_json(), "orientation": i.orientation} for r, i in enumerate(self.hof)]
-        _atomic_write(self.out / "hall_of_fame.json", json.dumps(hof, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(self.out / "hall_of_fame.json", json.dumps(hof, indent=2, ensure_ascii=False) + "\n")
         if self.hof:
             text = json.dumps(self._proxy(self.hof[0]).to_json(), indent=2, ensure_ascii=False) + "\n"
-            _atomic_write(self.out / "best.json", text)
+            atomic_write_text(self.out / "best.json", text)
 
     def _proxy(self, ind: Individual) -> Proxy:
         from evoproxy.metrics import partial_spearman, spearman

@@ -197,18 +197,11 @@ class Proxy:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + rename)."""
-        import os
+        from mqbench.fileio import atomic_write_text
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(self.to_json(), fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
 
     def score(self, stats) -> float:
         return self.orientation * evaluate_tree(self.tree, stats)

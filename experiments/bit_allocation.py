@@ -34,7 +34,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from experiments.common import REPO, announce, dump_json, log, results_dir, write_table
+from mqbench.fileio import append_line, complete_lines
 
 ALLOWED = (2, 3, 4)
 BUDGET_BITS = (3, 4)
@@ -464,28 +464,9 @@ def ptq_key(info: ModelInfo) -> str:
     return hashlib.sha256(json.dumps(info.ptq.as_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _append_line(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_cache(path: Path) -> list[dict]:
     """Rows of the PTQ cache; a torn last line (a crash mid-write) is cut off."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as fh:
-            fh.truncate(cut)
-            fh.flush()
-            os.fsync(fh.fileno())
-        data = data[:cut]
-    lines = data.decode("utf-8").splitlines()
+    lines = complete_lines(path)
     if not lines:
         return []
     if tuple(lines[0].split(",")) != CACHE_COLUMNS:
@@ -529,14 +510,14 @@ class PTQRunner:
         todo = list(dict.fromkeys(tuple(c) for c in configs if tuple(c) not in self.known))
         if todo:
             if not self.path.exists() or self.path.stat().st_size == 0:
-                _append_line(self.path, ",".join(CACHE_COLUMNS) + "\n")
+                append_line(self.path, ",".join(CACHE_COLUMNS) + "\n")
             job = BuildJob(self.info.model, self.info.checkpoint, self.info.meta["normalization"], None,
                            self.info.ptq, threads=1)
             for cfg in tqdm(todo, desc=desc, unit="cfg", file=sys.stderr, disable=not self.progress,
                             dynamic_ncols=True):
                 acc, seconds = evaluate_config(job, self.info.full_bits(cfg))
                 acc = round(acc, 2)  # as the table stores it
-                _append_line(self.path, f"{self.info.model},{bits_to_str(cfg)},{acc:.2f},{self.info.size_mb(cfg):.6f},"
+                append_line(self.path, f"{self.info.model},{bits_to_str(cfg)},{acc:.2f},{self.info.size_mb(cfg):.6f},"
                                         f"{self.info.bops_g(cfg):.6f},{self.info.ptq.calib_seed},{self.sha},{self.key},"
                                         f"{seconds:.3f}\n")
                 self.known[cfg] = acc

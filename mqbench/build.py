@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from evoproxy.errors import ConfigError, DataError
+from mqbench.fileio import append_line, atomic_write_text, complete_lines, has_torn_tail
 from mqbench.ptq import PTQSettings, fp_top1, ptq_top1
 from mqbench.quant import BitSpec, bops, default_bit_spec, layer_macs, model_size_mb, quantizable_layers
 
@@ -120,19 +121,9 @@ def _evaluate_row(job: BuildJob, index: int, kind: str, full_bits: list[int]):
 
 def read_rows(path: Path, repair: bool = False) -> list[dict]:
     """Rows of a table CSV; a torn last line is cut off when ``repair`` (else it is an error)."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        if not repair:
-            raise DataError(f"table {path} ends with an incomplete row; re-run the build to repair it")
-        cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as fh:
-            fh.truncate(cut)
-            fh.flush()
-            os.fsync(fh.fileno())
-        data = data[:cut]
-    lines = data.decode("utf-8").splitlines()
+    if not repair and has_torn_tail(path):
+        raise DataError(f"table {path} ends with an incomplete row; re-run the build to repair it")
+    lines = complete_lines(path)
     if not lines:
         return []
     header = tuple(lines[0].split(","))
@@ -159,19 +150,8 @@ def read_rows(path: Path, repair: bool = False) -> list[dict]:
     return rows
 
 
-def _append_line(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: int = 1,
@@ -232,7 +212,7 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
     # leaves a table that the same command resumes.
     _write_json_atomic(meta_path, meta)
     if not out.exists() or out.stat().st_size == 0:
-        _append_line(out, ",".join(TABLE_COLUMNS) + "\n")
+        append_line(out, ",".join(TABLE_COLUMNS) + "\n")
     done = {row["index"] for row in rows}
     todo = [(i, kind, cfg) for i, kind, cfg in plan if i not in done]
     if limit is not None:
@@ -263,7 +243,7 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
             full = spec.full_config(cfg)
             size = model_size_mb(meta["layer_params"], meta["layer_bias"], full)
             bop = bops(meta["layer_macs"], full, spec.act_bits) / 1e9
-            _append_line(out, f"{index},{kind},{bits_to_str(cfg)},{acc:.2f},{size:.6f},{bop:.6f},{ptq.calib_seed},{fp_model.checkpoint_sha256[:16]},{seconds:.3f}\n")
+            append_line(out, f"{index},{kind},{bits_to_str(cfg)},{acc:.2f},{size:.6f},{bop:.6f},{ptq.calib_seed},{fp_model.checkpoint_sha256[:16]},{seconds:.3f}\n")
             bar.update(1)
     finally:
         bar.close()

@@ -102,7 +102,7 @@ def test_build_crash_then_resume_equals_uninterrupted(tiny_data_root, tmp_path, 
     assert len(reference) == 6 + 4 and len({r["index"] for r in reference}) == 10
 
     crashing = tmp_path / "crash.csv"
-    real_append, calls = build_mod._append_line, []
+    real_append, calls = build_mod.append_line, []
 
     def append_then_crash(path, line):
         calls.append(line)
@@ -110,10 +110,10 @@ def test_build_crash_then_resume_equals_uninterrupted(tiny_data_root, tmp_path, 
             raise KeyboardInterrupt
         real_append(path, line)
 
-    monkeypatch.setattr(build_mod, "_append_line", append_then_crash)
+    monkeypatch.setattr(build_mod, "append_line", append_then_crash)
     with pytest.raises(KeyboardInterrupt):
         _build(tiny_data_root, crashing)
-    monkeypatch.setattr(build_mod, "_append_line", real_append)
+    monkeypatch.setattr(build_mod, "append_line", real_append)
     assert len(read_rows(crashing)) == 3
     with open(crashing, "ab") as fh:  # a torn row, as a kill in mid-write would leave
         fh.write(b"7,sample,2-3-4")
