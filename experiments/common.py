@@ -65,6 +65,21 @@ def finished_run(config) -> bool:
     return same and int(rows[-1]["generation"]) >= config.generations
 
 
+def seeded_searches(experiment: str, bench: str, seeds, jobs: int, settings: dict) -> dict[int, str]:
+    """{seed: best.json path} of one search per seed under ``results/<experiment>/runs/seed<S>/``
+    (finished runs reused, interrupted ones resumed)."""
+    from evoproxy.search import SearchConfig
+
+    folder = results_dir(experiment) / "runs"
+    out = {}
+    for s in seeds:
+        run = folder / f"seed{s}"
+        log(f"search seed {s} -> {run}")
+        run_or_resume_search(SearchConfig(bench=bench, out=str(run), seed=s, jobs=jobs, **settings))
+        out[s] = str(run / "best.json")
+    return out
+
+
 def run_or_resume_search(config) -> None:
     """``run_search(config)``: skipped when ``config.out`` holds the finished run, resumed from a checkpoint."""
     from evoproxy.search import run_search

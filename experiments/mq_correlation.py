@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.common import (announce, evolved_rows, log, results_dir, run_or_resume_search, score_with_cache,
+from experiments.common import (announce, evolved_rows, log, results_dir, score_with_cache, seeded_searches,
                                 write_table)
 
 SEARCH = dict(samples=50, population=32, generations=20, structure="emq", fitness="spearman_partial")
@@ -25,19 +25,6 @@ HEADERS = {"spearman": "ρ", "kendall": "τ", "pearson": "r", "spearman_top20": 
            "spearman_top100": "ρ@100%", "partial_spearman": "partial ρ (size)", "seconds_per_sample": "s/config"}
 METRICS = COLUMNS[1:-1]
 TABLES = Path(__file__).resolve().parent.parent / "mqbench" / "tables"
-
-
-def search_runs(seeds, jobs: int) -> dict[int, str]:
-    from evoproxy.search import SearchConfig
-
-    folder = results_dir("mq_correlation") / "runs"
-    out = {}
-    for s in seeds:
-        run = folder / f"seed{s}"
-        log(f"search seed {s} -> {run}")
-        run_or_resume_search(SearchConfig(bench="mq-resnet20-cifar10", out=str(run), seed=s, jobs=jobs, **SEARCH))
-        out[s] = str(run / "best.json")
-    return out
 
 
 def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
@@ -62,7 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.search_seeds.split(",") if s.strip()]
-    evolved = search_runs(seeds, args.jobs)
+    evolved = seeded_searches("mq_correlation", "mq-resnet20-cifar10", seeds, args.jobs, SEARCH)
     extra = [e for e in args.extra.split(",") if e.strip()]
     proxies = proxy_names("mq") + extra + list(evolved.values())
     out = results_dir("mq_correlation")

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.common import (announce, evolved_rows, log, results_dir, run_or_resume_search, score_with_cache,
-                                write_table)
+from experiments.common import announce, evolved_rows, results_dir, score_with_cache, seeded_searches, write_table
 
 BENCH = "nb201-cifar10"
 SEARCH = dict(samples=100, population=64, generations=40, structure="emq", fitness="spearman")
@@ -22,19 +21,6 @@ COLUMNS = ["proxy", "spearman", "kendall", "pearson", "spearman_top20", "spearma
 HEADERS = {"spearman": "ρ", "kendall": "τ", "pearson": "r", "spearman_top20": "ρ@20%", "spearman_top50": "ρ@50%",
            "spearman_top100": "ρ@100%", "partial_spearman": "partial ρ (params)", "seconds_per_sample": "s/arch"}
 METRICS = COLUMNS[1:-1]
-
-
-def search_runs(seeds, jobs: int) -> dict[int, str]:
-    from evoproxy.search import SearchConfig
-
-    folder = results_dir("nb201_correlation") / "runs"
-    out = {}
-    for s in seeds:
-        run = folder / f"seed{s}"
-        log(f"search seed {s} -> {run}")
-        run_or_resume_search(SearchConfig(bench=BENCH, out=str(run), seed=s, jobs=jobs, **SEARCH))
-        out[s] = str(run / "best.json")
-    return out
 
 
 def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
@@ -58,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.search_seeds.split(",") if s.strip()]
-    evolved = search_runs(seeds, args.jobs)
+    evolved = seeded_searches("nb201_correlation", BENCH, seeds, args.jobs, SEARCH)
     baselines = args.proxies.split(",") if args.proxies else proxy_names("nas")
     bench = get_benchmark(BENCH)
     columns = list(bench.columns)
