@@ -669,7 +669,7 @@ def _run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, prob
     return order, caps, loss_value
 
 
-def _block_traces(model, weights, x, y, probes: int, probe_seed: int) -> list[float]:
+def block_hessian_traces(model, weights, x, y, probes: int, probe_seed: int) -> list[float]:
     """Hutchinson estimate of Tr(H_ll) of each layer's Hessian block: ``probes`` Rademacher probes z_l
     supported on that layer's weights only, mean of z_l . (H_ll z_l) from one exact block Hessian-vector
     product each (double backprop on one graph, accumulated in float64). One generator seeded with
@@ -871,7 +871,7 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
                 order, caps, loss = run(xp, set() if pass_ == HESSIAN else passes[pass_], probes if pass_ == HESSIAN else 0)
             if pass_ == HESSIAN and "hblock" in passes[HESSIAN]:
                 try:  # exact block Hessian-vector products on the contiguous batch, like the joint estimate
-                    traces = _block_traces(model, [l.module.weight for l in order], x, y, probes,
+                    traces = block_hessian_traces(model, [l.module.weight for l in order], x, y, probes,
                                            derive_seed(BLOCK_PROBE_TAG, seed))
                 finally:
                     for b, saved in buffers:

@@ -160,24 +160,14 @@ def hessian_traces(ctx: ProxyContext, probes: int = HAWQ_V2_PROBES) -> list[floa
     (about 90 CPU-s per network)."""
 
     def compute():
-        from primitives.core import derive_seed
+        from primitives.core import BLOCK_PROBE_TAG, block_hessian_traces, derive_seed
 
         model = ctx.model
         modules = _modules_in_order(ctx, model)
-        weights, grads = _loss_and_grads(model, modules, ctx.inputs, ctx.targets)
-        gen = torch.Generator().manual_seed(derive_seed("hawq_v2", int(ctx.seed)))
-        out = []
-        for w, g in zip(weights, grads):
-            if g is None or not g.requires_grad:
-                out.append(0.0)
-                continue
-            total = 0.0
-            for _ in range(int(probes)):
-                z = torch.randint(0, 2, w.shape, generator=gen).to(w.dtype).mul_(2).sub_(1)
-                (hz,) = torch.autograd.grad(g, w, grad_outputs=z, retain_graph=True)
-                total += float((z.double() * hz.double()).sum())
-            out.append(total / int(probes))
-        return out
+        for m in modules:
+            m.weight.requires_grad_(True)
+        return block_hessian_traces(model, [m.weight for m in modules], ctx.inputs, ctx.targets, int(probes),
+                                    derive_seed(BLOCK_PROBE_TAG, int(ctx.seed)))
 
     return ctx.network_cached(("hessian_trace", int(probes)), compute)
 
