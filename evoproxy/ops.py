@@ -339,32 +339,6 @@ def red_logdet(x):
     return float(value) if float(sign) > 0 else math.nan
 
 
-# ------------------------------------------------------------------------------------- layer binary
-
-@register("ladd", "lbinary", "({0} + {1})", r"\left({0} + {1}\right)", commutative=True, weight=0.5)
-def l_add(a, b):
-    """a + b"""
-    return a + b
-
-
-@register("lsub", "lbinary", "({0} - {1})", r"\left({0} - {1}\right)", weight=0.5)
-def l_sub(a, b):
-    """a - b"""
-    return a - b
-
-
-@register("lmul", "lbinary", "({0} * {1})", r"\left({0} \cdot {1}\right)", commutative=True, weight=0.5)
-def l_mul(a, b):
-    """a * b"""
-    return a * b
-
-
-@register("ldiv", "lbinary", "({0} / {1})", r"\frac{{{0}}}{{{1}}}", weight=0.5)
-def l_div(a, b):
-    """a / (b + s 1e-12), s = sign(b) (1 for b = 0)"""
-    return a / (b + (EPS if b >= 0 else -EPS))
-
-
 # ------------------------------------------------------------------------------------- aggregations
 # fn(values, weights) with values: float64 array over layers, weights: each layer's weight numel
 
@@ -393,27 +367,34 @@ def agg_pweighted(values, weights):
     return float(np.sum(values * w) / np.sum(w))
 
 
-# ------------------------------------------------------------------------------------- net binary
+# ------------------------------------------------------------------------------------- scalar binary
+# the same four functions on layer scalars (ladd ...) and on network scalars (nadd ...)
 
-@register("nadd", "nbinary", "({0} + {1})", r"\left({0} + {1}\right)", commutative=True, weight=0.5)
-def n_add(a, b):
+def s_add(a, b):
     """a + b"""
     return a + b
 
 
-@register("nsub", "nbinary", "({0} - {1})", r"\left({0} - {1}\right)", weight=0.5)
-def n_sub(a, b):
+def s_sub(a, b):
     """a - b"""
     return a - b
 
 
-@register("nmul", "nbinary", "({0} * {1})", r"\left({0} \cdot {1}\right)", commutative=True, weight=0.5)
-def n_mul(a, b):
+def s_mul(a, b):
     """a * b"""
     return a * b
 
 
-@register("ndiv", "nbinary", "({0} / {1})", r"\frac{{{0}}}{{{1}}}", weight=0.5)
-def n_div(a, b):
+def s_div(a, b):
     """a / (b + s 1e-12), s = sign(b) (1 for b = 0)"""
     return a / (b + (EPS if b >= 0 else -EPS))
+
+
+for _prefix, _kind in (("l", "lbinary"), ("n", "nbinary")):
+    _dot = r"\cdot"
+    register(f"{_prefix}add", _kind, "({0} + {1})", r"\left({0} + {1}\right)", commutative=True, weight=0.5)(s_add)
+    register(f"{_prefix}sub", _kind, "({0} - {1})", r"\left({0} - {1}\right)", weight=0.5)(s_sub)
+    register(f"{_prefix}mul", _kind, "({0} * {1})", r"\left({0} " + _dot + r" {1}\right)", commutative=True, weight=0.5)(s_mul)
+    register(f"{_prefix}div", _kind, "({0} / {1})", r"\frac{{{0}}}{{{1}}}", weight=0.5)(s_div)
+
+
