@@ -89,14 +89,10 @@ def score_many(recipe, trees, start: int, stop: int | None, jobs: int = 1, time_
         return []
     if jobs <= 1 or len(trees_json) < 2:
         return _chunk(recipe, trees_json, start, stop, time_bound, check_constant)
-    from joblib import Parallel, delayed
+    from evoproxy.parallel import map_items
 
-    from evoproxy.parallel import call_with_env, snapshot_env
-
-    env = snapshot_env()
     n_chunks = min(len(trees_json), jobs * 4)
     bounds = np.linspace(0, len(trees_json), n_chunks + 1).astype(int)
-    parts = Parallel(n_jobs=jobs, backend="loky")(
-        delayed(call_with_env)(env, _chunk, recipe, trees_json[a:b], start, stop, time_bound, check_constant)
-        for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+    chunks = [trees_json[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    parts = map_items(_chunk, chunks, (recipe,), (start, stop, time_bound, check_constant), jobs=jobs, progress=False)
     return [s for part in parts for s in part]

@@ -23,7 +23,6 @@ used it; per-network caches are paid by the first item and so amortised), ``fail
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,74 +158,33 @@ def score_item(spec: BenchSpec, item, names: list[str], inputs, targets, seed: i
     return result
 
 
+def _check_jobs(jobs) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+
+
 def score_items(spec: BenchSpec, ids: list, names: list[str], inputs, targets, jobs: int = 1,
                 progress: bool = True, desc: str = "proxies") -> list[dict]:
     """``score_item`` for every id, in order (joblib processes when ``jobs`` > 1), with a tqdm bar on stderr."""
-    from tqdm import tqdm
+    from evoproxy.parallel import map_items
 
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
-    inputs = inputs.detach().cpu().contiguous()
-    targets = targets.detach().cpu().contiguous()
-    bar = tqdm(total=len(ids), desc=desc, unit="item", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    out = []
-    try:
-        if jobs == 1 or len(ids) <= 1:
-            for item in ids:
-                out.append(score_item(spec, item, names, inputs, targets))
-                bar.update(1)
-        else:
-            from joblib import Parallel, delayed
-
-            from evoproxy.parallel import call_with_env, snapshot_env
-
-            env = snapshot_env()
-
-            runner = Parallel(n_jobs=min(jobs, len(ids)), backend="loky", return_as="generator")
-            for res in runner(delayed(call_with_env)(env, score_item, spec, item, names, inputs, targets) for item in ids):
-                out.append(res)
-                bar.update(1)
-    finally:
-        bar.close()
-    return out
+    _check_jobs(jobs)
+    after = (names, inputs.detach().cpu().contiguous(), targets.detach().cpu().contiguous())
+    return map_items(score_item, ids, (spec,), after, jobs=jobs, progress=progress, desc=desc)
 
 
 def score_file_items(spec: BenchSpec, ids: list, files: dict, inputs, targets, jobs: int = 1,
                      progress: bool = True, desc: str = "proxies") -> list[dict]:
     """Like :func:`score_items` for parsed proxy files ``{label: Proxy}`` (see :mod:`evoproxy.score_file`)."""
-    from tqdm import tqdm
-
+    from evoproxy.parallel import map_items
     from evoproxy.score_file import needed, score_item as score_file_item
 
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    _check_jobs(jobs)
     labels = list(files)
-    proxies_json = [files[k].to_json() for k in labels]
     prim_names, probes, noise = needed(files.values())
-    inputs = inputs.detach().cpu().contiguous()
-    targets = targets.detach().cpu().contiguous()
-    args = (labels, proxies_json, prim_names, probes, noise, inputs, targets)
-    bar = tqdm(total=len(ids), desc=desc, unit="item", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    out = []
-    try:
-        if jobs == 1 or len(ids) <= 1:
-            for item in ids:
-                out.append(score_file_item(spec, item, *args))
-                bar.update(1)
-        else:
-            from joblib import Parallel, delayed
-
-            from evoproxy.parallel import call_with_env, snapshot_env
-
-            env = snapshot_env()
-
-            runner = Parallel(n_jobs=min(jobs, len(ids)), backend="loky", return_as="generator")
-            for res in runner(delayed(call_with_env)(env, score_file_item, spec, item, *args) for item in ids):
-                out.append(res)
-                bar.update(1)
-    finally:
-        bar.close()
-    return out
+    after = (labels, [files[k].to_json() for k in labels], prim_names, probes, noise,
+             inputs.detach().cpu().contiguous(), targets.detach().cpu().contiguous())
+    return map_items(score_file_item, ids, (spec,), after, jobs=jobs, progress=progress, desc=desc)
 
 
 def report(name: str, results: list[dict], truth: np.ndarray, size: np.ndarray, partial_on: str) -> dict:

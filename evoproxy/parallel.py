@@ -42,3 +42,30 @@ def call_with_env(env: dict, fn, *args, **kwargs):
     if changed:
         _forget_memos()
     return fn(*args, **kwargs)
+
+
+def map_items(fn, items, before: tuple = (), after: tuple = (), *, jobs: int = 1, progress: bool = True,
+              desc: str = "", unit: str = "item") -> list:
+    """``[fn(*before, item, *after) for item in items]`` in order, in joblib (loky) processes when ``jobs`` > 1
+    (each task sees the caller's data root, see :func:`call_with_env`), with a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    items = list(items)
+    bar = tqdm(total=len(items), desc=desc, unit=unit, file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    out = []
+    try:
+        if jobs == 1 or len(items) <= 1:
+            for item in items:
+                out.append(fn(*before, item, *after))
+                bar.update(1)
+        else:
+            from joblib import Parallel, delayed
+
+            env = snapshot_env()
+            runner = Parallel(n_jobs=min(jobs, len(items)), backend="loky", return_as="generator")
+            for res in runner(delayed(call_with_env)(env, fn, *before, item, *after) for item in items):
+                out.append(res)
+                bar.update(1)
+    finally:
+        bar.close()
+    return out

@@ -85,3 +85,4 @@ def score_item(spec: BenchSpec, item, labels: list[str], proxies_json: list, nam
             result["scores"][label] = value
             result["seconds"][label] = share + time.perf_counter() - t0
     return result
+

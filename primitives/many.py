@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Hashable, Sequence
@@ -133,7 +132,7 @@ def extract_many(items: Sequence[Hashable], build: Callable, batch, *, jobs: int
     ``DEFAULT_THREADS``), so results are bit-identical for any ``jobs``. With ``cache_dir`` a
     network already extracted with the same key is loaded instead of recomputed.
     """
-    from tqdm import tqdm
+    from evoproxy.parallel import map_items
 
     inputs, targets, batch_seed = batch
     items = list(items)
@@ -146,27 +145,6 @@ def extract_many(items: Sequence[Hashable], build: Callable, batch, *, jobs: int
     digest = batch_hash(inputs, targets)
     inputs = inputs.detach().cpu().contiguous()
     targets = targets.detach().cpu().contiguous()
-    bar = tqdm(total=len(items), desc="primitives", unit="net", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
-    results: list[core.NetworkStats] = []
-    try:
-        if jobs == 1 or len(items) <= 1:
-            for item in items:
-                results.append(_one(item, build, inputs, targets, batch_seed, digest, cache_dir, extract_kwargs))
-                bar.update(1)
-        else:
-            from joblib import Parallel, delayed
+    return map_items(_one, items, (), (build, inputs, targets, batch_seed, digest, cache_dir, extract_kwargs),
+                     jobs=jobs, progress=progress, desc="primitives", unit="net")
 
-            from evoproxy.parallel import call_with_env, snapshot_env
-
-            env = snapshot_env()
-
-            runner = Parallel(n_jobs=min(jobs, len(items)), backend="loky", return_as="generator")
-            for stats in runner(delayed(call_with_env)(env, _one, item, build, inputs, targets, batch_seed, digest, cache_dir,
-                                                          extract_kwargs)
-                                for item in items):
-                results.append(stats)
-                bar.update(1)
-    finally:
-        bar.close()
-    return results
