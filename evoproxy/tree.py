@@ -148,7 +148,9 @@ def _parse(obj, where: str, depth: int) -> Node:
     if isinstance(obj, str):
         if obj in OPS:
             raise ProxyFileError(f"{where}: operator {obj!r} used without arguments")
-        if obj not in terminal_names():
+        from primitives import PRIMITIVES
+
+        if obj not in PRIMITIVES:
             raise ProxyFileError(f"{where}: unknown primitive {obj!r}; known: {', '.join(terminal_names())}")
         return Node(obj)
     if not isinstance(obj, list) or not obj:
