@@ -167,6 +167,7 @@ def _proxy_run_options(p: argparse.ArgumentParser, bench_required: bool = True) 
     p.add_argument("--split", default="holdout", choices=("holdout", "search", "all"), help="which part of the benchmark to sample")
     p.add_argument("--gt-column", default=None, help="ground-truth column (NAS-Bench-201: CIFAR10/CIFAR100/ImageNet...)")
     p.add_argument("--table", default=None, help="benchmark table (default: the benchmark's own)")
+    p.add_argument("--checkpoint", default=None, help="MQ tables: FP checkpoint file (default: found by name in the data root; verified by sha256)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (scores do not depend on it)")
     p.add_argument("--batch", type=int, default=64, help="CIFAR-10 training images in the batch")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
@@ -186,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from evoproxy.metrics import json_safe
 
     reports = evaluate(args.bench, [args.proxy], args.samples, args.seed, args.split, table=args.table,
-                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch)
+                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint)
     rep = reports[next(iter(reports))]
     if args.json:
         print(json.dumps(json_safe(rep)))
@@ -229,7 +230,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         bench = load_bench(BenchSpec(args.bench, args.table, args.gt_column))
         names = proxy_names("mq" if is_mq(bench) else "nas")
     reports = evaluate(args.bench, names, args.samples, args.seed, args.split, table=args.table,
-                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch)
+                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint)
     out = Path(args.out) if args.out else (Path(__file__).resolve().parent.parent / "results" / "baselines" /
                                            f"{args.bench}_{args.split}_n{args.samples}_seed{args.seed}")
     csv_path, md_path = write_baselines(reports, out)
@@ -275,6 +276,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fitness", choices=fitness_names(), default=d.fitness)
     p.add_argument("--table", default=None, help="benchmark table (default: the benchmark's own)")
     p.add_argument("--gt-column", default=None, help="ground-truth column (NAS-Bench-201)")
+    p.add_argument("--checkpoint", default=None, help="MQ tables: FP checkpoint file (default: found by name in the data root; verified by sha256)")
     p.add_argument("--batch", type=int, default=d.batch, help="CIFAR-10 training images in the batch")
     p.add_argument("--hutchinson-probes", type=int, default=None,
                    help="Hessian probes (default 0 on NAS benchmarks: no Hessian terminals; 8 on MQ benchmarks)")
@@ -306,7 +308,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                           diversity=not args.no_diversity, novelty_weight=args.novelty_weight,
                           tournament=args.tournament, elites=args.elites, max_depth=args.max_depth,
                           max_size=args.max_size, jobs=args.jobs, time_budget=args.time_budget,
-                          progress=not args.quiet)
+                          progress=not args.quiet, checkpoint=args.checkpoint)
     result = run_search(config, resume=args.resume)
     s = result.best.search
     print(f"best: {result.best.formula}")

@@ -44,6 +44,7 @@ class BenchSpec:
     table: str | None = None
     gt_column: str | None = None
     stamp: str = ""  # the table file's mtime and size: a changed file is re-read by the workers
+    checkpoint: str | None = None  # MQ tables: read the FP checkpoint here instead of the data root
 
 
 _BENCHES: dict[BenchSpec, object] = {}
@@ -55,15 +56,16 @@ def load_bench(spec: BenchSpec):
     from mqbench.benchmarks import get_benchmark
 
     if spec.table is None:
-        return get_benchmark(spec.name, gt_column=spec.gt_column)
+        return get_benchmark(spec.name, gt_column=spec.gt_column, checkpoint=spec.checkpoint)
     if spec not in _BENCHES:
-        remember(spec, get_benchmark(spec.name, table=spec.table, gt_column=spec.gt_column))
+        remember(spec, get_benchmark(spec.name, table=spec.table, gt_column=spec.gt_column, checkpoint=spec.checkpoint))
     return _BENCHES[spec]
 
 
 def remember(spec: BenchSpec, bench) -> None:
     """Cache ``bench`` under ``spec``, forgetting older versions of the same table."""
-    for old in [k for k in _BENCHES if (k.name, k.table, k.gt_column) == (spec.name, spec.table, spec.gt_column)]:
+    same = (spec.name, spec.table, spec.gt_column, spec.checkpoint)
+    for old in [k for k in _BENCHES if (k.name, k.table, k.gt_column, k.checkpoint) == same]:
         del _BENCHES[old]
     _BENCHES[spec] = bench
 
@@ -187,6 +189,21 @@ def score_file_items(spec: BenchSpec, ids: list, files: dict, inputs, targets, j
     return map_items(score_file_item, ids, (spec,), after, jobs=jobs, progress=progress, desc=desc)
 
 
+class AllFailed(ConfigError):
+    """Every item of a run failed: nothing was measured."""
+
+
+def check_not_all_failed(results: list[dict], names: list[str]) -> None:
+    """Raise :class:`AllFailed` naming the count and the first reason when no (item, proxy) has a score."""
+    if not results or not names:
+        return
+    if all(name in r["errors"] for r in results for name in names):
+        first = results[0]
+        reason = first["errors"][names[0]]
+        raise AllFailed(f"all {len(results)} items failed for {', '.join(names)} "
+                        f"(first: id {_plain(first['id'])}: {reason})")
+
+
 def report(name: str, results: list[dict], truth: np.ndarray, size: np.ndarray, partial_on: str) -> dict:
     """The evaluator's object for proxy ``name`` from per-item results."""
     from evoproxy.metrics import correlation_report
@@ -206,19 +223,23 @@ def _plain(value):
 
 def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, split: str = "holdout", *,
              table: str | Path | None = None, gt_column_name: str | None = None, jobs: int = 1, batch: int = 64,
-             progress: bool = True, items: dict | None = None) -> dict:
+             progress: bool = True, items: dict | None = None, checkpoint: str | Path | None = None) -> dict:
     """{proxy: report} for every proxy on the same sample and batch (see the module docstring).
 
     ``items``: a dict to receive the per-item data: ``ids``, ``truth``, ``size`` and ``results``
-    (one {"id", "scores", "errors", "seconds"} per item), e.g. for an experiment that keeps them."""
+    (one {"id", "scores", "errors", "seconds"} per item), e.g. for an experiment that keeps them.
+    Raises :class:`AllFailed` (one line: the count and the first reason) when every item failed
+    for every proxy; partial failures are counted in the reports."""
     from mqbench.cifar10 import sample_batch
 
     names, files = resolve_proxies([proxies] if isinstance(proxies, str) else proxies)
-    b = load_bench(BenchSpec(bench, None if table is None else str(table), gt_column_name))
+    ckpt = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
+    b = load_bench(BenchSpec(bench, None if table is None else str(table), gt_column_name, checkpoint=ckpt))
+    b.verify()
     # workers get the table's resolved path, so they never depend on their own environment
     path = table_path(b)
     stat = path.stat()
-    spec = BenchSpec(bench, str(path), gt_column_name, f"{stat.st_mtime_ns}:{stat.st_size}")
+    spec = BenchSpec(bench, str(path), gt_column_name, f"{stat.st_mtime_ns}:{stat.st_size}", ckpt)
     remember(spec, b)
     if not is_mq(b):
         from evoproxy.baselines import get_proxy
@@ -246,8 +267,11 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
             for key in ("scores", "errors", "seconds"):
                 r[key].update(f[key])
     names = labels
+    check_not_all_failed(results, names)
+    from mqbench.dataroot import portable_path
+
     settings = {"bench": bench, "split": split, "seed": seed, "samples": len(ids), "batch": batch,
-                "gt_column": gt_column(b), "table": str(table_path(b))}
+                "gt_column": gt_column(b), "table": portable_path(table_path(b))}
     if items is not None:
         items.update({"ids": list(ids), "truth": truth, "size": size, "results": results})
     out = {}

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evoproxy.errors import ConfigError
+from evoproxy.errors import ConfigError, EvoproxyError
 from mqbench.fileio import atomic_write_text
 from evoproxy.tree import Node, Proxy, canonical, parse_tree, render
 
@@ -49,7 +49,8 @@ CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
 MAX_ROUNDS = 5
 HALL_OF_FAME = 10
 # settings that do not change the result; everything else must match on --resume
-RUNTIME_KEYS = ("out", "jobs", "time_budget", "progress")
+RUNTIME_KEYS = ("out", "jobs", "time_budget", "progress", "checkpoint")
+PATH_KEYS = ("out", "table", "checkpoint")  # stored portably (repository- or data-root-relative)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class SearchConfig:
     jobs: int = 1
     time_budget: float | None = None
     progress: bool = True
+    checkpoint: str | None = None  # MQ tables: the FP checkpoint, when not in the data root (verified by sha256)
 
     def validate(self) -> None:
         from evoproxy.fitness import check_fitness
@@ -109,7 +111,14 @@ class SearchConfig:
         check_fitness(self.fitness)
 
     def result_settings(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_KEYS}
+        return {k: v for k, v in self.portable().items() if k not in RUNTIME_KEYS}
+
+    def portable(self) -> dict:
+        """The settings as stored in run folders: paths relative to the repository or the data root."""
+        from mqbench.dataroot import portable_path
+
+        d = dataclasses.asdict(self)
+        return {k: portable_path(v) if k in PATH_KEYS else v for k, v in d.items()}
 
 
 MQ_PROBES = 8
@@ -173,10 +182,12 @@ class Search:
         from primitives.core import HESSIAN, REGISTRY
 
         c = self.config
-        bench = load_bench(BenchSpec(c.bench, c.table, c.gt_column))
+        ckpt = None if c.checkpoint is None else str(Path(c.checkpoint).expanduser().resolve())
+        bench = load_bench(BenchSpec(c.bench, c.table, c.gt_column, checkpoint=ckpt))
+        bench.verify()
         path = table_path(bench)
         stat = path.stat()
-        spec = BenchSpec(c.bench, str(path), c.gt_column, f"{stat.st_mtime_ns}:{stat.st_size}")
+        spec = BenchSpec(c.bench, str(path), c.gt_column, f"{stat.st_mtime_ns}:{stat.st_size}", ckpt)
         remember(spec, bench)
         self.bench, self.mq = bench, is_mq(bench)
         probes = c.hutchinson_probes if c.hutchinson_probes is not None else (MQ_PROBES if self.mq else 0)
@@ -194,7 +205,14 @@ class Search:
         self.truth = np.asarray(bench.ground_truth(self.ids), dtype=float)
         self.size = np.asarray(bench.size(self.ids), dtype=float)
         self.recipe = DataRecipe.for_bench(spec, self.ids, self.space.terminals, probes, c.noise_std, c.batch)
-        self.stats = load_stats(self.recipe, jobs=c.jobs, progress=c.progress)
+        try:
+            self.stats = load_stats(self.recipe, jobs=c.jobs, progress=c.progress)
+        except EvoproxyError:
+            raise
+        except Exception as exc:  # nothing can be searched without the samples' primitives
+            from evoproxy.evaluate import _reason
+
+            raise ConfigError(f"extracting the primitives of the {len(self.ids)} search samples failed: {_reason(exc)}") from None
         self.n_screen = min(c.screen_samples, len(self.ids))
 
     # ------------------------------------------------------------------ state
@@ -252,7 +270,7 @@ class Search:
                 print(f"note: {self.out} has no checkpoint yet; starting from generation 0", file=sys.stderr)
             self._fresh_state()
         self.out.mkdir(parents=True, exist_ok=True)
-        config = {**dataclasses.asdict(self.config), "search_ids": [int(i) for i in self.ids],
+        config = {**self.config.portable(), "search_ids": [int(i) for i in self.ids],
                   "hutchinson_probes_used": self.probes, "terminals_used": self.space.terminals,
                   "benchmark": self.bench.name}
         atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
@@ -457,7 +475,9 @@ class Search:
         prims = {"noise_std": c.noise_std}
         if any(t.startswith("hessian") for t in ind.tree.terminals()):
             prims["hutchinson_probes"] = self.probes
-        search = {"bench": self.bench.name, "table": c.table, "gt_column": c.gt_column, "samples": len(self.ids),
+        from mqbench.dataroot import portable_path
+
+        search = {"bench": self.bench.name, "table": portable_path(c.table), "gt_column": c.gt_column, "samples": len(self.ids),
                   "split": "search", "seed": c.seed, "structure": c.structure, "fitness": c.fitness,
                   "fitness_value": ind.fitness, "search_spearman": spearman(s, self.truth),
                   "search_partial_spearman": partial_spearman(s, self.truth, self.size),

@@ -39,9 +39,13 @@ def benchmark_names() -> list[str]:
     return list(_BENCHMARKS)
 
 
-def get_benchmark(name: str, table: str | Path | None = None, gt_column: str | None = None) -> "Benchmark":
+def get_benchmark(name: str, table: str | Path | None = None, gt_column: str | None = None,
+                  checkpoint: str | Path | None = None) -> "Benchmark":
+    """A registered benchmark; ``checkpoint`` overrides where an MQ table's FP checkpoint is read from."""
     if name not in _BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(_BENCHMARKS)}")
+    if checkpoint is not None:
+        return _BENCHMARKS[name](table=table, gt_column=gt_column, checkpoint=checkpoint)
     return _BENCHMARKS[name](table=table, gt_column=gt_column)
 
 
@@ -70,6 +74,9 @@ class Benchmark(ABC):
     @abstractmethod
     def model_key(self, item) -> str:
         """Identifies the weights of ``build(item)`` (checkpoint hash or init seed), for caches."""
+
+    def verify(self) -> None:
+        """Check, before any item is scored, that what every item needs is there (one-line errors)."""
 
     def split(self, seed: int = 0, search_fraction: float = 0.1) -> tuple[list, list]:
         return split_ids(self.ids, seed, search_fraction)
@@ -181,11 +188,13 @@ class MQBenchmark(Benchmark):
     model_mode = "eval"
     size_label = "model size"
 
-    def __init__(self, name: str, default_table: Path, table: str | Path | None = None, gt_column: str | None = None):
+    def __init__(self, name: str, default_table: Path, table: str | Path | None = None, gt_column: str | None = None,
+                 checkpoint: str | Path | None = None):
         if gt_column not in (None, "top1"):
             raise ConfigError(f"MQ tables have one ground-truth column, 'top1'; got {gt_column!r}")
         self.name = name
         self.table = MQTable.load(table or default_table)
+        self.checkpoint = checkpoint
         self._fp_model = None
 
     @property
@@ -195,15 +204,15 @@ class MQBenchmark(Benchmark):
     def ground_truth(self, ids) -> np.ndarray:
         return self.table.column("top1", ids)
 
+    def verify(self) -> None:
+        self.table.checkpoint(self.checkpoint)
+
     def fp_model(self) -> torch.nn.Module:
         if self._fp_model is None:
             from mqbench.networks.resnet_cifar import load_pretrained
 
             depth = int(self.table.meta["model"].removeprefix("resnet"))
-            model = load_pretrained(depth, self.table.meta.get("checkpoint"))
-            if model.checkpoint_sha256 != self.table.meta.get("checkpoint_sha256"):
-                raise DataError(f"checkpoint {model.checkpoint_path} does not match table {self.table.path.name} (sha256 differs)")
-            self._fp_model = model
+            self._fp_model = load_pretrained(depth, self.table.checkpoint(self.checkpoint))
         return self._fp_model
 
     def build(self, item) -> tuple[torch.nn.Module, list[int]]:
@@ -222,11 +231,11 @@ def _mq_factory(model: str):
     name = f"mq-{model}-cifar10"
     default = TABLES_DIR / f"{model}_cifar10_w234a8.csv"
 
-    def factory(table=None, gt_column=None):
+    def factory(table=None, gt_column=None, checkpoint=None):
         if table is None and not default.exists():
             raise DataError(f"no committed table for {name} at {default}; build one with "
                             f"'evoproxy bench build --model {model} --out {default}' or pass --table")
-        return MQBenchmark(name, default, table, gt_column)
+        return MQBenchmark(name, default, table, gt_column, checkpoint)
 
     register_benchmark(name)(factory)
 

@@ -192,13 +192,16 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
         if diff:
             raise ConfigError(f"{out} was built with other settings ({', '.join(diff)} differ); use another --out or the same options")
         meta = old
+        if "checkpoint" in meta:  # older tables stored the building machine's absolute path
+            del meta["checkpoint"]
+            meta["checkpoint_file"] = checkpoint.name
     else:
         header_only = out.exists() and out.read_bytes() in (b"", (",".join(TABLE_COLUMNS) + "\n").encode())
         if out.exists() and not header_only:
             raise DataError(f"{out} exists without its metadata {meta_path.name}; move it away or pass another --out")
         meta = dict(identity)
         meta.update({
-            "checkpoint": str(checkpoint), "layer_params": [m.weight.numel() for _, m in layers],
+            "checkpoint_file": checkpoint.name, "layer_params": [m.weight.numel() for _, m in layers],
             "layer_bias": [m.bias.numel() if m.bias is not None else 0 for _, m in layers],
             "layer_macs": layer_macs(fp_model),
         })

@@ -121,6 +121,85 @@ def require(key: str) -> Path:
     return found
 
 
+def _source_of(file_name: str) -> str:
+    for item in KNOWN.values():
+        if Path(item.relpath).name == file_name:
+            return item.source
+    return "not a file evoproxy knows; ask whoever built the table"
+
+
+_SHA_MEMO: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file (memoised per path, size and mtime)."""
+    import hashlib
+
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+        _SHA_MEMO[key] = h.hexdigest()
+    return _SHA_MEMO[key]
+
+
+def resolve_checkpoint(file_name: str, sha256: str, override: str | Path | None = None) -> Path:
+    """The checkpoint a table was built from, found by file name in the data root and verified by sha256.
+
+    ``override`` (``--checkpoint`` or a spec) is used instead of the data root when given. A missing
+    file or a different sha256 is a one-line :class:`DataError` naming the expected file, its sha256,
+    where it looked and the official source.
+    """
+    root = data_root()
+    looked = [Path(override).expanduser()] if override else [root / "pretrained" / file_name, root / file_name]
+    expected = f"{file_name} (sha256 {sha256})"
+    source = _source_of(file_name)
+    for path in looked:
+        if path.is_file():
+            actual = file_sha256(path)
+            if actual != sha256:
+                raise DataError(f"checkpoint {path} has sha256 {actual}, but the table expects {expected}; "
+                                f"official source: {source}")
+            return path
+    where = " or ".join(str(p) for p in looked)
+    raise DataError(f"checkpoint {expected} not found: looked at {where} (data root from EVOPROXY_DATA or "
+                    f"../shared/data; or pass --checkpoint); official source: {source}")
+
+
+DATA_PREFIX = "$EVOPROXY_DATA/"
+
+
+def portable_path(path: str | Path | None) -> str | None:
+    """How committed files store a path: relative to the repository when it lies inside it,
+    ``$EVOPROXY_DATA/<relative>`` when it lies in the data root, else absolute (relative paths are
+    taken from the working directory first)."""
+    if path is None:
+        return None
+    text = str(path)
+    if text.startswith(DATA_PREFIX):
+        return text
+    p = Path(text).expanduser().resolve()
+    for base, prefix in ((REPO_ROOT, ""), (data_root(), DATA_PREFIX)):
+        try:
+            return prefix + p.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return str(p)
+
+
+def resolve_portable(text: str | None) -> Path | None:
+    """The inverse of :func:`portable_path`: repository-relative paths resolve against the repository."""
+    if text is None:
+        return None
+    if text.startswith(DATA_PREFIX):
+        return data_root() / text[len(DATA_PREFIX):]
+    p = Path(text)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
 def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size

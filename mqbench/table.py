@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from evoproxy.errors import ConfigError, DataError
 from mqbench.build import META_SUFFIX, bits_to_str, read_rows
 
 SPLITS = ("search", "holdout", "all")
+_NOTED: set[str] = set()  # tables whose old absolute checkpoint path was already reported
 
 
 def split_ids(ids, seed: int, search_fraction: float = 0.1) -> tuple[list, list]:
@@ -81,6 +83,26 @@ class MQTable:
     @property
     def name(self) -> str:
         return self.meta["model"]
+
+    @property
+    def checkpoint_file(self) -> str:
+        """File name of the FP checkpoint the table was built from (identified with ``checkpoint_sha256``)."""
+        if "checkpoint_file" in self.meta:
+            return self.meta["checkpoint_file"]
+        old = self.meta.get("checkpoint")
+        if not old or "checkpoint_sha256" not in self.meta:
+            raise DataError(f"table metadata of {self.path.name} names no checkpoint_file and checkpoint_sha256")
+        if str(self.path) not in _NOTED:
+            _NOTED.add(str(self.path))
+            print(f"note: {self.path.name} stores an absolute checkpoint path ({old}) from the machine that built it; "
+                  f"ignoring it and looking for {Path(old).name} in the data root", file=sys.stderr)
+        return Path(old).name
+
+    def checkpoint(self, override: str | Path | None = None) -> Path:
+        """The FP checkpoint, found in the data root (or ``override``) and verified by sha256 (one-line DataError)."""
+        from mqbench.dataroot import resolve_checkpoint
+
+        return resolve_checkpoint(self.checkpoint_file, self.meta.get("checkpoint_sha256", ""), override)
 
     @property
     def ids(self) -> list[int]:

@@ -172,14 +172,15 @@ def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_r
 def _fake_mq_table(root, tmp_path):
     """An MQ table for the tiny ResNet-8 checkpoint with made-up accuracies (no PTQ run)."""
     from mqbench.build import TABLE_COLUMNS, bits_to_str
-    from mqbench.networks.resnet_cifar import file_sha256, load_pretrained
+    from mqbench.dataroot import file_sha256
+    from mqbench.networks.resnet_cifar import load_pretrained
     from mqbench.quant import layer_macs, model_size_mb, quantizable_layers
 
     ckpt = root / "pretrained" / "resnet8-test.th"
     model = load_pretrained(8, ckpt)
     layers = quantizable_layers(model)
     n = len(layers)
-    meta = {"format": "mqbench-table/1", "model": "resnet8", "checkpoint": str(ckpt),
+    meta = {"format": "mqbench-table/1", "model": "resnet8", "checkpoint_file": ckpt.name,
             "checkpoint_sha256": file_sha256(ckpt), "layer_names": [name for name, _ in layers],
             "searchable": list(range(1, n - 1)), "fixed_bits": 8, "act_bits": 8, "allowed": [2, 3, 4],
             "layer_params": [m.weight.numel() for _, m in layers],

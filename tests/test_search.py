@@ -15,33 +15,7 @@ import pytest
 
 from evoproxy.cli import main
 
-OPS_NB201 = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _archs(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    out = set()
-    while len(out) < n:
-        o = [OPS_NB201[i] for i in rng.integers(0, 5, size=6)]
-        out.add(f"|{o[0]}~0|+|{o[1]}~0|{o[2]}~1|+|{o[3]}~0|{o[4]}~1|{o[5]}~2|")
-    return sorted(out)
-
-
-@pytest.fixture
-def search_root(tiny_data_root):
-    from mqbench.benchmarks import nb201_param_count
-
-    archs = _archs(80)
-    rng = np.random.default_rng(1)
-    nats = tiny_data_root / "nats-bench"
-    nats.mkdir()
-    with open(nats / "nats_tss_cifar10.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(("ArchitectureString", "CIFAR10TestAccuracy200Epochs"))
-        for a in archs:
-            w.writerow((a, round(80 + 10 * np.log(nb201_param_count(a) / 7e4) + rng.normal(), 2)))
-    return tiny_data_root
 
 
 ARGS = ["--bench", "nb201-cifar10", "--samples", "8", "--population", "6", "--generations", "3",

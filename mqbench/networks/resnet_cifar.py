@@ -6,7 +6,6 @@ prefix is stripped.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evoproxy.errors import ConfigError, DataError
+from mqbench.dataroot import file_sha256
 
 DEPTHS = (20, 32, 44, 56, 110)
 # The released checkpoints were trained with these (ImageNet) statistics, not CIFAR's.
@@ -78,14 +78,6 @@ class CifarResNet(nn.Module):
 
 def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
     return CifarResNet(depth, num_classes)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_checkpoint_state(path: Path) -> dict[str, torch.Tensor]:

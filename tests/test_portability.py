@@ -1,0 +1,206 @@
+"""Committed tables and run folders must work on any machine: checkpoints are found by file name in the
+user's data root and verified by sha256, all-fail runs say so, and no committed file holds an
+absolute path of the machine that made it."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from evoproxy.cli import main
+from mqbench.dataroot import REPO_ROOT, data_root, portable_path, resolve_portable
+from mqbench.networks.resnet_cifar import CifarResNet
+from mqbench.ptq import PTQSettings
+
+TINY_PTQ = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10)
+CKPT = "resnet8-test.th"
+
+
+def _second_root(first, tmp_path, monkeypatch, same_weights: bool):
+    """Another data root: the same CIFAR tree, and a checkpoint under the same name (same or other weights)."""
+    root = tmp_path / "elsewhere" / "data"
+    shutil.copytree(first / "cifar10", root / "cifar10")
+    (root / "pretrained").mkdir(parents=True)
+    if same_weights:
+        shutil.copy(first / "pretrained" / CKPT, root / "pretrained" / CKPT)
+    else:
+        torch.manual_seed(1)
+        state = {f"module.{k}": v for k, v in CifarResNet(8).state_dict().items()}
+        torch.save({"state_dict": state}, root / "pretrained" / CKPT)
+    monkeypatch.setenv("EVOPROXY_DATA", str(root))
+    return root
+
+
+@pytest.fixture
+def built_table(tiny_data_root, tmp_path):
+    from mqbench.build import build_table
+
+    out = build_table("resnet8", 6, 0, tmp_path / "t.csv", jobs=1, checkpoint=tiny_data_root / "pretrained" / CKPT,
+                      ptq=TINY_PTQ, progress=False)
+    meta = json.loads((tmp_path / "t.csv.meta.json").read_text())
+    assert meta["checkpoint_file"] == CKPT and "checkpoint" not in meta
+    assert str(tiny_data_root) not in json.dumps(meta)
+    return out
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def _evaluate(table, capsys, *extra):
+    code = main(["evaluate", "--bench", "mq-resnet20-cifar10", "--table", str(table), "--proxy", "bit_sum",
+                 "--samples", "5", "--split", "all", "--batch", "10", "--json", *extra])
+    cap = capsys.readouterr()
+    return code, cap
+
+
+def test_table_built_in_one_root_evaluates_from_another(built_table, tiny_data_root, tmp_path, monkeypatch, capsys):
+    code, cap = _evaluate(built_table, capsys)
+    assert code == 0
+    here = json.loads(cap.out.strip().splitlines()[-1])
+    _second_root(tiny_data_root, tmp_path, monkeypatch, same_weights=True)
+    shutil.rmtree(tiny_data_root)  # the building machine's files are gone
+    code, cap = _evaluate(built_table, capsys)
+    assert code == 0, cap.err
+    there = json.loads(cap.out.strip().splitlines()[-1])
+    assert there["failed"] == 0 and there["spearman"] == here["spearman"]
+
+
+def test_other_weights_under_the_same_name_are_one_line_sha_error(built_table, tiny_data_root, tmp_path, monkeypatch,
+                                                                  capsys):
+    from mqbench.dataroot import file_sha256
+
+    expected = file_sha256(tiny_data_root / "pretrained" / CKPT)
+    root = _second_root(tiny_data_root, tmp_path, monkeypatch, same_weights=False)
+    code, cap = _evaluate(built_table, capsys)
+    assert code != 0
+    (err,) = _error_lines(cap.err)
+    assert expected in err and CKPT in err and str(root / "pretrained" / CKPT) in err
+
+
+def test_missing_checkpoint_names_file_sha_place_and_source(built_table, tiny_data_root, tmp_path, monkeypatch, capsys):
+    root = _second_root(tiny_data_root, tmp_path, monkeypatch, same_weights=True)
+    moved = tmp_path / "mine.th"
+    shutil.move(root / "pretrained" / CKPT, moved)
+    code, cap = _evaluate(built_table, capsys)
+    (err,) = _error_lines(cap.err)
+    assert code != 0
+    assert "not found" in err and CKPT in err and "sha256" in err and str(root / "pretrained") in err
+    assert "official source" in err
+    code, cap = _evaluate(built_table, capsys, "--checkpoint", str(moved))  # explicit file: works
+    assert code == 0, cap.err
+
+
+def test_old_metadata_absolute_path_is_ignored_with_a_note(built_table, tiny_data_root, tmp_path, monkeypatch, capsys):
+    meta_path = tmp_path / "t.csv.meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["checkpoint"] = "/nowhere/builders/machine/" + meta.pop("checkpoint_file")
+    meta_path.write_text(json.dumps(meta))
+    _second_root(tiny_data_root, tmp_path, monkeypatch, same_weights=True)
+    code, cap = _evaluate(built_table, capsys)
+    assert code == 0, cap.err
+    assert json.loads(cap.out.strip().splitlines()[-1])["failed"] == 0
+    assert "note:" in cap.err and "/nowhere/builders/machine" in cap.err
+
+
+def test_all_fail_evaluate_exits_non_zero_with_one_line(built_table, tmp_path, monkeypatch, capsys):
+    import evoproxy.baselines as baselines
+
+    def broken(ctx):
+        """Always raises (a proxy that fails on every item)."""
+        raise RuntimeError("deliberately broken proxy")
+
+    broken.proxy_name, broken.kind, broken.needs = "broken_mq", "mq", ()
+    monkeypatch.setitem(baselines._REGISTRY, "broken_mq", broken)
+    code = main(["evaluate", "--bench", "mq-resnet20-cifar10", "--table", str(built_table), "--proxy", "broken_mq",
+                 "--samples", "5", "--split", "all", "--batch", "10", "--json"])
+    err = _error_lines(capsys.readouterr().err)
+    assert code != 0 and len(err) == 1, err
+    assert "all 5 items failed" in err[0] and "deliberately broken proxy" in err[0]
+    # some items failing is not an error: the count stays in the report
+    calls = {"n": 0}
+
+    def flaky(ctx):
+        """Fails on the first item it sees, scores the rest."""
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("first one fails")
+        return float(calls["n"])
+
+    flaky.proxy_name, flaky.kind, flaky.needs = "flaky_mq", "mq", ()
+    monkeypatch.setitem(baselines._REGISTRY, "flaky_mq", flaky)
+    code = main(["evaluate", "--bench", "mq-resnet20-cifar10", "--table", str(built_table), "--proxy", "flaky_mq",
+                 "--samples", "5", "--split", "all", "--batch", "10", "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["failed"] == 1
+
+
+def test_portable_paths_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOPROXY_DATA", str(tmp_path / "data"))
+    inside = REPO_ROOT / "results" / "x" / "config.json"
+    assert portable_path(inside) == "results/x/config.json"
+    assert resolve_portable("results/x/config.json") == inside
+    in_data = data_root() / "pretrained" / "a.th"
+    assert portable_path(in_data) == "$EVOPROXY_DATA/pretrained/a.th"
+    assert resolve_portable("$EVOPROXY_DATA/pretrained/a.th") == in_data
+    assert portable_path(None) is None
+
+
+def _tracked_files():
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [REPO_ROOT / p for p in out.decode().split("\0") if p]
+
+
+def _absolute_strings(obj):
+    if isinstance(obj, str):
+        if re.match(r"^(/[^/\s]+){2,}", obj):
+            yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _absolute_strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _absolute_strings(v)
+
+
+def test_no_committed_file_holds_a_machine_path():
+    """Neither the project's nor the data root's parent folder appears in a committed file, and no
+    committed JSON file stores an absolute path (on any machine: the check does not depend on where
+    this clone lives)."""
+    parents = {str(REPO_ROOT.parent) + "/", str(data_root().parent) + "/"} - {"/"}
+    offenders = []
+    for path in _tracked_files():
+        if not path.is_file() or path.suffix in (".png", ".jpg", ".th", ".pth", ".gz"):
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        rel = path.relative_to(REPO_ROOT)
+        offenders += [f"{rel}: {p}" for p in parents if p in text]
+        if path.suffix == ".json":
+            offenders += [f"{rel}: {s}" for s in _absolute_strings(json.loads(text))]
+    assert not offenders, offenders[:10]
+
+
+def test_search_whose_samples_all_fail_exits_non_zero_with_one_line(search_root, tmp_path, monkeypatch, capsys):
+    import primitives.core as core
+
+    args = ["--bench", "nb201-cifar10", "--samples", "8", "--population", "6", "--generations", "1", "--batch", "8",
+            "--quiet"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("extraction exploded")
+
+    monkeypatch.setattr(core, "extract", broken)
+    code = main(["search", *args, "--out", str(tmp_path / "run")])
+    err = _error_lines(capsys.readouterr().err)
+    assert code != 0 and len(err) == 1, err
+    assert "search samples failed" in err[0] and "extraction exploded" in err[0] and "8" in err[0]
