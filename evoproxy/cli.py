@@ -214,7 +214,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
     from evoproxy.baselines import describe, proxy_names
     from evoproxy.errors import ConfigError
-    from evoproxy.evaluate import BenchSpec, evaluate, human_table, is_mq, load_bench, write_baselines
+    from evoproxy.evaluate import evaluate, human_table, write_baselines
+    from mqbench.benchmarks import BenchSpec
     from evoproxy.metrics import json_safe
 
     if args.list:
@@ -227,8 +228,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     if args.proxies:
         names = [n.strip() for n in args.proxies.split(",") if n.strip()]
     else:
-        bench = load_bench(BenchSpec(args.bench, args.table, args.gt_column))
-        names = proxy_names("mq" if is_mq(bench) else "nas")
+        _, bench = BenchSpec.resolve(args.bench, args.table, args.gt_column, args.checkpoint)
+        names = proxy_names(bench.kind)
     reports = evaluate(args.bench, names, args.samples, args.seed, args.split, table=args.table,
                        gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint)
     out = Path(args.out) if args.out else (Path(__file__).resolve().parent.parent / "results" / "baselines" /

@@ -89,7 +89,7 @@ def score_many(recipe, trees, start: int, stop: int | None, jobs: int = 1, time_
         return []
     if jobs <= 1 or len(trees_json) < 2:
         return _chunk(recipe, trees_json, start, stop, time_bound, check_constant)
-    from evoproxy.parallel import map_items
+    from mqbench.parallel import map_items
 
     n_chunks = min(len(trees_json), jobs * 4)
     bounds = np.linspace(0, len(trees_json), n_chunks + 1).astype(int)

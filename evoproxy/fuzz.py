@@ -64,16 +64,13 @@ def synthetic_stats(seed: int = 0, networks: int = 4, batch: int = 8, probes: in
 
 def bench_stats(bench: str, items: int, seed: int = 0, batch: int = 64, probes: int | None = None):
     """(primitives of ``items`` search-split items, terminal names), as the search computes them."""
-    from evoproxy.evaluate import BenchSpec, is_mq, load_bench
-    from evoproxy.search import MQ_PROBES
-    from evoproxy.searchdata import QUANT_NAMES, DataRecipe, load_stats
-    from primitives.core import HESSIAN, REGISTRY
+    from evoproxy.searchdata import DataRecipe, load_stats
+    from mqbench.benchmarks import BenchSpec
+    from primitives.items import available_names, uses_hessian
 
-    spec = BenchSpec(bench)
-    b = load_bench(spec)
-    mq = is_mq(b)
-    probes = (MQ_PROBES if mq else 0) if probes is None else probes
-    names = [n for n, p in REGISTRY.items() if (p.pass_ != HESSIAN or probes > 0) and (mq or n not in QUANT_NAMES)]
+    spec, b = BenchSpec.resolve(bench)
+    probes = b.default_probes if probes is None else probes
+    names = [n for n in available_names(b) if probes > 0 or not uses_hessian([n])]
     ids = b.sample(items, seed, "search")
     recipe = DataRecipe.for_bench(spec, ids, names, probes, batch=batch)
     return load_stats(recipe, progress=False), names

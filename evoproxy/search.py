@@ -66,7 +66,7 @@ class SearchConfig:
     table: str | None = None
     gt_column: str | None = None
     batch: int = 64
-    hutchinson_probes: int | None = None  # None: 0 on NAS benchmarks, MQ_PROBES on MQ ones
+    hutchinson_probes: int | None = None  # None: the benchmark's default_probes (0 on NAS-Bench-201, 8 on MQ tables)
     noise_std: float = 0.01
     terminals: list | None = None  # None: every primitive the benchmark offers
     weights: dict = field(default_factory=dict)
@@ -121,9 +121,6 @@ class SearchConfig:
         return {k: portable_path(v) if k in PATH_KEYS else v for k, v in d.items()}
 
 
-MQ_PROBES = 8
-
-
 @dataclass
 class Individual:
     tree: Node
@@ -176,26 +173,21 @@ class Search:
 
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
-        from evoproxy.evaluate import BenchSpec, is_mq, load_bench, remember, table_path
-        from evoproxy.searchdata import QUANT_NAMES, DataRecipe, load_stats
+        from evoproxy.scoring import reason
+        from evoproxy.searchdata import DataRecipe, load_stats
         from evoproxy.space import SearchSpace
-        from primitives.core import HESSIAN, REGISTRY
+        from mqbench.benchmarks import BenchSpec
+        from primitives.core import REGISTRY
+        from primitives.items import available_names, uses_hessian
 
         c = self.config
-        ckpt = None if c.checkpoint is None else str(Path(c.checkpoint).expanduser().resolve())
-        bench = load_bench(BenchSpec(c.bench, c.table, c.gt_column, checkpoint=ckpt))
+        spec, bench = BenchSpec.resolve(c.bench, c.table, c.gt_column, c.checkpoint)
         bench.verify()
-        path = table_path(bench)
-        stat = path.stat()
-        spec = BenchSpec(c.bench, str(path), c.gt_column, f"{stat.st_mtime_ns}:{stat.st_size}", ckpt)
-        remember(spec, bench)
-        self.bench, self.mq = bench, is_mq(bench)
-        probes = c.hutchinson_probes if c.hutchinson_probes is not None else (MQ_PROBES if self.mq else 0)
+        self.bench = bench
+        probes = c.hutchinson_probes if c.hutchinson_probes is not None else bench.default_probes
         self.probes = probes
-        possible = [n for n, p in REGISTRY.items()
-                    if (p.pass_ != HESSIAN or probes > 0) and (self.mq or n not in QUANT_NAMES)]
-        available = possible  # --terminals may name any of them
-        default = [n for n in possible if getattr(REGISTRY[n], "default", True)]
+        available = [n for n in available_names(bench) if probes > 0 or not uses_hessian([n])]  # --terminals may name any
+        default = [n for n in available if getattr(REGISTRY[n], "default", True)]
         terminals = list(c.terminals) if c.terminals else default
         bad = [t for t in terminals if t not in available]
         if bad:
@@ -210,9 +202,7 @@ class Search:
         except EvoproxyError:
             raise
         except Exception as exc:  # nothing can be searched without the samples' primitives
-            from evoproxy.evaluate import _reason
-
-            raise ConfigError(f"extracting the primitives of the {len(self.ids)} search samples failed: {_reason(exc)}") from None
+            raise ConfigError(f"extracting the primitives of the {len(self.ids)} search samples failed: {reason(exc)}") from None
         self.n_screen = min(c.screen_samples, len(self.ids))
 
     # ------------------------------------------------------------------ state
@@ -473,7 +463,9 @@ class Search:
         c = self.config
         s = ind.orientation * np.asarray(ind.scores, dtype=float)
         prims = {"noise_std": c.noise_std}
-        if any(t.startswith("hessian") for t in ind.tree.terminals()):
+        from primitives.items import uses_hessian
+
+        if uses_hessian(ind.tree.terminals()):
             prims["hutchinson_probes"] = self.probes
         from mqbench.dataroot import portable_path
 

@@ -120,9 +120,10 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
     column's reports come from the same scores."""
     import numpy as np
 
-    from evoproxy.evaluate import BenchSpec, evaluate, load_bench, report
+    from evoproxy.evaluate import evaluate, report
+    from mqbench.benchmarks import BenchSpec
 
-    b = load_bench(BenchSpec(bench, None if table is None else str(table), None))
+    _, b = BenchSpec.resolve(bench, table)
     ids = [int(i) for i in b.sample(samples, seed, split)]
     cached: dict[str, dict[int, dict]] = {}
     if cache_csv.exists():
@@ -151,10 +152,10 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
                 "seconds": {p: float(cached[keys[p]][i]["seconds"]) for p in proxies}} for i in ids]
     out = {}
     for column in gt_columns:
-        bc = load_bench(BenchSpec(bench, None if table is None else str(table), column))
+        _, bc = BenchSpec.resolve(bench, table, column)
         truth = np.asarray(bc.ground_truth(ids), dtype=float)
         size = np.asarray(bc.size(ids), dtype=float)
-        out[column] = {p: {**report(p, results, truth, size, bc.size_label), "gt_column": getattr(bc, "gt_column", None) or "top1",
+        out[column] = {p: {**report(p, results, truth, size, bc.size_label), "gt_column": bc.gt_column,
                            "n_items": len(ids)} for p in proxies}
     return out
 

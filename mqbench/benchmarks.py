@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import csv
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from evoproxy.errors import ConfigError, DataError
+from mqbench.errors import ConfigError, DataError
+from mqbench.parallel import on_env_change
 from mqbench.table import MQTable, sample_split, split_ids
 
 TABLES_DIR = Path(__file__).resolve().parent / "tables"
 _BENCHMARKS: dict[str, Callable[..., "Benchmark"]] = {}
+_LOADED: dict = {}
+on_env_change(_LOADED.clear)
 
 
 def register_benchmark(name: str):
@@ -44,18 +48,67 @@ def get_benchmark(name: str, table: str | Path | None = None, gt_column: str | N
     """A registered benchmark; ``checkpoint`` overrides where an MQ table's FP checkpoint is read from."""
     if name not in _BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(_BENCHMARKS)}")
-    if checkpoint is not None:
-        return _BENCHMARKS[name](table=table, gt_column=gt_column, checkpoint=checkpoint)
-    return _BENCHMARKS[name](table=table, gt_column=gt_column)
+    return _BENCHMARKS[name](table=table, gt_column=gt_column, checkpoint=checkpoint)
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """A picklable handle on a benchmark (worker processes rebuild it once each, see :func:`load_bench`)."""
+
+    name: str
+    table: str | None = None
+    gt_column: str | None = None
+    stamp: str = ""  # the table file's mtime and size: a changed file is re-read by the workers
+    checkpoint: str | None = None  # MQ tables: read the FP checkpoint here instead of the data root
+
+    @classmethod
+    def resolve(cls, name: str, table=None, gt_column: str | None = None, checkpoint=None) -> tuple["BenchSpec", "Benchmark"]:
+        """(spec naming the table's resolved file, benchmark): workers then never depend on their environment."""
+        ckpt = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
+        bench = load_bench(cls(name, None if table is None else str(table), gt_column, checkpoint=ckpt))
+        stat = bench.source.stat()
+        spec = cls(name, str(bench.source), gt_column, f"{stat.st_mtime_ns}:{stat.st_size}", ckpt)
+        remember(spec, bench)
+        return spec, bench
+
+
+def load_bench(spec: BenchSpec) -> "Benchmark":
+    """The benchmark of ``spec``; cached per process when its table is an explicit path (a default
+    table depends on the environment's data root, so it is resolved afresh)."""
+    if spec.table is None:
+        return get_benchmark(spec.name, gt_column=spec.gt_column, checkpoint=spec.checkpoint)
+    if spec not in _LOADED:
+        remember(spec, get_benchmark(spec.name, table=spec.table, gt_column=spec.gt_column, checkpoint=spec.checkpoint))
+    return _LOADED[spec]
+
+
+def remember(spec: BenchSpec, bench: "Benchmark") -> None:
+    """Cache ``bench`` under ``spec``, forgetting older versions of the same table."""
+    same = (spec.name, spec.table, spec.gt_column, spec.checkpoint)
+    for old in [k for k in _LOADED if (k.name, k.table, k.gt_column, k.checkpoint) == same]:
+        del _LOADED[old]
+    _LOADED[spec] = bench
 
 
 class Benchmark(ABC):
-    """ids -> ground truth; build(id) -> (model, bit_config or None); deterministic splits."""
+    """ids -> ground truth; which network (and bit configuration) an item is; deterministic splits.
+
+    A benchmark owns what differs between kinds: ``kind`` ("nas" or "mq", the registered baselines
+    that apply), ``network(item)`` / ``network_key(item)`` (the FP network and what identifies its
+    weights: items that share a key share their network statistics), ``bit_config(item)`` (weight
+    bits per layer, or None) and ``quantizer`` (the weight quantizer of its bit configurations, or
+    None when items have none), ``default_probes`` (Hutchinson probes a search uses by default).
+    """
 
     name: str
+    kind: str = "nas"
     normalization: str = "cifar10"
     model_mode: str = "train"
     size_label: str = "params"
+    gt_column: str = ""
+    quantizer: Callable | None = None
+    act_bits: int = 8
+    default_probes: int = 0
 
     @property
     @abstractmethod
@@ -72,8 +125,27 @@ class Benchmark(ABC):
         """The obvious size signal the partial correlation controls for (params or model size)."""
 
     @abstractmethod
+    def network_key(self, item) -> str:
+        """Identifies the weights of ``network(item)`` (checkpoint hash or init seed), for caches."""
+
+    @abstractmethod
+    def network(self, item) -> torch.nn.Module:
+        """The item's (FP) network, in ``model_mode``."""
+
+    def bit_config(self, item) -> list[int] | None:
+        """Weight bits per Conv2d/Linear in forward order, or None."""
+        return None
+
+    @property
+    @abstractmethod
+    def source(self) -> Path:
+        """The file the benchmark was read from."""
+
+    def build(self, item) -> tuple[torch.nn.Module, list[int] | None]:
+        return self.network(item), self.bit_config(item)
+
     def model_key(self, item) -> str:
-        """Identifies the weights of ``build(item)`` (checkpoint hash or init seed), for caches."""
+        return self.network_key(item)
 
     def verify(self) -> None:
         """Check, before any item is scored, that what every item needs is there (one-line errors)."""
@@ -143,9 +215,12 @@ class NB201Benchmark(Benchmark):
     model_mode = "train"
     size_label = "params"
 
-    def __init__(self, table: str | Path | None = None, gt_column: str | None = None, num_classes: int = 10):
+    def __init__(self, table: str | Path | None = None, gt_column: str | None = None, num_classes: int = 10,
+                 checkpoint: str | Path | None = None):
         from mqbench.dataroot import require
 
+        if checkpoint is not None:
+            raise ConfigError("--checkpoint applies to MQ tables; NAS-Bench-201 networks are freshly initialised")
         self.name = "nb201-cifar10"
         self.path = Path(table) if table else require("nats-tss-cifar10")
         self.archs, self.columns = read_nb201_csv(self.path)
@@ -164,14 +239,17 @@ class NB201Benchmark(Benchmark):
     def ground_truth(self, ids) -> np.ndarray:
         return self.columns[self.gt_column][np.asarray(ids, dtype=int)]
 
-    def build(self, item) -> tuple[torch.nn.Module, None]:
+    @property
+    def source(self) -> Path:
+        return self.path
+
+    def network(self, item) -> torch.nn.Module:
         from mqbench.networks.nb201 import NB201Network
 
         torch.manual_seed(int(item))
-        model = NB201Network(self.arch(item), num_classes=self.num_classes)
-        return model.train(), None
+        return NB201Network(self.arch(item), num_classes=self.num_classes).train()
 
-    def model_key(self, item) -> str:
+    def network_key(self, item) -> str:
         return f"nb201:{self.arch(item)}:init-seed-{int(item)}"
 
     def size(self, ids) -> np.ndarray:
@@ -184,17 +262,24 @@ class NB201Benchmark(Benchmark):
 class MQBenchmark(Benchmark):
     """An MQ-Bench table: id = configuration index; build = pretrained FP network + its bit configuration."""
 
+    kind = "mq"
     normalization = "imagenet"  # what the pretrained checkpoints were trained with
     model_mode = "eval"
     size_label = "model size"
+    gt_column = "top1"
+    default_probes = 8
 
     def __init__(self, name: str, default_table: Path, table: str | Path | None = None, gt_column: str | None = None,
                  checkpoint: str | Path | None = None):
         if gt_column not in (None, "top1"):
             raise ConfigError(f"MQ tables have one ground-truth column, 'top1'; got {gt_column!r}")
+        from mqbench.quant import quantize_weight
+
         self.name = name
         self.table = MQTable.load(table or default_table)
         self.checkpoint = checkpoint
+        self.quantizer = quantize_weight
+        self.act_bits = int(self.table.meta.get("act_bits", 8))
         self._fp_model = None
 
     @property
@@ -215,12 +300,19 @@ class MQBenchmark(Benchmark):
             self._fp_model = load_pretrained(depth, self.table.checkpoint(self.checkpoint))
         return self._fp_model
 
-    def build(self, item) -> tuple[torch.nn.Module, list[int]]:
+    @property
+    def source(self) -> Path:
+        return Path(self.table.path)
+
+    def network(self, item) -> torch.nn.Module:
         import copy
 
-        return copy.deepcopy(self.fp_model()).eval(), self.table.full_bits(item)
+        return copy.deepcopy(self.fp_model()).eval()
 
-    def model_key(self, item) -> str:
+    def bit_config(self, item) -> list[int]:
+        return self.table.full_bits(item)
+
+    def network_key(self, item) -> str:
         return f"{self.table.meta['model']}:{self.table.meta['checkpoint_sha256'][:16]}"
 
     def size(self, ids) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evoproxy.errors import ConfigError, DataError
+from mqbench.errors import ConfigError, DataError
 from mqbench.fileio import append_line, atomic_write_text, complete_lines, has_torn_tail
 from mqbench.ptq import PTQSettings, fp_top1, ptq_top1
 from mqbench.quant import BitSpec, bops, default_bit_spec, layer_macs, model_size_mb, quantizable_layers

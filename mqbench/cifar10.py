@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evoproxy.errors import ConfigError, DataError
+from mqbench.errors import ConfigError, DataError
+from mqbench.parallel import on_env_change
 from mqbench.dataroot import cache_root, require
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -399,6 +400,7 @@ def load_split(split: str, source: str | os.PathLike | None = None) -> tuple[tor
     return _MEMO[key]
 
 
+@on_env_change
 def clear_memo() -> None:
     """Forget the splits kept in memory by ``load_split`` (the disk cache stays)."""
     _MEMO.clear()

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from evoproxy.errors import DataError
+from mqbench.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from evoproxy.errors import ConfigError
+from mqbench.errors import ConfigError
 
 ALLOWED_WEIGHT_BITS = tuple(range(2, 9))
 CLIP_GRID = torch.linspace(0.30, 1.0, 36)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evoproxy.errors import ConfigError, DataError
+from mqbench.errors import ConfigError, DataError
 from mqbench.build import META_SUFFIX, bits_to_str, read_rows
 
 SPLITS = ("search", "holdout", "all")

@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from evoproxy.errors import DataError, EvoproxyError
+from mqbench.errors import DataError, EvoproxyError
 from primitives import core
 
 CHEAP = ("weight", "weight_grad", "act_in", "act_out", "act_grad", "fisher", "act_x_grad")

@@ -93,7 +93,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evoproxy.errors import ConfigError
+from mqbench.errors import ConfigError
 
 CODE_VERSION = "primitives-1"
 DEFAULT_THREADS = 1

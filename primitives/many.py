@@ -31,7 +31,7 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 
-from evoproxy.errors import ConfigError
+from mqbench.errors import ConfigError
 from primitives import core
 
 def batch_hash(inputs: torch.Tensor, targets: torch.Tensor) -> str:
@@ -132,7 +132,7 @@ def extract_many(items: Sequence[Hashable], build: Callable, batch, *, jobs: int
     ``DEFAULT_THREADS``), so results are bit-identical for any ``jobs``. With ``cache_dir`` a
     network already extracted with the same key is loaded instead of recomputed.
     """
-    from evoproxy.parallel import map_items
+    from mqbench.parallel import map_items
 
     inputs, targets, batch_seed = batch
     items = list(items)

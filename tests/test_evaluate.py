@@ -143,8 +143,9 @@ def test_cli_baselines_writes_tables_and_json(nb201_root, tmp_path, capsys):
 
 def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_root, monkeypatch):
     from evoproxy import baselines
-    from evoproxy.evaluate import BenchSpec, evaluate, score_items
-    from mqbench.cifar10 import sample_batch
+    from evoproxy.evaluate import evaluate
+    from evoproxy.scoring import resolve_scorers, score_items
+    from mqbench.benchmarks import BenchSpec
 
     def flaky(ctx):
         """flaky = a test proxy: NaN on one architecture, an exception on another."""
@@ -162,10 +163,10 @@ def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_r
     reasons = sorted(f["reason"] for f in rep["failures"])
     assert reasons == ["RuntimeError: boom second line", "non-finite score (nan)"]
 
-    x, y = sample_batch("train", 10, seed=0)
     spec = BenchSpec("nb201-cifar10")
-    one = score_items(spec, [0, 5], ["snip"], x, y, jobs=1, progress=False)
-    two = score_items(spec, [0, 5], ["snip"], x, y, jobs=2, progress=False)
+    snip = resolve_scorers(["snip"])
+    one = score_items(spec, [0, 5], snip, 10, jobs=1, progress=False)
+    two = score_items(spec, [0, 5], snip, 10, jobs=2, progress=False)
     assert [r["scores"] for r in one] == [r["scores"] for r in two]
 
 

@@ -17,8 +17,8 @@ import torch
 from evoproxy import cli
 from evoproxy.export import OP_SNIPPETS, PRIMITIVE_SNIPPETS, export_file, export_source, operators_source
 from evoproxy.ops import OPS, OpError
-from evoproxy.score_file import needed
-from evoproxy.searchdata import QUANT_NAMES, with_bit_configs
+from evoproxy.scoring import model_statistics
+from primitives.items import QUANT_NAMES
 from evoproxy.tree import ProxyFileError, parse_proxy
 from mqbench.cifar10 import normalize
 from mqbench.networks.nb201 import OPS as CELL_OPS
@@ -86,17 +86,8 @@ def _arch(rng: random.Random) -> str:
 
 
 def _engine_stats(proxy, model, x, y, bit_configs=None):
-    """Primitives as evoproxy.score_file._stats_for computes them (seed 0, one thread)."""
-    names, probes, noise = needed([proxy])
-    plain = [n for n in names if n not in QUANT_NAMES]
-    if bit_configs is None:
-        return [extract(model, x, y, names=plain, hutchinson_probes=probes if any(n.startswith("hessian") for n in plain)
-                        else 0, noise_std=noise, seed=0)]
-    fp_names = sorted(set(plain) | {"weight"})
-    fp = extract(model, x, y, names=fp_names, hutchinson_probes=probes if any(n.startswith("hessian") for n in fp_names)
-                 else 0, noise_std=noise, seed=0)
-    return with_bit_configs(fp, bit_configs, [n for n in names if n in QUANT_NAMES], keep=set(names),
-                            quantizer=quantize_weight)
+    """Primitives as the scoring path computes them (seed 0, one thread)."""
+    return model_statistics(proxy, model, x, y, bit_configs, quantizer=quantize_weight)
 
 
 def _close(a: float, b: float) -> bool:

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from evoproxy.baselines import ProxyContext, clear_network_cache, get_proxy
-from evoproxy.score_file import needed
-from evoproxy.searchdata import QUANT_NAMES, with_bit_configs
+from evoproxy.scoring import model_statistics
 from evoproxy.tree import load_proxy
 from mqbench.cifar10 import normalize
 from mqbench.networks.nb201 import NB201Network
@@ -34,10 +33,8 @@ def _batch(seed=0, n=8):
 
 
 def _plain_stats(proxy, model, x, y):
-    names, probes, noise = needed([proxy])
-    plain = [n for n in names if n not in QUANT_NAMES]
-    return extract(model, x, y, names=plain, hutchinson_probes=probes if any(n.startswith("hessian") for n in plain) else 0,
-                   noise_std=noise, seed=0)
+    (stats,) = model_statistics(proxy, model, x, y)
+    return stats
 
 
 @pytest.mark.parametrize("name", NAS)
@@ -62,12 +59,8 @@ def mq_setup():
 
 
 def _mq_stats(proxy, model, x, y, configs):
-    """As evoproxy.score_file does on MQ benchmarks: FP primitives once, quantization ones per configuration."""
-    names, probes, noise = needed([proxy])
-    fp_names = sorted(set(n for n in names if n not in QUANT_NAMES) | {"weight"})
-    fp = extract(model, x, y, names=fp_names, hutchinson_probes=probes if any(n.startswith("hessian") for n in fp_names)
-                 else 0, noise_std=noise, seed=0)
-    return with_bit_configs(fp, configs, [n for n in names if n in QUANT_NAMES], keep=set(names), quantizer=quantize_weight)
+    """As the scoring path does on MQ benchmarks: FP primitives once, quantization ones per configuration."""
+    return model_statistics(proxy, model, x, y, configs, quantizer=quantize_weight)
 
 
 def _mq_baseline(name, model, x, y, bits):

@@ -13,7 +13,8 @@ the benchmark's train/eval mode on every access, so a proxy may modify it), ``in
 (the batch), ``bit_config`` (weight bits per Conv2d/Linear in forward order, or None), ``seed``,
 ``stats(names, probes=0)`` (``primitives.extract`` with the context's quantizer, computed lazily
 and cached per context; names listed in ``prefetch`` are extracted together on the first call, so
-several proxies share one extraction), ``memo(key, fn)`` (per-context cache, e.g. a Jacobian used by
+several proxies share one extraction; the scoring path passes ``stats_source`` instead, which serves
+them from :mod:`primitives.items`: network statistics once per network and disk-cached), ``memo(key, fn)`` (per-context cache, e.g. a Jacobian used by
 two proxies) and ``network_cached(key, fn)`` (an in-process cache per *network*: for MQ benchmarks
 the FP network is the same for every configuration, so Hessian eigenvalues/traces or layer
 orthogonality are computed once and reused across configurations).
@@ -96,6 +97,7 @@ class ProxyContext:
     model_key: str | None = None  # identifies the weights of base_model; None disables network_cached
     act_bits: int = 8
     prefetch: tuple[str, ...] = ()
+    stats_source: Callable | None = None  # (names, probes) -> NetworkStats; the scoring path's shared cache
     extract_seconds: float = 0.0
     _stats: list = field(default_factory=list, repr=False)
     _memo: dict = field(default_factory=dict, repr=False)
@@ -127,6 +129,8 @@ class ProxyContext:
         from primitives.core import HESSIAN, QUANT, REGISTRY
 
         names = [names] if isinstance(names, str) else list(names)
+        if self.stats_source is not None:
+            return self.stats_source(names, int(probes))
         wanted = set(names)
         for cached_names, cached_probes, st in self._stats:
             if cached_probes == probes and wanted <= cached_names:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evoproxy.errors import ConfigError, DataError
+from mqbench.errors import ConfigError, DataError
 from mqbench.dataroot import file_sha256
 
 DEPTHS = (20, 32, 44, 56, 110)

@@ -4,29 +4,34 @@ joblib's loky executor keeps its worker processes between calls, and a worker ke
 it was started with. A program (or a test) that changes ``EVOPROXY_DATA`` / ``EVOPROXY_CACHE``
 between two parallel calls would otherwise have workers reading the old data root. Every parallel
 task is therefore wrapped in :func:`call_with_env`, which applies the caller's values first and,
-when they changed, drops the per-process memos that depend on them.
+when they changed, runs the reset hooks that modules holding such memos registered with
+:func:`on_env_change` (explicit hooks, not a lookup of module attributes by name).
 """
 from __future__ import annotations
 
 import os
 import sys
+from typing import Callable
 
 ENV_KEYS = ("EVOPROXY_DATA", "EVOPROXY_CACHE")
+_RESET_HOOKS: list[Callable[[], None]] = []
+
+
+def on_env_change(hook: Callable[[], None]) -> Callable[[], None]:
+    """Register ``hook()`` to clear a per-process memo that depends on the data root or cache (usable as a decorator)."""
+    if hook not in _RESET_HOOKS:
+        _RESET_HOOKS.append(hook)
+    return hook
+
+
+def reset_memos() -> None:
+    """Run every registered reset hook (e.g. after a test changed the data root)."""
+    for hook in _RESET_HOOKS:
+        hook()
 
 
 def snapshot_env() -> dict:
     return {k: os.environ.get(k) for k in ENV_KEYS}
-
-
-def _forget_memos() -> None:
-    cifar = sys.modules.get("mqbench.cifar10")
-    if cifar is not None:
-        cifar.clear_memo()
-    for module, attr in (("evoproxy.searchdata", "_LOADED"), ("evoproxy.score_file", "_FP_CACHE"),
-                         ("evoproxy.evaluate", "_BENCHES")):
-        mod = sys.modules.get(module)
-        if mod is not None:
-            getattr(mod, attr).clear()
 
 
 def call_with_env(env: dict, fn, *args, **kwargs):
@@ -40,7 +45,7 @@ def call_with_env(env: dict, fn, *args, **kwargs):
             else:
                 os.environ[key] = value
     if changed:
-        _forget_memos()
+        reset_memos()
     return fn(*args, **kwargs)
 
 

@@ -1,0 +1,214 @@
+"""One scoring path for every kind of proxy, on benchmark items.
+
+    scorers = resolve_scorers(["snip", "runs/a/best.json", my_proxy, my_callable])
+    results = score_items(spec, ids, scorers, batch=64, jobs=2)   # one {"id","scores","errors","seconds"} per id
+
+A proxy is any of:
+
+* a registered baseline name (``"hawq_v1"``): ``fn(ctx)`` on a :class:`~evoproxy.baselines.ProxyContext`;
+* a proxy file (a path ending in ``.json``) or a parsed :class:`~evoproxy.tree.Proxy`: its tree on the
+  item's statistics;
+* a plain callable ``f(model, inputs, targets, bit_config) -> float`` (higher = predicted better).
+
+Every proxy gets its statistics from :mod:`primitives.items` (network statistics once per network,
+disk-cached; quantization statistics per bit configuration), so scoring the same items again
+recomputes nothing, and all proxies of a run share one extraction per item. Each item is scored in a
+worker (joblib processes when ``jobs`` > 1) on one torch thread, so scores do not depend on ``jobs``.
+An exception or a NaN/inf score marks that (item, proxy) as failed with its reason; it never stops
+the run. Per-item seconds: building the network (when a proxy needs it) plus the proxy's own time plus
+an equal share of the item's statistics among the proxies that used them.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mqbench.errors import ConfigError
+from primitives.items import PROXY_SEED, QUANT_NAMES, StatsRequest, batch_for, item_statistics, uses_hessian
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """One proxy in the form workers receive (picklable): ``kind`` "baseline", "tree" or "callable"."""
+
+    label: str
+    kind: str
+    payload: object  # baseline name | proxy JSON document | callable
+    needs: tuple[str, ...] = ()  # primitives it reads (prefetched together for the whole run)
+    probes: int = 0
+    noise_std: float = 0.01
+    bench_kind: str | None = None  # "nas"/"mq" when it applies to one kind of benchmark only
+
+
+def _tree_scorer(proxy, label: str) -> Scorer:
+    terminals = tuple(sorted(proxy.tree.terminals()))
+    probes = int(proxy.primitives.get("hutchinson_probes", 0)) if uses_hessian(terminals) else 0
+    kind = "mq" if set(terminals) & set(QUANT_NAMES) else None
+    return Scorer(label, "tree", proxy.to_json(), terminals, probes, float(proxy.primitives.get("noise_std", 0.01)), kind)
+
+
+def as_scorer(obj, label: str | None = None) -> Scorer:
+    """A :class:`Scorer` for a baseline name, a proxy file path, a ``Proxy`` or a callable (ConfigError otherwise)."""
+    from evoproxy.tree import Proxy, load_proxy
+
+    if isinstance(obj, Scorer):
+        return obj
+    if isinstance(obj, Proxy):
+        return _tree_scorer(obj, label or obj.source or obj.formula)
+    if isinstance(obj, (str, Path)):
+        text = str(obj).strip()
+        if text.lower().endswith(".json"):
+            return _tree_scorer(load_proxy(text), label or text)
+        from evoproxy.baselines import get_proxy
+
+        fn = get_proxy(text)
+        return Scorer(label or text, "baseline", text, tuple(fn.needs), 0, 0.01, fn.kind)
+    if callable(obj):
+        return Scorer(label or getattr(obj, "__name__", "callable"), "callable", obj)
+    raise ConfigError(f"a proxy must be a registered name, a .json proxy file, a Proxy or a callable; got {type(obj).__name__}")
+
+
+def resolve_scorers(proxies) -> list[Scorer]:
+    """Scorers for ``proxies`` (one or a list), unique labels in the given order; ConfigError when empty."""
+    items = [proxies] if isinstance(proxies, (str, Path)) or not hasattr(proxies, "__iter__") else list(proxies)
+    out, seen = [], set()
+    for obj in items:
+        if isinstance(obj, str) and not obj.strip():
+            continue
+        scorer = as_scorer(obj)
+        if scorer.label not in seen:
+            seen.add(scorer.label)
+            out.append(scorer)
+    if not out:
+        raise ConfigError("no proxy given")
+    return out
+
+
+def check_compatible(scorers: list[Scorer], bench) -> None:
+    """ConfigError naming the proxies that need bit configurations ``bench`` does not have (a proxy of
+    networks on an MQ table is allowed: it scores the FP network)."""
+    wrong = [s.label for s in scorers if s.bench_kind == "mq" and bench.quantizer is None]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: bit-configuration proxies need an MQ benchmark, not {bench.name}")
+    probes = {s.probes for s in scorers if s.kind == "tree" and s.probes}
+    noise = {s.noise_std for s in scorers if s.kind == "tree" and any("@" in n for n in s.needs)}
+    if len(probes) > 1 or len(noise) > 1:
+        raise ConfigError("proxy files scored together must use the same hutchinson_probes and noise_std")
+
+
+def reason(exc: BaseException) -> str:
+    """One line for an exception: its type and (the start of) its message."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _tree_value(proxy, stats) -> float:
+    return proxy.score(stats)
+
+
+def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = PROXY_SEED) -> dict:
+    """Every scorer on one benchmark item: {"id", "scores", "errors", "seconds"}."""
+    from evoproxy.baselines import ProxyContext, get_proxy
+    from evoproxy.tree import parse_proxy
+    from mqbench.benchmarks import load_bench
+    from primitives.core import fixed_threads
+
+    result = {"id": item, "scores": {}, "errors": {}, "seconds": {}}
+    trees = {s.label: parse_proxy(s.payload) for s in scorers if s.kind == "tree"}
+    probes = max([s.probes for s in scorers if s.kind == "tree"], default=0)
+    noise = next((s.noise_std for s in scorers if s.kind == "tree" and any("@" in n for n in s.needs)), 0.01)
+    prefetch = tuple(sorted({n for s in scorers for n in s.needs}))
+    spent = {"stats": 0.0, "build": 0.0}
+
+    with fixed_threads(1):
+        try:
+            bench = load_bench(spec)
+            inputs, targets = batch_for(bench, batch)
+        except Exception as exc:  # the benchmark itself is unusable: every proxy fails on this item
+            for s in scorers:
+                result["scores"][s.label], result["errors"][s.label], result["seconds"][s.label] = math.nan, f"build failed: {reason(exc)}", 0.0
+            return result
+
+        def stats(names, hutchinson_probes=0, noise_std=noise):
+            t0 = time.perf_counter()
+            wanted = set(names) | {n for n in prefetch if not uses_hessian([n]) or hutchinson_probes}
+            st = item_statistics(spec, item, StatsRequest.of(wanted, hutchinson_probes, noise_std, batch))
+            spent["stats"] += time.perf_counter() - t0
+            return st
+
+        ctx_box: list = []
+
+        def context():
+            if not ctx_box:
+                t0 = time.perf_counter()
+                model = bench.network(item)
+                ctx_box.append(ProxyContext(model, inputs, targets, bit_config=bench.bit_config(item), seed=seed,
+                                            quantizer=bench.quantizer, model_key=bench.network_key(item),
+                                            act_bits=bench.act_bits, stats_source=stats))
+                spent["build"] += time.perf_counter() - t0
+            return ctx_box[0]
+
+        users = []
+        for s in scorers:
+            before, t0 = dict(spent), time.perf_counter()
+            try:
+                if s.kind == "tree":
+                    value = _tree_value(trees[s.label], stats(s.needs, probes, noise))
+                elif s.kind == "baseline":
+                    value = float(get_proxy(s.payload)(context()))
+                else:
+                    ctx = context()
+                    value = float(s.payload(ctx.model, inputs, targets, ctx.bit_config))
+                if not math.isfinite(value):
+                    result["errors"][s.label] = f"non-finite score ({value})"
+            except Exception as exc:
+                value = math.nan
+                prefix = "build failed: " if spent["build"] == before["build"] and not ctx_box and s.kind != "tree" else ""
+                result["errors"][s.label] = prefix + reason(exc)
+            result["scores"][s.label] = value
+            own_stats = spent["stats"] - before["stats"]
+            result["seconds"][s.label] = time.perf_counter() - t0 - own_stats
+            if s.needs or own_stats:
+                users.append(s.label)
+        share = spent["stats"] / len(users) if users else 0.0
+        for label in users:
+            result["seconds"][label] += share
+    return result
+
+
+def score_items(spec, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int = 1, progress: bool = True,
+                desc: str = "proxies") -> list[dict]:
+    """:func:`score_item` for every id, in order (joblib processes when ``jobs`` > 1), with a progress bar."""
+    from mqbench.parallel import map_items
+
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    return map_items(score_item, ids, (spec,), (scorers, batch), jobs=jobs, progress=progress, desc=desc)
+
+
+def callable_scorer(fn: Callable, label: str | None = None) -> Scorer:
+    """A scorer for ``fn(model, inputs, targets, bit_config) -> float`` with an explicit label."""
+    return as_scorer(fn, label)
+
+
+def model_statistics(proxy, model, inputs, targets, bit_configs=None, quantizer=None) -> list:
+    """The statistics a proxy reads, for one network and its bit configurations (the scoring path's
+    protocol on a model a user holds): network statistics once, quantization statistics per configuration
+    (``quantizer`` defaults to the MQ tables' PTQ weight quantizer). One ``NetworkStats`` per configuration,
+    or a list of one without ``bit_configs``."""
+    from primitives import extract
+    from primitives.items import split_names, with_bit_config
+
+    scorer = as_scorer(proxy)
+    request = StatsRequest.of(scorer.needs, scorer.probes, scorer.noise_std, batch=len(inputs))
+    fp = extract(model, inputs, targets, **request.network_kwargs())
+    if bit_configs is None:
+        return [fp]
+    if quantizer is None:
+        from mqbench.quant import quantize_weight as quantizer
+    _, quant = split_names(request.names)
+    quantized: dict = {}
+    return [with_bit_config(fp, bits, quant, quantizer, quantized) for bits in bit_configs]

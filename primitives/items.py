@@ -1,0 +1,178 @@
+"""Benchmark items -> per-layer statistics, the one way every scorer gets them.
+
+    request = StatsRequest(("weight", "weight_grad", "quant_error"), hutchinson_probes=0)
+    stats = items_statistics(spec, ids, request, jobs=2)      # one NetworkStats per id, in order
+    one = item_statistics(spec, ids[0], request)               # the same for one item (a worker's view)
+
+Protocol: one batch ``sample_batch("train", batch, seed=BATCH_SEED, normalization=bench.normalization)``,
+extraction seed ``PROXY_SEED``, one torch thread, full tensors. The benchmark says which network an
+item is (``network_key`` / ``network``) and which bit configuration, if any (``bit_config``); this
+module does the rest without asking what kind of benchmark it is:
+
+* the statistics of a *network* (every primitive but the quantization ones) are extracted once per
+  network key and cached on disk under ``cache_root()/primitives`` (and in a small per-process
+  memo), so a second run over the same items recomputes nothing;
+* the quantization primitives of an item's bit configuration (``weight_q``, ``quant_error``,
+  ``bitwidth``, ``size_mb``) are added to the network's statistics with the benchmark's quantizer,
+  one quantization per layer and bit-width, sharing the network's tensors.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from mqbench.errors import ConfigError
+from mqbench.parallel import on_env_change
+from primitives.core import HESSIAN, QUANT, REGISTRY, LayerStats, NetworkStats, layer_size_mb
+
+PROXY_SEED = 0  # seed of the proxies' own randomness (noise inputs, probes, power iterations)
+BATCH_SEED = 0  # seed of the batch of training images every item is scored on
+QUANT_NAMES = tuple(n for n, p in REGISTRY.items() if p.pass_ == QUANT)
+NETWORK_MEMO_SIZE = 2
+_NETWORKS: "OrderedDict[tuple, NetworkStats]" = OrderedDict()
+_BATCHES: dict = {}
+on_env_change(_NETWORKS.clear)
+on_env_change(_BATCHES.clear)
+
+
+def uses_hessian(names) -> bool:
+    """Whether any of ``names`` comes from the Hessian pass (so Hutchinson probes matter)."""
+    return any(REGISTRY[n].pass_ == HESSIAN for n in names if n in REGISTRY)
+
+
+def split_names(names) -> tuple[list[str], list[str]]:
+    """(network primitives, quantization primitives) of ``names``, each sorted."""
+    names = sorted(set(names))
+    return [n for n in names if n not in QUANT_NAMES], [n for n in names if n in QUANT_NAMES]
+
+
+def available_names(bench) -> list[str]:
+    """The primitives a benchmark can provide: quantization ones only where items have bit configurations."""
+    return [n for n in REGISTRY if bench.quantizer is not None or n not in QUANT_NAMES]
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """What determines the statistics of an item besides the item itself (hashable, picklable)."""
+
+    names: tuple[str, ...]
+    hutchinson_probes: int = 0
+    noise_std: float = 0.01
+    batch: int = 64
+
+    @classmethod
+    def of(cls, names, hutchinson_probes: int = 0, noise_std: float = 0.01, batch: int = 64) -> "StatsRequest":
+        names = tuple(sorted(set(names)))
+        return cls(names, int(hutchinson_probes) if uses_hessian(names) else 0, float(noise_std), int(batch))
+
+    def network_kwargs(self) -> dict:
+        fp, quant = split_names(self.names)
+        if quant:  # the quantization primitives are computed from the weight
+            fp = sorted(set(fp) | {"weight"})
+        return dict(names=fp, hutchinson_probes=self.hutchinson_probes, noise_std=self.noise_std, seed=PROXY_SEED)
+
+
+def batch_for(bench, batch: int):
+    """(inputs, targets) of the protocol's batch for ``bench`` (memoised per process)."""
+    from mqbench.cifar10 import sample_batch
+
+    key = (bench.normalization, int(batch))
+    if key not in _BATCHES:
+        _BATCHES[key] = sample_batch("train", int(batch), seed=BATCH_SEED, normalization=bench.normalization)
+    return _BATCHES[key]
+
+
+def _check(bench, request: StatsRequest) -> None:
+    _, quant = split_names(request.names)
+    if quant and bench.quantizer is None:
+        raise ConfigError(f"{', '.join(quant)} need a benchmark with bit configurations; {bench.name} has none")
+
+
+def _build_network(spec, reps: dict, network_key):
+    from mqbench.benchmarks import load_bench
+
+    bench = load_bench(spec)
+    return bench.network(reps[network_key]), network_key
+
+
+def _networks(spec, bench, reps: dict, request: StatsRequest, jobs: int, progress: bool, cache_dir) -> dict:
+    """{network_key: NetworkStats without quantization primitives}, from the memo, the disk cache or extraction."""
+    from primitives.many import extract_many
+
+    out, todo = {}, []
+    for key in reps:
+        memo_key = (spec, key, request)
+        if memo_key in _NETWORKS:
+            _NETWORKS.move_to_end(memo_key)
+            out[key] = _NETWORKS[memo_key]
+        else:
+            todo.append(key)
+    if todo:
+        inputs, targets = batch_for(bench, request.batch)
+        if cache_dir is None:
+            from mqbench.dataroot import cache_root
+
+            cache_dir = cache_root() / "primitives"
+        found = extract_many(todo, functools.partial(_build_network, spec, reps), (inputs, targets, BATCH_SEED),
+                             jobs=jobs, cache_dir=cache_dir, progress=progress, **request.network_kwargs())
+        for key, st in zip(todo, found):
+            out[key] = st
+            if len(todo) <= NETWORK_MEMO_SIZE:
+                _NETWORKS[(spec, key, request)] = st
+                while len(_NETWORKS) > NETWORK_MEMO_SIZE:
+                    _NETWORKS.popitem(last=False)
+    return out
+
+
+def items_statistics(spec, ids, request: StatsRequest, *, jobs: int = 1, progress: bool = True,
+                     cache_dir=None) -> list[NetworkStats]:
+    """One ``NetworkStats`` per id of benchmark ``spec`` (a :class:`mqbench.benchmarks.BenchSpec`), in order."""
+    from mqbench.benchmarks import load_bench
+
+    bench = load_bench(spec)
+    _check(bench, request)
+    ids = list(ids)
+    reps: dict = {}
+    for item in ids:
+        reps.setdefault(bench.network_key(item), item)
+    networks = _networks(spec, bench, reps, request, jobs, progress, cache_dir)
+    _, quant = split_names(request.names)
+    quantized: dict = {}
+    return [with_bit_config(networks[bench.network_key(i)], bench.bit_config(i), quant, bench.quantizer, quantized)
+            for i in ids]
+
+
+def item_statistics(spec, item, request: StatsRequest, cache_dir=None) -> NetworkStats:
+    """``items_statistics`` of one item, in this process (no progress bar)."""
+    return items_statistics(spec, [item], request, progress=False, cache_dir=cache_dir)[0]
+
+
+def with_bit_config(fp: NetworkStats, bits, quant_names, quantizer, quantized: dict | None = None) -> NetworkStats:
+    """``fp`` with the quantization primitives of bit configuration ``bits`` added (tensors shared, not
+    copied); ``fp`` itself when ``bits`` is None. ``quantized`` memoises (layer, bits) -> (W_q, W - W_q)
+    across configurations of the same network."""
+    if bits is None:
+        return fp
+    if len(bits) != len(fp.layers):
+        raise ConfigError(f"bit configuration has {len(bits)} entries for {len(fp.layers)} layers")
+    quantized = {} if quantized is None else quantized
+    layers = []
+    for i, (layer, b) in enumerate(zip(fp.layers, bits)):
+        tensors = dict(layer.tensors)
+        if quant_names:
+            w = layer.tensors["weight"]
+            if (i, b) not in quantized:
+                wq = quantizer(w, int(b)).detach().to(w.dtype)
+                quantized[(i, b)] = (wq, w - wq)
+            wq, err = quantized[(i, b)]
+            numel = math.prod(layer.weight_shape)
+            extra = {"weight_q": wq, "quant_error": err, "bitwidth": torch.tensor(int(b), dtype=torch.int32),
+                     "size_mb": torch.tensor(layer_size_mb(numel, layer.params - numel, int(b)), dtype=torch.float64)}
+            tensors.update({k: extra[k] for k in quant_names})
+        layers.append(LayerStats(layer.name, layer.kind, layer.weight_shape, layer.input_shape,
+                                 layer.output_shape, layer.params, layer.flops, int(b), tensors))
+    return NetworkStats(layers, dict(fp.meta))
