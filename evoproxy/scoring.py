@@ -109,8 +109,9 @@ def _tree_value(proxy, stats) -> float:
     return proxy.score(stats)
 
 
-def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = PROXY_SEED) -> dict:
-    """Every scorer on one benchmark item: {"id", "scores", "errors", "seconds"}."""
+def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = PROXY_SEED, progress: bool = False) -> dict:
+    """Every scorer on one benchmark item: {"id", "scores", "errors", "seconds"}; ``progress`` shows a bar
+    over the scorers and inside long per-network computations (the network phase of :func:`score_items`)."""
     from evoproxy.baselines import ProxyContext, get_proxy
     from evoproxy.tree import parse_proxy
     from mqbench.benchmarks import load_bench
@@ -147,12 +148,12 @@ def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = P
                 model = bench.network(item)
                 ctx_box.append(ProxyContext(model, inputs, targets, bit_config=bench.bit_config(item), seed=seed,
                                             quantizer=bench.quantizer, model_key=bench.network_key(item),
-                                            act_bits=bench.act_bits, stats_source=stats))
+                                            act_bits=bench.act_bits, stats_source=stats, progress=progress))
                 spent["build"] += time.perf_counter() - t0
             return ctx_box[0]
 
         users = []
-        for s in scorers:
+        for s in _bar(scorers, f"network {bench.network_key(item)[:40]}", progress):
             before, t0 = dict(spent), time.perf_counter()
             try:
                 if s.kind == "tree":
@@ -179,14 +180,54 @@ def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = P
     return result
 
 
+def _bar(items, desc: str, show: bool):
+    """``items`` (scorers), with a bar naming the one being scored when ``show``."""
+    if not show:
+        return items
+    import sys
+
+    from tqdm import tqdm
+
+    def labelled():
+        bar = tqdm(items, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, unit="proxy")
+        for s in bar:
+            bar.set_postfix_str(s.label[-40:])
+            yield s
+
+    return labelled()
+
+
 def score_items(spec, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int = 1, progress: bool = True,
                 desc: str = "proxies") -> list[dict]:
-    """:func:`score_item` for every id, in order (joblib processes when ``jobs`` > 1), with a progress bar."""
+    """:func:`score_item` for every id, in order (joblib processes when ``jobs`` > 1), with a progress bar.
+
+    Items that share a network (the configurations of one MQ table) first go through a *network phase*:
+    the first item of each shared network is scored in this process with its own progress bars, so the
+    per-network work (network statistics, Hessian eigenvalues and traces, ...) is done once, visibly,
+    and cached on disk for the workers; then the remaining items are scored."""
+    from mqbench.benchmarks import load_bench
     from mqbench.parallel import map_items
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
-    return map_items(score_item, ids, (spec,), (scorers, batch), jobs=jobs, progress=progress, desc=desc)
+    ids = list(ids)
+    bench = load_bench(spec)
+    by_network: dict = {}
+    for i, item in enumerate(ids):
+        by_network.setdefault(bench.network_key(item), []).append(i)
+    first = [positions[0] for positions in by_network.values() if len(positions) > 1]
+    done = {}
+    for k, pos in enumerate(first, start=1):
+        if progress:
+            import sys
+
+            print(f"{desc}: network phase {k}/{len(first)} (work shared by {len(by_network[bench.network_key(ids[pos])])} items)",
+                  file=sys.stderr)
+        done[pos] = score_item(spec, ids[pos], scorers, batch, progress=progress)
+    rest = [i for i in range(len(ids)) if i not in done]
+    scored = map_items(score_item, [ids[i] for i in rest], (spec,), (scorers, batch), jobs=jobs, progress=progress, desc=desc)
+    done.update(zip(rest, scored))
+    return [done[i] for i in range(len(ids))]
 
 
 def callable_scorer(fn: Callable, label: str | None = None) -> Scorer:

@@ -22,6 +22,8 @@ orthogonality are computed once and reused across configurations).
 from __future__ import annotations
 
 import copy
+import hashlib
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -98,6 +100,7 @@ class ProxyContext:
     act_bits: int = 8
     prefetch: tuple[str, ...] = ()
     stats_source: Callable | None = None  # (names, probes) -> NetworkStats; the scoring path's shared cache
+    progress: bool = False  # show progress bars inside long per-network computations (see steps())
     extract_seconds: float = 0.0
     _stats: list = field(default_factory=list, repr=False)
     _memo: dict = field(default_factory=dict, repr=False)
@@ -151,19 +154,75 @@ class ProxyContext:
             self._memo[key] = fn()
         return self._memo[key]
 
+    def steps(self, iterable, desc: str, total: int | None = None):
+        """``iterable`` with a progress bar on stderr when this context shows progress (a long per-network loop)."""
+        if not self.progress:
+            return iterable
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
+
     def network_cached(self, key, fn: Callable[[], object]):
-        """``fn()`` once per network (model_key, batch and seed) in this process; per context without a model_key."""
+        """``fn()`` once per network (model_key, batch and seed): in this process, and on disk under
+        ``cache_root()/network`` so other workers and later runs reuse it; per context without a model_key."""
         if self.model_key is None:
             return self.memo(("network", key), fn)
         full = (self.model_key, self.batch_digest, int(self.seed), key)
         if full in _NETWORK_CACHE:
             _NETWORK_CACHE.move_to_end(full)
             return _NETWORK_CACHE[full]
-        value = fn()
+        value = _disk_cached(full, fn)
         _NETWORK_CACHE[full] = value
         while len(_NETWORK_CACHE) > NETWORK_CACHE_SIZE:
             _NETWORK_CACHE.popitem(last=False)
         return value
+
+
+def _code_digest(fn) -> str:
+    """Identifies the code of ``fn`` (and of the functions defined inside it), so edits invalidate disk entries."""
+    h = hashlib.sha256()
+
+    def feed(code):
+        h.update(code.co_code)
+        h.update(repr(code.co_names).encode())
+        for c in code.co_consts:
+            feed(c) if hasattr(c, "co_code") else h.update(repr(c).encode())
+
+    feed(fn.__code__)
+    return h.hexdigest()
+
+
+def _disk_cached(full: tuple, fn: Callable[[], object]):
+    """``fn()``'s value from ``cache_root()/network/<key>.pt`` (our own file, loaded weights-only), else computed and saved."""
+    import os
+
+    import numpy as np
+
+    from mqbench.dataroot import cache_root
+    from mqbench.errors import DataError
+
+    try:
+        folder = cache_root() / "network"
+    except DataError:
+        return fn()
+    path = folder / f"{hashlib.sha256((repr(full) + _code_digest(fn)).encode()).hexdigest()}.pt"
+    if path.exists():
+        try:
+            box = torch.load(path, map_location="cpu", weights_only=True)
+            value = box["value"]
+            return value.numpy() if box.get("ndarray") else value
+        except Exception:  # torn, foreign or old file: recompute
+            pass
+    value = fn()
+    box = {"value": torch.from_numpy(np.array(value)), "ndarray": True} if isinstance(value, np.ndarray) else {"value": value}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(box, tmp)
+        os.replace(tmp, path)
+    except Exception:  # not storable (an unusual type) or no space: keep the in-process value only
+        pass
+    return value
 
 
 def prunable_layers(model: nn.Module) -> list[nn.Module]:

@@ -126,7 +126,7 @@ def hessian_top_eigenvalues(ctx: ProxyContext) -> list[float]:
         weights, grads = _loss_and_grads(model, modules, ctx.inputs, ctx.targets)
         gen = torch.Generator().manual_seed(int(ctx.seed))
         out = []
-        for w, g in zip(weights, grads):
+        for w, g in ctx.steps(list(zip(weights, grads)), "hawq_v1: Hessian eigenvalue per layer"):
             if g is None or not g.requires_grad:
                 out.append(0.0)
                 continue
