@@ -1,5 +1,5 @@
 """evoproxy.plot: each figure is written as a PNG of the documented pixel size; coinciding curves stay
-distinguishable."""
+distinguishable; ``evoproxy evaluate --plot`` writes the scatter."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +12,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from evoproxy import plot
+from evoproxy.cli import main
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -104,3 +105,21 @@ def test_check_path_refuses_unknown_formats():
     with pytest.raises(ValueError, match="unknown image format"):
         plot.check_path("x.xyz")
 
+
+def test_cli_evaluate_writes_the_scatter(tiny_data_root, tmp_path, capsys):
+    archs = ["|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+             "|nor_conv_1x1~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|none~1|nor_conv_3x3~2|",
+             "|avg_pool_3x3~0|+|skip_connect~0|none~1|+|none~0|skip_connect~1|avg_pool_3x3~2|",
+             "|skip_connect~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|avg_pool_3x3~1|none~2|"]
+    (tiny_data_root / "nats-bench").mkdir()
+    with open(tiny_data_root / "nats-bench" / "nats_tss_cifar10.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("ArchitectureString", "CIFAR10TestAccuracy200Epochs")]
+                                 + list(zip(archs, [93.1, 88.0, 60.2, 85.5])))
+    out = tmp_path / "figs" / "params.png"
+    assert main(["evaluate", "--bench", "nb201-cifar10", "--proxy", "params", "--samples", "4", "--split", "all",
+                 "--batch", "10", "--plot", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert _png_size(out) == (825, 765)  # one 5.5 x 4.5-inch panel + 0.6 inch caption, 150 dpi
+    assert main(["evaluate", "--bench", "nb201-cifar10", "--proxy", "params", "--samples", "4",
+                 "--plot", str(tmp_path / "x.xyz")]) == 2
+    assert "unknown image format" in capsys.readouterr().err
