@@ -176,6 +176,8 @@ def _proxy_run_options(p: argparse.ArgumentParser, bench_required: bool = True) 
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxy", required=True, help="a registered proxy name (see 'evoproxy baselines --list') "
                                                 "or a proxy JSON file (e.g. runs/NAME/best.json)")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also write a scatter plot of score vs ground truth (Spearman in the title) to this file")
     _proxy_run_options(p)
 
 
@@ -186,9 +188,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from evoproxy.evaluate import caption, evaluate, human_table
     from evoproxy.metrics import json_safe
 
+    items = None
+    if args.plot:
+        from evoproxy import plot
+        from evoproxy.errors import ConfigError
+
+        try:
+            plot.check_path(args.plot)
+        except ValueError as exc:
+            raise ConfigError(f"--plot: {exc}") from exc
+        items = {}
     reports = evaluate(args.bench, [args.proxy], args.samples, args.seed, args.split, table=args.table,
-                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint)
-    rep = reports[next(iter(reports))]
+                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, items=items,
+                       checkpoint=args.checkpoint)
+    name = next(iter(reports))
+    rep = reports[name]
+    if args.plot:
+        scores = [r["scores"].get(name, float("nan")) for r in items["results"]]
+        try:
+            plot.scatter({name: scores}, items["truth"], args.plot, truth_label=f"ground truth ({rep['gt_column']})",
+                         title=f"{name} on {rep['bench']}",
+                         caption=f"{rep['split'].capitalize()} split, sample seed {rep['seed']}, batch {rep['batch']}.")
+        except OSError as exc:
+            raise ConfigError(f"--plot: cannot write {args.plot}: {exc}") from exc
     if args.json:
         print(json.dumps(json_safe(rep)))
     else:
@@ -196,6 +218,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(human_table(reports))
         for f in rep["failures"]:
             print(f"  failed: id {f['id']}: {f['reason']}")
+        if args.plot:
+            print(f"wrote {args.plot}")
     return 0
 
 

@@ -1,11 +1,14 @@
 """Ablation: diversity-prompting selection on/off x compatibility screening on/off, several seeds each.
 
     python -m experiments.ablation [--bench mq-resnet20-cifar10] [--seeds 0,1,2] [--generations 20]
+    python -m experiments.ablation --from-logs     # table and figure from the committed runs, never search
 
 Every run is an ordinary ``evoproxy search`` (runs under ``results/ablation/runs/``, resumed when
-present). Reports per setting: best search fitness vs generation (mean over seeds, ``best_fitness.png``),
-final best fitness (mean ± std), mean valid-candidate rate, mean unique formulas in the population,
-mean pairwise score distance, candidates scored and wall time.
+present; ``--from-logs`` never searches and fails when a run is missing or was made with other
+settings, so the table and figure are rebuilt from the committed logs alone). Reports per setting:
+best search fitness vs generation (mean over seeds with the min-max band, ``best_fitness.png``, drawn
+by :func:`evoproxy.plot.ablation`), final best fitness (mean ± std), mean valid-candidate rate, mean
+unique formulas in the population, mean pairwise score distance, candidates scored and wall time.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ import time
 
 import numpy as np
 
-from experiments.common import announce, log, mean_std, results_dir, run_or_resume_search, write_table
-from experiments.plot import line_chart
+from evoproxy.errors import DataError
+from experiments.common import announce, finished_run, log, mean_std, results_dir, run_or_resume_search, write_table
 
 SETTINGS = [("diversity + screening", True, True), ("diversity only", True, False),
             ("screening only", False, True), ("neither", False, False)]
@@ -27,6 +30,7 @@ HEADERS = {"final_best": "final best fitness", "valid_rate": "valid rate", "uniq
 
 
 def main(argv=None) -> int:
+    from evoproxy import plot
     from evoproxy.search import SearchConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,10 +41,13 @@ def main(argv=None) -> int:
     p.add_argument("--generations", type=int, default=20)
     p.add_argument("--fitness", default="spearman_partial")
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--from-logs", action="store_true",
+                   help="never search: rebuild the table and best_fitness.png from the finished runs under "
+                        "results/ablation/runs/ (an error when one is missing or was made with other settings)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = results_dir("ablation")
-    rows, series = [], []
+    rows, curves = [], {}
     for label, diversity, screening in SETTINGS:
         logs, walls = [], []
         for s in seeds:
@@ -50,6 +57,9 @@ def main(argv=None) -> int:
             config = SearchConfig(bench=args.bench, out=str(run), samples=args.samples, population=args.population,
                                   generations=args.generations, seed=s, fitness=args.fitness, diversity=diversity,
                                   screening=screening, jobs=args.jobs, progress=False)
+            if args.from_logs and not finished_run(config):
+                raise DataError(f"--from-logs: {run} holds no finished run of these settings; "
+                                "run the ablation without --from-logs to search")
             start = time.perf_counter()
             run_or_resume_search(config)
             rows_log = list(csv.DictReader(open(run / "log.csv")))
@@ -57,7 +67,7 @@ def main(argv=None) -> int:
             walls.append(sum(float(r["seconds"]) for r in rows_log))
             log(f"  {time.perf_counter() - start:.0f} s this call")
         best = np.array([[float(r["best_fitness"]) for r in lg] for lg in logs])
-        series.append((label, list(range(best.shape[1])), list(best.mean(axis=0))))
+        curves[label] = best.tolist()
         m, sd = mean_std(best[:, -1])
         per_run = lambda key: [np.mean([float(r[key]) for r in lg]) for lg in logs]  # noqa: E731
         rows.append({"setting": label, "seeds": len(seeds), "final_best": f"{m:.4f} ± {sd:.4f}",
@@ -66,17 +76,20 @@ def main(argv=None) -> int:
                      "pairwise_distance": float(np.mean(per_run("mean_pairwise_distance"))),
                      "candidates": float(np.mean([sum(int(r["evaluated"]) for r in lg) for lg in logs])),
                      "wall_s": float(np.mean(walls))})
+    title = (f"Ablation of diversity and screening: best fitness per generation "
+             f"({args.bench}, population {args.population})")
+    png = plot.ablation(curves, out / "best_fitness.png", title, ylabel=f"best search fitness ({args.fitness})",
+                        caption=f"{args.samples} search-split items, fitness {args.fitness}, seeds "
+                                f"{', '.join(map(str, seeds))}.")
     caption = (f"Ablation on {args.bench}: {args.samples} search-split items, population {args.population}, "
                f"{args.generations} generations, fitness {args.fitness}, structure emq, seeds "
                f"{', '.join(map(str, seeds))}; valid rate, unique formulas and pairwise distance are means over "
                f"generations and seeds; wall s is the evolution time per run (primitive extraction excluded), 2-core machine.")
-    same = [f"'{a[0]}' and '{b[0]}'" for i, a in enumerate(series) for b in series[i + 1:] if a[2] == b[2]]
+    same = plot.coinciding({label: np.mean(c, axis=0) for label, c in curves.items()})
     if same:
-        caption += (" Identical mean best-fitness curves (the plot draws them on top of each other): "
-                    + "; ".join(same) + ".")
+        caption += (" Identical mean best-fitness curves (the plot marks them in its legend): "
+                    + "; ".join(f"'{a}' and '{b}'" for b, a in same.items()) + ".")
     paths = write_table(out, "table", rows, COLUMNS, caption, HEADERS, digits=3)
-    png = line_chart(out / "best_fitness.png", series, f"best search fitness ({args.bench}, mean of {len(seeds)} seeds)",
-                     "generation", "fitness")
     announce(*paths, png)
     return 0
 
