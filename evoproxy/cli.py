@@ -185,7 +185,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from evoproxy.evaluate import caption, evaluate, human_table
+    from evoproxy.evaluation import caption, evaluate, human_table
     from evoproxy.metrics import json_safe
 
     items = None
@@ -238,7 +238,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
     from evoproxy.baselines import describe, proxy_names
     from evoproxy.errors import ConfigError
-    from evoproxy.evaluate import evaluate, human_table, write_baselines
+    from evoproxy.evaluation import evaluate, human_table, write_baselines
     from mqbench.benchmarks import BenchSpec
     from evoproxy.metrics import json_safe
 

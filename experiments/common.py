@@ -120,7 +120,7 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
     column's reports come from the same scores."""
     import numpy as np
 
-    from evoproxy.evaluate import evaluate, report
+    from evoproxy.evaluation import evaluate, report
     from mqbench.benchmarks import BenchSpec
 
     _, b = BenchSpec.resolve(bench, table)

@@ -37,7 +37,7 @@ def _proxy_of(key: str):
 
 
 def verify(path: Path, bench: str, items: str, seed: int, jobs: int, table: str | None) -> dict:
-    from evoproxy.evaluate import evaluate
+    from evoproxy.evaluation import evaluate
 
     kept: dict[str, dict[int, float]] = {}
     with open(path, newline="") as fh:

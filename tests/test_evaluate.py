@@ -143,7 +143,7 @@ def test_cli_baselines_writes_tables_and_json(nb201_root, tmp_path, capsys):
 
 def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_root, monkeypatch):
     from evoproxy import baselines
-    from evoproxy.evaluate import evaluate
+    from evoproxy.evaluation import evaluate
     from evoproxy.scoring import resolve_scorers, score_items
     from mqbench.benchmarks import BenchSpec
 

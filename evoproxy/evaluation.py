@@ -1,6 +1,6 @@
 """Score proxies on a benchmark sample and correlate them with the ground truth.
 
-    from evoproxy.evaluate import evaluate
+    from evoproxy.evaluation import evaluate
     reports = evaluate("nb201-cifar10", ["snip", "runs/a/best.json", my_proxy, my_fn], samples=100, seed=0)
     reports["snip"]["spearman"]
 
@@ -131,36 +131,52 @@ def caption(reports: dict) -> str:
             f"{r['gt_column']}, batch of {r['batch']} CIFAR-10 training images; partial Spearman controls for {r['partial_on']}")
 
 
-def write_baselines(reports: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """``out_dir/baselines.csv`` (one row per proxy) and ``out_dir/baselines.md`` (table + caption line)."""
-    import csv
+CSV_FIELDS = ["proxy", "kind", *SUMMARY_KEYS, "partial_on", "bench", "split", "seed", "samples", "gt_column"]
 
+
+def _kind(name: str) -> str:
     from evoproxy.baselines import get_proxy, proxy_names
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
-    csv_path, md_path = out / "baselines.csv", out / "baselines.md"
-    first = next(iter(reports.values()))
-    fields = ["proxy", "kind", *SUMMARY_KEYS, "partial_on", "bench", "split", "seed", "samples", "gt_column"]
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
+    return get_proxy(name).kind if name in proxy_names() else ("file" if name.lower().endswith(".json") else "object")
+
+
+def write_csv(reports: dict, path: str | Path) -> Path:
+    """One row per proxy (``CSV_FIELDS``); non-finite numbers as empty cells."""
+    import csv
+
+    path = Path(path)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for name, r in reports.items():
-            row = {k: r.get(k) for k in fields if k not in ("proxy", "kind")}
+            row = {k: r.get(k) for k in CSV_FIELDS if k not in ("proxy", "kind")}
             row = {k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-            kind = get_proxy(name).kind if name in proxy_names() else ("file" if name.lower().endswith(".json") else "object")
-            writer.writerow({"proxy": name, "kind": kind, **row})
-    lines = [f"Baselines — {caption(reports)}.", "",
+            writer.writerow({"proxy": name, "kind": _kind(name), **row})
+    return path
+
+
+def markdown(reports: dict, title: str = "Baselines") -> str:
+    """A markdown table, one row per proxy, under a caption line that states n, split, seed and ground truth."""
+    first = next(iter(reports.values()))
+    lines = [f"{title} — {caption(reports)}.", "",
              "| proxy | Spearman | Kendall | Pearson | ρ@20% | ρ@50% | partial Spearman | n | failed | s/sample |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
         cells = [_fmt(r[k]) for k in ("spearman", "kendall", "pearson", "spearman_top20", "spearman_top50",
                                        "partial_spearman", "n", "failed")]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['seconds_per_sample']:.3f} |")
+        lines.append(f"| {name.replace('|', '&#124;')} | " + " | ".join(cells) + f" | {r['seconds_per_sample']:.3f} |")
     if first.get("partial_on"):
         lines += ["", f"Partial Spearman: rank correlation after regressing out rank({first['partial_on']})."]
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
+    return "\n".join(lines) + "\n"
+
+
+def write_baselines(reports: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """``out_dir/baselines.csv`` (one row per proxy) and ``out_dir/baselines.md`` (table + caption line)."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
+    md_path = out / "baselines.md"
+    md_path.write_text(markdown(reports))
+    return write_csv(reports, out / "baselines.csv"), md_path
