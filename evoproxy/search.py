@@ -13,7 +13,7 @@ Protocol
 * Generation g >= 1: the ``elites`` best survive; the rest of the population is refilled with
   children (parents by :func:`evoproxy.selection.select_parents`; crossover with probability
   ``cx_prob``, then mutation of each child with probability ``mut_prob``), each child scored by
-  :mod:`evoproxy.engine` (screening, then all samples) and its fitness by
+  :mod:`evoproxy.screening` (screening, then all samples) and its fitness by
   :mod:`evoproxy.fitness`. Up to ``MAX_ROUNDS`` rounds of children per generation; if still short,
   the best former members fill the population.
 * Candidates already scored (same canonical formula) are never re-scored (a memo); with screening
@@ -260,7 +260,7 @@ class Search:
     # ------------------------------------------------------------------ scoring
     def _score(self, trees: list[Node], counts: dict) -> list[dict]:
         """Outcome (memo entry) of each tree, in order; updates ``counts``."""
-        from evoproxy.engine import score_many
+        from evoproxy.screening import score_many
         from evoproxy.fitness import oriented_fitness
 
         c = self.config
@@ -326,7 +326,7 @@ class Search:
 
     # ------------------------------------------------------------------ generations
     def _new_counts(self) -> dict:
-        from evoproxy.engine import REASONS
+        from evoproxy.screening import REASONS
 
         return {"evaluated": 0, "valid": 0, "cache_hits": 0, "equivalent_hits": 0,
                 **{f"rejected_{r}": 0 for r in REASONS}}
@@ -412,7 +412,7 @@ class Search:
         self.hof = sorted(merged.values(), key=lambda i: (-i.fitness, i.generation, i.key))[:HALL_OF_FAME]
 
     def _log_row(self, generation: int, counts: dict, seconds: float) -> dict:
-        from evoproxy.engine import REASONS
+        from evoproxy.screening import REASONS
         from evoproxy.selection import mean_pairwise_distance
 
         fit = np.array([i.fitness for i in self.population])

@@ -11,7 +11,7 @@ import torch
 from scipy.stats import spearmanr
 
 from evoproxy import ops
-from evoproxy.engine import score_range
+from evoproxy.screening import score_range
 from evoproxy.fitness import oriented_fitness, subsets
 from evoproxy.ops import OPS, OpError
 from evoproxy.space import SearchSpace, is_emq_shaped
