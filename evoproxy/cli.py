@@ -283,7 +283,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hutchinson-probes", type=int, default=None,
                    help="Hessian probes (default 0 on NAS benchmarks: no Hessian terminals; 8 on MQ benchmarks)")
     p.add_argument("--terminals", default=None, help="comma-separated primitive names (default: all available)")
-    p.add_argument("--weights", default=None, help="sampling weights, e.g. 'log=2,matmul=0' (0 removes an op/terminal)")
+    p.add_argument("--weights", default=None, help="sampling weights, e.g. 'log=2,matmul=0' (0 removes an op/terminal; the tree structure takes only 0 or 1)")
     p.add_argument("--no-screening", action="store_true", help="ablation: no compatibility screening")
     p.add_argument("--no-diversity", action="store_true", help="ablation: plain tournament, duplicates allowed")
     p.add_argument("--novelty-weight", type=float, default=d.novelty_weight)

@@ -43,7 +43,8 @@ import numpy as np
 
 from evoproxy.errors import ConfigError
 from mqbench.fileio import atomic_write_text
-from evoproxy.tree import Node, Proxy, canonical, parse_tree, render
+from evoproxy.space import ProxyTree
+from evoproxy.tree import Proxy, canonical, parse_tree, render
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
 MAX_ROUNDS = 5
@@ -117,7 +118,7 @@ MQ_PROBES = 8
 
 @dataclass
 class Individual:
-    tree: Node
+    tree: ProxyTree
     key: str
     fitness: float
     orientation: int
@@ -258,14 +259,14 @@ class Search:
         atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
 
     # ------------------------------------------------------------------ scoring
-    def _score(self, trees: list[Node], counts: dict) -> list[dict]:
+    def _score(self, trees: list[ProxyTree], counts: dict) -> list[dict]:
         """Outcome (memo entry) of each tree, in order; updates ``counts``."""
         from evoproxy.screening import score_many
         from evoproxy.fitness import oriented_fitness
 
         c = self.config
         keys = [canonical(t) for t in trees]
-        todo: dict[str, Node] = {}
+        todo: dict[str, ProxyTree] = {}
         for k, t in zip(keys, trees):
             if k in self.memo:
                 counts["cache_hits"] += 1
