@@ -320,7 +320,7 @@ class SearchSpace:
 
 
 def is_emq_shaped(tree: ProxyTree) -> bool:
-    """Whether ``tree`` follows the emq template (used to check a resumed or seeded population)."""
+    """Whether ``tree`` follows the emq template (the invariant of the emq variation)."""
     kinds = [OPS[item.name].kind if item.arity else "terminal" for item in tree]
     if kinds[:3] != ["aggregate", "reduce", "binary"]:
         return False

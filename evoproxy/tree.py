@@ -61,12 +61,6 @@ class ProxyFileError(ConfigError):
     """A proxy file or tree that is not valid in the proxy language."""
 
 
-def terminal_names() -> list[str]:
-    from primitives import PRIMITIVES
-
-    return list(PRIMITIVES)
-
-
 def terminal_symbol(name: str, latex: bool = False) -> str:
     base, suffix = (name.split("@", 1) + [""])[:2]
     plain, tex = SYMBOLS.get(base, (base, r"\mathrm{" + base.replace("_", r"\_") + "}"))
@@ -122,7 +116,7 @@ def _parse(obj, where: str, depth: int) -> list:
         from primitives import PRIMITIVES
 
         if obj not in PRIMITIVES:
-            raise ProxyFileError(f"{where}: unknown primitive {obj!r}; known: {', '.join(terminal_names())}")
+            raise ProxyFileError(f"{where}: unknown primitive {obj!r}; known: {', '.join(PRIMITIVES)}")
         return [language().mapping[obj]]
     if not isinstance(obj, list) or not obj:
         raise ProxyFileError(f"{where}: expected an operator list [name, args...] or a primitive name, "
