@@ -178,7 +178,7 @@ class SearchSpace:
         if bad:
             raise ConfigError(f"weights for unknown operator/terminal(s): {', '.join(bad)}")
         for k, v in self.weights.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            if not isinstance(v, (int, float)) or v < 0:
                 raise ConfigError(f"weight of {k} must be a number >= 0, got {v!r}")
             if self.structure == "tree" and v not in (0, 1):
                 raise ConfigError(f"weight of {k} is {v}: the tree structure draws with DEAP's operators, "
