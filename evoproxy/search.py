@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import random
@@ -43,8 +44,7 @@ import numpy as np
 
 from evoproxy.errors import ConfigError
 from mqbench.fileio import atomic_write_text
-from evoproxy.space import ProxyTree
-from evoproxy.tree import Proxy, canonical, parse_tree, render
+from evoproxy.tree import Proxy, ProxyTree, canonical, parse_tree, render
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
 MAX_ROUNDS = 5
@@ -184,12 +184,11 @@ class Search:
         self.probes = probes
         possible = [n for n, p in REGISTRY.items()
                     if (p.pass_ != HESSIAN or probes > 0) and (self.mq or n not in QUANT_NAMES)]
-        available = possible  # --terminals may name any of them
         default = [n for n in possible if getattr(REGISTRY[n], "default", True)]
         terminals = list(c.terminals) if c.terminals else default
-        bad = [t for t in terminals if t not in available]
+        bad = [t for t in terminals if t not in possible]  # --terminals may name any of them
         if bad:
-            raise ConfigError(f"terminal(s) {', '.join(bad)} not available here (available: {', '.join(available)})")
+            raise ConfigError(f"terminal(s) {', '.join(bad)} not available here (available: {', '.join(possible)})")
         self.space = SearchSpace(terminals, c.structure, dict(c.weights), c.max_chain, c.max_depth, c.max_size)
         self.ids = bench.sample(c.samples, c.seed, "search")
         self.truth = np.asarray(bench.ground_truth(self.ids), dtype=float)
@@ -419,15 +418,14 @@ class Search:
         fit = np.array([i.fitness for i in self.population])
         best = max(self.population, key=lambda i: i.fitness)
         n = max(counts["evaluated"], 1)
-        row = {"generation": generation, "evaluated": counts["evaluated"], "valid": counts["valid"],
-               "valid_rate": round(counts["valid"] / n, 6), "cache_hits": counts["cache_hits"],
-               "equivalent_hits": counts["equivalent_hits"],
-               **{f"rejected_{r}": round(counts.get(f"rejected_{r}", 0) / n, 6) for r in REASONS},
-               "best_fitness": round(float(fit.max()), 6), "median_fitness": round(float(np.median(fit)), 6),
-               "unique_formulas": len({i.key for i in self.population}),
-               "mean_pairwise_distance": round(mean_pairwise_distance([i.scores for i in self.population]), 6),
-               "best_formula": render(best.tree), "seconds": round(seconds, 3)}
-        return row
+        return {"generation": generation, "evaluated": counts["evaluated"], "valid": counts["valid"],
+                "valid_rate": round(counts["valid"] / n, 6), "cache_hits": counts["cache_hits"],
+                "equivalent_hits": counts["equivalent_hits"],
+                **{f"rejected_{r}": round(counts.get(f"rejected_{r}", 0) / n, 6) for r in REASONS},
+                "best_fitness": round(float(fit.max()), 6), "median_fitness": round(float(np.median(fit)), 6),
+                "unique_formulas": len({i.key for i in self.population}),
+                "mean_pairwise_distance": round(mean_pairwise_distance([i.scores for i in self.population]), 6),
+                "best_formula": render(best.tree), "seconds": round(seconds, 3)}
 
     # ------------------------------------------------------------------ outputs
     def _checkpoint(self) -> None:
@@ -436,8 +434,6 @@ class Search:
 
     def _write_outputs(self) -> None:
         if self.log:
-            import io
-
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=list(self.log[0]))
             writer.writeheader()
