@@ -12,13 +12,17 @@ from typing import Callable
 from evoproxy.errors import EvoproxyError
 
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+_ALIASES: dict[str, tuple[str, ...]] = {}
 
 
-def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None):
-    """Register ``fn(args) -> int|None`` as subcommand ``name``; ``configure`` adds its options."""
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+            aliases: tuple[str, ...] = ()):
+    """Register ``fn(args) -> int|None`` as subcommand ``name`` (also reachable as ``aliases``);
+    ``configure`` adds its options."""
 
     def wrap(fn: Callable) -> Callable:
         _COMMANDS[name] = (help, configure, fn)
+        _ALIASES[name] = tuple(aliases)
         return fn
 
     return wrap
@@ -103,8 +107,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_options(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="bench_command", metavar="ACTION")
+def _table_options(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="table_command", metavar="ACTION")
     sub.required = True
     b = sub.add_parser("build", help="build (or resume) an MQ-Bench table: bit configurations -> PTQ top-1")
     b.add_argument("--model", default="resnet20", help="CIFAR ResNet with a checkpoint in the data root (resnet20, resnet32, ...)")
@@ -124,9 +128,9 @@ def _bench_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--json", action="store_true")
 
 
-@command("bench", "build and compare MQ-Bench tables", _bench_options)
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.bench_command == "build":
+@command("table", "build and compare MQ-Bench tables", _table_options, aliases=("bench",))
+def cmd_table(args: argparse.Namespace) -> int:
+    if args.table_command == "build":
         from mqbench.build import build_table
         from mqbench.ptq import PTQSettings
 
@@ -135,7 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           checkpoint=args.checkpoint, ptq=settings, limit=args.limit)
         print(f"wrote {out}")
         return 0
-    if args.bench_command == "stats":
+    if args.table_command == "stats":
         import json
 
         from mqbench.table import table_summary
@@ -306,7 +310,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hutchinson-probes", type=int, default=None,
                    help="Hessian probes (default 0 on NAS benchmarks: no Hessian terminals; 8 on MQ benchmarks)")
     p.add_argument("--terminals", default=None, help="comma-separated primitive names (default: all available)")
-    p.add_argument("--weights", default=None, help="sampling weights, e.g. 'log=2,matmul=0' (0 removes an op/terminal)")
+    p.add_argument("--weights", default=None, help="sampling weights, e.g. 'log=2,matmul=0' (0 removes an op/terminal; the tree structure takes only 0 or 1)")
     p.add_argument("--no-screening", action="store_true", help="ablation: no compatibility screening")
     p.add_argument("--no-diversity", action="store_true", help="ablation: plain tournament, duplicates allowed")
     p.add_argument("--novelty-weight", type=float, default=d.novelty_weight)
@@ -397,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (help_text, configure, fn) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, aliases=_ALIASES.get(name, ()))
         configure(p)
         p.set_defaults(_fn=fn)
     return parser

@@ -1,4 +1,4 @@
-"""Fuzz the proxy language: screen many random trees and check that nothing escapes the engine.
+"""Fuzz the proxy language: screen many random trees and check that nothing escapes the screening.
 
     python -m evoproxy.fuzz --structure emq --trees 100000 --synthetic
     python -m evoproxy.fuzz --structure tree --trees 20000 --bench nb201-cifar10 --items 4
@@ -6,10 +6,10 @@
 Trees come from the structure's generator as the search uses it (:class:`evoproxy.space.SearchSpace`):
 half fresh ``random_tree()`` draws, a quarter mutants and a quarter crossover children of a pool of
 64 earlier trees (a valid child replaces a random pool member, so variation reaches deep trees).
-Each tree is scored with :func:`evoproxy.engine.score_range` on every item's primitives; the outcome
+Each tree is scored with :func:`evoproxy.screening.score_range` on every item's primitives; the outcome
 is ``valid`` or the rejection reason (``shape``, ``size``, ``nan``, ``constant``, ``exception``,
 ``timeout``). Any exception escaping ``score_range`` is a **crash** (a bug in the operators or the
-engine); the first few crashing trees are printed as JSON and the exit status is 1.
+screening); the first few crashing trees are printed as JSON and the exit status is 1.
 
 Primitives: ``--synthetic`` (the default without ``--bench``) builds them from 4 tiny seeded
 NAS-Bench-201 networks (C=4, N=1, train mode) on a batch of 8 random normalised images, no data
@@ -29,7 +29,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 
-from evoproxy.engine import REASONS, score_range
+from evoproxy.screening import REASONS, score_range
 from evoproxy.errors import EvoproxyError
 
 SYNTHETIC_ARCH_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")

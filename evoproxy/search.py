@@ -13,7 +13,7 @@ Protocol
 * Generation g >= 1: the ``elites`` best survive; the rest of the population is refilled with
   children (parents by :func:`evoproxy.selection.select_parents`; crossover with probability
   ``cx_prob``, then mutation of each child with probability ``mut_prob``), each child scored by
-  :mod:`evoproxy.engine` (screening, then all samples) and its fitness by
+  :mod:`evoproxy.screening` (screening, then all samples) and its fitness by
   :mod:`evoproxy.fitness`. Up to ``MAX_ROUNDS`` rounds of children per generation; if still short,
   the best former members fill the population.
 * Candidates already scored (same canonical formula) are never re-scored (a memo); with screening
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import random
@@ -43,7 +44,7 @@ import numpy as np
 
 from evoproxy.errors import ConfigError, EvoproxyError
 from mqbench.fileio import atomic_write_text
-from evoproxy.tree import Node, Proxy, canonical, parse_tree, render
+from evoproxy.tree import Proxy, ProxyTree, canonical, parse_tree, render
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
 MAX_ROUNDS = 5
@@ -123,7 +124,7 @@ class SearchConfig:
 
 @dataclass
 class Individual:
-    tree: Node
+    tree: ProxyTree
     key: str
     fitness: float
     orientation: int
@@ -266,14 +267,14 @@ class Search:
         atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
 
     # ------------------------------------------------------------------ scoring
-    def _score(self, trees: list[Node], counts: dict) -> list[dict]:
+    def _score(self, trees: list[ProxyTree], counts: dict) -> list[dict]:
         """Outcome (memo entry) of each tree, in order; updates ``counts``."""
-        from evoproxy.engine import score_many
+        from evoproxy.screening import score_many
         from evoproxy.fitness import oriented_fitness
 
         c = self.config
         keys = [canonical(t) for t in trees]
-        todo: dict[str, Node] = {}
+        todo: dict[str, ProxyTree] = {}
         for k, t in zip(keys, trees):
             if k in self.memo:
                 counts["cache_hits"] += 1
@@ -334,7 +335,7 @@ class Search:
 
     # ------------------------------------------------------------------ generations
     def _new_counts(self) -> dict:
-        from evoproxy.engine import REASONS
+        from evoproxy.screening import REASONS
 
         return {"evaluated": 0, "valid": 0, "cache_hits": 0, "equivalent_hits": 0,
                 **{f"rejected_{r}": 0 for r in REASONS}}
@@ -420,21 +421,20 @@ class Search:
         self.hof = sorted(merged.values(), key=lambda i: (-i.fitness, i.generation, i.key))[:HALL_OF_FAME]
 
     def _log_row(self, generation: int, counts: dict, seconds: float) -> dict:
-        from evoproxy.engine import REASONS
+        from evoproxy.screening import REASONS
         from evoproxy.selection import mean_pairwise_distance
 
         fit = np.array([i.fitness for i in self.population])
         best = max(self.population, key=lambda i: i.fitness)
         n = max(counts["evaluated"], 1)
-        row = {"generation": generation, "evaluated": counts["evaluated"], "valid": counts["valid"],
-               "valid_rate": round(counts["valid"] / n, 6), "cache_hits": counts["cache_hits"],
-               "equivalent_hits": counts["equivalent_hits"],
-               **{f"rejected_{r}": round(counts.get(f"rejected_{r}", 0) / n, 6) for r in REASONS},
-               "best_fitness": round(float(fit.max()), 6), "median_fitness": round(float(np.median(fit)), 6),
-               "unique_formulas": len({i.key for i in self.population}),
-               "mean_pairwise_distance": round(mean_pairwise_distance([i.scores for i in self.population]), 6),
-               "best_formula": render(best.tree), "seconds": round(seconds, 3)}
-        return row
+        return {"generation": generation, "evaluated": counts["evaluated"], "valid": counts["valid"],
+                "valid_rate": round(counts["valid"] / n, 6), "cache_hits": counts["cache_hits"],
+                "equivalent_hits": counts["equivalent_hits"],
+                **{f"rejected_{r}": round(counts.get(f"rejected_{r}", 0) / n, 6) for r in REASONS},
+                "best_fitness": round(float(fit.max()), 6), "median_fitness": round(float(np.median(fit)), 6),
+                "unique_formulas": len({i.key for i in self.population}),
+                "mean_pairwise_distance": round(mean_pairwise_distance([i.scores for i in self.population]), 6),
+                "best_formula": render(best.tree), "seconds": round(seconds, 3)}
 
     # ------------------------------------------------------------------ outputs
     def _checkpoint(self) -> None:
@@ -443,8 +443,6 @@ class Search:
 
     def _write_outputs(self) -> None:
         if self.log:
-            import io
-
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=list(self.log[0]))
             writer.writeheader()

@@ -1,22 +1,36 @@
-"""The search space: a DEAP strongly typed primitive set over the proxy language, tree generation
-and variation for the two structures.
+"""The DEAP adapter: the proxy language as a DEAP strongly typed set, the one tree type
+(:class:`ProxyTree`, a ``gp.PrimitiveTree``), and the search space (generation and variation).
+
+This is the only module that speaks DEAP's words: a DEAP "primitive" is an *operator* of
+:mod:`evoproxy.ops` here (``gp.Primitive`` named after the operator, its callable the operator's
+function), a DEAP "terminal" is one of our *primitives* (a per-layer statistic of
+:mod:`primitives`, ``gp.Terminal`` whose value is its name). Types: ``TensorT`` -> ``LayerT`` ->
+``NetT`` (``evoproxy.ops``' tensor / layer / net); a proxy tree returns ``NetT``. Trees are never
+compiled (``gp.compile`` uses ``eval``): :mod:`evoproxy.tree` evaluates them.
+
+Two structures:
 
 * ``emq`` — EMQ's template: ``aggregate(reduce(binary(chain_a(T_a), chain_b(T_b))))`` where each
   chain is 0..``max_chain`` unary tensor ops on a terminal. Variation keeps the template: mutation
   replaces one terminal / unary op / binary op / reduction / aggregation, or inserts or deletes a
   unary op in one chain; crossover swaps one branch (or the reduction+aggregation head).
-* ``tree`` — free typed GP trees (net -> layer -> tensor) with ``max_depth`` / ``max_size`` limits
-  (DEAP ``staticLimit`` semantics: an over-limit child is replaced by its parent); crossover is
-  DEAP's type-aware ``cxOnePoint`` on ``gp.PrimitiveTree``; mutation is a typed subtree
-  replacement (DEAP ``mutUniform`` with our generator) or a same-signature node replacement.
+  Sampling weights: every operator and terminal has one (``Op.weight``, terminals 1), used whenever
+  one is drawn; ``weights={"log": 2, "matmul": 0}`` overrides them (0 removes one).
+* ``tree`` — free typed GP trees built by DEAP's operators: ``gp.cxOnePoint``, ``gp.mutUniform``
+  (expression from :meth:`SearchSpace.generate`) or ``gp.mutNodeReplacement``. Layer and net types
+  have no terminals, so DEAP's generators cannot end a branch there: :meth:`SearchSpace.generate`
+  draws those levels (an aggregation, sometimes a binary net op; a reduction, sometimes a binary
+  layer op) and ``gp.genGrow`` the tensor subtrees below. DEAP draws uniformly among the operators
+  of a signature and among the terminals, so here a weight can only be 0 (removed) or 1.
 
-Sampling weights: every operator and terminal has a weight (``Op.weight``, terminals 1), used
-whenever one is drawn; ``weights={"log": 2, "matmul": 0}`` overrides them (0 removes one).
-All randomness comes from Python's ``random`` module (DEAP's operators use it), which the search
-seeds once per generation.
+Both structures' variation is limited by ``gp.staticLimit`` on ``depth`` (levels, a lone terminal
+is 1) and ``size`` (nodes): an over-limit child is replaced by one of its parents. ``mutate`` and
+``crossover`` never change their arguments. All randomness comes from Python's ``random`` module
+(DEAP's operators use it), which the search seeds once per generation.
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 
@@ -24,7 +38,6 @@ from deap import gp
 
 from evoproxy.errors import ConfigError
 from evoproxy.ops import LAYER, NET, OPS, TENSOR, ops_of
-from evoproxy.tree import Node, canonical
 
 STRUCTURES = ("emq", "tree")
 
@@ -42,15 +55,107 @@ class NetT:
 
 
 DEAP_TYPES = {TENSOR: TensorT, LAYER: LayerT, NET: NetT}
+TYPE_NAMES = {v: k for k, v in DEAP_TYPES.items()}
+MIN_HEIGHT = {TensorT: 0, LayerT: 1, NetT: 2}  # the lowest tree of each type: T, reduce(T), agg(reduce(T))
 
 
-def _deap_name(terminal: str) -> str:
-    return "T_" + terminal.replace("@", "__")
+# ------------------------------------------------------------------------------------- the tree type
+
+class ProxyTree(gp.PrimitiveTree):
+    """A proxy tree: DEAP's prefix list of nodes (operators as ``gp.Primitive``, primitives as
+    ``gp.Terminal``). Its root reads like a node (``name``, ``type``, ``is_terminal``, ``children``:
+    the argument subtrees, read-only, computed once per tree and dropped when the list changes)."""
+
+    @property
+    def name(self) -> str:
+        return self[0].name
+
+    @property
+    def is_terminal(self) -> bool:
+        return self[0].arity == 0
+
+    @property
+    def type(self) -> str:
+        return TYPE_NAMES[self[0].ret]
+
+    @property
+    def children(self) -> tuple["ProxyTree", ...]:
+        kids = self.__dict__.get("_children")
+        if kids is None:
+            kids, start = [], 1
+            for _ in range(self[0].arity):
+                span = self.searchSubtree(start)
+                kids.append(ProxyTree(self[span]))
+                start = span.stop
+            kids = self.__dict__["_children"] = tuple(kids)
+        return kids
+
+    def fold(self, leaf, node):
+        """Bottom-up value: ``leaf(name)`` for a terminal, ``node(name, [argument values])`` else."""
+        stack = []
+        for item in reversed(self):
+            if item.arity == 0:
+                stack.append(leaf(item.name))
+            else:
+                stack.append(node(item.name, [stack.pop() for _ in range(item.arity)]))
+        return stack[0]
+
+    def to_json(self):
+        """The JSON form: a terminal is its name, an operator node ``[name, child, ...]``."""
+        return self.fold(lambda name: name, lambda name, args: [name, *args])
+
+    def terminals(self) -> set[str]:
+        return {item.name for item in self if item.arity == 0}
+
+    def size(self) -> int:
+        return len(self)
+
+    def depth(self) -> int:
+        return self.height + 1
+
+    def __deepcopy__(self, memo):  # nodes are shared, immutable descriptions
+        return self.__class__(self)
 
 
-def _unused(*args):  # DEAP needs a callable per primitive; trees are never compiled
-    raise RuntimeError("proxy trees are evaluated by evoproxy.tree, not compiled")
+def _invalidating(method_name: str):
+    base = getattr(gp.PrimitiveTree, method_name)
 
+    @functools.wraps(base)
+    def method(self, *args, **kwargs):
+        self.__dict__.pop("_children", None)
+        return base(self, *args, **kwargs)
+
+    return method
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+              "clear", "sort", "reverse"):
+    setattr(ProxyTree, _name, _invalidating(_name))
+
+
+def typed_set(operators, terminals) -> gp.PrimitiveSetTyped:
+    """A DEAP typed set over the named operators (callables: their :mod:`evoproxy.ops` functions)
+    and terminals (primitive names)."""
+    pset = gp.PrimitiveSetTyped("proxy", [], NetT)
+    for name in operators:
+        op = OPS[name]
+        pset.addPrimitive(op.fn, [DEAP_TYPES[t] for t in op.in_types], DEAP_TYPES[op.out_type], name=name)
+    for name in terminals:
+        if name in OPS:
+            raise ValueError(f"primitive {name!r} has an operator's name")
+        pset.addTerminal(name, TensorT)
+    return pset
+
+
+@functools.lru_cache(maxsize=1)
+def language() -> gp.PrimitiveSetTyped:
+    """The whole language: every operator and every registered primitive (the parser's set)."""
+    from primitives import PRIMITIVES
+
+    return typed_set(OPS, PRIMITIVES)
+
+
+# ------------------------------------------------------------------------------------- the search space
 
 @dataclass
 class SearchSpace:
@@ -62,20 +167,22 @@ class SearchSpace:
     max_size: int = 30
 
     def __post_init__(self):
-        from evoproxy.tree import terminal_names
+        from primitives import PRIMITIVES
 
         if self.structure not in STRUCTURES:
             raise ConfigError(f"--structure must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
-        known = set(terminal_names())
-        bad = [t for t in self.terminals if t not in known]
+        bad = [t for t in self.terminals if t not in PRIMITIVES]
         if bad:
-            raise ConfigError(f"unknown terminal(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
-        bad = [k for k in self.weights if k not in OPS and k not in known]
+            raise ConfigError(f"unknown terminal(s) {', '.join(bad)}; known: {', '.join(sorted(PRIMITIVES))}")
+        bad = [k for k in self.weights if k not in OPS and k not in PRIMITIVES]
         if bad:
             raise ConfigError(f"weights for unknown operator/terminal(s): {', '.join(bad)}")
         for k, v in self.weights.items():
             if not isinstance(v, (int, float)) or v < 0:
                 raise ConfigError(f"weight of {k} must be a number >= 0, got {v!r}")
+            if self.structure == "tree" and v not in (0, 1):
+                raise ConfigError(f"weight of {k} is {v}: the tree structure draws with DEAP's operators, "
+                                  "uniformly, so a weight can only be 0 (remove) or 1")
         self.terminals = [t for t in self.terminals if self.weight(t) > 0]
         if not self.terminals:
             raise ConfigError("no terminal with a positive weight")
@@ -84,42 +191,12 @@ class SearchSpace:
                 raise ConfigError(f"no {kind} operator with a positive weight")
         if self.max_depth < 4 or self.max_size < 4:
             raise ConfigError("max_depth and max_size must be >= 4")
-        self.pset = self._pset()
-
-    # ------------------------------------------------------------------ DEAP primitive set
-    def _pset(self) -> gp.PrimitiveSetTyped:
-        pset = gp.PrimitiveSetTyped("proxy", [], NetT)
-        for op in OPS.values():
-            if self.weight(op.name) > 0:
-                pset.addPrimitive(_unused, [DEAP_TYPES[t] for t in op.in_types], DEAP_TYPES[op.out_type], name=op.name)
-        for t in self.terminals:
-            pset.addTerminal(t, TensorT, name=_deap_name(t))
-        self._by_deap = {_deap_name(t): t for t in self.terminals}
-        return pset
-
-    def to_deap(self, node: Node) -> gp.PrimitiveTree:
-        out = []
-
-        def walk(n: Node):
-            out.append(self.pset.mapping[_deap_name(n.name) if n.is_terminal else n.name])
-            for c in n.children:
-                walk(c)
-
-        walk(node)
-        return gp.PrimitiveTree(out)
-
-    def from_deap(self, tree) -> Node:
-        pos = 0
-
-        def build() -> Node:
-            nonlocal pos
-            item = tree[pos]
-            pos += 1
-            if item.arity == 0:
-                return Node(self._by_deap[item.name])
-            return Node(item.name, tuple(build() for _ in range(item.arity)))
-
-        return build()
+        self.pset = typed_set([n for n in OPS if self.weight(n) > 0], self.terminals)
+        limits = (gp.staticLimit(ProxyTree.depth, self.max_depth), gp.staticLimit(ProxyTree.size, self.max_size))
+        mut, cx = (self._emq_mutate, self._emq_crossover) if self.structure == "emq" else (self._tree_mutate, gp.cxOnePoint)
+        for limit in limits:
+            mut, cx = limit(mut), limit(cx)
+        self._mutate, self._crossover = mut, cx
 
     # ------------------------------------------------------------------ weights
     def weight(self, name: str) -> float:
@@ -136,181 +213,125 @@ class SearchSpace:
     def draw_terminal(self) -> str:
         return self.draw(self.terminals)
 
+    def node(self, name: str):
+        """The DEAP node of an operator or terminal name."""
+        return self.pset.mapping[name]
+
     # ------------------------------------------------------------------ generation
-    def random_tree(self) -> Node:
-        if self.structure == "emq":
-            return self._emq_random()
-        return self.grow(NET, self.max_depth - 1)
+    def random_tree(self) -> ProxyTree:
+        """A random tree of the structure within the limits (drawn again until it is; the emq
+        template with the default limits always is)."""
+        while True:
+            if self.structure == "emq":
+                tree = self._emq_random()
+            else:
+                tree = ProxyTree(self.generate(self.pset, MIN_HEIGHT[NetT], self.max_depth - 2))
+            if self.within_limits(tree):
+                return tree
 
-    def _chain(self) -> Node:
-        node = Node(self.draw_terminal())
-        for _ in range(random.randint(0, self.max_chain)):
-            node = Node(self.draw(self.choices("unary")), (node,))
-        return node
+    def generate(self, pset, min_: int, max_: int, type_=None) -> list:
+        """A random expression of ``type_`` (default: the set's net type), ``max_`` high at most
+        (raised to the type's lowest tree), in DEAP's generator form, so it can be ``mutUniform``'s
+        ``expr``. Layer/net levels are drawn here, tensor subtrees by ``gp.genGrow`` (``min_`` high
+        at least, counted from the root, where the tree reaches that deep)."""
+        type_ = pset.ret if type_ is None else type_
+        return self._expr(pset, type_, 0, min_, max(max_, MIN_HEIGHT[type_]))
 
-    def _emq_random(self) -> Node:
-        body = Node(self.draw(self.choices("binary")), (self._chain(), self._chain()))
-        return Node(self.draw(self.choices("aggregate")), (Node(self.draw(self.choices("reduce")), (body,)),))
+    def _expr(self, pset, type_, depth: int, min_: int, max_: int) -> list:
+        room = max_ - depth
+        if type_ is TensorT:
+            return gp.genGrow(pset, min(max(min_ - depth, 0), room), room, TensorT)
+        if type_ is LayerT:
+            kind = "lbinary" if room >= 2 and self.choices("lbinary") and random.random() < 0.2 else "reduce"
+        else:
+            kind = "nbinary" if room >= 3 and self.choices("nbinary") and random.random() < 0.15 else "aggregate"
+        op = pset.mapping[random.choice(self.choices(kind))]
+        out = [op]
+        for arg in op.args:
+            out += self._expr(pset, arg, depth + 1, min_, max_)
+        return out
 
-    def grow(self, type_: str, depth: int) -> Node:
-        """A random tree of ``type_`` at most ``depth`` levels deep (``depth`` >= the type's minimum)."""
-        if type_ == TENSOR:
-            if depth <= 1 or random.random() < 0.35:
-                return Node(self.draw_terminal())
-            kinds = ["unary"] + (["binary"] if self.choices("binary") else [])
-            kind = random.choices(kinds, weights=[1.0, 0.6][: len(kinds)])[0]
-            name = self.draw(self.choices(kind))
-            return Node(name, tuple(self.grow(TENSOR, depth - 1) for _ in OPS[name].in_types))
-        if type_ == LAYER:
-            if depth >= 3 and self.choices("lbinary") and random.random() < 0.2:
-                name = self.draw(self.choices("lbinary"))
-                return Node(name, (self.grow(LAYER, depth - 1), self.grow(LAYER, depth - 1)))
-            return Node(self.draw(self.choices("reduce")), (self.grow(TENSOR, depth - 1),))
-        if depth >= 4 and self.choices("nbinary") and random.random() < 0.15:
-            name = self.draw(self.choices("nbinary"))
-            return Node(name, (self.grow(NET, depth - 1), self.grow(NET, depth - 1)))
-        return Node(self.draw(self.choices("aggregate")), (self.grow(LAYER, depth - 1),))
+    def _chain(self) -> list:
+        """Prefix list of one emq chain: the unary ops, outermost first, then the terminal."""
+        terminal = self.draw_terminal()
+        unary = [self.draw(self.choices("unary")) for _ in range(random.randint(0, self.max_chain))]
+        return [self.node(n) for n in reversed(unary)] + [self.node(terminal)]
 
-    def within_limits(self, node: Node) -> bool:
-        return node.depth() <= self.max_depth and node.size() <= self.max_size
+    def _emq_random(self) -> ProxyTree:
+        binary = self.draw(self.choices("binary"))
+        body = [self.node(binary), *self._chain(), *self._chain()]
+        head = [self.node(self.draw(self.choices("aggregate"))), self.node(self.draw(self.choices("reduce")))]
+        return ProxyTree(head + body)
+
+    def within_limits(self, tree: ProxyTree) -> bool:
+        return tree.depth() <= self.max_depth and tree.size() <= self.max_size
 
     # ------------------------------------------------------------------ variation
-    def mutate(self, node: Node) -> Node:
-        child = self._emq_mutate(node) if self.structure == "emq" else self._tree_mutate(node)
-        return child if self.within_limits(child) else node
+    def mutate(self, tree: ProxyTree) -> ProxyTree:
+        """A mutant of ``tree`` (``tree`` itself is not changed)."""
+        return self._mutate(ProxyTree(tree))[0]
 
-    def crossover(self, a: Node, b: Node) -> tuple[Node, Node]:
-        if self.structure == "emq":
-            x, y = self._emq_crossover(a, b)
-        else:
-            ta, tb = self.to_deap(a), self.to_deap(b)
-            ta, tb = gp.cxOnePoint(ta, tb)
-            x, y = self.from_deap(ta), self.from_deap(tb)
-        return (x if self.within_limits(x) else a), (y if self.within_limits(y) else b)
+    def crossover(self, a: ProxyTree, b: ProxyTree) -> tuple[ProxyTree, ProxyTree]:
+        """Two children of ``a`` and ``b`` (which are not changed)."""
+        x, y = self._crossover(ProxyTree(a), ProxyTree(b))
+        return x, y
 
-    def _tree_mutate(self, node: Node) -> Node:
-        tree = self.to_deap(node)
+    def _tree_mutate(self, tree: ProxyTree) -> tuple[ProxyTree]:
         if random.random() < 0.5:
-            index = random.randrange(len(tree))
-            type_ = next(k for k, v in DEAP_TYPES.items() if v is tree[index].ret)
-            depth_here = _depth_of(tree, index)
-            budget = max(self.max_depth - depth_here, {TENSOR: 1, LAYER: 2, NET: 3}[type_])
-            sub = self.grow(type_, random.randint({TENSOR: 1, LAYER: 2, NET: 3}[type_], max(budget, 1)))
-            replacement = self.to_deap(sub)
-            tree[tree.searchSubtree(index)] = replacement[:]
-            return self.from_deap(tree)
-        return self._replace_node(node)
+            return gp.mutUniform(tree, functools.partial(self.generate, min_=0, max_=self.max_depth // 2), self.pset)
+        return gp.mutNodeReplacement(tree, self.pset)
 
-    def _replace_node(self, node: Node) -> Node:
-        """Replace one node by another of the same signature (weighted), children kept."""
-        paths = list(_paths(node))
-        path = random.choice(paths)
-        target = _get(node, path)
-        if target.is_terminal:
-            new = Node(self.draw_terminal())
-        else:
-            kind = OPS[target.name].kind
-            new = Node(self.draw(self.choices(kind)), target.children)
-        return _set(node, path, new)
+    # emq template positions (prefix order): 0 aggregation, 1 reduction, 2 binary op, then the two chains
+    @staticmethod
+    def _chain_at(tree: ProxyTree, branch: int) -> list[int]:
+        """Positions of one chain: its unary ops, outermost first, then its terminal."""
+        start = 3 if branch == 0 else tree.searchSubtree(3).stop
+        return list(range(start, tree.searchSubtree(start).stop))
 
-    # emq template positions: root=(agg), (0,)=reduce, (0,0)=binary, (0,0,0)/(0,0,1) the two chains
-    def _emq_mutate(self, node: Node) -> Node:
+    def _emq_mutate(self, tree: ProxyTree) -> tuple[ProxyTree]:
         move = random.choice(["terminal", "unary", "binary", "reduce", "aggregate", "insert", "delete"])
-        branch = (0, 0, random.randint(0, 1))
-        chain = _chain_paths(node, branch)  # paths of the unary ops, outermost first, then the terminal
+        chain = self._chain_at(tree, random.randint(0, 1))
+        end = chain[-1] + 1
         if move == "terminal":
-            return _set(node, chain[-1], Node(self.draw_terminal()))
-        if move == "unary" and len(chain) > 1:
-            path = random.choice(chain[:-1])
-            return _set(node, path, Node(self.draw(self.choices("unary")), _get(node, path).children))
-        if move == "insert" and len(chain) - 1 < self.max_chain:
-            path = random.choice(chain)
-            return _set(node, path, Node(self.draw(self.choices("unary")), (_get(node, path),)))
-        if move == "delete" and len(chain) > 1:
-            path = random.choice(chain[:-1])
-            return _set(node, path, _get(node, path).children[0])
-        kind, path = {"binary": ("binary", (0, 0)), "reduce": ("reduce", (0,)), "aggregate": ("aggregate", ())}.get(
-            move, ("binary", (0, 0)))
-        target = _get(node, path)
-        return _set(node, path, Node(self.draw(self.choices(kind)), target.children))
+            tree[chain[-1]] = self.node(self.draw_terminal())
+        elif move == "unary" and len(chain) > 1:
+            i = random.choice(chain[:-1])
+            tree[i] = self.node(self.draw(self.choices("unary")))
+        elif move == "insert" and len(chain) - 1 < self.max_chain:
+            i = random.choice(chain)
+            tree[i:end] = [self.node(self.draw(self.choices("unary")))] + tree[i:end]
+        elif move == "delete" and len(chain) > 1:
+            i = random.choice(chain[:-1])
+            tree[i:end] = tree[i + 1:end]
+        else:  # binary, reduce, aggregate; and a chain move that does not apply
+            kind, i = {"reduce": ("reduce", 1), "aggregate": ("aggregate", 0)}.get(move, ("binary", 2))
+            tree[i] = self.node(self.draw(self.choices(kind)))
+        return (tree,)
 
-    def _emq_crossover(self, a: Node, b: Node) -> tuple[Node, Node]:
+    def _emq_crossover(self, a: ProxyTree, b: ProxyTree) -> tuple[ProxyTree, ProxyTree]:
         part = random.choice(["branch", "branch", "head"])
         if part == "head":  # aggregation + reduction of one, body of the other
-            body_a, body_b = _get(a, (0, 0)), _get(b, (0, 0))
-            return _set(a, (0, 0), body_b), _set(b, (0, 0), body_a)
-        pa, pb = (0, 0, random.randint(0, 1)), (0, 0, random.randint(0, 1))
-        sa, sb = _get(a, pa), _get(b, pb)
-        return _set(a, pa, sb), _set(b, pb, sa)
+            sa, sb = a.searchSubtree(2), b.searchSubtree(2)
+        else:
+            ca, cb = self._chain_at(a, random.randint(0, 1)), self._chain_at(b, random.randint(0, 1))
+            sa, sb = slice(ca[0], ca[-1] + 1), slice(cb[0], cb[-1] + 1)
+        a[sa], b[sb] = b[sb], a[sa]
+        return a, b
 
 
-# ------------------------------------------------------------------------------------- tree paths
-
-def _paths(node: Node, prefix=()):
-    yield prefix
-    for i, c in enumerate(node.children):
-        yield from _paths(c, prefix + (i,))
-
-
-def _get(node: Node, path) -> Node:
-    for i in path:
-        node = node.children[i]
-    return node
-
-
-def _set(node: Node, path, new: Node) -> Node:
-    if not path:
-        return new
-    i = path[0]
-    children = list(node.children)
-    children[i] = _set(children[i], path[1:], new)
-    return Node(node.name, tuple(children))
-
-
-def _chain_paths(node: Node, start) -> list[tuple]:
-    out, path = [], tuple(start)
-    while True:
-        out.append(path)
-        n = _get(node, path)
-        if n.is_terminal:
-            return out
-        path = path + (0,)
-
-
-def _depth_of(tree, index: int) -> int:
-    """Depth (root = 1) of the node at prefix position ``index`` of a DEAP tree."""
-    open_counts = []  # children still to come, per open ancestor
-    for i, item in enumerate(tree):
-        if i == index:
-            return len(open_counts) + 1
-        if item.arity:
-            open_counts.append(item.arity)
-            continue
-        while open_counts:
-            open_counts[-1] -= 1
-            if open_counts[-1] > 0:
-                break
-            open_counts.pop()
-    raise IndexError(index)
-
-
-def is_emq_shaped(node: Node) -> bool:
-    """Whether ``node`` follows the emq template (used to check a resumed or seeded population)."""
-    try:
-        if OPS[node.name].kind != "aggregate" or OPS[node.children[0].name].kind != "reduce":
-            return False
-        body = _get(node, (0, 0))
-        if body.is_terminal or OPS[body.name].kind != "binary":
-            return False
-        for k in (0, 1):
-            n = body.children[k]
-            while not n.is_terminal:
-                if OPS[n.name].kind != "unary":
-                    return False
-                n = n.children[0]
-        return True
-    except (KeyError, IndexError):
+def is_emq_shaped(tree: ProxyTree) -> bool:
+    """Whether ``tree`` follows the emq template (the invariant of the emq variation)."""
+    kinds = [OPS[item.name].kind if item.arity else "terminal" for item in tree]
+    if kinds[:3] != ["aggregate", "reduce", "binary"]:
         return False
+    i = 3
+    for _ in range(2):
+        while i < len(kinds) and kinds[i] == "unary":
+            i += 1
+        if i >= len(kinds) or kinds[i] != "terminal":
+            return False
+        i += 1
+    return i == len(kinds)
 
 
-__all__ = ["SearchSpace", "STRUCTURES", "canonical", "is_emq_shaped"]
+__all__ = ["SearchSpace", "STRUCTURES", "ProxyTree", "is_emq_shaped", "language", "typed_set"]

@@ -1,7 +1,8 @@
-"""Proxy trees: the in-memory form, the JSON file format and its parser, rendering, evaluation.
+"""Proxy trees: the JSON file format and its parser, rendering, canonical form, evaluation.
 
-A tree is a :class:`Node`: an operator of :mod:`evoproxy.ops` with child nodes, or a terminal (a
-primitive name of :mod:`primitives`, e.g. ``"weight_grad"``) with none. Its root has type ``net``.
+A tree is a :class:`evoproxy.space.ProxyTree` (DEAP's ``gp.PrimitiveTree``, the one tree type of the
+project): operators of :mod:`evoproxy.ops` over terminals, each a primitive name of :mod:`primitives`
+(e.g. ``"weight_grad"``). Its root has type ``net``.
 
 JSON proxy file (``evoproxy.proxy/1``), written by the search and read only by :func:`parse_proxy`
 (never eval'd or unpickled)::
@@ -26,7 +27,10 @@ import numpy as np
 import torch
 
 from evoproxy.errors import ConfigError
-from evoproxy.ops import LAYER, NET, OPS, TENSOR, OpError
+from evoproxy.ops import NET, OPS, OpError
+from evoproxy.space import TYPE_NAMES, ProxyTree, language
+
+Node = ProxyTree  # the old name, still imported by evoproxy.export (being rewritten) and annotated below
 
 FORMAT = "evoproxy.proxy/1"
 MAX_NODES = 200
@@ -57,12 +61,6 @@ class ProxyFileError(ConfigError):
     """A proxy file or tree that is not valid in the proxy language."""
 
 
-def terminal_names() -> list[str]:
-    from primitives import PRIMITIVES
-
-    return list(PRIMITIVES)
-
-
 def terminal_symbol(name: str, latex: bool = False) -> str:
     base, suffix = (name.split("@", 1) + [""])[:2]
     plain, tex = SYMBOLS.get(base, (base, r"\mathrm{" + base.replace("_", r"\_") + "}"))
@@ -74,75 +72,42 @@ def terminal_symbol(name: str, latex: bool = False) -> str:
     return mark[1].format(tex) if latex else plain + mark[0]
 
 
-@dataclass(frozen=True)
-class Node:
-    """An operator applied to children, or a terminal (``children`` empty, ``name`` a primitive)."""
-
-    name: str
-    children: tuple["Node", ...] = ()
-
-    @property
-    def is_terminal(self) -> bool:
-        return not self.children and self.name not in OPS
-
-    @property
-    def type(self) -> str:
-        return TENSOR if self.is_terminal else OPS[self.name].out_type
-
-    def to_json(self):
-        return self.name if self.is_terminal else [self.name, *(c.to_json() for c in self.children)]
-
-    def __str__(self) -> str:
-        return render(self)
-
-    def size(self) -> int:
-        return 1 + sum(c.size() for c in self.children)
-
-    def depth(self) -> int:
-        return 1 + max((c.depth() for c in self.children), default=0)
-
-    def terminals(self) -> set[str]:
-        if self.is_terminal:
-            return {self.name}
-        out = set()
-        for c in self.children:
-            out |= c.terminals()
-        return out
-
-
-def canonical(node: Node) -> str:
+def canonical(tree: ProxyTree) -> str:
     """A string equal for trees that differ only in the order of commutative operands."""
-    if node.is_terminal:
-        return node.name
-    parts = [canonical(c) for c in node.children]
-    if OPS[node.name].commutative:
-        parts.sort()
-    return f"{node.name}({','.join(parts)})"
+
+    def node(name, parts):
+        if OPS[name].commutative:
+            parts = sorted(parts)
+        return f"{name}({','.join(parts)})"
+
+    return tree.fold(lambda name: name, node)
 
 
-def render(node: Node, latex: bool = False) -> str:
+def render(tree: ProxyTree, latex: bool = False) -> str:
     """The formula in readable form (``latex=True``: a LaTeX math expression)."""
-    if node.is_terminal:
-        return terminal_symbol(node.name, latex)
-    op = OPS[node.name]
-    args = [render(c, latex) for c in node.children]
-    return (op.latex if latex else op.text).format(*args)
+
+    def node(name, args):
+        op = OPS[name]
+        return (op.latex if latex else op.text).format(*args)
+
+    return tree.fold(lambda name: terminal_symbol(name, latex), node)
 
 
 # ------------------------------------------------------------------------------------- parsing
 
-def parse_tree(obj, where: str = "tree") -> Node:
-    """A :class:`Node` from the JSON form, checking operators, arities and types (ProxyFileError)."""
-    node = _parse(obj, where, 0)
-    if node.type != NET:
+def parse_tree(obj, where: str = "tree") -> ProxyTree:
+    """A :class:`ProxyTree` from the JSON form, checking operators, arities and types (ProxyFileError)."""
+    tree = ProxyTree(_parse(obj, where, 0))
+    if tree.type != NET:
         raise ProxyFileError(f"{where}: the root must be a network-level operator (e.g. layer_sum), "
-                             f"got {node.name!r} of type {node.type}")
-    if node.size() > MAX_NODES:
-        raise ProxyFileError(f"{where}: {node.size()} nodes, more than the limit {MAX_NODES}")
-    return node
+                             f"got {tree.name!r} of type {tree.type}")
+    if tree.size() > MAX_NODES:
+        raise ProxyFileError(f"{where}: {tree.size()} nodes, more than the limit {MAX_NODES}")
+    return tree
 
 
-def _parse(obj, where: str, depth: int) -> Node:
+def _parse(obj, where: str, depth: int) -> list:
+    """The prefix list of nodes of ``obj``."""
     if depth > MAX_DEPTH:
         raise ProxyFileError(f"{where}: nested deeper than {MAX_DEPTH}")
     if isinstance(obj, str):
@@ -151,8 +116,8 @@ def _parse(obj, where: str, depth: int) -> Node:
         from primitives import PRIMITIVES
 
         if obj not in PRIMITIVES:
-            raise ProxyFileError(f"{where}: unknown primitive {obj!r}; known: {', '.join(terminal_names())}")
-        return Node(obj)
+            raise ProxyFileError(f"{where}: unknown primitive {obj!r}; known: {', '.join(PRIMITIVES)}")
+        return [language().mapping[obj]]
     if not isinstance(obj, list) or not obj:
         raise ProxyFileError(f"{where}: expected an operator list [name, args...] or a primitive name, "
                              f"got {type(obj).__name__}")
@@ -165,19 +130,20 @@ def _parse(obj, where: str, depth: int) -> Node:
     args = obj[1:]
     if len(args) != op.arity:
         raise ProxyFileError(f"{where}: operator {name!r} takes {op.arity} argument(s), got {len(args)}")
-    children = tuple(_parse(a, f"{where}[{i + 1}]", depth + 1) for i, a in enumerate(args))
+    children = [_parse(a, f"{where}[{i + 1}]", depth + 1) for i, a in enumerate(args)]
     for i, (child, want) in enumerate(zip(children, op.in_types)):
-        if child.type != want:
+        got = TYPE_NAMES[child[0].ret]
+        if got != want:
             raise ProxyFileError(f"{where}[{i + 1}]: operator {name!r} needs a {want} argument, "
-                                 f"got {child.name!r} of type {child.type}")
-    return Node(name, children)
+                                 f"got {child[0].name!r} of type {got}")
+    return [language().mapping[name], *(item for child in children for item in child)]
 
 
 @dataclass
 class Proxy:
     """A parsed proxy file: the tree, its orientation and the settings of its primitives."""
 
-    tree: Node
+    tree: ProxyTree
     orientation: int = 1
     primitives: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)

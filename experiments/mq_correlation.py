@@ -75,7 +75,7 @@ def main(argv=None) -> int:
                    f"evolved on ResNet-20 (no search on ResNet-32). " + caption_common)
         announce(*write_table(out, "table_resnet32", rows_for(reports, evolved), COLUMNS, caption, HEADERS))
     else:
-        log(f"no ResNet-32 table at {r32}; build it with 'evoproxy bench build --model resnet32 ...' for the transfer table")
+        log(f"no ResNet-32 table at {r32}; build it with 'evoproxy table build --model resnet32 ...' for the transfer table")
     return 0
 
 

@@ -30,14 +30,16 @@ def test_bad_arch_is_one_line_error(tiny_data_root, capsys):
     assert err.startswith("error:") and "\n" not in err
 
 
-def test_bench_build_resume_and_compare(tiny_data_root, tmp_path, capsys):
+def test_table_build_resume_and_compare(tiny_data_root, tmp_path, capsys):
     out = tmp_path / "t.csv"
-    args = ["bench", "build", "--model", "resnet8", "--configs", "3", "--jobs", "1", "--calib-images", "20",
+    args = ["table", "build", "--model", "resnet8", "--configs", "3", "--jobs", "1", "--calib-images", "20",
             "--checkpoint", str(tiny_data_root / "pretrained" / "resnet8-test.th"), "--out", str(out)]
     assert main(args + ["--limit", "2"]) == 0
     assert len(out.read_text().splitlines()) == 3
     assert main(args) == 0
     assert len(out.read_text().splitlines()) == 1 + 3 + 4
-    assert main(["bench", "compare", str(out), str(out)]) == 0
+    assert main(["table", "compare", str(out), str(out)]) == 0
+    assert "Spearman 1.0000" in capsys.readouterr().out
+    assert main(["bench", "compare", str(out), str(out)]) == 0  # the old name still works
     assert "Spearman 1.0000" in capsys.readouterr().out
     assert main(args[:-1] + [str(tmp_path / "missing" / "x.csv"), "--model", "resnet7"]) == 2

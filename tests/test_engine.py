@@ -11,11 +11,11 @@ import torch
 from scipy.stats import spearmanr
 
 from evoproxy import ops
-from evoproxy.engine import score_range
+from evoproxy.screening import score_range
 from evoproxy.fitness import oriented_fitness, subsets
 from evoproxy.ops import OPS, OpError
-from evoproxy.space import SearchSpace, is_emq_shaped
-from evoproxy.tree import Node, ProxyFileError, canonical, evaluate_tree, load_proxy, parse_proxy, parse_tree, render
+from evoproxy.space import ProxyTree, SearchSpace, is_emq_shaped
+from evoproxy.tree import ProxyFileError, canonical, evaluate_tree, load_proxy, parse_proxy, parse_tree, render
 from primitives.core import LayerStats, NetworkStats
 
 
@@ -160,13 +160,15 @@ def test_generation_and_variation_stay_valid(structure):
     pop = [space.random_tree() for _ in range(50)]
     for _ in range(400):
         a, b = random.sample(pop, 2)
+        before = (list(a), list(b))
         x, y = space.crossover(a, b)
         z = space.mutate(x)
+        assert (list(a), list(b)) == before and x is not a and z is not x  # variation never changes its arguments
         for t in (x, y, z):
             assert parse_tree(t.to_json()) == t
             assert space.within_limits(t)
             assert structure == "tree" or is_emq_shaped(t)
-            assert space.from_deap(space.to_deap(t)) == t
+            assert type(t) is ProxyTree
         pop[random.randrange(len(pop))] = z
     assert len({canonical(t) for t in pop}) > 10
 
@@ -180,6 +182,20 @@ def test_sampling_weights_zero_removes_an_operator():
     assert sum(t.name == "layer_mean" for t in trees) > 100
     with pytest.raises(Exception, match="unknown"):
         SearchSpace(TERMS, "emq", weights={"nope": 1})
+
+
+def test_one_tree_type_over_the_real_operator_functions():
+    space = SearchSpace(TERMS, "tree", weights={"log": 0, "matmul": 1})
+    assert space.pset.context["sqrt"] is OPS["sqrt"].fn and "log" not in space.pset.mapping
+    tree = parse_tree(SNIP)
+    assert type(tree) is ProxyTree and tree.to_json() == SNIP and tree.terminals() == {"weight_grad", "weight"}
+    assert (tree.size(), tree.depth(), tree.name, tree.type) == (5, 4, "layer_sum", "net")
+    reduce = tree.children[0]
+    assert reduce.to_json() == SNIP[1] and reduce.children[0].children[1].is_terminal
+    tree[2] = space.node("sub")  # changing the list drops the cached argument subtrees
+    assert tree.children[0].to_json() == ["l1", ["sub", "weight_grad", "weight"]]
+    with pytest.raises(Exception, match="only be 0"):
+        SearchSpace(TERMS, "tree", weights={"log": 2})
 
 
 # ------------------------------------------------------------------------------------------- fitness, screening

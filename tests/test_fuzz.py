@@ -1,4 +1,4 @@
-"""Fuzzing the proxy language: no random tree of either structure crashes the engine."""
+"""Fuzzing the proxy language: no random tree of either structure crashes the screening."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from evoproxy import fuzz
-from evoproxy.engine import REASONS
+from evoproxy.screening import REASONS
 from primitives import PRIMITIVES
 
 

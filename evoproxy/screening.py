@@ -2,13 +2,13 @@
 
 A candidate is scored on the search samples' primitives (``searchdata.load_stats``) in two stages:
 
-1. **screening** (``screen``): the first ``screen_samples`` samples. Rejected, with the reason
+1. **screening**: the first ``screen_samples`` samples. Rejected, with the reason
    recorded, on: ``exception`` (an operator raised something unexpected), ``shape`` (incompatible
    shapes, an op on a tensor it cannot take, a missing primitive), ``size`` (a Gram-type op on a
    too-large tensor), ``nan`` (a NaN or infinite score), ``constant`` (the same score on every
    screening sample), ``timeout`` (more than ``time_bound`` seconds for the screening samples; the
    only rule that depends on the machine's speed).
-2. **full** (``complete``): the remaining samples; a NaN/inf or a constant vector there is
+2. **full**: the remaining samples; a NaN/inf or a constant vector there is
    rejected the same way.
 
 Work is split into contiguous chunks of candidates and run in joblib (loky) processes when
