@@ -47,6 +47,7 @@ class Allocation:
     config: tuple[int, ...]  # bits of the searchable layers
     bits: list[int]  # bits of every quantizable layer (fixed first/last included)
     layer_names: list[str]
+    searchable: list[int]  # indices (into bits / layer_names) of the searchable layers
     size_mb: float
     bops_g: float
     score: float  # the proxy's score of the configuration
@@ -115,7 +116,7 @@ class Allocator:
         self._check_failures()
         cfg = tuple(int(b) for b in res["config"])
         return Allocation(info.model, self.label, info.describe(budget), res["optimiser"], cfg, info.full_bits(cfg),
-                          list(info.meta["layer_names"]), info.size_mb(cfg), info.bops_g(cfg), float(res["value"]),
+                          list(info.meta["layer_names"]), info.searchable, info.size_mb(cfg), info.bops_g(cfg), float(res["value"]),
                           res["additivity"], res["evaluations"], self.score.scored, self.score.failed,
                           self.score.first_reason)
 
