@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evoproxy.allocation.model import Budget, ModelInfo, load_model, parse_budget
+from evoproxy.allocation.model import BATCH, Budget, ModelInfo, load_model, parse_budget
 from evoproxy.allocation.optimise import SEED, maximise
 from evoproxy.allocation.scoring import FailureCounter, config_scorer, proxy_label, resolve_proxy
 from evoproxy.errors import ConfigError
@@ -73,11 +73,11 @@ class Allocation:
 class Allocator:
     """One proxy on one model: scores are memoised across budgets (see the module docstring)."""
 
-    def __init__(self, proxy, model: str, *, table: str | Path | None = None, seed: int = SEED,
+    def __init__(self, proxy, model: str, *, table: str | Path | None = None, seed: int = SEED, batch: int = BATCH,
                  label: str | None = None, info: ModelInfo | None = None):
         from primitives.core import fixed_threads
 
-        self.info = info if info is not None else load_model(model, table)
+        self.info = info if info is not None else load_model(model, table, batch)
         self.label = label or proxy_label(proxy)
         self.seed = int(seed)
         resolved = resolve_proxy(proxy)
@@ -130,15 +130,16 @@ class Allocator:
 
 
 def allocate(proxy, model: str, budget, *, ptq: bool = False, ptq_cache: str | Path | None = None,
-             table: str | Path | None = None, seed: int = SEED, progress: bool = False) -> Allocation:
+             table: str | Path | None = None, seed: int = SEED, batch: int = BATCH, progress: bool = False) -> Allocation:
     """The bit configuration of ``model`` within ``budget`` that ``proxy`` scores highest.
 
     ``ptq``: also measure its top-1 with the table's PTQ (cached in ``ptq_cache``, default
     ``<cache root>/allocation/ptq_cache.csv``); ``table``: an MQ-Bench table other than the committed
-    one; ``seed``: of the additivity test and the evolutionary search; ``progress``: a PTQ progress bar.
+    one; ``seed``: of the additivity test and the evolutionary search; ``batch``: CIFAR-10 training
+    images the proxy sees (seed 0); ``progress``: a PTQ progress bar.
     """
     parse_budget(budget)  # a bad budget fails before any model is loaded
-    allocator = Allocator(proxy, model, table=table, seed=seed)
+    allocator = Allocator(proxy, model, table=table, seed=seed, batch=batch)
     result = allocator.allocate(budget)
     if ptq:
         allocator.ptq(result, ptq_cache, progress)

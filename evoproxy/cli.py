@@ -376,6 +376,7 @@ def _allocate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ptq-cache", default=None, help="PTQ cache CSV (default: <cache root>/allocation/ptq_cache.csv)")
     p.add_argument("--table", default=None, help="MQ-Bench table (default: the model's committed one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the additivity test and the evolutionary search")
+    p.add_argument("--batch", type=int, default=64, help="CIFAR-10 training images the proxy sees")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
@@ -388,7 +389,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     from evoproxy.metrics import json_safe
 
     r = allocate(args.proxy, args.model, args.budget, ptq=args.ptq, ptq_cache=args.ptq_cache, table=args.table,
-                 seed=args.seed, progress=not args.json)
+                 seed=args.seed, batch=args.batch, progress=not args.json)
     if r.failed:
         print(f"warning: proxy failed on {r.failed} of {r.scored} configurations scored (first: {r.first_failure})",
               file=sys.stderr)

@@ -92,6 +92,7 @@ class ModelInfo:
     ptq: object  # mqbench.ptq.PTQSettings
     checkpoint: str
     fp_model: object = None
+    batch_size: int = BATCH
     _batch: tuple | None = field(default=None, repr=False)
 
     @property
@@ -164,11 +165,11 @@ class ModelInfo:
         return f"{self.model}:{self.meta['checkpoint_sha256'][:16]}"
 
     def batch(self):
-        """The proxies' batch: BATCH CIFAR-10 training images, seed 0, the checkpoint's normalization."""
+        """The proxies' batch: ``batch_size`` CIFAR-10 training images, seed 0, the checkpoint's normalization."""
         if self._batch is None:
             from mqbench.cifar10 import sample_batch
 
-            self._batch = sample_batch("train", BATCH, seed=0, normalization=self.meta["normalization"])
+            self._batch = sample_batch("train", self.batch_size, seed=0, normalization=self.meta["normalization"])
         return self._batch
 
 
@@ -178,7 +179,7 @@ def table_path(model: str) -> Path:
     return TABLES_DIR / f"{model}_cifar10_w234a8.csv"
 
 
-def load_model(model: str, table: str | Path | None = None) -> ModelInfo:
+def load_model(model: str, table: str | Path | None = None, batch: int = BATCH) -> ModelInfo:
     """The allocation problem of ``model`` from its committed MQ-Bench table (or ``table``) and its checkpoint."""
     from mqbench.dataroot import require
     from mqbench.networks.resnet_cifar import load_pretrained
@@ -206,4 +207,6 @@ def load_model(model: str, table: str | Path | None = None) -> ModelInfo:
     fp = load_pretrained(int(model.removeprefix("resnet")), checkpoint)
     if fp.checkpoint_sha256 != meta["checkpoint_sha256"]:
         raise DataError(f"checkpoint {checkpoint} does not match table {path.name} (sha256 differs)")
-    return ModelInfo(model, meta, tab, PTQSettings(**meta["ptq"]), str(checkpoint), fp.eval())
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch must be a positive number of images, got {batch!r}")
+    return ModelInfo(model, meta, tab, PTQSettings(**meta["ptq"]), str(checkpoint), fp.eval(), batch)
