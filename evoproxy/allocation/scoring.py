@@ -42,11 +42,12 @@ def resolve_proxy(proxy):
 
     if isinstance(proxy, Proxy) or (callable(proxy) and not isinstance(proxy, (str, Path))):
         return proxy
-    if isinstance(proxy, Path) or (isinstance(proxy, str) and (proxy.endswith(".json") or "/" in proxy)):
+    if isinstance(proxy, str) and proxy in proxy_names("mq"):
+        return proxy
+    if isinstance(proxy, Path) or (isinstance(proxy, str) and (proxy.endswith(".json") or "/" in proxy
+                                                               or Path(proxy).is_file())):
         return load_proxy(proxy)
     if isinstance(proxy, str):
-        if proxy in proxy_names("mq"):
-            return proxy
         if proxy in proxy_names("nas"):
             raise ConfigError(f"proxy {proxy!r} scores networks, not bit configurations; "
                               f"MQ proxies: {', '.join(proxy_names('mq'))}")
