@@ -396,6 +396,51 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _allocate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--proxy", required=True, help="an MQ baseline name (hawq_v2, bit_sum, model_size, ...; see "
+                                                "'evoproxy baselines --list') or a proxy JSON file")
+    p.add_argument("--model", required=True, help="a model with a committed MQ-Bench table (resnet20, resnet32)")
+    p.add_argument("--budget", required=True, help="uniform-K (size of the uniform K-bit configuration), a size "
+                                                 "such as 0.1MB or 98KB (MB = 2^20 bytes), or BOPs such as 1.2GBOPs")
+    p.add_argument("--ptq", action="store_true", help="measure the chosen configuration's top-1 with the table's PTQ "
+                                                    "(minutes on a CPU; cached)")
+    p.add_argument("--ptq-cache", default=None, help="PTQ cache CSV (default: <cache root>/allocation/ptq_cache.csv)")
+    p.add_argument("--table", default=None, help="MQ-Bench table (default: the model's committed one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the additivity test and the evolutionary search")
+    p.add_argument("--batch", type=int, default=64, help="CIFAR-10 training images the proxy sees")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+@command("allocate", "choose per-layer bit-widths within a size or BOPs budget that a proxy scores highest",
+         _allocate_options)
+def cmd_allocate(args: argparse.Namespace) -> int:
+    import json
+
+    from evoproxy.allocate import allocate
+    from evoproxy.metrics import json_safe
+
+    r = allocate(args.proxy, args.model, args.budget, ptq=args.ptq, ptq_cache=args.ptq_cache, table=args.table,
+                 seed=args.seed, batch=args.batch, progress=not args.json)
+    if r.failed:
+        print(f"warning: proxy failed on {r.failed} of {r.scored} configurations scored (first: {r.first_failure})",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps(json_safe(r.to_dict())))
+        return 0
+    add = r.additivity
+    how = (f"exact DP (layer-additive: max relative error {add['max_rel_error']:.2g} on {add['checks']} checks)"
+           if r.optimiser == "dp" else f"evolutionary search (not layer-additive: {add['reason']})")
+    print(f"model:     {r.model}\nproxy:     {r.proxy}\nbudget:    {r.budget}\noptimiser: {how}")
+    print(f"bits:      {r.bits_str}  (searchable layers)\nsize:      {r.size_mb:.4f} MB\nBOPs:      {r.bops_g:.4f} G")
+    print(f"score:     {r.score:.6g}  ({r.evaluations} configurations scored)")
+    if r.top1 is not None:
+        print(f"top-1:     {r.top1:.2f} %  (PTQ as the MQ-Bench table)")
+    width = max(len(n) for n in r.layer_names)
+    for i, (name, bits) in enumerate(zip(r.layer_names, r.bits)):
+        print(f"  {i:>3}  {name:<{width}}  {bits} bit" + ("" if i in r.searchable else " (fixed)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evoproxy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

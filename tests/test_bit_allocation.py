@@ -1,4 +1,5 @@
-"""Bit allocation under a size budget (experiments/bit_allocation.py): DP, additivity test, evolution."""
+"""Bit allocation (evoproxy.allocate, experiments/bit_allocation.py): DP, additivity test, evolution,
+budgets, failures, the allocate command."""
 from __future__ import annotations
 
 import itertools
@@ -7,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from experiments.bit_allocation import (check_additive, config_cost, dp_allocate, draw_meeting_budget,
-                                        evolve_allocate, first_meeting_budget, maximise)
+from evoproxy.allocation.optimise import check_additive, config_cost, dp_allocate, evolve_allocate, maximise
+from evoproxy.errors import ConfigError
+from experiments.bit_allocation import first_meeting_budget
 
 ALLOWED = (2, 3, 4)
 
@@ -109,12 +111,10 @@ def test_random_selection_meets_budget():
     chosen = first_meeting_budget(cands, weights, budget, 10, seed=0)
     assert len(chosen) == 10 and all(config_cost(c, weights) <= budget for c in chosen)
     assert chosen == first_meeting_budget(cands, weights, budget, 10, seed=0)
-    drawn = draw_meeting_budget(4, weights, budget, 5, seed=0)
-    assert len(set(drawn)) == 5 and all(config_cost(c, weights) <= budget and len(set(c)) > 1 for c in drawn)
 
 
 def test_count_configs_at_cost():
-    from experiments.bit_allocation import count_configs_at_cost
+    from evoproxy.allocation.optimise import count_configs_at_cost
 
     weights = [2, 3, 3, 5, 6]
     for cost in (10 * 2 + 9, 3 * 19, 4 * 19 - 1):
@@ -123,10 +123,187 @@ def test_count_configs_at_cost():
 
 
 def test_ptq_cache_cuts_a_torn_line(tmp_path):
-    from experiments.bit_allocation import CACHE_COLUMNS, read_cache
+    from evoproxy.allocation.ptq import CACHE_COLUMNS, read_cache
 
     path = tmp_path / "cache.csv"
     path.write_text(",".join(CACHE_COLUMNS) + "\nresnet20,2-3,70.10,0.1,0.2,0,abc,key,1.0\nresnet20,3-3,7")
     rows = read_cache(path)
     assert [r["bits"] for r in rows] == ["2-3"] and rows[0]["top1"] == 70.1
     assert path.read_text().endswith("1.0\n")
+
+
+# ------------------------------------------------------------------------------------- budgets
+
+@pytest.mark.parametrize("spec, kind, value", [
+    ("uniform-3", "uniform", 3), ("UNIFORM-4", "uniform", 4), ("0.1MB", "size", 0.1 * 2**20),
+    ("0.1 mb", "size", 0.1 * 2**20), ("98KB", "size", 98 * 1024), ("0.25", "size", 0.25 * 2**20),
+    (0.2, "size", 0.2 * 2**20), (1, "size", 2**20), ("1.2GBOPs", "bops", 1.2e9), ("950MBOPs", "bops", 9.5e8),
+    ("3e8BOPs", "bops", 3e8), ("2.5 gbops", "bops", 2.5e9)])
+def test_budgets_parse(spec, kind, value):
+    from evoproxy.allocate import parse_budget
+
+    b = parse_budget(spec)
+    assert b.kind == kind and b.value == pytest.approx(value, rel=1e-12)
+    assert b.metric == ("bops" if kind == "bops" else "size")
+
+
+@pytest.mark.parametrize("spec", ["3GB", "uniform-0", "uniform-x", "uniform-33", "-1MB", "0MB", "0", -0.5,
+                                  math.inf, "nanMB", "1.2 GOPs", "", "MB", True, None, [1]])
+def test_bad_budgets_are_one_line_errors(spec):
+    from evoproxy.allocate import parse_budget
+
+    with pytest.raises(ConfigError) as err:
+        parse_budget(spec)
+    assert "\n" not in str(err.value) and "budget" in str(err.value)
+
+
+def _toy_info(n_searchable: int = 5, seed: int = 0):
+    """A ModelInfo without a network: two fixed 8-bit layers around ``n_searchable`` searchable ones."""
+    from evoproxy.allocation.model import ModelInfo
+
+    rng = np.random.default_rng(seed)
+    n = n_searchable + 2
+    params = [int(p) for p in rng.choice([9, 18, 36, 72, 144], size=n)]
+    meta = {"layer_names": [f"l{i}" for i in range(n)], "searchable": list(range(1, n - 1)), "fixed_bits": 8,
+            "act_bits": 8, "allowed": [2, 3, 4], "layer_params": params, "layer_bias": [0] * (n - 1) + [10],
+            "layer_macs": [p * 16 for p in params], "checkpoint_sha256": "0" * 64}
+    return ModelInfo("toy", meta, None, None, "")
+
+
+def test_budget_limits_in_bits_and_bops():
+    from evoproxy.allocate import parse_budget
+
+    info = _toy_info()
+    n = len(info.searchable)
+    for k in (2, 3, 4):
+        weights, limit = info.problem(parse_budget(f"uniform-{k}"))
+        assert weights == info.weights and limit == config_cost((k,) * n, weights)  # exactly uniform-k fits
+    size = info.size_mb((3,) * n)
+    _, limit = info.problem(parse_budget(size))
+    assert info.total_bits((3,) * n) - 8 < limit + info.fixed_bits_total() <= info.total_bits((3,) * n)
+    weights, limit = info.problem(parse_budget(f"{info.total_bops((3,) * n)}BOPs"))
+    assert limit == config_cost((3,) * n, weights) and weights == [m * 8 for m in info.meta["layer_macs"][1:-1]]
+
+
+# ------------------------------------------------------------------------------------- Allocator on a toy model
+
+def test_allocator_dp_equals_brute_force_and_respects_budgets():
+    from evoproxy.allocate import Allocator, parse_budget
+
+    info = _toy_info(6, 1)
+    weights, contrib, const = _problem(6, 7)
+    calls = []
+
+    def proxy(cfg):
+        calls.append(cfg)
+        return const + sum(contrib[l][b] for l, b in enumerate(cfg))
+
+    alloc = Allocator(proxy, "toy", info=info, label="toy proxy")
+    for budget in ("uniform-3", info.size_mb((3, 4, 2, 3, 4, 2)), f"{info.total_bops((4, 3, 3, 2, 3, 3))}BOPs"):
+        r = alloc.allocate(budget)
+        w, limit = info.problem(parse_budget(budget))
+        best, _ = _brute_force(w, contrib, limit)
+        assert r.optimiser == "dp" and r.score == pytest.approx(const + best, abs=1e-9)
+        assert config_cost(r.config, w) <= limit and r.bits == info.full_bits(r.config) and r.failed == 0
+        assert r.bits[0] == r.bits[-1] == 8 and r.searchable == info.searchable
+    assert len(calls) == len(set(calls))  # scores memoised across budgets
+    with pytest.raises(ConfigError, match="below the smallest configuration"):
+        alloc.allocate("0.0001MB")
+
+
+def test_allocator_counts_failures_and_refuses_an_all_fail_proxy():
+    from evoproxy.allocate import Allocator
+
+    info = _toy_info(5, 2)
+
+    def some_fail(cfg):
+        if cfg[0] == 4:
+            raise ZeroDivisionError("boom")
+        return float(sum(cfg))
+
+    r = Allocator(some_fail, "toy", info=info).allocate("uniform-3")
+    assert r.optimiser == "evolution" and 0 < r.failed < r.scored
+    assert r.first_failure == "ZeroDivisionError: boom" and r.config[0] != 4
+
+    def all_fail(cfg):
+        return math.nan
+
+    with pytest.raises(ConfigError) as err:
+        Allocator(all_fail, "toy", info=info, label="bad").allocate("uniform-3")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("proxy bad failed on all 11 configurations") and "non-finite" in msg
+
+
+# ------------------------------------------------------------------------------------- the allocate command
+
+def _tiny_table(root, tmp_path):
+    """An MQ table with the metadata allocation reads, for the tiny ResNet-8 checkpoint (made-up accuracies)."""
+    import json
+
+    from mqbench.build import TABLE_COLUMNS, bits_to_str
+    from mqbench.networks.resnet_cifar import file_sha256, load_pretrained
+    from mqbench.ptq import PTQSettings
+    from mqbench.quant import layer_macs, quantizable_layers
+
+    ckpt = root / "pretrained" / "resnet8-test.th"
+    model = load_pretrained(8, ckpt)
+    layers = quantizable_layers(model)
+    n = len(layers)
+    meta = {"format": "mqbench-table/1", "model": "resnet8", "checkpoint": str(ckpt),
+            "checkpoint_sha256": file_sha256(ckpt), "layer_names": [name for name, _ in layers],
+            "searchable": list(range(1, n - 1)), "fixed_bits": 8, "act_bits": 8, "allowed": [2, 3, 4],
+            "layer_params": [m.weight.numel() for _, m in layers],
+            "layer_bias": [m.bias.numel() if m.bias is not None else 0 for _, m in layers],
+            "layer_macs": layer_macs(model), "normalization": "imagenet",
+            "ptq": PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10).as_dict()}
+    path = tmp_path / "mq.csv"
+    path.write_text(",".join(TABLE_COLUMNS) + "\n" + f"0,sample,{bits_to_str([3] * (n - 2))},50.00,0.1,0.1,0,x,1.0\n")
+    (tmp_path / "mq.csv.meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_cli_allocate_prints_the_configuration_and_caches_ptq(tiny_data_root, tmp_path, capsys, monkeypatch):
+    import json
+
+    from evoproxy.cli import main
+
+    table = _tiny_table(tiny_data_root, tmp_path)
+    args = ["allocate", "--proxy", "bit_sum", "--model", "resnet8", "--budget", "uniform-3", "--table", str(table),
+            "--batch", "10"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "budget:    uniform-3" in out and "exact DP" in out and "(fixed)" in out
+    bits = out.split("bits:")[1].split()[0]
+    assert len(bits.split("-")) == 6 and set(bits.split("-")) <= {"2", "3", "4"}
+    cache = tmp_path / "ptq.csv"
+    assert main(args + ["--ptq", "--ptq-cache", str(cache), "--json"]) == 0  # runs PTQ once (tiny data)
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["bits_str"] == bits and 0 <= first["top1"] <= 100 and first["failed"] == 0
+    assert len(cache.read_text().splitlines()) == 2
+
+    def no_ptq(*a, **k):
+        raise AssertionError("PTQ should come from the cache")
+
+    monkeypatch.setattr("mqbench.build.evaluate_config", no_ptq)
+    assert main(args + ["--ptq", "--ptq-cache", str(cache)]) == 0
+    assert f"top-1:     {first['top1']:.2f} %" in capsys.readouterr().out
+
+
+def test_cli_allocate_all_fail_proxy_exits_nonzero_with_one_line(tiny_data_root, tmp_path, capsys):
+    import json
+
+    from evoproxy.cli import main
+
+    table = _tiny_table(tiny_data_root, tmp_path)
+    proxy = tmp_path / "bad.json"
+    proxy.write_text(json.dumps({"format": "evoproxy.proxy/1",
+                                 "tree": ["layer_sum", ["mean", ["batch_std", "bitwidth"]]]}))
+    assert main(["allocate", "--proxy", str(proxy), "--model", "resnet8", "--budget", "uniform-3",
+                 "--table", str(table), "--batch", "10"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error: proxy ") and "\n" not in err and "failed on all 13 configurations" in err
+    assert "batch_std" in err and captured.out == ""
+    assert main(["allocate", "--proxy", "bit_sum", "--model", "resnet8", "--budget", "3GB",
+                 "--table", str(table)]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: bad budget '3GB'")
