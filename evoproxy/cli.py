@@ -416,7 +416,7 @@ def _allocate_options(p: argparse.ArgumentParser) -> None:
 def cmd_allocate(args: argparse.Namespace) -> int:
     import json
 
-    from evoproxy.allocate import allocate
+    from evoproxy.allocation import allocate
     from evoproxy.metrics import json_safe
 
     r = allocate(args.proxy, args.model, args.budget, ptq=args.ptq, ptq_cache=args.ptq_cache, table=args.table,

@@ -1,4 +1,4 @@
-"""Bit allocation under a model-size budget (EMQ's downstream use of an MQ proxy), over :mod:`evoproxy.allocate`.
+"""Bit allocation under a model-size budget (EMQ's downstream use of an MQ proxy), over :mod:`evoproxy.allocation`.
 
     python -m experiments.bit_allocation [--models resnet20,resnet32] [--proxy PATH.json ...] [--random 50]
 
@@ -8,7 +8,7 @@ as the tables' ``size_mb``, :func:`mqbench.quant.model_size_mb`), every method p
 configuration (each searchable layer in {2,3,4}) whose size is within the budget:
 
 * a proxy (the evolved proxy files, HAWQ-V2, OMPQ, size-only = maximise the model size) picks the
-  configuration that maximises its score with :class:`evoproxy.allocate.Allocator` (exact DP when the
+  configuration that maximises its score with :class:`evoproxy.allocation.Allocator` (exact DP when the
   proxy passes the layer-additivity test, else evolutionary search; the table says which);
 * ``uniform``: the budget's own uniform configuration;
 * ``random``: the best (by PTQ top-1) of the first N configurations meeting the budget in a seeded
@@ -74,7 +74,7 @@ def proxy_label(path: Path) -> str:
 
 
 def run_model(model: str, proxies: dict, n_random: int, seed: int, out: Path, progress: bool) -> tuple[list, dict]:
-    from evoproxy.allocate import Allocator
+    from evoproxy.allocation import Allocator
     from evoproxy.allocation.model import load_model
     from evoproxy.allocation.ptq import PTQRunner
     from mqbench.build import bits_to_str

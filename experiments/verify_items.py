@@ -37,8 +37,6 @@ def _proxy_of(key: str):
 
 
 def verify(path: Path, bench: str, items: str, seed: int, jobs: int, table: str | None) -> dict:
-    from evoproxy.evaluation import evaluate
-
     kept: dict[str, dict[int, float]] = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):

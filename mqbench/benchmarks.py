@@ -118,9 +118,6 @@ class Benchmark(ABC):
     def ground_truth(self, ids) -> np.ndarray: ...
 
     @abstractmethod
-    def build(self, item) -> tuple[torch.nn.Module, list[int] | None]: ...
-
-    @abstractmethod
     def size(self, ids) -> np.ndarray:
         """The obvious size signal the partial correlation controls for (params or model size)."""
 

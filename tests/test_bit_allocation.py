@@ -1,4 +1,4 @@
-"""Bit allocation (evoproxy.allocate, experiments/bit_allocation.py): DP, additivity test, evolution,
+"""Bit allocation (evoproxy.allocation, experiments/bit_allocation.py): DP, additivity test, evolution,
 budgets, failures, the allocate command."""
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def test_ptq_cache_cuts_a_torn_line(tmp_path):
     (0.2, "size", 0.2 * 2**20), (1, "size", 2**20), ("1.2GBOPs", "bops", 1.2e9), ("950MBOPs", "bops", 9.5e8),
     ("3e8BOPs", "bops", 3e8), ("2.5 gbops", "bops", 2.5e9)])
 def test_budgets_parse(spec, kind, value):
-    from evoproxy.allocate import parse_budget
+    from evoproxy.allocation import parse_budget
 
     b = parse_budget(spec)
     assert b.kind == kind and b.value == pytest.approx(value, rel=1e-12)
@@ -150,7 +150,7 @@ def test_budgets_parse(spec, kind, value):
 @pytest.mark.parametrize("spec", ["3GB", "uniform-0", "uniform-x", "uniform-33", "-1MB", "0MB", "0", -0.5,
                                   math.inf, "nanMB", "1.2 GOPs", "", "MB", True, None, [1]])
 def test_bad_budgets_are_one_line_errors(spec):
-    from evoproxy.allocate import parse_budget
+    from evoproxy.allocation import parse_budget
 
     with pytest.raises(ConfigError) as err:
         parse_budget(spec)
@@ -171,7 +171,7 @@ def _toy_info(n_searchable: int = 5, seed: int = 0):
 
 
 def test_budget_limits_in_bits_and_bops():
-    from evoproxy.allocate import parse_budget
+    from evoproxy.allocation import parse_budget
 
     info = _toy_info()
     n = len(info.searchable)
@@ -188,7 +188,7 @@ def test_budget_limits_in_bits_and_bops():
 # ------------------------------------------------------------------------------------- Allocator on a toy model
 
 def test_allocator_dp_equals_brute_force_and_respects_budgets():
-    from evoproxy.allocate import Allocator, parse_budget
+    from evoproxy.allocation import Allocator, parse_budget
 
     info = _toy_info(6, 1)
     weights, contrib, const = _problem(6, 7)
@@ -212,7 +212,7 @@ def test_allocator_dp_equals_brute_force_and_respects_budgets():
 
 
 def test_allocator_counts_failures_and_refuses_an_all_fail_proxy():
-    from evoproxy.allocate import Allocator
+    from evoproxy.allocation import Allocator
 
     info = _toy_info(5, 2)
 

@@ -181,7 +181,6 @@ def table_path(model: str) -> Path:
 
 def load_model(model: str, table: str | Path | None = None, batch: int = BATCH) -> ModelInfo:
     """The allocation problem of ``model`` from its committed MQ-Bench table (or ``table``) and its checkpoint."""
-    from mqbench.dataroot import require
     from mqbench.networks.resnet_cifar import load_pretrained
     from mqbench.ptq import PTQSettings
     from mqbench.table import MQTable
@@ -201,12 +200,8 @@ def load_model(model: str, table: str | Path | None = None, batch: int = BATCH) 
     for key in ("layer_bias", "allowed", "ptq", "normalization", "checkpoint_sha256"):
         if key not in meta:
             raise DataError(f"table metadata of {path.name} lacks {key!r}")
-    checkpoint = meta.get("checkpoint")
-    if not checkpoint or not Path(checkpoint).exists():
-        checkpoint = str(require(model))
+    checkpoint = tab.checkpoint()  # found by file name in the data root, sha256 verified
     fp = load_pretrained(int(model.removeprefix("resnet")), checkpoint)
-    if fp.checkpoint_sha256 != meta["checkpoint_sha256"]:
-        raise DataError(f"checkpoint {checkpoint} does not match table {path.name} (sha256 differs)")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be a positive number of images, got {batch!r}")
     return ModelInfo(model, meta, tab, PTQSettings(**meta["ptq"]), str(checkpoint), fp.eval(), batch)

@@ -5,10 +5,10 @@
 
 * a registered MQ baseline name (``hawq_v2``, ``bit_sum``, ...): the baseline on a
   :class:`~evoproxy.baselines.ProxyContext` of the FP network with the configuration's bits, as
-  ``evaluate.score_item`` builds it (per-network caches such as Hessian traces are paid once);
+  ``evoproxy.scoring.score_item`` builds it (per-network caches such as Hessian traces are paid once);
 * a parsed :class:`~evoproxy.tree.Proxy` (or a proxy file's path): FP primitives extracted once,
   quantization primitives (``weight_q``, ``quant_error``, ``bitwidth``, ``size_mb``) added per
-  configuration by :func:`evoproxy.searchdata.with_bit_configs` with a memoised PTQ weight quantizer;
+  configuration (:func:`primitives.items.with_bit_config`, one quantization per layer and bit-width);
 * a callable ``fn(config) -> float`` (a custom objective), used as is.
 
 Protocol as the MQ evaluation: the model's batch (64 training images, seed 0), proxy seed 0, one torch thread.
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from evoproxy.errors import ConfigError, EvoproxyError
-
-PROXY_SEED = 0
+from evoproxy.scoring import reason
+from primitives.items import PROXY_SEED
 
 
 def proxy_label(proxy) -> str:
@@ -66,24 +66,6 @@ def config_scorer(info, proxy) -> Callable[[tuple], float]:
     return lambda config: float(proxy(tuple(config)))
 
 
-class CachedQuantizer:
-    """``quantize_weight`` memoised per (weight tensor, bits): the FP weights never change here."""
-
-    def __init__(self):
-        from mqbench.quant import quantize_weight
-
-        self.fn = quantize_weight
-        self.cache: dict = {}
-        self.__module__ = quantize_weight.__module__
-        self.__qualname__ = quantize_weight.__qualname__
-
-    def __call__(self, weight, bits: int):
-        key = (id(weight), int(bits))
-        if key not in self.cache:
-            self.cache[key] = (weight, self.fn(weight, int(bits)))  # keeps the weight alive: id stays unique
-        return self.cache[key][1]
-
-
 def _baseline_scorer(info, name: str) -> Callable[[tuple], float]:
     """Registered MQ baseline ``name`` on a configuration, through ProxyContext as evaluate.score_item does."""
     from evoproxy.baselines import ProxyContext, get_proxy
@@ -102,32 +84,23 @@ def _baseline_scorer(info, name: str) -> Callable[[tuple], float]:
 
 
 def _proxy_scorer(info, proxy) -> Callable[[tuple], float]:
-    """An evolved proxy's score: FP primitives extracted once, quantization primitives added per configuration."""
+    """An evolved proxy's score: FP statistics once, quantization statistics added per configuration
+    (the scoring path's protocol, :func:`evoproxy.scoring.model_statistics`)."""
     import copy
 
-    from evoproxy.searchdata import QUANT_NAMES, with_bit_configs
-    from primitives import extract
+    from evoproxy.scoring import model_statistics
+    from mqbench.quant import quantize_weight
+    from primitives.items import split_names, with_bit_config
 
-    terminals = proxy.tree.terminals()
-    names = sorted(terminals)
-    fp_names = sorted((set(terminals) - set(QUANT_NAMES)) | {"weight"})
-    quant_names = [n for n in names if n in QUANT_NAMES]
-    probes = int(proxy.primitives.get("hutchinson_probes", 0)) if any(n.startswith("hessian") for n in fp_names) else 0
     inputs, targets = info.batch()
-    fp_stats = extract(copy.deepcopy(info.fp_model).eval(), inputs, targets, names=fp_names, hutchinson_probes=probes,
-                       noise_std=float(proxy.primitives.get("noise_std", 0.01)), seed=PROXY_SEED, threads=1)
-    quantizer = CachedQuantizer()
+    (fp_stats,) = model_statistics(proxy, copy.deepcopy(info.fp_model).eval(), inputs, targets)
+    _, quant_names = split_names(proxy.tree.terminals())
+    quantized: dict = {}
 
     def score(config):
-        (st,) = with_bit_configs(fp_stats, [info.full_bits(config)], quant_names, keep=set(names), quantizer=quantizer)
-        return float(proxy.score(st))
+        return float(proxy.score(with_bit_config(fp_stats, info.full_bits(config), quant_names, quantize_weight, quantized)))
 
     return score
-
-
-def reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 class FailureCounter:

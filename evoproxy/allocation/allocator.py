@@ -1,6 +1,6 @@
 """Bit allocation: the bit configuration a proxy prefers within a model-size or BOPs budget.
 
-    from evoproxy.allocate import allocate
+    from evoproxy.allocation import allocate
     result = allocate("hawq_v2", "resnet20", "uniform-3")          # or "0.1MB", 0.1, "1.2GBOPs"
     result = allocate("runs/mq/best.json", "resnet32", "0.15MB", ptq=True)
     print(result.bits_str, result.size_mb, result.bops_g, result.score, result.optimiser, result.top1)
