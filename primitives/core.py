@@ -97,7 +97,7 @@ from primitives import kernels, passes
 from primitives.kernels import (  # noqa: F401  (re-exported)
     BLOCK_PROBE_TAG, DATA, FD_REL_STEP, HESSIAN, INPUT_PASSES, NOISE, PASS_ORDER, PERTURB, QUANT, STATIC, Capture,
     ExtractionError, LayerCtx, LayerInfo, block_param_counts, compute, derive_seed, fixed_threads, generator,
-    layer_candidates, layer_contexts, p_act_grad, p_act_in, p_act_out, p_act_x_grad, p_bitwidth, p_fisher,
+    layer_candidates, layer_contexts, owned, p_act_grad, p_act_in, p_act_out, p_act_x_grad, p_bitwidth, p_fisher,
     p_hessian_block_trace, p_hessian_diag, p_hessian_trace, p_params, p_quant_error, p_size_mb, p_weight,
     p_weight_grad, p_weight_q, prepare_batch)
 
@@ -324,16 +324,6 @@ def subsample_indices(seed: int, layer_index: int, numel: int, max_elements: int
     return torch.randperm(numel, generator=gen)[:max_elements].sort().values
 
 
-def _owned(t: torch.Tensor) -> torch.Tensor:
-    """A detached CPU tensor that owns exactly its storage (so torch.save stores only it)."""
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if (not t.is_contiguous()) or t.untyped_storage().nbytes() != t.numel() * t.element_size() or t.storage_offset():
-        t = t.contiguous().clone()
-    return t
-
-
 def _quantizer_id(quantizer) -> str:
     if quantizer is simple_quantize:
         return "simple_quantize"
@@ -441,7 +431,7 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
                 t = t.reshape(-1)[index_cache[key]]
             if float16 and t.is_floating_point():
                 t = t.to(torch.float16)
-            tensors[n] = _owned(t)
+            tensors[n] = owned(t)
         bias = getattr(module, "bias", None)
         params = module.weight.numel() + (bias.numel() if isinstance(bias, torch.Tensor) else 0)
         out_layers.append(LayerStats(

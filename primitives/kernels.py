@@ -26,8 +26,9 @@ STATIC, DATA, NOISE, PERTURB, HESSIAN, QUANT = "static", "data", "noise", "pertu
 INPUT_PASSES = (DATA, NOISE, PERTURB)
 PASS_ORDER = (DATA, NOISE, PERTURB, HESSIAN)
 FD_REL_STEP = 1e-3  # finite-difference step h = FD_REL_STEP * rms of all probed weights
-BLOCK_PROBE_TAG = "hawq_v2"  # seed tag of hessian_block_trace's probes: the hawq_v2 baseline's stream, so
-#                              that baseline is expressible exactly as a proxy tree
+# seed tag of hessian_block_trace's probes: the hawq_v2 baseline's stream, so that baseline is expressible
+# exactly as a proxy tree
+BLOCK_PROBE_TAG = "hawq_v2"
 
 
 class ExtractionError(ValueError):
@@ -205,6 +206,17 @@ def compute(ctx: LayerCtx, fn: Callable, pass_: str, captures: Mapping) -> torch
     """Primitive function ``fn`` of one layer on the captures of its pass (None for static/quant ones)."""
     caps = captures.get(pass_)
     return fn(ctx, None if caps is None else caps[ctx.index])
+
+
+def owned(t: torch.Tensor) -> torch.Tensor:
+    """A detached contiguous CPU tensor that owns exactly its storage (so torch.save stores only it; the
+    layout also fixes the summation order of the operators' reductions)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if (not t.is_contiguous()) or t.untyped_storage().nbytes() != t.numel() * t.element_size() or t.storage_offset():
+        t = t.contiguous().clone()
+    return t
 
 
 # ----------------------------------------------------------------------------------- primitive functions
