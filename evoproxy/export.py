@@ -196,6 +196,7 @@ requires_grad flags are left as they were. The code is evoproxy's own (modules
 
 TEMPLATE = '''
 
+
 def score(model, inputs, targets, bit_config=None, *, seed=SEED):
     """ORIENTATION * formula(...) on the model's primitives: higher predicts a more accurate {what}."""
     layers, counts = primitives(model, inputs, targets, bit_config, seed=seed)
@@ -253,7 +254,7 @@ def export_source(proxy: Proxy, module_name: str = "proxy") -> str:
         f"HUTCHINSON_PROBES = {probes}",
         f"PASSES = {json.dumps(passes)}  # pass -> what it records",
         f"NEEDS_BITS = {needs_bits}",
-        f"QUANTIZER = {'quantize_weight' if needs_bits else None}  # mqbench's PTQ weight quantizer",
+        f"QUANTIZER = {'quantize_weight' if needs_bits else None}  # the PTQ weight quantizer (MQ proxies)",
         "PRIMITIVES = {" + ", ".join(f'"{n}": ("{p}", {f})' for n, (p, f) in prims.items()) + "}",
         "OPERATORS = {" + ", ".join(f'"{n}": {f}' for n, f in ops.items()) + "}",
     ]
