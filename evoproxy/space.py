@@ -147,12 +147,17 @@ def typed_set(operators, terminals) -> gp.PrimitiveSetTyped:
     return pset
 
 
-@functools.lru_cache(maxsize=1)
 def language() -> gp.PrimitiveSetTyped:
-    """The whole language: every operator and every registered primitive (the parser's set)."""
+    """The whole language: every operator and every registered primitive (the parser's set); rebuilt
+    when an operator or a primitive is registered (or removed) after the last call."""
     from primitives import PRIMITIVES
 
-    return typed_set(OPS, PRIMITIVES)
+    return _language(tuple(OPS.items()), tuple(PRIMITIVES))
+
+
+@functools.lru_cache(maxsize=1)
+def _language(operators: tuple, terminals: tuple) -> gp.PrimitiveSetTyped:
+    return typed_set(dict(operators), list(terminals))
 
 
 # ------------------------------------------------------------------------------------- the search space

@@ -233,39 +233,15 @@ def load_proxy(path: str | Path) -> Proxy:
 
 # ------------------------------------------------------------------------------------- evaluation
 
-def _tensor(layer, name: str) -> torch.Tensor:
-    try:
-        t = layer.tensors[name]
-    except KeyError:
-        raise OpError("missing", f"primitive {name!r} not extracted for layer {layer.name}") from None
-    return t if t.dtype == torch.float32 else t.float()
-
-
-def tensor_value(node: Node, layer) -> torch.Tensor:
-    if node.is_terminal:
-        return _tensor(layer, node.name)
-    op = OPS[node.name]
-    return op.fn(*(tensor_value(c, layer) for c in node.children))
-
-
-def layer_value(node: Node, layer) -> float:
-    op = OPS[node.name]
-    if op.kind == "reduce":
-        return op.fn(tensor_value(node.children[0], layer))
-    return op.fn(layer_value(node.children[0], layer), layer_value(node.children[1], layer))
-
-
-def evaluate_tree(node: Node, stats) -> float:
-    """The tree's value on one network's primitives (:class:`primitives.NetworkStats`).
+def evaluate_tree(node, stats) -> float:
+    """The tree's value on one network's primitives (:class:`primitives.NetworkStats`), computed by
+    :func:`evoproxy.opkernels.evaluate_tree` (the evaluator exported modules copy) on ``node.to_json()``.
 
     Raises :class:`OpError` when an operator cannot be applied; may return nan/inf (the caller
     decides: the search rejects, the evaluator counts a failure)."""
-    op = OPS[node.name]
-    if op.kind == "aggregate":
-        if not stats.layers:
-            raise OpError("shape", "network without Conv2d/Linear layers")
-        with torch.no_grad():
-            values = np.array([layer_value(node.children[0], layer) for layer in stats.layers], dtype=float)
-        weights = [math.prod(layer.weight_shape) for layer in stats.layers]
-        return op.fn(values, weights)
-    return float(op.fn(evaluate_tree(node.children[0], stats), evaluate_tree(node.children[1], stats)))
+    from evoproxy.opkernels import evaluate_tree as evaluate
+
+    layers = stats.layers
+    return evaluate(node.to_json(), [layer.tensors for layer in layers],
+                    [math.prod(layer.weight_shape) for layer in layers],
+                    {name: op.fn for name, op in OPS.items()}, [layer.name for layer in layers])

@@ -1,7 +1,8 @@
 """Fake quantization of Conv2d/Linear layers.
 
 - Weights: per output channel, symmetric, signed integers in [-2^(b-1), 2^(b-1)-1], with the
-  clipping range chosen per channel by a grid search that minimises the mean squared error.
+  clipping range chosen per channel by a grid search that minimises the mean squared error
+  (``quantize_weight``, defined with the size / BOPs formulas in :mod:`mqbench.kernels`).
 - Activations: the input of every quantized layer, per tensor, 8 bit by default; unsigned when the
   calibration inputs are non-negative (after ReLU), signed otherwise; clipping by MSE search.
 
@@ -17,28 +18,9 @@ import torch
 import torch.nn as nn
 
 from mqbench.errors import ConfigError
+from mqbench.kernels import CLIP_GRID, bops, model_size_mb, quantize_weight, weight_levels  # noqa: F401  (re-exported)
 
 ALLOWED_WEIGHT_BITS = tuple(range(2, 9))
-CLIP_GRID = torch.linspace(0.30, 1.0, 36)
-
-
-def weight_levels(bits: int) -> tuple[int, int]:
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-def quantize_weight(weight: torch.Tensor, bits: int, mse_clip: bool = True) -> torch.Tensor:
-    """Per-output-channel symmetric fake quantization of ``weight`` at ``bits`` bits."""
-    if bits >= 32:
-        return weight.clone()
-    qmin, qmax = weight_levels(bits)
-    w = weight.detach().reshape(weight.shape[0], -1)
-    wmax = w.abs().amax(dim=1).clamp_min(1e-12)  # [C]
-    ratios = CLIP_GRID.to(w) if mse_clip else torch.ones(1, dtype=w.dtype)
-    scales = (ratios[:, None] * wmax[None, :]) / qmax if qmax > 0 else ratios[:, None] * wmax[None, :]
-    q = torch.clamp(torch.round(w[None] / scales[..., None]), qmin, qmax) * scales[..., None]  # [R, C, K]
-    err = (q - w[None]).pow(2).sum(dim=2)  # [R, C]
-    best = err.argmin(dim=0)  # [C]
-    return q[best, torch.arange(w.shape[0])].reshape(weight.shape)
 
 
 def activation_scale(x: torch.Tensor, bits: int, max_elements: int = 1 << 16, seed: int = 0) -> tuple[float, int, int]:
@@ -139,17 +121,6 @@ def quantize_model(model: nn.Module, full_bits: list[int], act_bits: int = 8, ms
 
 def quant_layers(model: nn.Module) -> list[QuantLayer]:
     return [m for m in model.modules() if isinstance(m, QuantLayer)]
-
-
-def model_size_mb(weight_numels: list[int], bias_numels: list[int], bits: list[int]) -> float:
-    """Weights at their bit-widths plus 32-bit biases, in MB (2^20 bytes)."""
-    total_bits = sum(w * b + bias * 32 for w, bias, b in zip(weight_numels, bias_numels, bits))
-    return total_bits / 8 / 2**20
-
-
-def bops(macs: list[int], bits: list[int], act_bits: int = 8) -> float:
-    """Bit operations: sum over layers of MACs x weight bits x activation bits (per image)."""
-    return float(sum(m * b * act_bits for m, b in zip(macs, bits)))
 
 
 def layer_macs(model: nn.Module, image_shape=(3, 32, 32)) -> list[int]:

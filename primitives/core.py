@@ -84,29 +84,28 @@ Conventions
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mqbench.errors import ConfigError
+from mqbench.kernels import layer_size_mb  # noqa: F401  (re-exported: the tables' per-layer size)
+from primitives import kernels, passes
+from primitives.kernels import (  # noqa: F401  (re-exported)
+    BLOCK_PROBE_TAG, DATA, FD_REL_STEP, HESSIAN, INPUT_PASSES, NOISE, PASS_ORDER, PERTURB, QUANT, STATIC, Capture,
+    ExtractionError, LayerCtx, LayerInfo, block_param_counts, compute, derive_seed, fixed_threads, generator,
+    layer_candidates, layer_contexts, owned, p_act_grad, p_act_in, p_act_out, p_act_x_grad, p_bitwidth, p_fisher,
+    p_hessian_block_trace, p_hessian_diag, p_hessian_trace, p_params, p_quant_error, p_size_mb, p_weight,
+    p_weight_grad, p_weight_q, prepare_batch)
 
 CODE_VERSION = "primitives-1"
 DEFAULT_THREADS = 1
 STATE_FORMAT = "evoproxy.primitives/1"
 
-# passes: which forward/backward runs a primitive needs
-STATIC, DATA, NOISE, PERTURB, HESSIAN, QUANT = "static", "data", "noise", "perturb", "hessian", "quant"
-INPUT_PASSES = (DATA, NOISE, PERTURB)
-PASS_ORDER = (DATA, NOISE, PERTURB, HESSIAN)
 HESSIAN_METHODS = ("exact", "fd", "fd_central")
-FD_REL_STEP = 1e-3  # finite-difference step h = FD_REL_STEP * rms of all probed weights
-BLOCK_PROBE_TAG = "hawq_v2"  # seed tag of hessian_block_trace's probes: the hawq_v2 baseline's stream, so
-#                              that baseline is expressible exactly as a proxy tree
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,44 +216,13 @@ def simple_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------------------------
-@dataclass
-class _Capture:
-    """What one pass recorded for one layer (only the fields its primitives need)."""
-
-    act_in: torch.Tensor | None = None  # [N, C_in] spatial mean
-    act_out: torch.Tensor | None = None  # [N, C_out] spatial mean
-    out: torch.Tensor | None = None  # full output, detached
-    wgrad: torch.Tensor | None = None  # dL/dW
-    ograd: torch.Tensor | None = None  # dL/d(output), full
-    hdiag: torch.Tensor | None = None  # Hutchinson diagonal
-    hblock: float | None = None  # block Hutchinson trace of the layer's Hessian block
-    cache: dict = field(default_factory=dict)
-
-
-@dataclass
-class _LayerCtx:
-    """A layer during extraction: its module, a detached weight copy and its bit-width."""
-
-    index: int
-    name: str
-    kind: str
-    module: nn.Module
-    weight: torch.Tensor
-    bits: int | None
-    quantizer: Callable[[torch.Tensor, int], torch.Tensor]
-    cache: dict = field(default_factory=dict)
-    model: nn.Module | None = None  # the whole network (for network-level attributions such as ``params``)
-    layer_names: tuple[str, ...] = ()  # every layer's name, forward order
-    shared: dict = field(default_factory=dict)  # one dict shared by all layers of the network
-
-
 @dataclass(frozen=True)
 class Primitive:
     name: str
     description: str
     pass_: str
     needs: frozenset  # subset of {"act_in", "act_out", "out", "wgrad", "ograd"}; hessian: {"hdiag"} / {"hblock"}
-    fn: Callable[[_LayerCtx, _Capture | None], torch.Tensor]
+    fn: Callable[[LayerCtx, Capture | None], torch.Tensor]  # a primitives.kernels function
     default: bool = True  # part of names=None (when its pass is available)
 
 
@@ -276,160 +244,40 @@ def primitive(name: str, description: str, pass_: str, needs: Iterable[str] = ()
     return register
 
 
-def _spatial_mean(t: torch.Tensor, kind: str) -> torch.Tensor:
-    """[N, C, *spatial] -> [N, C] (conv) or [N, *, F] -> [N, F] (linear), by the mean."""
-    if t.dim() <= 2:
-        return t
-    if kind == "conv":
-        return t.mean(dim=tuple(range(2, t.dim())))  # stride-agnostic (channels_last needs no copy)
-    return t.mean(dim=tuple(range(1, t.dim() - 1)))
-
-
-def _per_sample_ag(ctx: _LayerCtx, cap: _Capture) -> torch.Tensor:
-    """s[n, c] = sum over spatial positions of a * dL/da (shared by fisher and act_x_grad)."""
-    if "ag" not in cap.cache:
-        prod = cap.out * cap.ograd
-        if prod.dim() > 2:
-            dims = tuple(range(2, prod.dim())) if ctx.kind == "conv" else tuple(range(1, prod.dim() - 1))
-            prod = prod.sum(dim=dims)
-        cap.cache["ag"] = prod
-    return cap.cache["ag"]
-
-
-def _positions(ctx: _LayerCtx, cap: _Capture) -> int:
-    t = cap.out
-    if t.dim() <= 2:
-        return 1
-    return math.prod(t.shape[2:]) if ctx.kind == "conv" else math.prod(t.shape[1:-1])
-
-
-@primitive("weight", "W: the layer's weight tensor", STATIC)
-def _weight(ctx, cap):
-    return ctx.weight
-
-
-def block_param_counts(model: nn.Module, layer_names: Sequence[str]) -> list[int]:
-    """Trainable parameters attributed to each layer of ``layer_names`` (see the ``params`` primitive).
-
-    Walks ``model.named_modules()`` (registration order): a layer's own parameters go to it; every
-    other module's trainable parameters go to the layer registered last before it (its BatchNorm in
-    the usual conv-BN blocks), or to the first layer when none came before. Shared parameters count
-    once, so the counts sum to ``sum(p.numel() for p in model.parameters() if p.requires_grad)``."""
-    index = {n: i for i, n in enumerate(layer_names)}
-    counts = [0] * len(layer_names)
-    current, pending, seen = None, 0, set()
-    for name, module in model.named_modules():
-        if name in index:
-            current = index[name]
-            counts[current] += pending
-            pending = 0
-        n = 0
-        for p in module.parameters(recurse=False):
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                n += p.numel()
-        if current is None:
-            pending += n
-        else:
-            counts[current] += n
-    return counts
-
-
-@primitive("params", "the layer's trainable parameter count with its block's (weight, bias, the BatchNorm "
-                     "registered after it); sums to the network's count over layers (0-d)", STATIC)
-def _params(ctx, cap):
-    if "block_params" not in ctx.shared:
-        ctx.shared["block_params"] = block_param_counts(ctx.model, ctx.layer_names)
-    return torch.tensor(ctx.shared["block_params"][ctx.index], dtype=torch.int64)
-
+primitive("weight", "W: the layer's weight tensor", STATIC)(p_weight)
+primitive("params", "the layer's trainable parameter count with its block's (weight, bias, the BatchNorm "
+                    "registered after it); sums to the network's count over layers (0-d)", STATIC)(p_params)
 
 _WHERE = {DATA: "on the batch", NOISE: "on N(0,1) noise inputs of the batch's shape",
           PERTURB: "on the batch plus noise_std * N(0,1)"}
 _SUFFIX = {DATA: "", NOISE: "@noise", PERTURB: "@perturb"}
 
-
-def _weight_grad(ctx, cap):
-    return cap.wgrad
-
-
-def _act_out(ctx, cap):
-    return cap.act_out
-
-
-def _act_grad(ctx, cap):
-    return _spatial_mean(cap.ograd, ctx.kind)
-
-
 for _pass in INPUT_PASSES:
     _s, _w = _SUFFIX[_pass], _WHERE[_pass]
-    primitive(f"weight_grad{_s}", f"G: gradient of the mean cross-entropy w.r.t. W, {_w}", _pass, ("wgrad",))(_weight_grad)
+    primitive(f"weight_grad{_s}", f"G: gradient of the mean cross-entropy w.r.t. W, {_w}", _pass, ("wgrad",))(p_weight_grad)
     if _pass == DATA:
-        primitive("act_in", "layer input activations, spatial mean per sample: [N, C_in]", DATA, ("act_in",))(
-            lambda ctx, cap: cap.act_in)
-    primitive(f"act_out{_s}", f"layer output activations, spatial mean per sample: [N, C_out], {_w}", _pass, ("act_out",))(_act_out)
+        primitive("act_in", "layer input activations, spatial mean per sample: [N, C_in]", DATA, ("act_in",))(p_act_in)
+    primitive(f"act_out{_s}", f"layer output activations, spatial mean per sample: [N, C_out], {_w}", _pass, ("act_out",))(p_act_out)
     primitive(f"act_grad{_s}", f"gradient of the loss w.r.t. the layer output, spatial mean per sample: [N, C_out], {_w}",
-              _pass, ("ograd",))(_act_grad)
+              _pass, ("ograd",))(p_act_grad)
     if _pass == DATA:
         primitive("fisher", "Fisher (Turner et al. 2020): 0.5 * sum_n (sum_spatial a * dL/da)^2 per output channel: [C_out]",
-                  DATA, ("out", "ograd"))(lambda ctx, cap: 0.5 * _per_sample_ag(ctx, cap).pow(2).sum(dim=0))
+                  DATA, ("out", "ograd"))(p_fisher)
         primitive("act_x_grad", "a * dL/da on the layer output, mean over samples and spatial positions: [C_out]",
-                  DATA, ("out", "ograd"))(
-            lambda ctx, cap: _per_sample_ag(ctx, cap).sum(dim=0) / (cap.out.shape[0] * _positions(ctx, cap)))
+                  DATA, ("out", "ograd"))(p_act_x_grad)
 
-
-@primitive("hessian_diag", "H: Hutchinson estimate of the diagonal of the loss Hessian w.r.t. W (needs hutchinson_probes > 0)",
-           HESSIAN, ("hdiag",))
-def _hessian_diag(ctx, cap):
-    return cap.hdiag
-
-
-@primitive("hessian_trace", "Hutchinson trace of the layer's Hessian block: sum of hessian_diag (0-d tensor)", HESSIAN, ("hdiag",))
-def _hessian_trace(ctx, cap):
-    return cap.hdiag.sum()
-
-
-@primitive("hessian_block_trace", "Tr(H_l) by Hutchinson with probes on this layer's weights only (HAWQ-V2; "
-                                  "one Hessian-vector product per layer and probe; 0-d tensor)",
-           HESSIAN, ("hblock",), default=False)
-def _hessian_block_trace(ctx, cap):
-    return torch.tensor(cap.hblock, dtype=ctx.weight.dtype)
-
-
-def _quantized(ctx):
-    if "wq" not in ctx.cache:
-        wq = ctx.quantizer(ctx.weight, ctx.bits)
-        if not isinstance(wq, torch.Tensor) or wq.shape != ctx.weight.shape:
-            raise ValueError(f"quantizer returned {type(wq).__name__} of shape {getattr(wq, 'shape', None)} "
-                             f"for weight {tuple(ctx.weight.shape)} of layer {ctx.name}")
-        ctx.cache["wq"] = wq.detach().to(ctx.weight.dtype)
-    return ctx.cache["wq"]
-
-
-@primitive("weight_q", "W_q: the weight quantized to the layer's bit-width (needs bit_config)", QUANT)
-def _weight_q(ctx, cap):
-    return _quantized(ctx)
-
-
-@primitive("quant_error", "W - W_q: the quantization error of the weight (needs bit_config)", QUANT)
-def _quant_error(ctx, cap):
-    return ctx.weight - _quantized(ctx)
-
-
-@primitive("bitwidth", "the layer's weight bit-width as a 0-d int tensor (needs bit_config)", QUANT)
-def _bitwidth(ctx, cap):
-    return torch.tensor(int(ctx.bits), dtype=torch.int32)
-
-
-def layer_size_mb(weight_numel: int, bias_numel: int, bits: int) -> float:
-    """Storage of one layer in MB (2^20 bytes): weights at ``bits``, biases at 32 bit (the MQ tables' size_mb per layer)."""
-    return (int(weight_numel) * int(bits) + int(bias_numel) * 32) / 8 / 2 ** 20
-
-
-@primitive("size_mb", "the layer's storage in MB at its bit-width: weights at b bits, bias at 32 bits (0-d float64; needs bit_config)",
-           QUANT)
-def _size_mb(ctx, cap):
-    bias = ctx.module.bias.numel() if getattr(ctx.module, "bias", None) is not None else 0
-    return torch.tensor(layer_size_mb(ctx.weight.numel(), bias, int(ctx.bits)), dtype=torch.float64)
+primitive("hessian_diag", "H: Hutchinson estimate of the diagonal of the loss Hessian w.r.t. W (needs hutchinson_probes > 0)",
+          HESSIAN, ("hdiag",))(p_hessian_diag)
+primitive("hessian_trace", "Hutchinson trace of the layer's Hessian block: sum of hessian_diag (0-d tensor)", HESSIAN,
+          ("hdiag",))(p_hessian_trace)
+primitive("hessian_block_trace", "Tr(H_l) by Hutchinson with probes on this layer's weights only (HAWQ-V2; "
+                                 "one Hessian-vector product per layer and probe; 0-d tensor)",
+          HESSIAN, ("hblock",), default=False)(p_hessian_block_trace)
+primitive("weight_q", "W_q: the weight quantized to the layer's bit-width (needs bit_config)", QUANT)(p_weight_q)
+primitive("quant_error", "W - W_q: the quantization error of the weight (needs bit_config)", QUANT)(p_quant_error)
+primitive("bitwidth", "the layer's weight bit-width as a 0-d int tensor (needs bit_config)", QUANT)(p_bitwidth)
+primitive("size_mb", "the layer's storage in MB at its bit-width: weights at b bits, bias at 32 bits (0-d float64; "
+                     "needs bit_config)", QUANT)(p_size_mb)
 
 
 def default_names(hutchinson_probes: int = 0, bit_config=None) -> list[str]:
@@ -469,55 +317,11 @@ def resolve_names(names, hutchinson_probes: int = 0, bit_config=None) -> list[st
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from a tuple of plain values (stable across processes and platforms)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _generator(*parts) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
-
-
 def subsample_indices(seed: int, layer_index: int, numel: int, max_elements: int) -> torch.Tensor:
     """The sorted flat indices kept when a tensor of ``numel`` elements of layer ``layer_index``
     is capped at ``max_elements`` (int64 [max_elements])."""
-    gen = _generator("subsample", int(seed), int(layer_index), int(numel))
+    gen = generator("subsample", int(seed), int(layer_index), int(numel))
     return torch.randperm(numel, generator=gen)[:max_elements].sort().values
-
-
-@contextlib.contextmanager
-def fixed_threads(n: int | None):
-    """Run torch's intra-op work on ``n`` threads (None: leave as is), restoring the old count."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    if old != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
-
-
-def _layer_kind(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Conv2d):
-        return "conv"
-    if isinstance(module, nn.Linear):
-        return "linear"
-    return None
-
-
-def _owned(t: torch.Tensor) -> torch.Tensor:
-    """A detached CPU tensor that owns exactly its storage (so torch.save stores only it)."""
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if (not t.is_contiguous()) or t.untyped_storage().nbytes() != t.numel() * t.element_size() or t.storage_offset():
-        t = t.contiguous().clone()
-    return t
 
 
 def _quantizer_id(quantizer) -> str:
@@ -529,225 +333,24 @@ def _quantizer_id(quantizer) -> str:
 
 
 def validate_bit_values(bit_config) -> None:
-    """Type/range checks that do not need the layer list (one-line ConfigError)."""
-    if bit_config is None:
-        return
-    if isinstance(bit_config, Mapping):
-        items = list(bit_config.items())
-    elif isinstance(bit_config, (list, tuple)):
-        items = list(enumerate(bit_config))
-    else:
-        raise ConfigError(f"bit_config must be a list of ints or a dict name->bits, got {type(bit_config).__name__}")
-    for key, b in items:
-        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32:
-            raise ConfigError(f"bit_config[{key!r}] = {b!r}: bit-widths must be integers in 1..32")
+    """Type/range checks of a bit configuration that do not need the layer list (one-line ConfigError)."""
+    with _user_errors():
+        kernels.validate_bit_values(bit_config)
 
 
-def _bits_per_layer(bit_config, layer_names: Sequence[str]) -> list[int | None]:
-    if bit_config is None:
-        return [None] * len(layer_names)
-    if isinstance(bit_config, Mapping):
-        unknown = [k for k in bit_config if k not in layer_names]
-        if unknown:
-            raise ConfigError(f"bit_config names unknown layer(s) {', '.join(map(repr, unknown[:5]))}; "
-                              f"the {len(layer_names)} Conv2d/Linear layers are {', '.join(layer_names[:5])}...")
-        missing = [n for n in layer_names if n not in bit_config]
-        if missing:
-            raise ConfigError(f"bit_config lacks {len(missing)} layer(s), e.g. {', '.join(map(repr, missing[:5]))}; "
-                              f"give bits for all {len(layer_names)} Conv2d/Linear layers")
-        return [int(bit_config[n]) for n in layer_names]
-    if len(bit_config) != len(layer_names):
-        raise ConfigError(f"bit_config has {len(bit_config)} entries but the model has {len(layer_names)} "
-                          f"Conv2d/Linear layers (in forward order)")
-    return [int(b) for b in bit_config]
-
-
-# --------------------------------------------------------------------------------------------
-# one pass
-# --------------------------------------------------------------------------------------------
-@dataclass
-class _LayerInfo:
-    name: str
-    kind: str
-    module: nn.Module
-    input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
-
-
-class _ModelError(RuntimeError):
-    pass
-
-
-def _run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, probe_seed: int,
-              expected: list | None, safe: bool = False):
-    """One forward (+ backward) of ``model`` on (x, y) with hooks on the Conv2d/Linear modules.
-
-    Returns (layers as _LayerInfo in hook order, captures, loss). ``probes`` > 0 also computes the
-    Hutchinson diagonal of the weights' Hessian on the same graph. ``safe`` hands a clone of each
-    layer output to the rest of the model, so in-place ops after a layer cannot alter what we keep.
-    """
-    order: list[_LayerInfo] = []
-    caps: list[_Capture] = []
-    outs: list[torch.Tensor] = []
-    versions: list[int] = []
-    seen: set[int] = set()
-    keep_out = "out" in needs or "ograd" in needs
-
-    def hook(module, args, output):
-        key = id(module)
-        if key in seen:
-            raise ConfigError(f"layer {candidates[key][0]!r} runs more than once per forward; shared layers are not supported")
-        seen.add(key)
-        name, kind = candidates[key]
-        inp = args[0] if args else None
-        order.append(_LayerInfo(name, kind, module,
-                                tuple(inp.shape[1:]) if isinstance(inp, torch.Tensor) else (),
-                                tuple(output.shape[1:])))
-        cap = _Capture()
-        if "act_in" in needs:
-            cap.act_in = _spatial_mean(inp.detach(), kind).clone()
-        if "act_out" in needs:
-            cap.act_out = _spatial_mean(output.detach(), kind).clone()
-        if keep_out:
-            outs.append(output)
-            versions.append(output._version)
-            if "out" in needs:
-                cap.out = output.detach()
-        caps.append(cap)
-        if safe and keep_out:
-            return output.clone()
-        return None
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if id(m) in candidates]
-    grad_w = "wgrad" in needs or probes > 0
-    grad_o = "ograd" in needs
+@contextlib.contextmanager
+def _user_errors():
+    """Turn the kernels' ExtractionError (a bad model, batch or bit configuration) into a ConfigError."""
     try:
-        with torch.set_grad_enabled(grad_w or grad_o):
-            logits = model(x)
-            if not isinstance(logits, torch.Tensor):
-                raise _ModelError(f"model returned {type(logits).__name__}, expected a logits tensor")
-            loss = F.cross_entropy(logits, y)
-    finally:
-        for h in handles:
-            h.remove()
-    if expected is not None and [l.module for l in order] != expected:
-        raise _ModelError("the set or order of Conv2d/Linear layers changed between passes "
-                          "(input-dependent control flow is not supported)")
-    if keep_out and any(o._version != v for o, v in zip(outs, versions)):
-        if safe:
-            raise _ModelError("a layer output was modified in place even with cloned outputs")
-        return None  # caller re-runs in safe mode
-    loss_value = float(loss.detach())
-    if not (grad_w or grad_o):
-        return order, caps, loss_value
-    weights = [l.module.weight for l in order] if grad_w else []
-    inputs = weights + (outs if grad_o else [])
-    grads = torch.autograd.grad(loss, inputs, allow_unused=True, create_graph=probes > 0)
-    nw = len(weights)
-    for i, cap in enumerate(caps):
-        if grad_w and "wgrad" in needs:
-            g = grads[i]
-            cap.wgrad = torch.zeros_like(weights[i]).detach() if g is None else g.detach()
-        if grad_o:
-            g = grads[nw + i]
-            cap.ograd = torch.zeros_like(outs[i]).detach() if g is None else g.detach()
-    if probes > 0:
-        gen = torch.Generator().manual_seed(probe_seed)
-        live = [i for i in range(nw) if grads[i] is not None and grads[i].requires_grad]
-        diag = [torch.zeros_like(w, memory_format=torch.contiguous_format).detach() for w in weights]
-        for k in range(probes):
-            zs = [(torch.randint(0, 2, w.shape, generator=gen).to(w.dtype) * 2 - 1).to(w.device) for w in weights]
-            if live:
-                hz = torch.autograd.grad([grads[i] for i in live], weights, grad_outputs=[zs[i] for i in live],
-                                         retain_graph=k < probes - 1, allow_unused=True)
-                for i in range(nw):
-                    if hz[i] is not None:
-                        diag[i].addcmul_(zs[i], hz[i])
-        for i, cap in enumerate(caps):
-            cap.hdiag = diag[i].div_(probes)
-    del grads, loss, logits
-    return order, caps, loss_value
+        yield
+    except ExtractionError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def block_hessian_traces(model, weights, x, y, probes: int, probe_seed: int) -> list[float]:
-    """Hutchinson estimate of Tr(H_ll) of each layer's Hessian block: ``probes`` Rademacher probes z_l
-    supported on that layer's weights only, mean of z_l . (H_ll z_l) from one exact block Hessian-vector
-    product each (double backprop on one graph, accumulated in float64). One generator seeded with
-    ``probe_seed`` draws all probes, layer by layer in forward order. A layer the loss does not depend
-    on (or only linearly) gets 0. This is the estimator of the ``hawq_v2`` baseline, probe for probe."""
-    with torch.enable_grad():
-        logits = model(x)
-        if not isinstance(logits, torch.Tensor):
-            raise ConfigError(f"model returned {type(logits).__name__}, expected a logits tensor")
-        loss = F.cross_entropy(logits, y)
-        grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
-    gen = torch.Generator().manual_seed(probe_seed)
-    out = []
-    for w, g in zip(weights, grads):
-        if g is None or not g.requires_grad:
-            out.append(0.0)
-            continue
-        total = 0.0
-        for _ in range(probes):
-            z = torch.randint(0, 2, w.shape, generator=gen).to(w.dtype).mul_(2).sub_(1).to(w.device)
-            (hz,) = torch.autograd.grad(g, w, grad_outputs=z, retain_graph=True)
-            total += float((z.double() * hz.double()).sum())
-        out.append(total / probes)
-    del grads, loss, logits
-    return out
-
-
-def _fd_hessian(run, xp, probes: int, probe_seed: int, method: str, base, layers, rel_step: float):
-    """Hutchinson diagonal with H z from finite differences of weight gradients (see the docstring).
-
-    ``run(xp, needs, probes)`` is one plain gradient pass (buffers restored after it). ``base`` is
-    g(w) from the data pass when it can be reused (forward differences only). Same probes z as the
-    exact path; the weights are perturbed in place and restored bit-identically from copies.
-    Returns (layers, captures).
-    """
-    order = layers
-    if method == "fd" and base is None:
-        order, caps0, _ = run(xp, {"wgrad"}, 0)
-        base = [c.wgrad for c in caps0]
-    elif order is None:
-        order, _, _ = run(xp, set(), 0)  # a no-grad forward, just to find the layers and their order
-    weights = [l.module.weight for l in order]
-    saved = [w.detach().clone() for w in weights]
-    numel = sum(w.numel() for w in saved)
-    rms = math.sqrt(sum(float(w.double().pow(2).sum()) for w in saved) / max(numel, 1))
-    h = rel_step * rms if rms > 0 else rel_step
-    gen = torch.Generator().manual_seed(probe_seed)
-    diag = [torch.zeros_like(w, memory_format=torch.contiguous_format) for w in saved]
-
-    def grads_at(zs, sign):
-        with torch.no_grad():
-            for w, s, z in zip(weights, saved, zs):
-                w.copy_(s)
-                w.add_(z, alpha=sign * h)
-        _, caps, _ = run(xp, {"wgrad"}, 0)
-        return [c.wgrad for c in caps]
-
-    try:
-        for _ in range(probes):
-            zs = [(torch.randint(0, 2, w.shape, generator=gen).to(w.dtype) * 2 - 1).to(w.device) for w in weights]
-            plus = grads_at(zs, 1.0)
-            if method == "fd":
-                hz = [(p - b).div_(h) for p, b in zip(plus, base)]
-            else:
-                minus = grads_at(zs, -1.0)
-                hz = [(p - m).div_(2 * h) for p, m in zip(plus, minus)]
-            for d, z, v in zip(diag, zs, hz):
-                d.addcmul_(z, v)
-    finally:
-        with torch.no_grad():
-            for w, s in zip(weights, saved):
-                w.copy_(s)
-    caps = []
-    for d in diag:
-        cap = _Capture()
-        cap.hdiag = d.div_(probes)
-        caps.append(cap)
-    return order, caps
+    """:func:`primitives.passes.block_hessian_traces` (HAWQ-V2's estimator), ConfigError for a bad model."""
+    with _user_errors():
+        return passes.block_hessian_traces(model, weights, x, y, probes, probe_seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -791,119 +394,36 @@ def extract(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, bi
                         FD_REL_STEP)
 
 
-def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, seed, float16, quantizer,
-             noise_std, threads, channels_last, hessian_method="exact", fd_step=None) -> NetworkStats:
-    candidates = {}
-    for name, module in model.named_modules():
-        kind = _layer_kind(module)
-        if kind is not None and id(module) not in candidates:
-            candidates[id(module)] = (name, kind)
-    if not candidates:
-        raise ConfigError("the model has no nn.Conv2d or nn.Linear layer")
-    param = next(iter(model.parameters()))
-    device = param.device
-    x = inputs.to(device)
-    if x.is_floating_point():
-        x = x.to(param.dtype)
-    y = targets.to(device=device, dtype=torch.long)
-
+def pass_needs(names) -> dict[str, set]:
+    """{pass: what it must record} for the primitives ``names`` ({} when only static/quantization ones)."""
     passes: dict[str, set] = {}
-    for n in wanted:
+    for n in names:
         prim = REGISTRY[n]
         if prim.pass_ in INPUT_PASSES:
             passes.setdefault(prim.pass_, set()).update(prim.needs)
-    for n in wanted:
+    for n in names:
         if REGISTRY[n].pass_ == HESSIAN:
             passes.setdefault(HESSIAN, set()).update(REGISTRY[n].needs)  # "hdiag" (joint) / "hblock" (per layer)
-    if not passes:
-        passes[DATA] = set()  # a no-grad forward, just to find the layers and their order
+    return passes
 
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    modules = [m for m in model.modules() if id(m) in candidates]
-    grad_flags = [(m.weight, m.weight.requires_grad) for m in modules]
-    for w, _ in grad_flags:
-        w.requires_grad_(True)
 
-    layers: list[_LayerInfo] | None = None
-    captures: dict[str, list[_Capture]] = {}
-    loss_data = None
-
-    def run(xp, needs, probes_here):
-        expected = None if layers is None else [l.module for l in layers]
-        for safe in (False, True):
-            try:
-                result = _run_pass(model, candidates, xp, y, frozenset(needs), probes_here,
-                                   derive_seed("hutchinson", seed), expected, safe=safe)
-            except _ModelError as exc:
-                raise ConfigError(str(exc)) from None
-            finally:
-                for b, saved in buffers:
-                    b.data.copy_(saved)
-            if result is not None:
-                return result
-        raise AssertionError("unreachable")  # safe mode either returns or raises
-
-    try:
-        for pass_ in PASS_ORDER:
-            if pass_ not in passes:
-                continue
-            if pass_ in (DATA, HESSIAN):
-                xp = x
-            elif pass_ == NOISE:
-                xp = torch.randn(x.shape, generator=_generator("noise", seed), dtype=x.dtype).to(device)
-            else:
-                xp = x + noise_std * torch.randn(x.shape, generator=_generator("perturb", seed), dtype=x.dtype).to(device)
-            joint = pass_ != HESSIAN or "hdiag" in passes[HESSIAN]  # the joint-probe Hessian (or an input pass)
-            fd = pass_ == HESSIAN and hessian_method != "exact"
-            if channels_last and (pass_ != HESSIAN or fd) and xp.dim() == 4:
-                xp = xp.contiguous(memory_format=torch.channels_last)
-            if not joint:  # only the per-layer block traces: a no-grad forward finds the layers if needed
-                order = layers if layers is not None else run(x, set(), 0)[0]
-                caps, loss = [_Capture() for _ in order], None
-            elif fd:
-                base = None
-                if hessian_method == "fd" and DATA in captures and "wgrad" in passes[DATA]:
-                    base = [c.wgrad for c in captures[DATA]]  # same input, layout and weights: reuse g(w)
-                order, caps = _fd_hessian(run, xp, probes, derive_seed("hutchinson", seed), hessian_method,
-                                          base, layers, fd_step)
-                loss = None
-            else:
-                order, caps, loss = run(xp, set() if pass_ == HESSIAN else passes[pass_], probes if pass_ == HESSIAN else 0)
-            if pass_ == HESSIAN and "hblock" in passes[HESSIAN]:
-                try:  # exact block Hessian-vector products on the contiguous batch, like the joint estimate
-                    traces = block_hessian_traces(model, [l.module.weight for l in order], x, y, probes,
-                                           derive_seed(BLOCK_PROBE_TAG, seed))
-                finally:
-                    for b, saved in buffers:
-                        b.data.copy_(saved)
-                for cap, value in zip(caps, traces):
-                    cap.hblock = value
-            if layers is None:
-                layers = order
-            captures[pass_] = caps
-            if pass_ == DATA:
-                loss_data = loss
-    finally:
-        for w, flag in grad_flags:
-            w.requires_grad_(flag)
-
-    layer_names = [l.name for l in layers]
-    bits = _bits_per_layer(bit_config, layer_names)
+def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, seed, float16, quantizer,
+             noise_std, threads, channels_last, hessian_method="exact", fd_step=None) -> NetworkStats:
+    with _user_errors():
+        candidates = layer_candidates(model)
+        x, y = prepare_batch(model, inputs, targets)
+        layers, captures, loss_data = passes.run_passes(model, candidates, x, y, pass_needs(wanted), probes, seed,
+                                                        noise_std, channels_last, hessian_method, fd_step)
+        bits = kernels.bits_per_layer(bit_config, [l.name for l in layers])
 
     index_cache: dict[tuple[int, int], torch.Tensor] = {}
-    shared: dict = {}
     out_layers = []
-    for li, info in enumerate(layers):
-        module = info.module
-        weight = module.weight.detach().clone()
-        ctx = _LayerCtx(li, info.name, info.kind, module, weight, bits[li], quantizer, model=model,
-                        layer_names=tuple(layer_names), shared=shared)
+    for ctx, info in zip(layer_contexts(model, layers, bits, quantizer), layers):
+        li, module = ctx.index, info.module
         tensors = {}
         for n in wanted:
             prim = REGISTRY[n]
-            caps = captures.get(prim.pass_)
-            cap = None if caps is None else caps[li]
-            t = prim.fn(ctx, cap)
+            t = compute(ctx, prim.fn, prim.pass_, captures)
             if max_elements is not None and t.numel() > max_elements:
                 key = (li, t.numel())
                 if key not in index_cache:
@@ -911,7 +431,7 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
                 t = t.reshape(-1)[index_cache[key]]
             if float16 and t.is_floating_point():
                 t = t.to(torch.float16)
-            tensors[n] = _owned(t)
+            tensors[n] = owned(t)
         bias = getattr(module, "bias", None)
         params = module.weight.numel() + (bias.numel() if isinstance(bias, torch.Tensor) else 0)
         out_layers.append(LayerStats(
@@ -933,7 +453,7 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
     return NetworkStats(layers=out_layers, meta=meta)
 
 
-def _flops(info: _LayerInfo, module: nn.Module) -> int:
+def _flops(info: LayerInfo, module: nn.Module) -> int:
     if info.kind == "conv":
         c_out = module.out_channels
         c_in = module.in_channels // module.groups

@@ -27,7 +27,7 @@ import torch
 
 from mqbench.errors import ConfigError
 from mqbench.parallel import on_env_change
-from primitives.core import HESSIAN, QUANT, REGISTRY, LayerStats, NetworkStats, layer_size_mb
+from primitives.core import HESSIAN, QUANT, REGISTRY, LayerStats, NetworkStats
 
 PROXY_SEED = 0  # seed of the proxies' own randomness (noise inputs, probes, power iterations)
 BATCH_SEED = 0  # seed of the batch of training images every item is scored on
@@ -152,9 +152,13 @@ def item_statistics(spec, item, request: StatsRequest, cache_dir=None) -> Networ
 
 
 def with_bit_config(fp: NetworkStats, bits, quant_names, quantizer, quantized: dict | None = None) -> NetworkStats:
-    """``fp`` with the quantization primitives of bit configuration ``bits`` added (tensors shared, not
-    copied); ``fp`` itself when ``bits`` is None. ``quantized`` memoises (layer, bits) -> (W_q, W - W_q)
-    across configurations of the same network."""
+    """``fp`` with the quantization primitives of bit configuration ``bits`` added, computed by the same
+    kernel functions as :func:`primitives.extract` (tensors shared, not copied); ``fp`` itself when ``bits``
+    is None. ``quantized`` memoises (layer, bits) -> tensors across configurations of the same network."""
+    from types import SimpleNamespace
+
+    from primitives.kernels import LayerCtx
+
     if bits is None:
         return fp
     if len(bits) != len(fp.layers):
@@ -163,16 +167,14 @@ def with_bit_config(fp: NetworkStats, bits, quant_names, quantizer, quantized: d
     layers = []
     for i, (layer, b) in enumerate(zip(fp.layers, bits)):
         tensors = dict(layer.tensors)
-        if quant_names:
-            w = layer.tensors["weight"]
-            if (i, b) not in quantized:
-                wq = quantizer(w, int(b)).detach().to(w.dtype)
-                quantized[(i, b)] = (wq, w - wq)
-            wq, err = quantized[(i, b)]
+        key = (i, int(b), tuple(quant_names))
+        if quant_names and key not in quantized:
             numel = math.prod(layer.weight_shape)
-            extra = {"weight_q": wq, "quant_error": err, "bitwidth": torch.tensor(int(b), dtype=torch.int32),
-                     "size_mb": torch.tensor(layer_size_mb(numel, layer.params - numel, int(b)), dtype=torch.float64)}
-            tensors.update({k: extra[k] for k in quant_names})
+            stub = SimpleNamespace(bias=torch.empty(layer.params - numel))  # what the size formula reads of the module
+            ctx = LayerCtx(i, layer.name, layer.kind, stub, layer.tensors["weight"], int(b), quantizer)
+            quantized[key] = {n: REGISTRY[n].fn(ctx, None) for n in quant_names}
+        if quant_names:
+            tensors.update(quantized[key])
         layers.append(LayerStats(layer.name, layer.kind, layer.weight_shape, layer.input_shape,
                                  layer.output_shape, layer.params, layer.flops, int(b), tensors))
     return NetworkStats(layers, dict(fp.meta))

@@ -249,7 +249,7 @@ def _tiny_table(root, tmp_path):
     model = load_pretrained(8, ckpt)
     layers = quantizable_layers(model)
     n = len(layers)
-    meta = {"format": "mqbench-table/1", "model": "resnet8", "checkpoint": str(ckpt),
+    meta = {"format": "mqbench-table/1", "model": "resnet8", "checkpoint_file": ckpt.name,
             "checkpoint_sha256": file_sha256(ckpt), "layer_names": [name for name, _ in layers],
             "searchable": list(range(1, n - 1)), "fixed_bits": 8, "act_bits": 8, "allowed": [2, 3, 4],
             "layer_params": [m.weight.numel() for _, m in layers],

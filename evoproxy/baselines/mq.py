@@ -89,9 +89,9 @@ def bit_sum(ctx: ProxyContext) -> float:
 def model_size(ctx: ProxyContext) -> float:
     """model_size = sum_l (n_W,l * b_l + n_bias,l * 32) / 8 / 2^20: weights at their bits, 32-bit biases, in MB.
 
-    The same formula as the MQ-Bench tables' size_mb column (mqbench.quant.model_size_mb).
+    The MQ-Bench tables' size_mb formula (mqbench.kernels.model_size_mb, also behind the size_mb primitive).
     """
-    from mqbench.quant import model_size_mb
+    from mqbench.kernels import model_size_mb
 
     layers = layer_table(ctx)
     return float(model_size_mb(layers["weight_numel"], layers["bias_numel"], _bits(ctx)))
@@ -100,7 +100,7 @@ def model_size(ctx: ProxyContext) -> float:
 @register("bops", "mq")
 def bops(ctx: ProxyContext) -> float:
     """bops = sum_l MACs_l * b_l * b_act: bit operations per image (b_act = ctx.act_bits, 8 on our tables)."""
-    from mqbench.quant import bops as bops_fn
+    from mqbench.kernels import bops as bops_fn
 
     return float(bops_fn(layer_table(ctx)["macs"], _bits(ctx), ctx.act_bits))
 

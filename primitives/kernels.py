@@ -1,0 +1,320 @@
+"""Numeric kernels of primitive extraction: the passes with their hooks, the Hessian estimators, seeds,
+block parameter counts and the function computing each primitive of a layer.
+
+Torch, math and the standard library only (plus :mod:`mqbench.kernels`, the floor below): ``evoproxy
+export`` copies this module's source into standalone proxy modules, and :mod:`primitives.core` (the
+registry, validation, storage and the conventions, documented there) calls these functions, so the
+library and exported proxies share one implementation. Errors a caller can cause raise
+:class:`ExtractionError` (a ``ValueError``; ``primitives.core`` turns it into a one-line ConfigError).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mqbench.kernels import layer_size_mb
+
+# passes: which forward/backward runs a primitive needs
+STATIC, DATA, NOISE, PERTURB, HESSIAN, QUANT = "static", "data", "noise", "perturb", "hessian", "quant"
+INPUT_PASSES = (DATA, NOISE, PERTURB)
+PASS_ORDER = (DATA, NOISE, PERTURB, HESSIAN)
+FD_REL_STEP = 1e-3  # finite-difference step h = FD_REL_STEP * rms of all probed weights
+# seed tag of hessian_block_trace's probes: the hawq_v2 baseline's stream, so that baseline is expressible
+# exactly as a proxy tree
+BLOCK_PROBE_TAG = "hawq_v2"
+
+
+class ExtractionError(ValueError):
+    """The model, batch or bit configuration cannot be used (one line saying why)."""
+
+
+# ----------------------------------------------------------------------------------- seeds, threads
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from a tuple of plain values (stable across processes and platforms)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(*parts) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+@contextlib.contextmanager
+def fixed_threads(n: int | None):
+    """Run torch's intra-op work on ``n`` threads (None: leave as is), restoring the old count."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------------- layers, bits
+def layer_kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Conv2d):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return None
+
+
+def layer_candidates(model: nn.Module) -> dict:
+    """{id(module): (name, kind)} of every Conv2d/Linear of ``model`` (registration order)."""
+    candidates = {}
+    for name, module in model.named_modules():
+        kind = layer_kind(module)
+        if kind is not None and id(module) not in candidates:
+            candidates[id(module)] = (name, kind)
+    if not candidates:
+        raise ExtractionError("the model has no nn.Conv2d or nn.Linear layer")
+    return candidates
+
+
+def prepare_batch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor):
+    """(inputs on the model's device, in its dtype when floating; targets as int64 there)."""
+    param = next(iter(model.parameters()))
+    x = inputs.to(param.device)
+    if x.is_floating_point():
+        x = x.to(param.dtype)
+    return x, targets.to(device=param.device, dtype=torch.long)
+
+
+def validate_bit_values(bit_config) -> None:
+    """Type/range checks that do not need the layer list."""
+    if bit_config is None:
+        return
+    if isinstance(bit_config, Mapping):
+        items = list(bit_config.items())
+    elif isinstance(bit_config, (list, tuple)):
+        items = list(enumerate(bit_config))
+    else:
+        raise ExtractionError(f"bit_config must be a list of ints or a dict name->bits, got {type(bit_config).__name__}")
+    for key, b in items:
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32:
+            raise ExtractionError(f"bit_config[{key!r}] = {b!r}: bit-widths must be integers in 1..32")
+
+
+def bits_per_layer(bit_config, layer_names: Sequence[str]) -> list[int | None]:
+    """Weight bits per layer from a list (forward order) or a dict layer name -> bits (None: no bits)."""
+    if bit_config is None:
+        return [None] * len(layer_names)
+    if isinstance(bit_config, Mapping):
+        unknown = [k for k in bit_config if k not in layer_names]
+        if unknown:
+            raise ExtractionError(f"bit_config names unknown layer(s) {', '.join(map(repr, unknown[:5]))}; "
+                                  f"the {len(layer_names)} Conv2d/Linear layers are {', '.join(layer_names[:5])}...")
+        missing = [n for n in layer_names if n not in bit_config]
+        if missing:
+            raise ExtractionError(f"bit_config lacks {len(missing)} layer(s), e.g. {', '.join(map(repr, missing[:5]))}; "
+                                  f"give bits for all {len(layer_names)} Conv2d/Linear layers")
+        return [int(bit_config[n]) for n in layer_names]
+    if len(bit_config) != len(layer_names):
+        raise ExtractionError(f"bit_config has {len(bit_config)} entries but the model has {len(layer_names)} "
+                              f"Conv2d/Linear layers (in forward order)")
+    return [int(b) for b in bit_config]
+
+
+def block_param_counts(model: nn.Module, layer_names: Sequence[str]) -> list[int]:
+    """Trainable parameters attributed to each layer of ``layer_names`` (see the ``params`` primitive).
+
+    Walks ``model.named_modules()`` (registration order): a layer's own parameters go to it; every
+    other module's trainable parameters go to the layer registered last before it (its BatchNorm in
+    the usual conv-BN blocks), or to the first layer when none came before. Shared parameters count
+    once, so the counts sum to ``sum(p.numel() for p in model.parameters() if p.requires_grad)``."""
+    index = {n: i for i, n in enumerate(layer_names)}
+    counts = [0] * len(layer_names)
+    current, pending, seen = None, 0, set()
+    for name, module in model.named_modules():
+        if name in index:
+            current = index[name]
+            counts[current] += pending
+            pending = 0
+        n = 0
+        for p in module.parameters(recurse=False):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                n += p.numel()
+        if current is None:
+            pending += n
+        else:
+            counts[current] += n
+    return counts
+
+
+# ----------------------------------------------------------------------------------- what passes record
+@dataclass
+class Capture:
+    """What one pass recorded for one layer (only the fields its primitives need)."""
+
+    act_in: torch.Tensor | None = None  # [N, C_in] spatial mean
+    act_out: torch.Tensor | None = None  # [N, C_out] spatial mean
+    out: torch.Tensor | None = None  # full output, detached
+    wgrad: torch.Tensor | None = None  # dL/dW
+    ograd: torch.Tensor | None = None  # dL/d(output), full
+    hdiag: torch.Tensor | None = None  # Hutchinson diagonal
+    hblock: float | None = None  # block Hutchinson trace of the layer's Hessian block
+    cache: dict = field(default_factory=dict)
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    kind: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+
+
+@dataclass
+class LayerCtx:
+    """A layer during extraction: its module, a detached weight copy and its bit-width."""
+
+    index: int
+    name: str
+    kind: str
+    module: nn.Module
+    weight: torch.Tensor
+    bits: int | None
+    quantizer: Callable[[torch.Tensor, int], torch.Tensor]
+    cache: dict = field(default_factory=dict)
+    model: nn.Module | None = None  # the whole network (for network-level attributions such as ``params``)
+    layer_names: tuple[str, ...] = ()  # every layer's name, forward order
+    shared: dict = field(default_factory=dict)  # one dict shared by all layers of the network
+
+
+def layer_contexts(model: nn.Module, layers: Sequence[LayerInfo], bits: Sequence, quantizer) -> list[LayerCtx]:
+    """One :class:`LayerCtx` per layer (forward order), sharing one ``shared`` dict."""
+    names, shared = tuple(l.name for l in layers), {}
+    return [LayerCtx(i, info.name, info.kind, info.module, info.module.weight.detach().clone(), bits[i], quantizer,
+                     model=model, layer_names=names, shared=shared) for i, info in enumerate(layers)]
+
+
+def compute(ctx: LayerCtx, fn: Callable, pass_: str, captures: Mapping) -> torch.Tensor:
+    """Primitive function ``fn`` of one layer on the captures of its pass (None for static/quant ones)."""
+    caps = captures.get(pass_)
+    return fn(ctx, None if caps is None else caps[ctx.index])
+
+
+def owned(t: torch.Tensor) -> torch.Tensor:
+    """A detached contiguous CPU tensor that owns exactly its storage (so torch.save stores only it; the
+    layout also fixes the summation order of the operators' reductions)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if (not t.is_contiguous()) or t.untyped_storage().nbytes() != t.numel() * t.element_size() or t.storage_offset():
+        t = t.contiguous().clone()
+    return t
+
+
+# ----------------------------------------------------------------------------------- primitive functions
+def spatial_mean(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """[N, C, *spatial] -> [N, C] (conv) or [N, *, F] -> [N, F] (linear), by the mean."""
+    if t.dim() <= 2:
+        return t
+    if kind == "conv":
+        return t.mean(dim=tuple(range(2, t.dim())))  # stride-agnostic (channels_last needs no copy)
+    return t.mean(dim=tuple(range(1, t.dim() - 1)))
+
+
+def per_sample_ag(ctx: LayerCtx, cap: Capture) -> torch.Tensor:
+    """s[n, c] = sum over spatial positions of a * dL/da (shared by fisher and act_x_grad)."""
+    if "ag" not in cap.cache:
+        prod = cap.out * cap.ograd
+        if prod.dim() > 2:
+            dims = tuple(range(2, prod.dim())) if ctx.kind == "conv" else tuple(range(1, prod.dim() - 1))
+            prod = prod.sum(dim=dims)
+        cap.cache["ag"] = prod
+    return cap.cache["ag"]
+
+
+def positions(ctx: LayerCtx, cap: Capture) -> int:
+    t = cap.out
+    if t.dim() <= 2:
+        return 1
+    return math.prod(t.shape[2:]) if ctx.kind == "conv" else math.prod(t.shape[1:-1])
+
+
+def p_weight(ctx, cap):
+    return ctx.weight
+
+
+def p_params(ctx, cap):
+    if "block_params" not in ctx.shared:
+        ctx.shared["block_params"] = block_param_counts(ctx.model, ctx.layer_names)
+    return torch.tensor(ctx.shared["block_params"][ctx.index], dtype=torch.int64)
+
+
+def p_weight_grad(ctx, cap):
+    return cap.wgrad
+
+
+def p_act_in(ctx, cap):
+    return cap.act_in
+
+
+def p_act_out(ctx, cap):
+    return cap.act_out
+
+
+def p_act_grad(ctx, cap):
+    return spatial_mean(cap.ograd, ctx.kind)
+
+
+def p_fisher(ctx, cap):
+    return 0.5 * per_sample_ag(ctx, cap).pow(2).sum(dim=0)
+
+
+def p_act_x_grad(ctx, cap):
+    return per_sample_ag(ctx, cap).sum(dim=0) / (cap.out.shape[0] * positions(ctx, cap))
+
+
+def p_hessian_diag(ctx, cap):
+    return cap.hdiag
+
+
+def p_hessian_trace(ctx, cap):
+    return cap.hdiag.sum()
+
+
+def p_hessian_block_trace(ctx, cap):
+    return torch.tensor(cap.hblock, dtype=ctx.weight.dtype)
+
+
+def quantized(ctx: LayerCtx) -> torch.Tensor:
+    if "wq" not in ctx.cache:
+        wq = ctx.quantizer(ctx.weight, ctx.bits)
+        if not isinstance(wq, torch.Tensor) or wq.shape != ctx.weight.shape:
+            raise ValueError(f"quantizer returned {type(wq).__name__} of shape {getattr(wq, 'shape', None)} "
+                             f"for weight {tuple(ctx.weight.shape)} of layer {ctx.name}")
+        ctx.cache["wq"] = wq.detach().to(ctx.weight.dtype)
+    return ctx.cache["wq"]
+
+
+def p_weight_q(ctx, cap):
+    return quantized(ctx)
+
+
+def p_quant_error(ctx, cap):
+    return ctx.weight - quantized(ctx)
+
+
+def p_bitwidth(ctx, cap):
+    return torch.tensor(int(ctx.bits), dtype=torch.int32)
+
+
+def p_size_mb(ctx, cap):
+    bias = ctx.module.bias.numel() if getattr(ctx.module, "bias", None) is not None else 0
+    return torch.tensor(layer_size_mb(ctx.weight.numel(), bias, int(ctx.bits)), dtype=torch.float64)
