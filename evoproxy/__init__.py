@@ -1,5 +1,25 @@
-"""evoproxy: discover training-free proxies by evolving expression trees over per-layer statistics."""
+"""evoproxy: discover training-free proxies by evolution (see README.md and :mod:`evoproxy.api`).
+
+    import evoproxy
+    result = evoproxy.search("nb201-cifar10", samples=100, time_budget=600)
+    table = evoproxy.evaluate("nb201-cifar10", ["synflow", result.best], samples=200)
+
+The API names are loaded on first use, so ``import evoproxy`` (and the CLI's start) stays light.
+"""
+from evoproxy.errors import ConfigError, DataError, EvoproxyError  # noqa: F401
 
 __version__ = "0.1.0"
+_API = {"search": "evoproxy.api", "evaluate": "evoproxy.api", "allocate": "evoproxy.api", "export_proxy": "evoproxy.api",
+        "load_proxy": "evoproxy.api", "SearchResult": "evoproxy.results", "Evaluation": "evoproxy.results",
+        "SearchConfig": "evoproxy.searchconfig", "Proxy": "evoproxy.tree"}
+__all__ = [*_API, "EvoproxyError", "DataError", "ConfigError"]
 
-from evoproxy.errors import ConfigError, DataError, EvoproxyError  # noqa: E402,F401
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'evoproxy' has no attribute {name!r}")

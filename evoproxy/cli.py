@@ -272,72 +272,19 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
-def _weights(text: str | None) -> dict:
-    from evoproxy.errors import ConfigError
-
-    out = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"--weights entries must look like name=number, got {part.strip()!r}") from None
-        if not sep:
-            raise ConfigError(f"--weights entries must look like name=number, got {part.strip()!r}")
-    return out
-
-
 def _search_options(p: argparse.ArgumentParser) -> None:
-    from evoproxy.fitness import fitness_names
-    from evoproxy.search import SearchConfig
+    from evoproxy.searchconfig import add_arguments
 
-    d = SearchConfig(bench="", out="")
-    p.add_argument("--bench", required=True, help="benchmark name (nb201-cifar10, mq-resnet20-cifar10, ...)")
-    p.add_argument("--out", required=True, help="run folder (config.json, log.csv, hall_of_fame.json, best.json, checkpoint.json)")
-    p.add_argument("--samples", type=int, default=d.samples, help="search-split items scored per candidate")
-    p.add_argument("--population", type=int, default=d.population)
-    p.add_argument("--generations", type=int, default=d.generations)
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the search samples and of the evolution")
-    p.add_argument("--structure", choices=("emq", "tree"), default=d.structure,
-                   help="emq: EMQ's two-branch template; tree: free typed GP trees")
-    p.add_argument("--fitness", choices=fitness_names(), default=d.fitness)
-    p.add_argument("--table", default=None, help="benchmark table (default: the benchmark's own)")
-    p.add_argument("--gt-column", default=None, help="ground-truth column (NAS-Bench-201)")
-    p.add_argument("--checkpoint", default=None, help="MQ tables: FP checkpoint file (default: found by name in the data root; verified by sha256)")
-    p.add_argument("--batch", type=int, default=d.batch, help="CIFAR-10 training images in the batch")
-    p.add_argument("--hutchinson-probes", type=int, default=None,
-                   help="Hessian probes (default 0 on NAS benchmarks: no Hessian terminals; 8 on MQ benchmarks)")
-    p.add_argument("--terminals", default=None, help="comma-separated primitive names (default: all available)")
-    p.add_argument("--weights", default=None, help="sampling weights, e.g. 'log=2,matmul=0' (0 removes an op/terminal; the tree structure takes only 0 or 1)")
-    p.add_argument("--no-screening", action="store_true", help="ablation: no compatibility screening")
-    p.add_argument("--no-diversity", action="store_true", help="ablation: plain tournament, duplicates allowed")
-    p.add_argument("--novelty-weight", type=float, default=d.novelty_weight)
-    p.add_argument("--tournament", type=int, default=d.tournament)
-    p.add_argument("--elites", type=int, default=d.elites)
-    p.add_argument("--max-depth", type=int, default=d.max_depth, help="tree structure: depth limit")
-    p.add_argument("--max-size", type=int, default=d.max_size, help="tree structure: node-count limit")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (the run does not depend on it)")
-    p.add_argument("--time-budget", type=float, default=None, help="stop after the generation that would exceed SEC seconds")
+    add_arguments(p)  # one option per SearchConfig field
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 @command("search", "evolve a proxy on a benchmark's search split; writes the run folder", _search_options)
 def cmd_search(args: argparse.Namespace) -> int:
-    from evoproxy.search import SearchConfig, run_search
+    from evoproxy.evolution import run_search
+    from evoproxy.searchconfig import from_arguments
 
-    terminals = [t.strip() for t in args.terminals.split(",") if t.strip()] if args.terminals else None
-    config = SearchConfig(bench=args.bench, out=args.out, samples=args.samples, population=args.population,
-                          generations=args.generations, seed=args.seed, structure=args.structure,
-                          fitness=args.fitness, table=args.table, gt_column=args.gt_column, batch=args.batch,
-                          hutchinson_probes=args.hutchinson_probes, terminals=terminals,
-                          weights=_weights(args.weights), screening=not args.no_screening,
-                          diversity=not args.no_diversity, novelty_weight=args.novelty_weight,
-                          tournament=args.tournament, elites=args.elites, max_depth=args.max_depth,
-                          max_size=args.max_size, jobs=args.jobs, time_budget=args.time_budget,
-                          progress=not args.quiet, checkpoint=args.checkpoint)
+    config = from_arguments(args)
     result = run_search(config, resume=args.resume)
     s = result.best.search
     print(f"best: {result.best.formula}")

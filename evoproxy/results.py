@@ -79,7 +79,7 @@ class SearchResult:
     def equations(self) -> list[dict]:
         """The hall of fame as rows: rank, formula, search fitness, generation found, tree size."""
         return [{"rank": r + 1, "formula": p.formula, "fitness": p.search.get("fitness_value"),
-                 "generation": p.search.get("generation_found"), "size": p.tree_size}
+                 "generation": p.search.get("generation_found"), "size": p.tree.size()}
                 for r, p in enumerate(self.hall_of_fame)]
 
     def export(self, path: str | Path, which: int = 0) -> Path:

@@ -106,7 +106,7 @@ def reason(exc: BaseException) -> str:
 
 
 def _tree_value(proxy, stats) -> float:
-    return proxy.score(stats)
+    return proxy.value(stats)
 
 
 def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = PROXY_SEED, progress: bool = False) -> dict:
@@ -236,20 +236,10 @@ def callable_scorer(fn: Callable, label: str | None = None) -> Scorer:
 
 
 def model_statistics(proxy, model, inputs, targets, bit_configs=None, quantizer=None) -> list:
-    """The statistics a proxy reads, for one network and its bit configurations (the scoring path's
-    protocol on a model a user holds): network statistics once, quantization statistics per configuration
-    (``quantizer`` defaults to the MQ tables' PTQ weight quantizer). One ``NetworkStats`` per configuration,
-    or a list of one without ``bit_configs``."""
-    from primitives import extract
-    from primitives.items import split_names, with_bit_config
+    """The statistics ``proxy`` reads, for one network and its bit configurations (see
+    :func:`primitives.items.model_statistics`)."""
+    from primitives.items import model_statistics as statistics
 
     scorer = as_scorer(proxy)
     request = StatsRequest.of(scorer.needs, scorer.probes, scorer.noise_std, batch=len(inputs))
-    fp = extract(model, inputs, targets, **request.network_kwargs())
-    if bit_configs is None:
-        return [fp]
-    if quantizer is None:
-        from mqbench.quant import quantize_weight as quantizer
-    _, quant = split_names(request.names)
-    quantized: dict = {}
-    return [with_bit_config(fp, bits, quant, quantizer, quantized) for bits in bit_configs]
+    return statistics(model, inputs, targets, request, bit_configs, quantizer)

@@ -171,8 +171,25 @@ class Proxy:
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write_text(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
 
-    def score(self, stats) -> float:
+    def value(self, stats) -> float:
+        """The score on already extracted statistics (:class:`primitives.NetworkStats`)."""
         return self.orientation * evaluate_tree(self.tree, stats)
+
+    def statistics_request(self, batch: int = 64):
+        """What this proxy reads: its primitives and their settings (:class:`primitives.items.StatsRequest`)."""
+        from primitives.items import StatsRequest
+
+        return StatsRequest.of(self.tree.terminals(), self.primitives.get("hutchinson_probes", 0),
+                               self.primitives.get("noise_std", 0.01), batch)
+
+    def score(self, model, inputs, targets, bit_config=None) -> float:
+        """Score a network (and, for MQ proxies, its bit configuration: bits per Conv2d/Linear in forward order
+        or a dict layer name -> bits) on a batch; equal to the exported module's ``score``."""
+        from primitives.items import model_statistics
+
+        configs = None if bit_config is None else [bit_config]
+        (stats,) = model_statistics(model, inputs, targets, self.statistics_request(len(inputs)), configs)
+        return self.value(stats)
 
 
 PRIMITIVE_SETTINGS = {"hutchinson_probes": int, "noise_std": float}

@@ -31,7 +31,7 @@ HEADERS = {"final_best": "final best fitness", "valid_rate": "valid rate", "uniq
 
 def main(argv=None) -> int:
     from evoproxy import plot
-    from evoproxy.search import SearchConfig
+    from evoproxy.searchconfig import SearchConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bench", default="mq-resnet20-cifar10")

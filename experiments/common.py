@@ -68,7 +68,7 @@ def finished_run(config) -> bool:
 def seeded_searches(experiment: str, bench: str, seeds, jobs: int, settings: dict) -> dict[int, str]:
     """{seed: best.json path} of one search per seed under ``results/<experiment>/runs/seed<S>/``
     (finished runs reused, interrupted ones resumed)."""
-    from evoproxy.search import SearchConfig
+    from evoproxy.searchconfig import SearchConfig
 
     folder = results_dir(experiment) / "runs"
     out = {}
@@ -82,7 +82,7 @@ def seeded_searches(experiment: str, bench: str, seeds, jobs: int, settings: dic
 
 def run_or_resume_search(config) -> None:
     """``run_search(config)``: skipped when ``config.out`` holds the finished run, resumed from a checkpoint."""
-    from evoproxy.search import run_search
+    from evoproxy.evolution import run_search
 
     if finished_run(config):
         log(f"{config.out}: finished run found, reused")

@@ -178,3 +178,28 @@ def with_bit_config(fp: NetworkStats, bits, quant_names, quantizer, quantized: d
         layers.append(LayerStats(layer.name, layer.kind, layer.weight_shape, layer.input_shape,
                                  layer.output_shape, layer.params, layer.flops, int(b), tensors))
     return NetworkStats(layers, dict(fp.meta))
+
+
+def model_statistics(model, inputs, targets, request: StatsRequest, bit_configs=None, quantizer=None) -> list[NetworkStats]:
+    """The statistics of ``request`` for a network a user holds (this module's protocol: seed ``PROXY_SEED``,
+    one thread): the network's statistics once, then the quantization ones per bit configuration, each a
+    list of bits per Conv2d/Linear in forward order or a dict layer name -> bits (``quantizer`` defaults to
+    the MQ tables' PTQ weight quantizer). One ``NetworkStats`` per configuration; ``[stats]`` without any."""
+    from primitives.core import extract
+
+    fp = extract(model, inputs, targets, **request.network_kwargs())
+    if bit_configs is None:
+        return [fp]
+    if quantizer is None:
+        from mqbench.quant import quantize_weight as quantizer
+    _, quant = split_names(request.names)
+    quantized: dict = {}
+    out = []
+    for bits in bit_configs:
+        if isinstance(bits, dict):
+            missing = [n for n in fp.names if n not in bits]
+            if missing:
+                raise ConfigError(f"bit_config has no entry for layer(s) {', '.join(missing[:5])}")
+            bits = [bits[n] for n in fp.names]
+        out.append(with_bit_config(fp, [int(b) for b in bits], quant, quantizer, quantized))
+    return out

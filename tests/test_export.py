@@ -115,7 +115,7 @@ def test_exported_nas_proxy_equals_engine(k, nas_nets, tmp_path):
     x, y = _batch()
     checked = 0
     for model in nas_nets:
-        want = proxy.score(_engine_stats(proxy, model, x, y)[0])
+        want = proxy.value(_engine_stats(proxy, model, x, y)[0])
         got = mod.score(model, x, y)
         if math.isnan(want):
             assert math.isnan(got)
@@ -143,7 +143,7 @@ def test_exported_mq_proxy_equals_engine(k, mq_setup, tmp_path):
     x, y = _batch(seed=1)
     stats = _engine_stats(proxy, model, x, y, configs)
     for bits, st in zip(configs, stats):
-        want, got = proxy.score(st), mod.score(model, x, y, bits)
+        want, got = proxy.value(st), mod.score(model, x, y, bits)
         assert _close(got, want), (k, bits, got, want)
     names = [l.name for l in stats[0].layers]
     assert mod.score(model, x, y, dict(zip(names, configs[0]))) == mod.score(model, x, y, configs[0])
@@ -166,11 +166,11 @@ def test_exported_examples_equal_engine(path, nas_nets, mq_setup, tmp_path):
         model, configs = mq_setup
         x, y = _batch(seed=2)
         for bits, st in zip(configs[:3], _engine_stats(proxy, model, x, y, configs[:3])):
-            assert _close(mod.score(model, x, y, bits), proxy.score(st))
+            assert _close(mod.score(model, x, y, bits), proxy.value(st))
     else:
         x, y = _batch(seed=2)
         for model in nas_nets[:3]:
-            assert _close(mod.score(model, x, y), proxy.score(_engine_stats(proxy, model, x, y)[0]))
+            assert _close(mod.score(model, x, y), proxy.value(_engine_stats(proxy, model, x, y)[0]))
 
 
 def test_generated_quantizer_is_mqbench_s(tmp_path):
@@ -275,7 +275,7 @@ def test_new_operator_exports_without_touching_export(tmp_path, nas_nets):
         mod = _module(source, tmp_path, "cubed")
         x, y = _batch()
         for model in nas_nets[:3]:
-            assert _close(mod.score(model, x, y), proxy.score(_engine_stats(proxy, model, x, y)[0]))
+            assert _close(mod.score(model, x, y), proxy.value(_engine_stats(proxy, model, x, y)[0]))
     finally:
         del OPS["cube"]
     assert "cube" not in OPS

@@ -45,7 +45,7 @@ def test_nas_baseline_as_a_tree(name):
         torch.manual_seed(i)
         model = NB201Network(arch, C=8, N=1).train()
         want = get_proxy(name)(ProxyContext(model, x, y, seed=0))
-        got = proxy.score(_plain_stats(proxy, model, x, y))
+        got = proxy.value(_plain_stats(proxy, model, x, y))
         assert got == pytest.approx(want, rel=REL), (name, arch)
 
 
@@ -76,7 +76,7 @@ def test_mq_baseline_as_a_tree(name, mq_setup):
     clear_network_cache()
     try:
         for bits, st in zip(configs, _mq_stats(proxy, model, x, y, configs)):
-            assert proxy.score(st) == pytest.approx(_mq_baseline(name, model, x, y, bits), rel=REL), (name, bits)
+            assert proxy.value(st) == pytest.approx(_mq_baseline(name, model, x, y, bits), rel=REL), (name, bits)
     finally:
         clear_network_cache()
 

@@ -98,7 +98,7 @@ def _proxy_scorer(info, proxy) -> Callable[[tuple], float]:
     quantized: dict = {}
 
     def score(config):
-        return float(proxy.score(with_bit_config(fp_stats, info.full_bits(config), quant_names, quantize_weight, quantized)))
+        return float(proxy.value(with_bit_config(fp_stats, info.full_bits(config), quant_names, quantize_weight, quantized)))
 
     return score
 

@@ -1,6 +1,7 @@
 """Evolutionary search for a proxy: the generation loop, checkpoints, resume, outputs.
 
-    from evoproxy.search import SearchConfig, run_search
+    from evoproxy.evolution import run_search
+    from evoproxy.searchconfig import SearchConfig
     result = run_search(SearchConfig(bench="nb201-cifar10", out="runs/a", samples=64, population=32,
                                      generations=20, seed=0))
     result.best.formula
@@ -44,84 +45,13 @@ import numpy as np
 
 from evoproxy.errors import ConfigError, EvoproxyError
 from mqbench.fileio import atomic_write_text
+from evoproxy.results import SearchResult
+from evoproxy.searchconfig import SearchConfig
 from evoproxy.tree import Proxy, ProxyTree, canonical, parse_tree, render
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
 MAX_ROUNDS = 5
 HALL_OF_FAME = 10
-# settings that do not change the result; everything else must match on --resume
-RUNTIME_KEYS = ("out", "jobs", "time_budget", "progress", "checkpoint")
-PATH_KEYS = ("out", "table", "checkpoint")  # stored portably (repository- or data-root-relative)
-
-
-@dataclass
-class SearchConfig:
-    bench: str
-    out: str
-    samples: int = 64
-    population: int = 32
-    generations: int = 20
-    seed: int = 0
-    structure: str = "emq"
-    fitness: str = "spearman"
-    table: str | None = None
-    gt_column: str | None = None
-    batch: int = 64
-    hutchinson_probes: int | None = None  # None: the benchmark's default_probes (0 on NAS-Bench-201, 8 on MQ tables)
-    noise_std: float = 0.01
-    terminals: list | None = None  # None: every primitive the benchmark offers
-    weights: dict = field(default_factory=dict)
-    screening: bool = True
-    diversity: bool = True
-    novelty_weight: float = 0.2
-    tournament: int = 3
-    elites: int = 2
-    cx_prob: float = 0.5
-    mut_prob: float = 0.8
-    screen_samples: int = 8
-    screen_time: float = 10.0
-    max_depth: int = 8
-    max_size: int = 30
-    max_chain: int = 2
-    jobs: int = 1
-    time_budget: float | None = None
-    progress: bool = True
-    checkpoint: str | None = None  # MQ tables: the FP checkpoint, when not in the data root (verified by sha256)
-
-    def validate(self) -> None:
-        from evoproxy.fitness import check_fitness
-
-        ints = {"samples": 4, "population": 4, "generations": 0, "batch": 2, "tournament": 1, "elites": 0,
-                "screen_samples": 2, "jobs": 1, "max_depth": 4, "max_size": 4, "max_chain": 0}
-        for key, low in ints.items():
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"--{key.replace('_', '-')} must be an integer >= {low}, got {v!r}")
-        if self.elites >= self.population:
-            raise ConfigError("--elites must be smaller than --population")
-        for key in ("cx_prob", "mut_prob"):
-            v = getattr(self, key)
-            if not 0 <= v <= 1:
-                raise ConfigError(f"--{key.replace('_', '-')} must be in [0, 1], got {v}")
-        if self.novelty_weight < 0:
-            raise ConfigError("--novelty-weight must be >= 0")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ConfigError("--time-budget must be > 0 seconds")
-        if self.hutchinson_probes is not None and self.hutchinson_probes < 0:
-            raise ConfigError("--hutchinson-probes must be >= 0")
-        check_fitness(self.fitness)
-
-    def result_settings(self) -> dict:
-        return {k: v for k, v in self.portable().items() if k not in RUNTIME_KEYS}
-
-    def portable(self) -> dict:
-        """The settings as stored in run folders: paths relative to the repository or the data root."""
-        from mqbench.dataroot import portable_path
-
-        d = dataclasses.asdict(self)
-        return {k: portable_path(v) if k in PATH_KEYS else v for k, v in d.items()}
-
-
 @dataclass
 class Individual:
     tree: ProxyTree
@@ -142,14 +72,6 @@ class Individual:
                    int(d["generation"]))
 
 
-@dataclass
-class SearchResult:
-    best: Proxy
-    out: Path
-    generations_done: int
-    stopped: str | None
-
-
 # ------------------------------------------------------------------------------------- helpers
 
 def _seed_for(seed: int, generation: int) -> int:
@@ -163,7 +85,7 @@ def _screen_key(values) -> tuple:
 
 
 class Search:
-    """One search run (see the module docstring); ``run()`` returns a :class:`SearchResult`."""
+    """One search run (see the module docstring); ``run()`` returns a :class:`~evoproxy.results.SearchResult`."""
 
     def __init__(self, config: SearchConfig, resume: bool = False):
         config.validate()
@@ -506,7 +428,7 @@ class Search:
         finally:
             bar.close()
         self._write_outputs()
-        return SearchResult(self._proxy(self.hof[0]), self.out, self.generation, self.stopped)
+        return SearchResult.load(self.out, stopped=self.stopped)
 
 
 def run_search(config: SearchConfig, resume: bool = False) -> SearchResult:
