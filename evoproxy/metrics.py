@@ -13,6 +13,8 @@ counts them as ``failed``) before calling the others.
   rank(score) and rank(truth) are each regressed by least squares (with intercept) on rank(size),
   and the Pearson correlation of the two residual vectors is returned. Ranks are scipy's
   ``rankdata`` (average ranks for ties).
+* ``diff_kendall(scores, truth, temperature)``: a smooth, differentiable (torch) Kendall's tau of
+  ``scores`` against a fixed ``truth``, for training or tuning a proxy by gradient; see its docstring.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import warnings
 import numpy as np
 
 TOP_PERCENTS = (20, 50, 100)
+DIFF_KENDALL_VARIANTS = ("a", "b")
+DIFF_KENDALL_BLOCK = 1 << 22  # pair-matrix entries built at once (rows are taken in blocks of this size)
 REPORT_KEYS = ("spearman", "kendall", "pearson", "spearman_top20", "spearman_top50", "spearman_top100",
                "partial_spearman", "n", "failed")
 
@@ -150,3 +154,68 @@ def json_safe(value):
     if isinstance(value, np.bool_):
         return bool(value)
     return value
+
+
+def diff_kendall(scores, truth, temperature: float = 0.1, variant: str = "a"):
+    """A smooth Kendall's tau of ``scores`` against ``truth``, differentiable w.r.t. ``scores`` (torch).
+
+    DiffKendall (Zheng, Zhang & Huang, NeurIPS 2023; used as the ranking loss of ParZC, Dong et al.
+    2024) replaces each pair's sign(x_i - x_j) by (e^{a x_i} - e^{a x_j}) / (e^{a x_i} + e^{a x_j}),
+    which is tanh(a (x_i - x_j) / 2) = 2 sigmoid(a (x_i - x_j)) - 1. Here a = 1 / ``temperature``;
+    only the scores are relaxed, the truth keeps its hard signs (it is a fixed target):
+
+        phi_ij = tanh((s_i - s_j) / (2 T)),   t_ij = sign(y_i - y_j)   (0 for a tie in truth)
+        variant "a" (default, the paper's form): tau = sum_{i<j} phi_ij t_ij / (n (n - 1) / 2)
+        variant "b": tau = sum_{i<j} phi_ij t_ij / sqrt(sum_{i<j} phi_ij^2 * sum_{i<j} t_ij^2)
+
+    As T -> 0, phi_ij -> sign(s_i - s_j) (0 for tied scores), so "a" tends to Kendall's tau-a
+    (C - D) / (n (n - 1) / 2) and "b" to tau-b, which is what ``scipy.stats.kendalltau`` (and
+    :func:`kendall`) returns. Without ties in either input the two coincide. With ties in truth, a
+    tied pair adds 0 to the numerator; "a" still counts it in the denominator (so |tau| < 1 even for
+    a perfect ranking), "b" leaves it out as tau-b does. |tau_T - tau_limit| <= mean_{i<j}(1 - |phi_ij|)
+    for "a". T is in the units of ``scores``: standardise them first if their scale is arbitrary.
+
+    ``scores``: 1-d float tensor (gradients flow into it) or array-like; ``truth``: tensor or
+    array-like of the same length (never differentiated). Returns a 0-d tensor of the scores' dtype
+    and device. Undefined cases are NaN, as in the rest of this module: fewer than 2 items, and for
+    "b" a constant truth or all pairs' phi = 0 (e.g. constant scores). The pair matrix is built in
+    row blocks of at most ``DIFF_KENDALL_BLOCK`` entries: O(n^2) time, O(n) extra memory per row.
+    """
+    import torch
+
+    if variant not in DIFF_KENDALL_VARIANTS:
+        raise ValueError(f"variant must be one of {DIFF_KENDALL_VARIANTS}, got {variant!r}")
+    t = float(temperature)
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    s = scores if isinstance(scores, torch.Tensor) else torch.as_tensor(np.asarray(scores, dtype=float))
+    if not s.is_floating_point():
+        s = s.double()
+    s = s.reshape(-1)
+    y = truth.detach() if isinstance(truth, torch.Tensor) else torch.as_tensor(np.asarray(truth, dtype=float))
+    y = y.reshape(-1).to(device=s.device, dtype=s.dtype)
+    if y.shape != s.shape:
+        raise ValueError(f"arrays differ in length: {s.numel()} vs {y.numel()}")
+    n = s.numel()
+    nan = s.new_tensor(math.nan)
+    if n < 2:
+        return s.sum() * nan  # keeps the graph (a NaN gradient), like kendall()'s NaN
+    rows = max(1, DIFF_KENDALL_BLOCK // n)
+    num = s.new_zeros(())
+    phi_sq = s.new_zeros(())
+    t_sq = s.new_zeros(())
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        phi = torch.tanh((s[start:stop, None] - s[None, :]) / (2.0 * t))
+        sgn = torch.sign(y[start:stop, None] - y[None, :])
+        # the full (symmetric) matrix counts every unordered pair twice; the diagonal adds 0
+        num = num + (phi * sgn).sum()
+        if variant == "b":
+            phi_sq = phi_sq + (phi * phi).sum()
+            t_sq = t_sq + (sgn * sgn).sum()
+    if variant == "a":
+        return num / (n * (n - 1))
+    denom = torch.sqrt(phi_sq * t_sq)
+    if float(denom.detach()) <= 0.0:
+        return num * nan
+    return num / denom
