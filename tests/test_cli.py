@@ -43,3 +43,25 @@ def test_table_build_resume_and_compare(tiny_data_root, tmp_path, capsys):
     assert main(["bench", "compare", str(out), str(out)]) == 0  # the old name still works
     assert "Spearman 1.0000" in capsys.readouterr().out
     assert main(args[:-1] + [str(tmp_path / "missing" / "x.csv"), "--model", "resnet7"]) == 2
+
+
+def test_every_search_setting_is_a_cli_option():
+    """The CLI is derived from SearchConfig: every field has an option, with the field's default."""
+    import dataclasses
+
+    from evoproxy.cli import build_parser
+    from evoproxy.searchconfig import SearchConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["search", "--bench", "b", "--out", "o"])
+    for f in dataclasses.fields(SearchConfig):
+        assert hasattr(args, f.name), f.name
+    d = SearchConfig(bench="b", out="o")
+    assert {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)} == dataclasses.asdict(d)
+    args = parser.parse_args(["search", "--bench", "b", "--out", "o", "--cx-prob", "0.3", "--mut-prob", "0.6",
+                              "--screen-samples", "5", "--screen-time", "2.5", "--max-chain", "1", "--noise-std",
+                              "0.05", "--no-diversity", "--quiet", "--weights", "log=2", "--terminals", "weight,act_out"])
+    assert (args.cx_prob, args.mut_prob, args.screen_samples, args.screen_time, args.max_chain, args.noise_std) == \
+        (0.3, 0.6, 5, 2.5, 1, 0.05)
+    assert args.diversity is False and args.progress is False and args.weights == {"log": 2.0}
+    assert args.terminals == ["weight", "act_out"]
