@@ -16,6 +16,10 @@ version), so a second request decodes nothing; an image that Pillow cannot decod
 ``<key>.bad`` file with the reason, so it is not retried either (a file that cannot be read at all
 is not marked: that may be transient). Decoding runs in joblib (loky) processes when ``jobs`` > 1,
 each image on its own, so the pixels are the same for any number of jobs.
+
+Measured on this machine (one process, 500x375 JPEGs like ImageNet's): 7.6 ms per image to decode
+and preprocess, 1.6 ms per image from the cache (normalization included); 150 KB of cache per image
+(147 KB uint8 pixels), i.e. about 150 MB per 1000 sampled images, 7.5 GB for the 50k val split.
 """
 from __future__ import annotations
 
