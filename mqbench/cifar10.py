@@ -199,6 +199,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return resolve()
 
 
+RestrictedUnpickler = _RestrictedUnpickler  # public name: mqbench.cifar100 reads its pickles with it too
+
+
 def _check_labels(labels: np.ndarray, count: int, where: Path) -> np.ndarray:
     """``labels`` as int64 after checking there are ``count`` of them, all in 0..9."""
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)

@@ -57,6 +57,32 @@ for _depth, _fname in _RESNET_FILES.items():
         required=_depth in (20, 32),
     ))
 
+_known(DataItem(
+    "cifar100", "cifar100/cifar-100-python",
+    "CIFAR-100, official python version (folder with train, test, meta)",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (extract under cifar100/)",
+    required=False,
+))
+_known(DataItem(
+    "imagenet", "imagenet",
+    "ImageNet-1k (ILSVRC2012) as an ImageFolder tree: train/<wnid>/*.JPEG, val/<wnid>/*.JPEG",
+    "https://image-net.org/download (sign-in; val images must be sorted into class folders, "
+    "e.g. with valprep.sh from https://github.com/soumith/imagenetloader.torch)",
+    required=False,
+))
+# torchvision's published ImageNet weights (IMAGENET1K_V1); mqbench.networks.imagenet loads them.
+_IMAGENET_FILES = {
+    "resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth",
+    "mobilenet_v2": "mobilenet_v2-b0353104.pth",
+}
+for _name, _fname in _IMAGENET_FILES.items():
+    _known(DataItem(
+        f"{_name}-imagenet", f"pretrained/{_fname}",
+        f"pretrained ImageNet {_name} (torchvision state dict)",
+        f"https://download.pytorch.org/models/{_fname}",
+        required=False,
+    ))
+
 
 def data_root() -> Path:
     """The data root: ``$EVOPROXY_DATA`` or ``<repo>/../shared/data``."""

@@ -1,0 +1,242 @@
+"""One entry point for every image dataset: a spec string -> seeded, class-balanced batches.
+
+Dataset spec syntax: ``KIND`` or ``KIND=PATH``.
+
+=============== ============================================ ====================================
+kind            PATH (default: the data-root item)          splits
+=============== ============================================ ====================================
+``cifar10``     any source ``mqbench.cifar10`` reads          ``train``, ``test``
+                (default ``cifar10/cifar10-jpg.tar.gz``, ...)
+``cifar100``    the official ``cifar-100-python`` folder      ``train``, ``test``
+                (default ``cifar100/cifar-100-python``)
+``imagenet``    an ImageFolder root (default ``imagenet/``)   the sub-folders: ``train``, ``val``
+``imagefolder`` an ImageFolder root (PATH required)           the sub-folders: ``train``, ``val``
+=============== ============================================ ====================================
+
+e.g. ``"cifar10"``, ``"cifar100=/data/cifar-100-python"``, ``"imagenet=/data/ILSVRC2012"``,
+``"imagefolder=~/my-tree"``. ImageFolder trees (``imagenet``/``imagefolder``) get the standard
+ImageNet evaluation preprocessing (see :mod:`mqbench.imagefolder`) and the ImageNet mean/std;
+CIFAR images stay 32x32 and get their dataset's mean/std.
+
+Unreadable images of an ImageFolder tree: by default each is skipped and replaced by the next
+image of the same class in the seeded order (the batch keeps its size and balance), and one line on
+stderr gives the count and the first file and reason; with ``strict=True`` the first one is a
+one-line :class:`DataError` naming the file.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from mqbench import cifar10, cifar100, imagefolder
+from mqbench.errors import ConfigError, DataError
+from mqbench.imagefolder import Preprocess
+from mqbench.sampling import plan_sample, select
+
+NORMALIZATION = {**cifar10.NORMALIZATION, "cifar100": cifar100.NORMALIZATION}
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """One kind of dataset the registry knows."""
+
+    name: str
+    item: str | None  # the mqbench.dataroot item that is the default source (None: PATH required)
+    splits: tuple[str, ...] | None  # None: whichever split folders the tree has
+    normalization: str  # key of NORMALIZATION
+    what: str
+
+
+DATASETS: dict[str, DatasetKind] = {k.name: k for k in (
+    DatasetKind("cifar10", "cifar10", cifar10.SPLITS, "cifar10",
+                "CIFAR-10 (JPEG tree/archive or the official batches), 32x32"),
+    DatasetKind("cifar100", "cifar100", cifar100.SPLITS, "cifar100",
+                "CIFAR-100 (official cifar-100-python folder), fine labels, 32x32"),
+    DatasetKind("imagenet", "imagenet", None, "imagenet",
+                "ImageNet ImageFolder tree, resize 256 / centre crop 224"),
+    DatasetKind("imagefolder", None, None, "imagenet",
+                "any ImageFolder tree root/<split>/<class>/*.jpg|png, resize 256 / centre crop 224"),
+)}
+_FOLDER_KINDS = ("imagenet", "imagefolder")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    kind: DatasetKind
+    path: Path | None  # None: the data root's item
+
+    @property
+    def text(self) -> str:
+        return self.kind.name if self.path is None else f"{self.kind.name}={self.path}"
+
+    def source(self) -> Path:
+        """The path to read: the given one, or the data root's item (one-line DataError when missing)."""
+        if self.path is not None:
+            if not self.path.exists():
+                raise DataError(f"{self.kind.name} source not found: {self.path}")
+            return self.path
+        if self.kind.item is None:
+            raise ConfigError(f"dataset {self.kind.name!r} needs a path: {self.kind.name}=PATH")
+        from mqbench.dataroot import require
+
+        return require(self.kind.item)
+
+
+def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
+    """``KIND`` or ``KIND=PATH`` (see the module doc) as a :class:`DatasetSpec`."""
+    if isinstance(spec, DatasetSpec):
+        return spec
+    name, sep, path = str(spec).partition("=")
+    name = name.strip().lower()
+    if name not in DATASETS:
+        hint = f" (for a folder tree write imagefolder={spec})" if not sep and ("/" in name or "\\" in name) else ""
+        raise ConfigError(f"unknown dataset {spec!r}{hint}; expected KIND or KIND=PATH with KIND one of "
+                          f"{', '.join(DATASETS)}")
+    if sep and not path.strip():
+        raise ConfigError(f"empty path in dataset spec {spec!r}; write {name}=PATH or just {name}")
+    kind = DATASETS[name]
+    return DatasetSpec(kind, Path(path.strip()).expanduser() if sep else None)
+
+
+def _check_split(spec: DatasetSpec, split: str) -> None:
+    if spec.kind.splits is not None and split not in spec.kind.splits:
+        raise ConfigError(f"unknown {spec.kind.name} split {split!r}; expected one of {', '.join(spec.kind.splits)}")
+
+
+def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
+    """uint8 images ``[..., 3, H, W]`` -> float32 (x / 255 - mean) / std with ``NORMALIZATION[name]``."""
+    if name not in NORMALIZATION:
+        raise ConfigError(f"unknown normalization {name!r}; expected one of {', '.join(NORMALIZATION)}")
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATION[name])
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8 or images.dim() < 3 or images.shape[-3] != 3:
+        raise ConfigError(f"normalize expects uint8 images [..., 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    return images.to(torch.float32).div_(255).sub_(mean).div_(std)
+
+
+def _in_memory_split(spec: DatasetSpec, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if spec.kind.name == "cifar10":
+        return cifar10.load_split(split, spec.source())
+    return cifar100.load_split(spec.source(), split)
+
+
+def class_names(spec: str | DatasetSpec, split: str = "train") -> tuple[str, ...]:
+    """The class names, in label order."""
+    spec = parse_spec(spec)
+    _check_split(spec, split)
+    if spec.kind.name == "cifar10":
+        return cifar10.CLASSES
+    if spec.kind.name == "cifar100":
+        return cifar100.class_names(spec.source())
+    return imagefolder.list_split(spec.source(), split).classes
+
+
+def _report_skips(errors: list[str], where: str) -> None:
+    if errors:
+        print(f"warning: skipped {len(errors)} unreadable image(s) of {where}, each replaced by the next image "
+              f"of its class in the seeded order (first: {errors[0]})", file=sys.stderr, flush=True)
+
+
+def _folder_batch(spec: DatasetSpec, split: str, n: int, seed: int, balanced: bool, jobs: int, strict: bool,
+                  progress: bool, pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    listing = imagefolder.list_split(spec.source(), split)
+    arrays: dict[int, np.ndarray] = {}
+    errors: list[str] = []
+
+    def usable(indices: list[int]) -> list[bool]:
+        results = imagefolder.load_images([listing.files[i] for i in indices], pre, jobs=jobs, progress=progress)
+        for i, (array, error) in zip(indices, results):
+            if array is None:
+                if strict:
+                    raise DataError(error)
+                errors.append(error)
+            else:
+                arrays[i] = array
+        return [array is not None for array, _ in results]
+
+    index = select(plan_sample(listing.labels, n, seed, balanced), usable,
+                   class_name=lambda label: listing.classes[label]).tolist()
+    _report_skips(errors, f"{listing.root}/{split}")
+    images = np.stack([arrays[i] for i in index]) if index else np.zeros((0, 3, pre.crop, pre.crop), np.uint8)
+    return torch.from_numpy(images), torch.from_numpy(listing.labels[index])
+
+
+def load_batch(spec: str | DatasetSpec, split: str, n: int, seed: int, *, balanced: bool = True,
+               normalization: str | None = None, jobs: int = 1, strict: bool = False, progress: bool = True,
+               preprocess: Preprocess = Preprocess()) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded sample of ``n`` images of ``split``: normalized float32 ``[n, 3, H, W]`` and int64 labels ``[n]``.
+
+    ``balanced``: every class present in the split gets ``n // k`` images, a seeded ``n % k`` of them
+    one more (see :mod:`mqbench.sampling`); for CIFAR-10 the indices equal
+    ``cifar10.sample_indices``. ``normalization`` defaults to the dataset's (``cifar10``,
+    ``cifar100`` or ``imagenet``). For ImageFolder trees only the sampled files are decoded (in
+    ``jobs`` processes, the same pixels for any ``jobs``) and cached on disk; ``strict`` and the
+    handling of unreadable images are described in the module doc; ``preprocess`` changes the
+    resize/crop sizes. The result depends only on the spec's data, ``split``, ``n``, ``seed``,
+    ``balanced`` and the preprocessing.
+    """
+    spec = parse_spec(spec)
+    _check_split(spec, split)
+    norm = normalization or spec.kind.normalization
+    if norm not in NORMALIZATION:
+        raise ConfigError(f"unknown normalization {norm!r}; expected one of {', '.join(NORMALIZATION)}")
+    if spec.kind.name in _FOLDER_KINDS:
+        images, labels = _folder_batch(spec, split, n, seed, balanced, jobs, strict, progress, preprocess)
+    else:
+        all_images, all_labels = _in_memory_split(spec, split)
+        names = cifar10.CLASSES if spec.kind.name == "cifar10" else None
+        index = select(plan_sample(all_labels, n, seed, balanced),
+                       class_name=(lambda label: names[label]) if names else str)
+        images, labels = all_images[index], all_labels[index]
+    return normalize(images, norm), labels
+
+
+def iterate_split(spec: str | DatasetSpec, split: str, batch_size: int = 250, *, normalization: str | None = None,
+                  jobs: int = 1, strict: bool = False, progress: bool = True,
+                  preprocess: Preprocess = Preprocess()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalized (x, y) batches covering the whole split in its fixed order (sorted paths for trees).
+
+    ImageFolder trees are decoded batch by batch (through the cache), so a 50k-image split never
+    sits in memory at once; unreadable images are skipped (counted on stderr at the end) or, with
+    ``strict``, a one-line DataError. Arguments are checked when called, not when iterated.
+    """
+    spec = parse_spec(spec)
+    _check_split(spec, split)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    norm = normalization or spec.kind.normalization
+    if norm not in NORMALIZATION:
+        raise ConfigError(f"unknown normalization {norm!r}; expected one of {', '.join(NORMALIZATION)}")
+    if spec.kind.name not in _FOLDER_KINDS:
+        images, labels = _in_memory_split(spec, split)
+        return ((normalize(images[s: s + batch_size], norm), labels[s: s + batch_size])
+                for s in range(0, labels.numel(), batch_size))
+    listing = imagefolder.list_split(spec.source(), split)
+
+    def batches():
+        errors: list[str] = []
+        for start in range(0, len(listing.files), batch_size):
+            stop = min(start + batch_size, len(listing.files))
+            results = imagefolder.load_images(list(listing.files[start:stop]), preprocess, jobs=jobs,
+                                              progress=progress)
+            keep = []
+            for offset, (array, error) in enumerate(results):
+                if array is None:
+                    if strict:
+                        raise DataError(error)
+                    errors.append(error)
+                else:
+                    keep.append(offset)
+            if keep:
+                x = torch.from_numpy(np.stack([results[k][0] for k in keep]))
+                yield normalize(x, norm), torch.from_numpy(listing.labels[start:stop][keep])
+        if errors:
+            print(f"warning: skipped {len(errors)} unreadable image(s) of {listing.root}/{split} "
+                  f"(first: {errors[0]})", file=sys.stderr, flush=True)
+
+    return batches()
