@@ -6,6 +6,8 @@ functions, so the tables, the primitives and exported proxies share one implemen
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 CLIP_GRID = torch.linspace(0.30, 1.0, 36)  # clipping ratios searched per channel (weights) / per tensor (activations)
@@ -48,6 +50,17 @@ def layer_size_mb(weight_numel: int, bias_numel: int, bits: int) -> float:
 def model_size_mb(weight_numels: list[int], bias_numels: list[int], bits: list[int]) -> float:
     """Weights at their bit-widths plus 32-bit biases, in MB (2^20 bytes): the MQ tables' size_mb."""
     return bits_to_mb(sum(storage_bits(w, bias, b) for w, bias, b in zip(weight_numels, bias_numels, bits)))
+
+
+def layer_macs_of(module, output_shape) -> int:
+    """Multiply-accumulates per image of a Conv2d (``output_shape`` [C_out, *spatial]) or a Linear
+    (``output_shape`` [..., F]: every leading position counts)."""
+    if isinstance(module, torch.nn.Conv2d):
+        kh, kw = module.kernel_size
+        spatial = math.prod(output_shape[1:]) if len(output_shape) > 1 else 1
+        return int(spatial * module.out_channels * (module.in_channels // module.groups) * kh * kw)
+    positions = math.prod(output_shape[:-1]) if len(output_shape) > 1 else 1
+    return int(positions * module.in_features * module.out_features)
 
 
 def bops(macs: list[int], bits: list[int], act_bits: int = 8) -> float:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from mqbench.errors import ConfigError
-from mqbench.kernels import CLIP_GRID, bops, model_size_mb, quantize_weight, weight_levels  # noqa: F401  (re-exported)
+from mqbench.kernels import CLIP_GRID, bops, layer_macs_of, model_size_mb, quantize_weight, weight_levels  # noqa: F401  (re-exported)
 
 ALLOWED_WEIGHT_BITS = tuple(range(2, 9))
 
@@ -129,11 +129,7 @@ def layer_macs(model: nn.Module, image_shape=(3, 32, 32)) -> list[int]:
     hooks = []
     for name, layer in quantizable_layers(model):
         def hook(mod, inp, out, name=name):
-            if isinstance(mod, nn.Conv2d):
-                k = mod.weight[0].numel()  # (C_in/groups) * kh * kw
-                macs[name] = int(out.shape[1] * out.shape[2] * out.shape[3] * k)
-            else:
-                macs[name] = int(mod.in_features * mod.out_features)
+            macs[name] = layer_macs_of(mod, tuple(out.shape[1:]))
         hooks.append(layer.register_forward_hook(hook))
     was_training = model.training
     model.eval()

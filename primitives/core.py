@@ -92,6 +92,7 @@ import torch
 import torch.nn as nn
 
 from mqbench.errors import ConfigError
+from mqbench.kernels import layer_macs_of
 from mqbench.kernels import layer_size_mb  # noqa: F401  (re-exported: the tables' per-layer size)
 from primitives import kernels, passes
 from primitives.kernels import (  # noqa: F401  (re-exported)
@@ -437,7 +438,7 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
         out_layers.append(LayerStats(
             name=info.name, kind=info.kind, weight_shape=tuple(module.weight.shape),
             input_shape=info.input_shape, output_shape=info.output_shape, params=int(params),
-            flops=int(_flops(info, module)), bits=bits[li], tensors=tensors,
+            flops=layer_macs_of(module, info.output_shape), bits=bits[li], tensors=tensors,
         ))
     captures.clear()
 
@@ -451,14 +452,3 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
         "loss": loss_data, "code_version": CODE_VERSION,
     }
     return NetworkStats(layers=out_layers, meta=meta)
-
-
-def _flops(info: LayerInfo, module: nn.Module) -> int:
-    if info.kind == "conv":
-        c_out = module.out_channels
-        c_in = module.in_channels // module.groups
-        kh, kw = module.kernel_size
-        spatial = math.prod(info.output_shape[1:]) if len(info.output_shape) > 1 else 1
-        return spatial * c_out * c_in * kh * kw
-    positions = math.prod(info.output_shape[:-1]) if len(info.output_shape) > 1 else 1
-    return positions * module.in_features * module.out_features

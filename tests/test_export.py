@@ -121,6 +121,8 @@ def test_exported_nas_proxy_equals_engine(k, nas_nets, tmp_path):
             assert math.isnan(got)
             continue
         assert _close(got, want), (k, got, want)
+        if checked < 2:  # the library's Proxy.score on a model equals the exported module's
+            assert _close(proxy.score(model, x, y), got)
         checked += 1
     assert checked >= 8  # at most a couple of nan (e.g. logdet) scores, which must agree too
 
@@ -147,6 +149,9 @@ def test_exported_mq_proxy_equals_engine(k, mq_setup, tmp_path):
         assert _close(got, want), (k, bits, got, want)
     names = [l.name for l in stats[0].layers]
     assert mod.score(model, x, y, dict(zip(names, configs[0]))) == mod.score(model, x, y, configs[0])
+    for bits in configs[:3]:  # the library's Proxy.score on a model equals the exported module's
+        assert _close(proxy.score(model, x, y, bits), mod.score(model, x, y, bits))
+    assert proxy.score(model, x, y, dict(zip(names, configs[0]))) == proxy.score(model, x, y, configs[0])
     with pytest.raises(ValueError, match="bit_config"):
         mod.score(model, x, y)
 
