@@ -161,7 +161,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _proxy_run_options(p: argparse.ArgumentParser, bench_required: bool = True) -> None:
-    p.add_argument("--bench", required=bench_required, help="benchmark name (nb201-cifar10, mq-resnet20-cifar10, ...)")
+    p.add_argument("--bench", required=bench_required, help="benchmark name (nb201-cifar10, mq-resnet20-cifar10, ...) or a spec file (*.toml, see examples/benchmarks/)")
     p.add_argument("--samples", type=int, default=100, help="benchmark items to score")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
     p.add_argument("--split", default="holdout", choices=("holdout", "search", "all"), help="which part of the benchmark to sample")
@@ -257,7 +257,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     reports = evaluate(args.bench, names, args.samples, args.seed, args.split, table=args.table,
                        gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint)
     out = Path(args.out) if args.out else (Path(__file__).resolve().parent.parent / "results" / "baselines" /
-                                           f"{args.bench}_{args.split}_n{args.samples}_seed{args.seed}")
+                                           f"{Path(args.bench).stem if args.bench.endswith('.toml') else args.bench}"
+                                           f"_{args.split}_n{args.samples}_seed{args.seed}")
     csv_path, md_path = write_baselines(reports, out)
     if args.json:
         print(f"wrote {csv_path} and {md_path}")
@@ -290,7 +291,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     from evoproxy.search import SearchConfig
 
     d = SearchConfig(bench="", out="")
-    p.add_argument("--bench", required=True, help="benchmark name (nb201-cifar10, mq-resnet20-cifar10, ...)")
+    p.add_argument("--bench", required=True, help="benchmark name (nb201-cifar10, mq-resnet20-cifar10, ...) or a spec file (*.toml, see examples/benchmarks/)")
     p.add_argument("--out", required=True, help="run folder (config.json, log.csv, hall_of_fame.json, best.json, checkpoint.json)")
     p.add_argument("--samples", type=int, default=d.samples, help="search-split items scored per candidate")
     p.add_argument("--population", type=int, default=d.population)
