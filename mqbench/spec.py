@@ -127,6 +127,9 @@ class BenchmarkSpec:
             _choice(where, "mode", self.mode, MODES)
         object.__setattr__(self, "mode", self.mode or ("train" if self.kind == "nas" else "eval"))
         object.__setattr__(self, "normalization", self.normalization or ("cifar10" if self.kind == "nas" else "imagenet"))
+        from mqbench.cifar10 import NORMALIZATION
+
+        _choice(where, "normalization", self.normalization, tuple(NORMALIZATION))
         if self.hutchinson_probes is None:
             object.__setattr__(self, "hutchinson_probes", 0 if self.kind == "nas" else 8)
         _want(where, "hutchinson_probes", self.hutchinson_probes, int)

@@ -170,9 +170,10 @@ def test_a_spec_object_works_in_python_and_travels_to_workers(search_root, plugi
     assert pickle.loads(pickle.dumps(handle)) == handle and handle.name == obj
     assert load_bench(pickle.loads(pickle.dumps(handle))).ids == bench.ids
     d1, d2 = {}, {}
-    evaluate(obj, ["synflow"], 2, 0, batch=10, progress=False, items=d1)
-    evaluate(str(_write(plugin, NB201_SPEC.format(factory="nb201"))), ["synflow"], 2, 0, batch=10, progress=False, items=d2)
-    assert _scores(d1) == _scores(d2)
+    evaluate(obj, ["synflow", "examples/proxies/snip.json"], 2, 0, batch=10, progress=False, items=d1, jobs=2)
+    spec = _write(plugin, NB201_SPEC.format(factory="nb201"))
+    evaluate(str(spec), ["synflow", "examples/proxies/snip.json"], 2, 0, batch=10, progress=False, items=d2)
+    assert _scores(d1) == _scores(d2) and not any(r["errors"] for r in d1["results"])  # workers rebuilt the object
     file_handle, _ = BenchSpec.resolve(str(plugin / "spec.toml"))
     assert file_handle.name == str((plugin / "spec.toml").resolve()) and ";" in file_handle.stamp
     assert load_spec(plugin / "spec.toml").python_path == (str(plugin.resolve()),)
@@ -319,6 +320,8 @@ def test_mq_errors(tiny_data_root, plugin):
      "an mq spec needs exactly one of [bits] column or [bits] columns"),
     ('name = "x"\nkind = "nas"\n[table]\npath = "t"\ngt_column = "a"\n[model]\nfactory = "m:f"\n[data]\ndataset = "mnist"\n',
      "dataset must be one of cifar10, got 'mnist'"),
+    ('name = "x"\nkind = "nas"\n[table]\npath = "t"\ngt_column = "a"\n[model]\nfactory = "m:f"\n[data]\nnormalization = "x"\n',
+     "normalization must be one of cifar10, imagenet, got 'x'"),
     ('name = "x"\nkind = "nas"\n[table]\npath = "t"\ngt_column = "a"\n[model]\nfactory = "m:f"\ninit_seed = "random"\n',
      "init_seed must be \"id\", \"row\" or an integer"),
 ])
