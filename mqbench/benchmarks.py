@@ -16,7 +16,7 @@ import csv
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ import torch
 from mqbench.errors import ConfigError, DataError
 from mqbench.parallel import on_env_change
 from mqbench.table import SPLITS, MQTable, sample_ids, split_ids
+
+if TYPE_CHECKING:
+    from mqbench.spec import BenchmarkSpec
 
 TABLES_DIR = Path(__file__).resolve().parent / "tables"
 _BENCHMARKS: dict[str, Callable[..., "Benchmark"]] = {}
@@ -63,7 +66,7 @@ def get_benchmark(name, table: str | Path | None = None, gt_column: str | None =
 class BenchSpec:
     """A picklable handle on a benchmark (worker processes rebuild it once each, see :func:`load_bench`)."""
 
-    name: "str | BenchmarkSpec"  # a registered name, a spec file's absolute path or a BenchmarkSpec
+    name: str | BenchmarkSpec  # a registered name, a spec file's absolute path or a BenchmarkSpec
     table: str | None = None
     gt_column: str | None = None
     stamp: str = ""  # the table's (and spec file's) mtime and size: a changed file is re-read by the workers
@@ -135,9 +138,6 @@ class Benchmark(ABC):
 
     @abstractmethod
     def ground_truth(self, ids) -> np.ndarray: ...
-
-    @abstractmethod
-    def build(self, item) -> tuple[torch.nn.Module, list[int] | None]: ...
 
     @abstractmethod
     def size(self, ids) -> np.ndarray:

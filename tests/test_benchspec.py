@@ -238,7 +238,7 @@ def test_bad_factory_references(search_root, plugin, ref, expected):
 
 def _nas_table(folder, rows, header="id,arch,acc"):
     (folder / "t.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
-    return f'''
+    return '''
     name = "t"
     kind = "nas"
     [table]
