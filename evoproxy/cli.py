@@ -165,7 +165,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def _proxy_run_options(p: argparse.ArgumentParser, bench_required: bool = True) -> None:
-    p.add_argument("--bench", required=bench_required, help="benchmark name (nb201-cifar10, mq-resnet20-cifar10, ...)")
+    p.add_argument("--bench", required=bench_required, help="benchmark name (nb201-cifar10, mq-resnet20-cifar10, ...) or a spec file (*.toml, see examples/benchmarks/)")
     p.add_argument("--samples", type=int, default=100, help="benchmark items to score")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
     p.add_argument("--split", default="holdout", choices=("holdout", "search", "all"), help="which part of the benchmark to sample")
@@ -261,7 +261,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     reports = evaluate(args.bench, names, args.samples, args.seed, args.split, table=args.table,
                        gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint)
     out = Path(args.out) if args.out else (Path(__file__).resolve().parent.parent / "results" / "baselines" /
-                                           f"{args.bench}_{args.split}_n{args.samples}_seed{args.seed}")
+                                           f"{Path(args.bench).stem if args.bench.endswith('.toml') else args.bench}"
+                                           f"_{args.split}_n{args.samples}_seed{args.seed}")
     csv_path, md_path = write_baselines(reports, out)
     if args.json:
         print(f"wrote {csv_path} and {md_path}")

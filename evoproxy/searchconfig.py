@@ -45,7 +45,8 @@ def _names(text: str) -> list:
 
 @dataclass
 class SearchConfig:
-    bench: str = _opt(None, "benchmark name (nb201-cifar10, mq-resnet20-cifar10, ...)", required=True)
+    bench: str = _opt(None, "benchmark name (nb201-cifar10, mq-resnet20-cifar10, ...) or a spec file (*.toml, "
+                                   "see examples/benchmarks/)", required=True)
     out: str | None = _opt(None, "run folder (config.json, log.csv, hall_of_fame.json, best.json, checkpoint.json)",
                            required=True)
     samples: int = _opt(64, "search-split items scored per candidate")

@@ -16,14 +16,17 @@ import csv
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from mqbench.errors import ConfigError, DataError
 from mqbench.parallel import on_env_change
-from mqbench.table import MQTable, sample_split, split_ids
+from mqbench.table import SPLITS, MQTable, sample_ids, split_ids
+
+if TYPE_CHECKING:
+    from mqbench.spec import BenchmarkSpec
 
 TABLES_DIR = Path(__file__).resolve().parent / "tables"
 _BENCHMARKS: dict[str, Callable[..., "Benchmark"]] = {}
@@ -43,22 +46,30 @@ def benchmark_names() -> list[str]:
     return list(_BENCHMARKS)
 
 
-def get_benchmark(name: str, table: str | Path | None = None, gt_column: str | None = None,
+def get_benchmark(name, table: str | Path | None = None, gt_column: str | None = None,
                   checkpoint: str | Path | None = None) -> "Benchmark":
-    """A registered benchmark; ``checkpoint`` overrides where an MQ table's FP checkpoint is read from."""
-    if name not in _BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(_BENCHMARKS)}")
-    return _BENCHMARKS[name](table=table, gt_column=gt_column, checkpoint=checkpoint)
+    """A registered benchmark, or one of your own: a spec file path (``*.toml``) or a
+    :class:`mqbench.spec.BenchmarkSpec`. ``table``, ``gt_column`` and ``checkpoint`` override the
+    table, its ground-truth column and where an MQ benchmark's FP checkpoint is read from."""
+    from mqbench.spec import BenchmarkSpec, is_spec_path, load_spec
+
+    if isinstance(name, BenchmarkSpec):
+        return SpecBenchmark(name, table, gt_column, checkpoint)
+    if name in _BENCHMARKS:
+        return _BENCHMARKS[name](table=table, gt_column=gt_column, checkpoint=checkpoint)
+    if is_spec_path(name):
+        return SpecBenchmark(load_spec(name), table, gt_column, checkpoint)
+    raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(_BENCHMARKS)}, or a spec file (*.toml)")
 
 
 @dataclass(frozen=True)
 class BenchSpec:
     """A picklable handle on a benchmark (worker processes rebuild it once each, see :func:`load_bench`)."""
 
-    name: str
+    name: str | BenchmarkSpec  # a registered name, a spec file's absolute path or a BenchmarkSpec
     table: str | None = None
     gt_column: str | None = None
-    stamp: str = ""  # the table file's mtime and size: a changed file is re-read by the workers
+    stamp: str = ""  # the table's (and spec file's) mtime and size: a changed file is re-read by the workers
     checkpoint: str | None = None  # MQ tables: read the FP checkpoint here instead of the data root
 
     @classmethod
@@ -66,8 +77,7 @@ class BenchSpec:
         """(spec naming the table's resolved file, benchmark): workers then never depend on their environment."""
         ckpt = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
         bench = load_bench(cls(name, None if table is None else str(table), gt_column, checkpoint=ckpt))
-        stat = bench.source.stat()
-        spec = cls(name, str(bench.source), gt_column, f"{stat.st_mtime_ns}:{stat.st_size}", ckpt)
+        spec = cls(bench.handle, str(bench.source), gt_column, bench.stamp(), ckpt)
         remember(spec, bench)
         return spec, bench
 
@@ -109,6 +119,18 @@ class Benchmark(ABC):
     quantizer: Callable | None = None
     act_bits: int = 8
     default_probes: int = 0
+    dataset: str = "cifar10"
+    default_batch: int = 64
+
+    @property
+    def handle(self):
+        """What names this benchmark to a worker process (``BenchSpec.name``)."""
+        return self.name
+
+    def stamp(self) -> str:
+        """mtime and size of the files the benchmark was read from (a changed file is re-read by workers)."""
+        stat = self.source.stat()
+        return f"{stat.st_mtime_ns}:{stat.st_size}"
 
     @property
     @abstractmethod
@@ -150,8 +172,12 @@ class Benchmark(ABC):
     def split(self, seed: int = 0, search_fraction: float = 0.1) -> tuple[list, list]:
         return split_ids(self.ids, seed, search_fraction)
 
-    def sample(self, n: int | None, seed: int, split: str = "holdout", split_seed: int = 0) -> list:
-        return sample_split(self.ids, n, seed, split, split_seed)
+    def sample(self, n: int | None, seed: int, split: str = "holdout", split_seed: int | None = None) -> list:
+        """``n`` ids of ``split`` ("search", "holdout" or "all") of :meth:`split` (by ``split_seed`` when given)."""
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        pools = dict(zip(("search", "holdout"), self.split() if split_seed is None else self.split(split_seed)))
+        return sample_ids(sorted(self.ids) if split == "all" else pools[split], n, seed)
 
 
 # ---------------------------------------------------------------------------------------- NAS-Bench-201
@@ -331,3 +357,142 @@ def _mq_factory(model: str):
 
 for _model in ("resnet20", "resnet32"):
     _mq_factory(_model)
+
+
+# ---------------------------------------------------------------------------------------- your own
+
+
+class SpecBenchmark(Benchmark):
+    """A benchmark from a :class:`mqbench.spec.BenchmarkSpec`: the user's table and model factory.
+
+    NAS (``kind = "nas"``): ``network(item)`` = ``factory(row)`` right after ``torch.manual_seed(init seed)``
+    (the item's id, its row index, or a fixed integer), as the built-in NB201 benchmark seeds with the id.
+    MQ (``kind = "mq"``): ``factory()`` / ``factory(checkpoint)`` once, then a copy per item, with the
+    row's bits for the layers not in ``fixed_layers``. Ids, splits and samples follow the built-ins'
+    rule (:func:`mqbench.table.split_ids` over the ids), so equal ids give equal samples.
+    """
+
+    def __init__(self, spec, table: str | Path | None = None, gt_column: str | None = None,
+                 checkpoint: str | Path | None = None):
+        from mqbench.spec import data_path, import_ref, read_table, source_digest
+
+        self.spec = spec
+        self.name, self.kind, self.dataset = spec.name, spec.kind, spec.dataset
+        self.normalization, self.model_mode = spec.normalization, spec.mode
+        self.size_label = "params" if spec.kind == "nas" else "model size"
+        self.default_probes, self.default_batch, self.act_bits = spec.hutchinson_probes, spec.batch, spec.act_bits
+        self.gt_column = gt_column or spec.gt_column
+        self.path = Path(table) if table else data_path(spec.table)
+        self.table = read_table(self.path, spec, self.gt_column)
+        self.factory = import_ref(spec.factory, spec.python_path)
+        self.quantizer = import_ref(spec.quantizer, spec.python_path, "quantizer") if spec.kind == "mq" else None
+        self.checkpoint = checkpoint if checkpoint is not None else (spec.checkpoint and data_path(spec.checkpoint))
+        self._digest = f"{spec.factory}@{source_digest(self.factory)}"
+        self._fp_model, self._fp_key, self._quant_layers, self._sizes = None, None, None, {}
+
+    @property
+    def handle(self):
+        return self.spec.handle
+
+    def stamp(self) -> str:
+        stat = Path(self.spec.source).stat() if self.spec.source else None
+        return super().stamp() + (f";{stat.st_mtime_ns}:{stat.st_size}" if stat else "")
+
+    @property
+    def source(self) -> Path:
+        return self.path
+
+    @property
+    def ids(self) -> list:
+        return list(self.table.ids)
+
+    def _row(self, item):
+        if item not in self.table.rows:
+            raise ConfigError(f"{self.path.name} has no id {item!r}")
+        return item if isinstance(item, str) else int(item)
+
+    def ground_truth(self, ids) -> np.ndarray:
+        return np.array([self.table.truth[self._row(i)] for i in ids], dtype=float)
+
+    def split(self, seed: int | None = None, search_fraction: float | None = None) -> tuple[list, list]:
+        return split_ids(self.ids, self.spec.split_seed if seed is None else seed,
+                         self.spec.search_fraction if search_fraction is None else search_fraction)
+
+    def _call(self, what: str, *args) -> torch.nn.Module:
+        from mqbench.spec import one_line
+
+        try:
+            model = self.factory(*args)
+        except Exception as exc:
+            raise ConfigError(f"factory {self.spec.factory} raised on {what}: {one_line(exc)}") from None
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"factory {self.spec.factory} returned {type(model).__name__} on {what}, not a torch.nn.Module")
+        return model.train() if self.model_mode == "train" else model.eval()
+
+    def _seed(self, item) -> int:
+        s = self.spec.init_seed
+        return int(item) if s == "id" else self.table.ids.index(item) if s == "row" else int(s)
+
+    def fp_model(self) -> torch.nn.Module:
+        """MQ: the FP network, built once (the checkpoint verified against ``checkpoint_sha256`` first)."""
+        if self._fp_model is None:
+            from mqbench.spec import checkpoint_args
+
+            args = checkpoint_args(self.checkpoint, self.spec.checkpoint_sha256, self.name)
+            self._fp_model = self._call(f"the FP model{f' ({args[0]})' if args else ''}", *args)
+        return self._fp_model
+
+    def network(self, item) -> torch.nn.Module:
+        import copy
+
+        item = self._row(item)
+        if self.kind == "mq":
+            return copy.deepcopy(self.fp_model())  # in model_mode already
+        torch.manual_seed(self._seed(item))
+        return self._call(self.table.where(item), dict(self.table.rows[item]))
+
+    def network_key(self, item) -> str:
+        from mqbench.spec import row_digest, weights_digest
+
+        item = self._row(item)
+        if self.kind == "mq":
+            self._fp_key = self._fp_key or f"spec:{self._digest}:weights-{weights_digest(self.fp_model())}"
+            return self._fp_key
+        return f"spec:{self._digest}:row-{row_digest(self.table.rows[item])}:init-seed-{self._seed(item)}"
+
+    def bit_config(self, item) -> list[int] | None:
+        from mqbench.spec import full_bits
+
+        if self.kind != "mq":
+            return None
+        item = self._row(item)
+        return full_bits(self.spec, self.table.bits[item], len(self._layers()), self.table.where(item))
+
+    def _layers(self) -> list:
+        from mqbench.quant import quantizable_layers
+
+        self._quant_layers = self._quant_layers or quantizable_layers(self.fp_model())
+        return self._quant_layers
+
+    def verify(self) -> None:
+        """Build what scoring will need (the FP model and every bit configuration, or the first network)."""
+        if self.kind == "mq":
+            for item in self.table.ids:
+                self.bit_config(item)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                self.network(self.table.ids[0])
+
+    def size(self, ids) -> np.ndarray:
+        if self.table.size is not None:
+            return np.array([self.table.size[self._row(i)] for i in ids], dtype=float)
+        if self.kind == "mq":
+            from mqbench.quant import model_size_mb
+
+            w, b = zip(*[(m.weight.numel(), 0 if m.bias is None else m.bias.numel()) for _, m in self._layers()])
+            return np.array([model_size_mb(w, b, self.bit_config(i)) for i in ids], dtype=float)
+        for i in map(self._row, ids):
+            if i not in self._sizes:
+                with torch.random.fork_rng(devices=[]):
+                    self._sizes[i] = sum(p.numel() for p in self.network(i).parameters())
+        return np.array([self._sizes[self._row(i)] for i in ids], dtype=float)
