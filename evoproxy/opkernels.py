@@ -3,7 +3,7 @@ evaluator of a tree in its JSON nested-list form.
 
 Torch, math and the standard library only: ``evoproxy export`` copies this module's source into
 standalone proxy modules, and :mod:`evoproxy.ops` (the registry: kinds, types, rendering,
-commutativity, sampling weights) points at these functions, so the engine and exported proxies
+commutativity, sampling weights) points at these functions, so the search, the evaluator and exported proxies
 compute with the same code. See :mod:`evoproxy.ops` for the types and the numerical guards.
 """
 from __future__ import annotations
@@ -233,7 +233,7 @@ def red_logdet(x):
 
 # ------------------------------------------------------------------------------------- aggregations
 # fn(values, weights) with values: one float per layer, weights: each layer's weight numel. Sums are
-# numpy's float64 sums to the last bit (numpy_sum), the numbers the engine gave when it used numpy;
+# numpy's float64 sums to the last bit (numpy_sum), the numbers the library gave when it used numpy;
 # layer_meanlog's log is math.log (libm), which differs from numpy's SIMD log by one ulp on about 0.1%
 # of values (measured on AVX-512), so its mean can move by an ulp.
 

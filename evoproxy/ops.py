@@ -12,7 +12,7 @@ A tensor is a float32 ``torch.Tensor`` (any shape; 0-d for per-layer numbers suc
 and ``hessian_trace``); a layer scalar is a Python float computed in float64; a net scalar is a
 Python float. Every operator is *total* in the sense of the proxy language: it either returns a
 value or raises :class:`OpError` with a short reason (``shape`` for incompatible shapes, ``size``
-for a tensor too large for a Gram-type op). Non-finite values are not repaired here; the engine's
+for a tensor too large for a Gram-type op). Non-finite values are not repaired here; the search's
 screening rejects them with a recorded reason.
 
 Numerical guards (part of the definition; exported modules copy the functions' source):

@@ -63,8 +63,7 @@ MIN_HEIGHT = {TensorT: 0, LayerT: 1, NetT: 2}  # the lowest tree of each type: T
 
 class ProxyTree(gp.PrimitiveTree):
     """A proxy tree: DEAP's prefix list of nodes (operators as ``gp.Primitive``, primitives as
-    ``gp.Terminal``). Its root reads like a node (``name``, ``type``, ``is_terminal``, ``children``:
-    the argument subtrees, read-only, computed once per tree and dropped when the list changes)."""
+    ``gp.Terminal``). Its root's ``name``, ``type`` and ``is_terminal`` describe the whole tree's value."""
 
     @property
     def name(self) -> str:
@@ -77,18 +76,6 @@ class ProxyTree(gp.PrimitiveTree):
     @property
     def type(self) -> str:
         return TYPE_NAMES[self[0].ret]
-
-    @property
-    def children(self) -> tuple["ProxyTree", ...]:
-        kids = self.__dict__.get("_children")
-        if kids is None:
-            kids, start = [], 1
-            for _ in range(self[0].arity):
-                span = self.searchSubtree(start)
-                kids.append(ProxyTree(self[span]))
-                start = span.stop
-            kids = self.__dict__["_children"] = tuple(kids)
-        return kids
 
     def fold(self, leaf, node):
         """Bottom-up value: ``leaf(name)`` for a terminal, ``node(name, [argument values])`` else."""
@@ -115,22 +102,6 @@ class ProxyTree(gp.PrimitiveTree):
 
     def __deepcopy__(self, memo):  # nodes are shared, immutable descriptions
         return self.__class__(self)
-
-
-def _invalidating(method_name: str):
-    base = getattr(gp.PrimitiveTree, method_name)
-
-    @functools.wraps(base)
-    def method(self, *args, **kwargs):
-        self.__dict__.pop("_children", None)
-        return base(self, *args, **kwargs)
-
-    return method
-
-
-for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
-              "clear", "sort", "reverse"):
-    setattr(ProxyTree, _name, _invalidating(_name))
 
 
 def typed_set(operators, terminals) -> gp.PrimitiveSetTyped:

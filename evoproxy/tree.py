@@ -30,7 +30,6 @@ from evoproxy.errors import ConfigError
 from evoproxy.ops import NET, OPS, OpError
 from evoproxy.space import TYPE_NAMES, ProxyTree, language
 
-Node = ProxyTree  # the old name, still imported by evoproxy.export (being rewritten) and annotated below
 
 FORMAT = "evoproxy.proxy/1"
 MAX_NODES = 200

@@ -1,4 +1,4 @@
-"""One Benchmark interface for MQ-Bench tables and NAS-Bench-201, as the engine consumes them.
+"""One Benchmark interface for MQ-Bench tables and NAS-Bench-201, as the scoring path and the search consume them.
 
     bench = get_benchmark("nb201-cifar10")                 # or "mq-resnet20-cifar10", table=..., gt_column=...
     search, holdout = bench.split(seed=0)                 # 10% / 90%, disjoint
@@ -349,7 +349,7 @@ def _mq_factory(model: str):
     def factory(table=None, gt_column=None, checkpoint=None):
         if table is None and not default.exists():
             raise DataError(f"no committed table for {name} at {default}; build one with "
-                            f"'evoproxy bench build --model {model} --out {default}' or pass --table")
+                            f"'evoproxy table build --model {model} --out {default}' or pass --table")
         return MQBenchmark(name, default, table, gt_column, checkpoint)
 
     register_benchmark(name)(factory)

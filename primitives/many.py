@@ -9,7 +9,7 @@ float16, the bit configuration, seed, noise_std, threads, the quantizer and ``CO
 unreadable or corrupt file is ignored and recomputed (and overwritten).
 
 Measured cache size (NAS-Bench-201 C=16 N=5, batch 64 of CIFAR-10, default names + hessian_*,
-hutchinson_probes=4; the 10 architectures ``primitives.bench --archs 10 --seed 0`` picks, mean
+hutchinson_probes=4; the 10 architectures ``primitives.timing --archs 10 --seed 0`` picks, mean
 0.42 M parameters; scaled x10 to 100 networks):
 
 * ``max_elements=None``: 11.65 MB per network -> ~1.17 GB per 100 networks (five weight-shaped

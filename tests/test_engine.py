@@ -190,10 +190,10 @@ def test_one_tree_type_over_the_real_operator_functions():
     tree = parse_tree(SNIP)
     assert type(tree) is ProxyTree and tree.to_json() == SNIP and tree.terminals() == {"weight_grad", "weight"}
     assert (tree.size(), tree.depth(), tree.name, tree.type) == (5, 4, "layer_sum", "net")
-    reduce = tree.children[0]
-    assert reduce.to_json() == SNIP[1] and reduce.children[0].children[1].is_terminal
-    tree[2] = space.node("sub")  # changing the list drops the cached argument subtrees
-    assert tree.children[0].to_json() == ["l1", ["sub", "weight_grad", "weight"]]
+    reduce = ProxyTree(tree[tree.searchSubtree(1)])
+    assert reduce.to_json() == SNIP[1] and reduce.type == "layer" and ProxyTree(tree[4:5]).is_terminal
+    tree[2] = space.node("sub")  # a prefix-list edit is seen by every view of the tree
+    assert tree.to_json()[1] == ["l1", ["sub", "weight_grad", "weight"]]
     with pytest.raises(Exception, match="only be 0"):
         SearchSpace(TERMS, "tree", weights={"log": 2})
 

@@ -1,6 +1,6 @@
 """Time primitive extraction on NAS-Bench-201 networks.
 
-    python -m primitives.bench --archs 20 --seed 0 [--jobs N] [--batch 64] [--threads T]
+    python -m primitives.timing --archs 20 --seed 0 [--jobs N] [--batch 64] [--threads T]
                                [--hessian-method exact|fd|fd_central]
 
 Picks ``--archs`` architectures of the NATS-Bench TSS table by a seeded permutation, builds each
@@ -85,7 +85,7 @@ def time_arch(arch: str, index: int, seed: int, x: torch.Tensor, y: torch.Tensor
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m primitives.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m primitives.timing", description=__doc__.splitlines()[0])
     parser.add_argument("--archs", type=int, default=20, help="number of architectures (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
