@@ -13,3 +13,11 @@ def test_import_contracts_hold(monkeypatch):
     cli = pytest.importorskip("importlinter.cli")
     monkeypatch.chdir(ROOT)
     assert cli.lint_imports(config_filename=str(ROOT / "setup.cfg"), no_cache=True) == 0
+
+
+def test_modules_stay_small():
+    """No library module over 500 lines; the export module under 300 (it assembles kernels, it holds none)."""
+    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines())
+             for pkg in ("mqbench", "primitives", "evoproxy", "experiments") for p in (ROOT / pkg).rglob("*.py")}
+    assert {k: v for k, v in sizes.items() if v > 500} == {}
+    assert sizes["evoproxy/export.py"] < 300
