@@ -30,7 +30,8 @@ from evoproxy.ops import OPS
 from evoproxy.tree import Proxy, load_proxy
 from primitives.core import HESSIAN, INPUT_PASSES, QUANT, REGISTRY, pass_needs
 
-KERNELS = ("mqbench.kernels", "primitives.kernels", "primitives.passes", "evoproxy.opkernels")  # dependency order
+KERNELS = ("mqbench.kernels", "primitives.kernels", "primitives.richkernels", "primitives.passes",
+           "evoproxy.opkernels")  # dependency order
 PROJECT = ("mqbench", "primitives", "evoproxy")
 CARRIED_MODULES = {"math", "torch"}  # modules an outside function may use (the generated module imports them)
 

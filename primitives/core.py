@@ -67,6 +67,10 @@ Conventions
   (convs before train-mode BN sum 65k cancelling terms): median per-layer relative error vs a
   float64 reference 1.0% with channels_last vs 0.18% contiguous (activations ~1e-5 either way).
   Pass ``channels_last=False`` when that matters; it is part of the cache key.
+* Richer statistics (only on request, ``default=False``; formulas, shapes and papers in
+  :mod:`primitives.richkernels`): ``act_sign`` / ``hamming_kernel`` (NWOT), ``grad_absmean`` /
+  ``grad_std`` (ZiCo, 2 mini-batches), ``input_jacobian`` (jacob_cov; per network, on every layer),
+  ``graph_*`` (autograd-graph depth, paths, residual branch, longest/shortest input-output path).
 * Randomness: every random tensor (noise, perturbation, probes, subsample indices) is drawn from
   an explicit ``torch.Generator`` seeded from ``seed`` and a purpose tag, so a subset of names
   gives the same values as the full set.
@@ -95,6 +99,7 @@ from mqbench.errors import ConfigError
 from mqbench.kernels import layer_macs_of
 from mqbench.kernels import layer_size_mb  # noqa: F401  (re-exported: the tables' per-layer size)
 from primitives import kernels, passes
+from primitives import richkernels as rk
 from primitives.kernels import (  # noqa: F401  (re-exported)
     BLOCK_PROBE_TAG, DATA, FD_REL_STEP, HESSIAN, INPUT_PASSES, NOISE, PASS_ORDER, PERTURB, QUANT, STATIC, Capture,
     ExtractionError, LayerCtx, LayerInfo, block_param_counts, compute, derive_seed, fixed_threads, generator,
@@ -279,6 +284,27 @@ primitive("quant_error", "W - W_q: the quantization error of the weight (needs b
 primitive("bitwidth", "the layer's weight bit-width as a 0-d int tensor (needs bit_config)", QUANT)(p_bitwidth)
 primitive("size_mb", "the layer's storage in MB at its bit-width: weights at b bits, bias at 32 bits (0-d float64; "
                      "needs bit_config)", QUANT)(p_size_mb)
+
+
+# ---- richer statistics (issue 14; formulas and papers in primitives/richkernels.py), only on request
+primitive("act_sign", "NWOT codes (Mellor et al. 2021): 1[x > 0] of the layer input, spatial mean per sample "
+                      "(fraction of on units per channel): [N, C_in]", DATA, ("sign",), default=False)(rk.p_act_sign)
+primitive("hamming_kernel", "NWOT kernel: K_ij = units where the input codes 1[x > 0] of samples i, j agree "
+                            "(N_A - Hamming distance, full resolution): [N, N]", DATA, ("hkernel",), default=False)(rk.p_hamming_kernel)
+primitive("grad_absmean", "ZiCo (Li et al. 2023): mean over 2 mini-batches of |dL_i/dW|: shape of W", DATA, ("zico",),
+          default=False)(rk.p_grad_absmean)
+primitive("grad_std", "ZiCo (Li et al. 2023): std (population) over 2 mini-batches of dL_i/dW: shape of W", DATA,
+          ("zico",), default=False)(rk.p_grad_std)
+primitive("input_jacobian", "jacob_cov (Mellor et al.): d(sum of logits)/dx per sample, flattened: [N, D]; the same "
+                            "network tensor on every layer", DATA, ("jacobian",), default=False)(rk.p_input_jacobian)
+for _key, _what in (("depth", "most Conv/Linear layers on an input path to the layer, itself included (0: unreached)"),
+                    ("paths", "number of input-to-logits paths through the layer"),
+                    ("residual", "1 when some input-to-logits path bypasses the layer (residual/parallel branch), else 0"),
+                    ("io_paths", "number of input-to-logits paths of the network (0: disconnected; on every layer)"),
+                    ("longest", "most Conv/Linear layers on an input-to-logits path (0 if none; on every layer)"),
+                    ("shortest", "fewest Conv/Linear layers on an input-to-logits path (0 if none; on every layer)")):
+    primitive(f"graph_{_key}", f"autograd-graph feature: {_what} (0-d float64)", DATA, ("graph",),
+              default=False)(getattr(rk, f"p_graph_{_key}"))
 
 
 def default_names(hutchinson_probes: int = 0, bit_config=None) -> list[str]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from primitives.kernels import (BLOCK_PROBE_TAG, DATA, FD_REL_STEP, HESSIAN, NOISE, PASS_ORDER, Capture,
                                 ExtractionError, LayerInfo, derive_seed, generator, spatial_mean)
+from primitives.richkernels import RICH_NEEDS, SIGN_NEEDS, record_signs, rich_data_pass
 
 
 def run_passes(model: nn.Module, candidates: dict, x, y, passes: Mapping, probes: int, seed: int, noise_std: float,
@@ -31,11 +32,11 @@ def run_passes(model: nn.Module, candidates: dict, x, y, passes: Mapping, probes
         w.requires_grad_(True)
     layers, captures, loss_data = None, {}, None
 
-    def run(xp, needs, probes_here):
+    def run(xp, needs, probes_here, yp=None):
         expected = None if layers is None else [l.module for l in layers]
         for safe in (False, True):
             try:
-                result = run_pass(model, candidates, xp, y, frozenset(needs), probes_here,
+                result = run_pass(model, candidates, xp, y if yp is None else yp, frozenset(needs), probes_here,
                                   derive_seed("hutchinson", seed), expected, safe=safe)
             finally:
                 for b, saved in buffers:
@@ -82,6 +83,12 @@ def run_passes(model: nn.Module, candidates: dict, x, y, passes: Mapping, probes
             if layers is None:
                 layers = order
             captures[pass_] = caps
+            if pass_ == DATA and passes[DATA] & RICH_NEEDS:  # ZiCo mini-batches, input Jacobian, graph
+                try:
+                    rich_data_pass(run, model, candidates, xp, y, passes[DATA], layers, caps)
+                finally:
+                    for b, saved in buffers:
+                        b.data.copy_(saved)
             if pass_ == DATA:
                 loss_data = loss
     finally:
@@ -120,6 +127,8 @@ def run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, probe
             cap.act_in = spatial_mean(inp.detach(), kind).clone()
         if "act_out" in needs:
             cap.act_out = spatial_mean(output.detach(), kind).clone()
+        if needs & SIGN_NEEDS:
+            record_signs(cap, inp, kind, needs)
         if keep_out:
             outs.append(output)
             versions.append(output._version)
