@@ -92,7 +92,7 @@ class Backend:
                 raise ConfigError("--backend dask needs dask.distributed: pip install 'evoproxy[dask]'") from None
             if self.scheduler:
                 try:
-                    self._client = Client(self.scheduler, timeout=30, set_as_default=False)
+                    self._client = Client(self.scheduler, timeout=20, set_as_default=False)
                 except (OSError, TimeoutError) as exc:
                     raise ConfigError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
             else:
