@@ -107,6 +107,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parallel_options(p: argparse.ArgumentParser) -> None:
+    """--backend and --scheduler, worded as the search's (see :mod:`mqbench.parallel`)."""
+    from evoproxy.searchconfig import add_arguments
+
+    add_arguments(p, only=("backend", "scheduler"))
+
+
 def _table_options(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="table_command", metavar="ACTION")
     sub.required = True
@@ -120,6 +127,7 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     b.add_argument("--checkpoint", default=None, help="FP checkpoint (default: the data root's)")
     b.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
     b.add_argument("--out", required=True, help="CSV to write (a .meta.json sidecar goes beside it)")
+    _parallel_options(b)
     st = sub.add_parser("stats", help="size, top-1 spread and trivial-proxy correlations of a table")
     st.add_argument("table")
     st.add_argument("--json", action="store_true")
@@ -174,6 +182,7 @@ def _proxy_run_options(p: argparse.ArgumentParser, bench_required: bool = True) 
     p.add_argument("--checkpoint", default=None, help="MQ tables: FP checkpoint file (default: found by name in the data root; verified by sha256)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (scores do not depend on it)")
     p.add_argument("--batch", type=int, default=64, help="CIFAR-10 training images in the batch")
+    _parallel_options(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
 
 
@@ -403,7 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args._fn(args) or 0)
+        if getattr(args, "backend", None) is None:
+            return int(args._fn(args) or 0)
+        from mqbench.parallel import use_backend
+
+        # every parallel call of the command runs on this backend (a local Dask cluster starts on first use)
+        with use_backend(args.backend, args.scheduler, jobs=getattr(args, "jobs", 1)):
+            return int(args._fn(args) or 0)
     except EvoproxyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

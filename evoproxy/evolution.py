@@ -168,6 +168,20 @@ class Search:
         self.log = list(state["log"])
         self.hof = [Individual.from_json(d) for d in state["hall_of_fame"]]
 
+    def _lock_run_dir(self):
+        """Hold ``<out>/.lock`` for the whole run (a second process on the same folder gets a one-line error,
+        before any work); returns the lock and whether the folder was created here."""
+        from mqbench.fileio import FileLock
+
+        created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            return FileLock(self.out / ".lock", f"run folder {self.out}").acquire(), created
+        except BaseException:
+            if created:
+                self.out.rmdir()
+            raise
+
     def _open_run_dir(self) -> None:
         ckpt = self.out / "checkpoint.json"
         if ckpt.exists():
@@ -398,6 +412,19 @@ class Search:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> SearchResult:
+        from mqbench.parallel import use_backend
+
+        c = self.config
+        lock, created = self._lock_run_dir()
+        try:
+            with use_backend(c.backend, c.scheduler, jobs=c.jobs):
+                return self._run()
+        finally:
+            lock.release()
+            if created and not any(self.out.iterdir()):  # failed before writing anything: leave no trace
+                self.out.rmdir()
+
+    def _run(self) -> SearchResult:
         from tqdm import tqdm
 
         c = self.config

@@ -11,9 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from mqbench.errors import ConfigError
+from mqbench.parallel import BACKENDS
 
 # settings that do not change the result; everything else must match on --resume
-RUNTIME_KEYS = ("out", "jobs", "time_budget", "progress", "checkpoint")
+RUNTIME_KEYS = ("out", "jobs", "backend", "scheduler", "time_budget", "progress", "checkpoint")
 PATH_KEYS = ("out", "table", "checkpoint")  # stored portably (repository- or data-root-relative)
 
 
@@ -76,6 +77,11 @@ class SearchConfig:
     max_size: int = _opt(30, "tree structure: node-count limit")
     max_chain: int = _opt(2, "emq structure: at most this many unary ops per branch")
     jobs: int = _opt(1, "worker processes (the run does not depend on it)")
+    backend: str = _opt("loky", "engine of the worker processes: loky (this machine) or dask (a local Dask cluster "
+                                "of --jobs workers, or the cluster at --scheduler); the run does not depend on it",
+                        choices=BACKENDS)
+    scheduler: str | None = _opt(None, "address of a running Dask scheduler (e.g. tcp://host:8786) to run on; "
+                                       "needs --backend dask, and --jobs about its worker count")
     time_budget: float | None = _opt(None, "stop after the generation that would exceed this many seconds")
     progress: bool = _opt(True, "no progress bar", flag="--quiet")
     checkpoint: str | None = _opt(None, "MQ tables: FP checkpoint file (default: found by name in the data root; "
@@ -83,6 +89,7 @@ class SearchConfig:
 
     def validate(self) -> None:
         from evoproxy.fitness import check_fitness
+        from mqbench.parallel import check_backend
 
         if not self.bench:
             raise ConfigError("a search needs a benchmark (--bench)")
@@ -109,6 +116,7 @@ class SearchConfig:
         if self.hutchinson_probes is not None and self.hutchinson_probes < 0:
             raise ConfigError("--hutchinson-probes must be >= 0")
         check_fitness(self.fitness)
+        check_backend(self.backend, self.scheduler)
 
     def result_settings(self) -> dict:
         return {k: v for k, v in self.portable().items() if k not in RUNTIME_KEYS}
@@ -129,12 +137,15 @@ def _type_of(f: dataclasses.Field):
     return str
 
 
-def add_arguments(parser: argparse.ArgumentParser, config_class=SearchConfig) -> None:
-    """One option per field of ``config_class``: ``--name-with-dashes`` (or the field's ``flag``), typed by the
-    annotation, defaults and help from the field; booleans that default to True get a negative flag."""
+def add_arguments(parser: argparse.ArgumentParser, config_class=SearchConfig, only: tuple | None = None) -> None:
+    """One option per field of ``config_class`` (or of the fields named in ``only``): ``--name-with-dashes`` (or
+    the field's ``flag``), typed by the annotation, defaults and help from the field; booleans that default to
+    True get a negative flag."""
     from evoproxy.fitness import fitness_names
 
     for f in dataclasses.fields(config_class):
+        if only is not None and f.name not in only:
+            continue
         meta = dict(f.metadata)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag = meta.get("flag", "--" + f.name.replace("_", "-"))

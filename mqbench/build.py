@@ -4,11 +4,15 @@ One CSV row per configuration (``TABLE_COLUMNS``), appended with a single write 
 a ``<table>.meta.json`` sidecar with everything that defines the table. Killing the build at any
 moment and re-running the same command continues where it stopped: a torn last line is cut off,
 finished indices are skipped, and a table built with other options is refused.
+
+Rows are written only by the calling process, as the workers' results arrive (joblib's loky
+processes or a Dask cluster, see :mod:`mqbench.parallel`): a worker killed mid-build loses nothing
+(the backend re-runs its task) and duplicates nothing. A ``<table>.lock`` file refuses a second
+build of the same table while one runs (:class:`mqbench.fileio.FileLock`).
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.fileio import append_line, atomic_write_text, complete_lines, has_torn_tail
+from mqbench.fileio import FileLock, append_line, atomic_write_text, complete_lines, has_torn_tail
 from mqbench.ptq import PTQSettings, fp_top1, ptq_top1
 from mqbench.quant import BitSpec, bops, default_bit_spec, layer_macs, model_size_mb, quantizable_layers
 
@@ -159,22 +163,31 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
                 data_source: str | None = None, keep_first_last: bool = True,
                 allowed: tuple[int, ...] = (2, 3, 4), progress: bool = True,
                 limit: int | None = None) -> Path:
-    """Build (or resume) the table at ``out``; returns its path. ``limit`` stops after that many new rows."""
-    from joblib import Parallel, delayed
+    """Build (or resume) the table at ``out``; returns its path. ``limit`` stops after that many new rows.
+    ``jobs`` > 1 evaluates configurations in worker processes of the current backend
+    (:func:`mqbench.parallel.use_backend`); the table does not depend on either."""
+    if not model.startswith("resnet") or not model.removeprefix("resnet").isdigit():
+        raise ConfigError(f"unknown model {model!r}: expected a CIFAR ResNet such as resnet20 or resnet32")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.with_name(out.name + ".lock"), f"table {out}"):
+        return _build_locked(model, configs, seed, out, jobs, checkpoint, ptq, data_source, keep_first_last,
+                             allowed, progress, limit)
+
+
+def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_source, keep_first_last, allowed,
+                  progress, limit) -> Path:
     from tqdm import tqdm
 
     from mqbench.cifar10 import load_split, normalize, sample_indices
     from mqbench.dataroot import require
     from mqbench.networks.resnet_cifar import CHECKPOINT_NORMALIZATION, load_pretrained
+    from mqbench.parallel import current_backend, map_unordered
 
-    if not model.startswith("resnet") or not model.removeprefix("resnet").isdigit():
-        raise ConfigError(f"unknown model {model!r}: expected a CIFAR ResNet such as resnet20 or resnet32")
     depth = int(model.removeprefix("resnet"))
     checkpoint = Path(checkpoint) if checkpoint else require(model)
     fp_model = load_pretrained(depth, checkpoint)
     spec = default_bit_spec(fp_model, keep_first_last=keep_first_last, allowed=tuple(allowed), act_bits=ptq.act_bits)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta_path = out.with_name(out.name + META_SUFFIX)
     layers = quantizable_layers(fp_model)
     identity = {
@@ -233,16 +246,16 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
 
     jobs = max(1, int(jobs))
     job = BuildJob(model, str(checkpoint), CHECKPOINT_NORMALIZATION, data_source, ptq,
-                   threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
-    tasks = (delayed(_evaluate_row)(job, i, kind, spec.full_config(cfg)) for i, kind, cfg in todo)
+                   threads=current_backend().worker_threads(jobs) if jobs > 1 else None)
+    tasks = [(job, i, kind, spec.full_config(cfg)) for i, kind, cfg in todo]
     by_index = {i: cfg for i, _, cfg in todo}
     wall = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"PTQ {model}", unit="cfg", disable=not progress, dynamic_ncols=True)
     try:
-        runner = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered") if jobs > 1 else None
-        results = runner(tasks) if runner is not None else (_evaluate_row_local(job, t) for t in tasks)
-        for index, kind, acc, seconds in results:
-            cfg = by_index[index]
+        for index, kind, acc, seconds in map_unordered(_evaluate_row, tasks, jobs=jobs):
+            cfg = by_index.pop(index, None)
+            if cfg is None:  # never twice, whatever a backend delivers
+                continue
             full = spec.full_config(cfg)
             size = model_size_mb(meta["layer_params"], meta["layer_bias"], full)
             bop = bops(meta["layer_macs"], full, spec.act_bits) / 1e9
@@ -254,8 +267,3 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
     meta["build_wall_s"] = round(meta["build_wall_s"] + time.perf_counter() - wall, 1)
     _write_json_atomic(meta_path, meta)
     return out
-
-
-def _evaluate_row_local(job: BuildJob, task):
-    fn, args, kwargs = task
-    return fn(*args, **kwargs)
