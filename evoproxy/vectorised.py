@@ -310,11 +310,10 @@ class Stacked:
     counts: torch.Tensor  # [samples, max layers] float64 weight counts, 0 past a sample's last layer
     mask: torch.Tensor  # [samples, max layers] bool
     plans: dict = field(default_factory=dict)
+    nbytes: int = 0  # bytes held by the stacked tensors
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the stacked tensors."""
-        return sum(t.numel() * t.element_size() for g in self.groups for t in g.stores.values())
+    def __post_init__(self):
+        self.nbytes = sum(t.numel() * t.element_size() for g in self.groups for t in g.stores.values())
 
 
 def stack(stats) -> Stacked:
@@ -360,13 +359,16 @@ class _Part:
     hi: int
     select: dict  # name -> slice or LongTensor into the group's store
     inverse: torch.Tensor | None  # [pairs] item of each pair (None: item i is pair i)
-    rows: torch.Tensor  # [pairs] sample - start
-    cols: torch.Tensor  # [pairs] layer
+    flat: torch.Tensor  # [pairs] (sample - start) * max layers + layer: each pair's place in the values matrix
+    gathered: dict | None = None
 
     def env(self, first_only: bool = False) -> dict:
+        stores = self.group.stores
         if first_only:
-            return {n: self.group.stores[n][s][:1] for n, s in self.select.items()}
-        return {n: self.group.stores[n][s] for n, s in self.select.items()}
+            return {n: stores[n][s][:1] if isinstance(s, slice) else stores[n][s[:1]] for n, s in self.select.items()}
+        if self.gathered is None:  # views for slices; gathered (copied) distinct items kept with the plan
+            self.gathered = {n: stores[n][s] for n, s in self.select.items()}
+        return self.gathered
 
 
 def _plan(st: Stacked, names: frozenset, start: int, stop: int) -> list:
@@ -382,13 +384,16 @@ def _plan(st: Stacked, names: frozenset, start: int, stop: int) -> list:
         if all(g.is_identity(n) for n in used):
             select, inverse = {n: slice(lo, hi) for n in used}, None
         elif used:
-            cols = np.stack([g.index[n][lo:hi] for n in used], axis=1)
-            combos, inv = np.unique(cols, axis=0, return_inverse=True)
-            select = {n: torch.as_tensor(combos[:, j]) for j, n in enumerate(used)}
+            code = np.zeros(hi - lo, dtype=np.int64)  # mixed-radix number of each pair's combination
+            for n in used:
+                code = code * g.stores[n].shape[0] + g.index[n][lo:hi]
+            _, first, inv = np.unique(code, return_index=True, return_inverse=True)
+            select = {n: torch.as_tensor(g.index[n][lo:hi][first]) for n in used}
             inverse = torch.as_tensor(inv.reshape(-1))
         else:  # no terminal of the tree in this group: evaluation raises "missing" on one item
             select, inverse = {}, torch.zeros(hi - lo, dtype=torch.long)
-        parts.append(_Part(g, lo, hi, select, inverse, torch.as_tensor(g.sample[lo:hi] - start), torch.as_tensor(g.layer[lo:hi])))
+        flat = torch.as_tensor((g.sample[lo:hi] - start) * st.counts.shape[1] + g.layer[lo:hi])
+        parts.append(_Part(g, lo, hi, select, inverse, flat))
     if len(st.plans) > 512:
         st.plans.clear()
     st.plans[key] = parts
@@ -437,51 +442,60 @@ class Result:
     error: tuple | None = None  # (sample index, OpError): the first sample whose evaluation raises
 
 
-def first_error(tree, st: Stacked, start: int, stop: int):
-    """(sample, OpError) of the first sample of ``start .. stop - 1`` that raises, as the per-sample
-    evaluator raises it (aggregation subtrees left to right, layers in order), or None."""
+def _first(errors: list, st: Stacked, start: int, stop: int):
+    """(sample, OpError) of the first raising sample in the per-sample evaluator's order (aggregation
+    subtrees left to right, layers in order), from ``errors`` [(subtree index, part, OpError)], or None."""
     best = None  # (sample, subtree, layer, error)
-    for s in range(start, stop):
-        if st.n_layers[s] == 0:
-            best = (s, -1, -1, OpError("shape", "network without Conv2d/Linear layers"))
-            break
-    for a, sub in enumerate(_layer_trees(tree)):
-        for part in _plan(st, frozenset(_terminals(sub, set())), start, stop):
-            first = int(part.group.sample[part.lo])
-            if best is not None and first > best[0]:
-                continue
-            try:
-                _layer(sub, part.env(first_only=True))
-                continue
-            except OpError as exc:
-                error = exc
-            samples = part.group.sample[part.lo:part.hi]
-            layer = int(part.group.layer[part.lo + int(np.searchsorted(samples, first))])
-            if best is None or (first, a, layer) < best[:3]:
-                best = (first, a, layer, error)
+    empty = np.flatnonzero(st.n_layers[start:stop] == 0)
+    if len(empty):
+        best = (start + int(empty[0]), -1, -1, OpError("shape", "network without Conv2d/Linear layers"))
+    for a, part, exc in errors:
+        samples = part.group.sample[part.lo:part.hi]
+        first = int(samples[0])
+        layer = int(part.group.layer[part.lo + int(np.searchsorted(samples, first))])
+        if best is None or (first, a, layer) < best[:3]:
+            best = (first, a, layer, exc)
     return None if best is None else (best[0], best[3])
 
 
-def _net(tree, st: Stacked, start: int, stop: int, memo: dict) -> torch.Tensor:
-    """[stop - start] float64 values of a net-level tree (no sample of the range may raise)."""
+def _net(tree, st: Stacked, start: int, stop: int, scan: dict) -> torch.Tensor:
+    """[stop - start] float64 values of a net-level tree; a part (group) that raises is recorded in
+    ``scan["errors"]`` and left 0. ``scan["first_only"]``: one item per part, no values."""
     if len(tree) == 3:
-        return batched_op(tree[0])(_net(tree[1], st, start, stop, memo), _net(tree[2], st, start, stop, memo))
-    sub = tree[1]
+        return batched_op(tree[0])(_net(tree[1], st, start, stop, scan), _net(tree[2], st, start, stop, scan))
+    sub, memo = tree[1], scan["memo"]
     key = repr(sub)
+    a = scan["subtrees"] = scan["subtrees"] + 1
     if key not in memo:
         values = torch.zeros(stop - start, st.counts.shape[1], dtype=torch.float64)
         for part in _plan(st, frozenset(_terminals(sub, set())), start, stop):
-            v = _layer(sub, part.env())
-            values[part.rows, part.cols] = v if part.inverse is None else v[part.inverse]
+            try:
+                v = _layer(sub, part.env(scan["first_only"]))
+            except OpError as exc:
+                scan["errors"].append((a, part, exc))
+                continue
+            if not scan["first_only"]:
+                values.view(-1).index_copy_(0, part.flat, v if part.inverse is None else v[part.inverse])
         memo[key] = values
     return batched_op(tree[0])(memo[key], st.mask[start:stop], st.counts[start:stop])
 
 
-def evaluate(tree, st: Stacked, start: int, stop: int) -> Result:
-    """The values of ``tree`` (JSON form, net level) on samples ``start .. stop - 1`` of ``st``: up to
-    the first sample that raises (see :class:`Result`). May return nan/inf values."""
+PROBE_BYTES = 64 << 20  # stacks larger than this find errors on one item per group first
+
+
+def evaluate(tree, st: Stacked, start: int, stop: int, probe: bool | None = None) -> Result:
+    """The values of ``tree`` (JSON form, net level) on samples ``start .. stop - 1`` of ``st``, up to
+    the first sample that raises (see :class:`Result`); may be nan/inf. ``probe``: find the errors on
+    one item per group before computing values (default: for stacks over ``PROBE_BYTES``), so that a
+    rejected tree costs little; else one pass computes everything and keeps the values before the error."""
+    probe = st.nbytes > PROBE_BYTES if probe is None else probe
     with torch.no_grad():
-        err = first_error(tree, st, start, stop)
+        scan = {"memo": {}, "errors": [], "subtrees": -1, "first_only": probe}
+        values = _net(tree, st, start, stop, scan)
+        err = _first(scan["errors"], st, start, stop)
         end = stop if err is None else err[0]
-        values = _net(tree, st, start, end, {}) if end > start else torch.zeros(0, dtype=torch.float64)
+        if probe:
+            scan = {"memo": {}, "errors": [], "subtrees": -1, "first_only": False}
+            values = _net(tree, st, start, end, scan) if end > start else values[:0]
+        values = values[:end - start]
     return Result(values.numpy(), err)
