@@ -418,20 +418,8 @@ def _layer(tree, env: dict) -> torch.Tensor:
     return batched_op(tree[0])(_layer(tree[1], env), _layer(tree[2], env))
 
 
-def _terminals(tree, out: set) -> set:
-    if isinstance(tree, str):
-        out.add(tree)
-    else:
-        for c in tree[1:]:
-            _terminals(c, out)
-    return out
-
-
-def _layer_trees(tree) -> list:
-    """The layer-level subtrees below the aggregations, in the per-sample evaluator's order."""
-    if len(tree) == 2:
-        return [tree[1]]
-    return _layer_trees(tree[1]) + _layer_trees(tree[2])
+def _terminals(tree) -> frozenset:
+    return frozenset([tree]) if isinstance(tree, str) else frozenset().union(*(_terminals(c) for c in tree[1:]))
 
 
 @dataclass
@@ -468,7 +456,7 @@ def _net(tree, st: Stacked, start: int, stop: int, scan: dict) -> torch.Tensor:
     a = scan["subtrees"] = scan["subtrees"] + 1
     if key not in memo:
         values = torch.zeros(stop - start, st.counts.shape[1], dtype=torch.float64)
-        for part in _plan(st, frozenset(_terminals(sub, set())), start, stop):
+        for part in _plan(st, _terminals(sub), start, stop):
             try:
                 v = _layer(sub, part.env(scan["first_only"]))
             except OpError as exc:
