@@ -446,6 +446,19 @@ def _first(errors: list, st: Stacked, start: int, stop: int):
     return None if best is None else (best[0], best[3])
 
 
+CHUNK_BYTES = 1 << 20  # items of a group are evaluated in chunks of about this many bytes per terminal (cache-sized)
+
+
+def _layer_chunked(sub, env: dict) -> torch.Tensor:
+    if not env:
+        return _layer(sub, env)
+    n = len(next(iter(env.values())))
+    step = max(1, CHUNK_BYTES // max(4 * max(t[:1].numel() for t in env.values()), 1))
+    if step >= n:
+        return _layer(sub, env)
+    return torch.cat([_layer(sub, {k: v[i:i + step] for k, v in env.items()}) for i in range(0, n, step)])
+
+
 def _net(tree, st: Stacked, start: int, stop: int, scan: dict) -> torch.Tensor:
     """[stop - start] float64 values of a net-level tree; a part (group) that raises is recorded in
     ``scan["errors"]`` and left 0. ``scan["first_only"]``: one item per part, no values."""
@@ -458,7 +471,7 @@ def _net(tree, st: Stacked, start: int, stop: int, scan: dict) -> torch.Tensor:
         values = torch.zeros(stop - start, st.counts.shape[1], dtype=torch.float64)
         for part in _plan(st, _terminals(sub), start, stop):
             try:
-                v = _layer(sub, part.env(scan["first_only"]))
+                v = _layer_chunked(sub, part.env(scan["first_only"]))
             except OpError as exc:
                 scan["errors"].append((a, part, exc))
                 continue
