@@ -11,7 +11,9 @@ trees count: they are part of what a search scores. Prints one line per benchmar
 JSON object: ``nb201_per_sample``, ``nb201_vectorised``, ``mq_per_sample``, ``mq_vectorised``
 (formulas/s), ``trees``, the stacked copies' sizes (``*_stacked_mb``) and the rejection reasons;
 whether both paths agreed on every tree (reason, scores within 1e-5 relative) is ``agree``.
-Timings depend on the machine and its load.
+Timings depend on the machine and its load. Measured (2 shared cores, load 5-11, 200 trees, jobs 2):
+NB201 7.1 (per-sample) vs 8.6 (vectorised) formulas/s, stacked copy 808 MB per worker; MQ 15.8 vs
+135.8, 12 MB. NB201 is compute-bound (e.g. logdet/Gram of 4,220 layers per tree), not overhead-bound.
 """
 from __future__ import annotations
 

@@ -450,18 +450,15 @@ CHUNK_BYTES = 1 << 20  # items of a group are evaluated in chunks of about this 
 
 
 def _layer_chunked(sub, env: dict) -> torch.Tensor:
-    if not env:
-        return _layer(sub, env)
-    n = len(next(iter(env.values())))
-    step = max(1, CHUNK_BYTES // max(4 * max(t[:1].numel() for t in env.values()), 1))
+    n = len(next(iter(env.values()))) if env else 1
+    step = max(1, CHUNK_BYTES // max(4 * max((t[:1].numel() for t in env.values()), default=0), 1))
     if step >= n:
         return _layer(sub, env)
     return torch.cat([_layer(sub, {k: v[i:i + step] for k, v in env.items()}) for i in range(0, n, step)])
 
 
 def _net(tree, st: Stacked, start: int, stop: int, scan: dict) -> torch.Tensor:
-    """[stop - start] float64 values of a net-level tree; a part (group) that raises is recorded in
-    ``scan["errors"]`` and left 0. ``scan["first_only"]``: one item per part, no values."""
+    """[stop - start] float64 values of a net-level tree (errors in ``scan["errors"]``; see evaluate)."""
     if len(tree) == 3:
         return batched_op(tree[0])(_net(tree[1], st, start, stop, scan), _net(tree[2], st, start, stop, scan))
     sub, memo = tree[1], scan["memo"]
@@ -469,7 +466,7 @@ def _net(tree, st: Stacked, start: int, stop: int, scan: dict) -> torch.Tensor:
     a = scan["subtrees"] = scan["subtrees"] + 1
     if key not in memo:
         values = torch.zeros(stop - start, st.counts.shape[1], dtype=torch.float64)
-        for part in _plan(st, _terminals(sub), start, stop):
+        for part in _plan(st, _terminals(sub), start, stop):  # a part that raises is recorded, left 0
             try:
                 v = _layer_chunked(sub, part.env(scan["first_only"]))
             except OpError as exc:
