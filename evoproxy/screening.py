@@ -34,7 +34,10 @@ from evoproxy.ops import OpError
 from evoproxy.tree import evaluate_tree, parse_tree
 
 REASONS = ("exception", "shape", "size", "nan", "constant", "timeout")
-VECTORISED = True  # the default evaluator of score_range / score_many (see the module docstring)
+# The default evaluator of score_range / score_many. Off for now: the vectorised path equals the per-sample
+# one within 1e-5 relative (not bit for bit, so it would change committed search trajectories) and is not
+# yet faster on NAS-Bench-201 (measured 8.6 vs 7.1 formulas/s; MQ 135.8 vs 15.8): see evoproxy.scoring_speed.
+VECTORISED = False
 _STACKED: list = []  # [(stats list, its evoproxy.vectorised.Stacked)]: the last one, per process
 
 
