@@ -124,6 +124,14 @@ def op_batch_std(x):
     return x.std(dim=0)
 
 
+def op_softmax0(x):
+    """softmax along the first dimension (output channels of a weight, samples of an activation), separately for
+    every index of the other dims (EMQ's softmax); a 0-d tensor gives 1"""
+    if x.dim() == 0:
+        return torch.ones_like(x)
+    return torch.softmax(x, dim=0)
+
+
 def _rows(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.dim() == 0:
         raise OpError("shape", f"{name} of a 0-d tensor")
