@@ -12,7 +12,8 @@ JSON proxy file (``evoproxy.proxy/1``), written by the search and read only by :
      "orientation": 1,                      # score = orientation * value of the tree
      "formula": "Σ_l ||(G * W)||_1",        # informative; regenerated from the tree on load
      "primitives": {"hutchinson_probes": 0, "noise_std": 0.01},
-     "search": {...}}                       # optional: benchmark, fitness, seed, ...
+     "search": {...},                       # optional: benchmark, fitness, seed, ...
+     "layer_weights": {...}}                # optional: learned per-layer-position weights (evoproxy calibrate)
 
 An operator node is a list ``[name, child, ...]``; a terminal is a string.
 """
@@ -147,6 +148,7 @@ class Proxy:
     primitives: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
     source: str | None = None
+    layer_weights: dict | None = None  # learned by ``evoproxy calibrate`` (see :mod:`evoproxy.calibrate`)
 
     @property
     def formula(self) -> str:
@@ -159,8 +161,11 @@ class Proxy:
         return body if self.orientation == 1 else rf"-\left({body}\right)"
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "formula": self.formula, "tree": self.tree.to_json(),
-                "orientation": self.orientation, "primitives": dict(self.primitives), "search": dict(self.search)}
+        out = {"format": FORMAT, "formula": self.formula, "tree": self.tree.to_json(),
+               "orientation": self.orientation, "primitives": dict(self.primitives), "search": dict(self.search)}
+        if self.layer_weights is not None:
+            out["layer_weights"] = self.layer_weights
+        return out
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + rename)."""
@@ -172,7 +177,7 @@ class Proxy:
 
     def value(self, stats) -> float:
         """The score on already extracted statistics (:class:`primitives.NetworkStats`)."""
-        return self.orientation * evaluate_tree(self.tree, stats)
+        return self.orientation * evaluate_tree(self.tree, stats, self.layer_weights)
 
     def statistics_request(self, batch: int = 64):
         """What this proxy reads: its primitives and their settings (:class:`primitives.items.StatsRequest`)."""
@@ -228,7 +233,12 @@ def parse_proxy(obj, source: str = "proxy") -> Proxy:
     search = obj.get("search", {}) or {}
     if not isinstance(search, dict):
         raise ProxyFileError(f"{source}: 'search' must be an object")
-    return Proxy(tree, int(orientation), settings, search, source)
+    layer_weights = None
+    if obj.get("layer_weights") is not None:
+        from evoproxy.calibrate import parse_layer_weights
+
+        layer_weights = parse_layer_weights(obj["layer_weights"], source, tree)
+    return Proxy(tree, int(orientation), settings, search, source, layer_weights)
 
 
 def load_proxy(path: str | Path) -> Proxy:
@@ -249,15 +259,17 @@ def load_proxy(path: str | Path) -> Proxy:
 
 # ------------------------------------------------------------------------------------- evaluation
 
-def evaluate_tree(node, stats) -> float:
+def evaluate_tree(node, stats, layer_weights: dict | None = None) -> float:
     """The tree's value on one network's primitives (:class:`primitives.NetworkStats`), computed by
     :func:`evoproxy.opkernels.evaluate_tree` (the evaluator exported modules copy) on ``node.to_json()``.
 
     Raises :class:`OpError` when an operator cannot be applied; may return nan/inf (the caller
     decides: the search rejects, the evaluator counts a failure)."""
-    from evoproxy.opkernels import evaluate_tree as evaluate
+    from evoproxy.opkernels import evaluate_proxy
 
     layers = stats.layers
-    return evaluate(node.to_json(), [layer.tensors for layer in layers],
-                    [math.prod(layer.weight_shape) for layer in layers],
-                    {name: op.fn for name, op in OPS.items()}, [layer.name for layer in layers])
+    lw = layer_weights or {}
+    return evaluate_proxy(node.to_json(), [layer.tensors for layer in layers],
+                          [math.prod(layer.weight_shape) for layer in layers],
+                          {name: op.fn for name, op in OPS.items()}, [layer.name for layer in layers],
+                          lw.get("weights"), lw.get("default", 1.0))
