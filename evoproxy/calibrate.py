@@ -6,9 +6,10 @@
 A proxy whose tree's root aggregates over layers (``layer_sum``, ``layer_mean``, ``layer_meanlog``,
 ``layer_pweighted``) is a sum of per-layer terms t_l (:func:`evoproxy.opkernels.layer_terms`: the
 aggregation's share of layer l). Calibration replaces that sum by sum_l w_p(l) t_l with one weight per
-*layer position* p, identified by the layer's name: on NAS-Bench-201 a name is cell x edge x operation
-(e.g. ``cells.7.edges.3<-1.nor_conv_3x3.op.1``), on an MQ table every item has the same layers, so a
-name is a layer index. The weights minimise
+*layer position* p, the layer's name and weight shape (:func:`evoproxy.opkernels.layer_position`): on
+NAS-Bench-201 the name gives cell x edge and the kernel size the operation (``cells.7.edges.3_1.1:16x16x3x3``
+is a 3x3 conv on edge 1->3 of cell 7); on an MQ table every item has the same layers, so a position is a
+layer index. The weights minimise
 
     1 - diff_kendall(z(orientation * sum_l w_p(l) t_l), truth, T) + weight_decay * mean_p (w_p - 1)^2
 
@@ -27,7 +28,7 @@ import statistics
 
 from evoproxy.errors import ConfigError
 
-KEY = "layer_name"
+KEY = "layer_position"  # opkernels.layer_position: "<layer name>:<weight shape>"
 MAX_POSITIONS = 100_000
 
 
@@ -48,7 +49,7 @@ def parse_layer_weights(obj, source: str, tree) -> dict:
                              f"got {tree.name!r}")
     weights = obj.get("weights")
     if not isinstance(weights, dict) or not weights or len(weights) > MAX_POSITIONS:
-        raise ProxyFileError(f"{source}: layer_weights.weights must be a non-empty object {{layer name: number}} "
+        raise ProxyFileError(f"{source}: layer_weights.weights must be a non-empty object {{layer position: number}} "
                              f"with at most {MAX_POSITIONS} entries")
     out = {}
     for name, w in list(weights.items()) + [(None, obj.get("default", 1.0))]:
@@ -64,18 +65,19 @@ def parse_layer_weights(obj, source: str, tree) -> dict:
 
 
 def _terms(proxy, stats) -> tuple[list[str], list[float]]:
-    from evoproxy.opkernels import layer_terms
+    from evoproxy.opkernels import layer_position, layer_terms
     from evoproxy.ops import OPS
 
     layers = stats.layers
+    keys = [layer_position(l.name, l.weight_shape) for l in layers]
     terms = layer_terms(proxy.tree.to_json(), [l.tensors for l in layers], [math.prod(l.weight_shape) for l in layers],
-                        {name: op.fn for name, op in OPS.items()}, [l.name for l in layers])
-    return [l.name for l in layers], terms
+                        {name: op.fn for name, op in OPS.items()}, keys)
+    return keys, terms
 
 
 def fit_weights(rows: list[tuple[list[str], list[float]]], truth, orientation: int = 1, *, weight_decay: float = 0.01,
                 temperature: float = 0.1, steps: int = 300, lr: float = 0.05) -> tuple[dict, dict]:
-    """({position: weight}, fit summary) from per-item (layer names, layer terms) and the items' truth."""
+    """({position: weight}, fit summary) from per-item (layer positions, layer terms) and the items' truth."""
     import torch
 
     from evoproxy.metrics import diff_kendall, kendall
@@ -115,7 +117,7 @@ def check_positions(rows) -> None:
             counts[name] = counts.get(name, 0) + 1
     if len(rows) < 2 or statistics.median(counts.values()) < 2:
         raise ConfigError(f"the benchmark's items have no stable layer positions (median {statistics.median(counts.values()) if counts else 0:g} "
-                          f"item(s) per layer name over {len(rows)} items): nothing to calibrate per position")
+                          f"item(s) per layer position over {len(rows)} items): nothing to calibrate per position")
 
 
 def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int = 64, weight_decay: float = 0.01,

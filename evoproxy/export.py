@@ -205,12 +205,12 @@ def score(model, inputs, targets, bit_config=None, *, seed=SEED):
 
 def formula(layers, counts, names=None):
     """The tree's value (before the orientation). ``layers``: one dict {{primitive name: tensor}} per layer,
-    ``counts``: each layer's weight count, ``names``: each layer's name (needed with LAYER_WEIGHTS)."""
+    ``counts``: each layer's weight count, ``names``: each layer's position key (needed with LAYER_WEIGHTS)."""
     return evaluate_proxy(TREE, layers, counts, OPERATORS, names, LAYER_WEIGHTS, LAYER_WEIGHT_DEFAULT)
 
 
 def primitives(model, inputs, targets, bit_config=None, *, seed=SEED, with_names=False):
-    """(per layer {{primitive: tensor}} for PRIMITIVES, per layer weight count[, layer names]), forward order."""
+    """(per layer {{primitive: tensor}} for PRIMITIVES, per layer weight count[, position keys]), forward order."""
     if NEEDS_BITS and bit_config is None:
         raise ValueError("this proxy scores a bit configuration: pass bit_config (weight bits per Conv2d/Linear "
                          "in forward order, or a dict layer name -> bits)")
@@ -224,7 +224,7 @@ def primitives(model, inputs, targets, bit_config=None, *, seed=SEED, with_names
         values = [{{name: owned(compute(ctx, fn, pass_, captures)) for name, (pass_, fn) in PRIMITIVES.items()}}
                   for ctx in layer_contexts(model, layers, bits, QUANTIZER)]
         counts = [math.prod(l.module.weight.shape) for l in layers]
-        return (values, counts, [l.name for l in layers]) if with_names else (values, counts)
+        return (values, counts, [layer_position(l.name, l.module.weight.shape) for l in layers]) if with_names else (values, counts)
 '''
 
 

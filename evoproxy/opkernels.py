@@ -371,7 +371,14 @@ def tensor_value(tree, layer, functions, layer_name="?") -> torch.Tensor:
 # ------------------------------------------------------------------------------------- learned layer weights
 # ``evoproxy calibrate``: a tree whose root aggregates over layers is the sum of per-layer terms t_l (the
 # aggregation's share of layer l); a calibrated proxy replaces that sum by sum_l w_l t_l, w_l the learned weight
-# of the layer's position (its name; ``default`` for a name without one), so all weights 1 give the tree's value.
+# of the layer's position (``layer_position``; ``default`` for a position without one), so all weights 1 give
+# the tree's value.
+
+def layer_position(name, weight_shape) -> str:
+    """A layer's position key: its name and weight shape, e.g. ``cells.7.edges.3_1.1:16x16x3x3`` (NAS-Bench-201's
+    names give cell x edge, the kernel size the operation), ``layer2.0.conv1:32x16x3x3`` (MQ: the layer index)."""
+    return f"{name}:{'x'.join(str(int(d)) for d in weight_shape)}"
+
 
 def _terms_sum(values, counts):
     return [float(v) for v in values]
@@ -408,8 +415,9 @@ def layer_terms(tree, layers, counts, functions, layer_names=None) -> list:
 
 
 def evaluate_proxy(tree, layers, counts, functions, layer_names=None, weights=None, default=1.0) -> float:
-    """:func:`evaluate_tree`, or with ``weights`` ({layer name: weight}) the weighted sum of the root's
-    per-layer terms, sum_l w_l t_l (``default`` for a layer name without a weight)."""
+    """:func:`evaluate_tree`, or with ``weights`` ({layer position: weight}) the weighted sum of the root's
+    per-layer terms, sum_l w_l t_l (``default`` for a position without a weight); ``layer_names`` are then the
+    layers' :func:`layer_position` keys."""
     if weights is None:
         return evaluate_tree(tree, layers, counts, functions, layer_names)
     terms = layer_terms(tree, layers, counts, functions, layer_names)

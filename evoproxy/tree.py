@@ -265,11 +265,11 @@ def evaluate_tree(node, stats, layer_weights: dict | None = None) -> float:
 
     Raises :class:`OpError` when an operator cannot be applied; may return nan/inf (the caller
     decides: the search rejects, the evaluator counts a failure)."""
-    from evoproxy.opkernels import evaluate_proxy
+    from evoproxy.opkernels import evaluate_proxy, layer_position
 
     layers = stats.layers
     lw = layer_weights or {}
+    names = [layer_position(l.name, l.weight_shape) if lw else l.name for l in layers]
     return evaluate_proxy(node.to_json(), [layer.tensors for layer in layers],
                           [math.prod(layer.weight_shape) for layer in layers],
-                          {name: op.fn for name, op in OPS.items()}, [layer.name for layer in layers],
-                          lw.get("weights"), lw.get("default", 1.0))
+                          {name: op.fn for name, op in OPS.items()}, names, lw.get("weights"), lw.get("default", 1.0))

@@ -15,6 +15,7 @@ from evoproxy.cli import main
 from evoproxy.errors import ConfigError
 from evoproxy.export import export_source
 from evoproxy.metrics import kendall
+from evoproxy.opkernels import layer_position
 from evoproxy.tree import ProxyFileError, load_proxy, parse_proxy
 from mqbench.networks.resnet_cifar import CifarResNet
 
@@ -39,6 +40,20 @@ def test_fit_recovers_a_weighting():
     assert kendall(learned, truth) == pytest.approx(fit["search_kendall_after"])
 
 
+def test_nb201_positions_are_cell_edge_and_operation():
+    from mqbench.networks.nb201 import NB201Network
+
+    def positions(arch):
+        return [layer_position(n, m.weight.shape) for n, m in NB201Network(arch, C=4, N=1).named_modules()
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+    a = positions("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|")
+    b = positions("|nor_conv_1x1~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|none~0|nor_conv_3x3~1|skip_connect~2|")
+    assert "cells.0.edges.1_0.1:4x4x3x3" in a and "cells.0.edges.1_0.1:4x4x1x1" in b
+    assert "cells.0.edges.1_0.1:4x4x3x3" not in b and len(set(a)) == len(a)
+    assert {"stem.0:4x3x3x3", "cells.0.edges.2_0.1:4x4x3x3", "cells.1.conv_a.1:8x4x3x3"} <= set(a) & set(b)
+
+
 def test_positions_must_recur():
     check_positions([(["a", "b"], [1.0, 2.0]), (["a", "b"], [0.5, 1.0])])
     with pytest.raises(ConfigError, match="no stable layer positions") as err:
@@ -52,11 +67,12 @@ def test_layer_weights_parse_score_and_export(tmp_path):
     x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
     bits = [8, 2, 3, 4, 2, 3, 4, 8]
     plain = parse_proxy(_doc(), "plain")
-    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    ones = parse_proxy(_doc(layer_weights={"key": "layer_name", "weights": {n: 1.0 for n in names}}), "ones")
+    names = [layer_position(n, m.weight.shape) for n, m in model.named_modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    ones = parse_proxy(_doc(layer_weights={"key": "layer_position", "weights": {n: 1.0 for n in names}}), "ones")
     assert ones.score(model, x, y, bits) == pytest.approx(plain.score(model, x, y, bits), rel=1e-12)
     w = {n: float(i) - 2.5 for i, n in enumerate(names[:-1])}  # the last layer keeps the default
-    proxy = parse_proxy(_doc(layer_weights={"key": "layer_name", "weights": w, "default": 0.5, "fit": {"a": 1}}), "w")
+    proxy = parse_proxy(_doc(layer_weights={"key": "layer_position", "weights": w, "default": 0.5, "fit": {"a": 1}}), "w")
     mods = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     want = sum(w.get(n, 0.5) * float(m.weight.detach().double().abs().sum()) * b / len(mods)
                for n, m, b in zip(names, mods, bits))
@@ -75,17 +91,17 @@ def test_layer_weights_parse_score_and_export(tmp_path):
 @pytest.mark.parametrize("lw,match", [
     ([1, 2], "must be an object"),
     ({"key": "index", "weights": {"a": 1.0}}, "key must be"),
-    ({"key": "layer_name", "weights": {}}, "non-empty"),
-    ({"key": "layer_name", "weights": {"a": float("nan")}}, "finite number"),
-    ({"key": "layer_name", "weights": {"a": "1"}}, "finite number"),
-    ({"key": "layer_name", "weights": {"a": 1.0}, "default": True}, "default must be"),
-    ({"key": "layer_name", "weights": {"a": 1.0}, "extra": 1}, "unknown layer_weights"),
+    ({"key": "layer_position", "weights": {}}, "non-empty"),
+    ({"key": "layer_position", "weights": {"a": float("nan")}}, "finite number"),
+    ({"key": "layer_position", "weights": {"a": "1"}}, "finite number"),
+    ({"key": "layer_position", "weights": {"a": 1.0}, "default": True}, "default must be"),
+    ({"key": "layer_position", "weights": {"a": 1.0}, "extra": 1}, "unknown layer_weights"),
 ])
 def test_layer_weights_errors(lw, match):
     with pytest.raises(ProxyFileError, match=match):
         parse_proxy(_doc(layer_weights=lw), "p")
     with pytest.raises(ProxyFileError, match="root aggregates"):
-        parse_proxy(_doc(["nadd", TREE, TREE], layer_weights={"key": "layer_name", "weights": {"a": 1.0}}), "p")
+        parse_proxy(_doc(["nadd", TREE, TREE], layer_weights={"key": "layer_position", "weights": {"a": 1.0}}), "p")
 
 
 def _mq_table(root, tmp_path, rows=60):
