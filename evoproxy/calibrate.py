@@ -19,7 +19,7 @@ not towards 0 (which would change the proxy's form). A position absent from the 
 weight ``default`` = 1 when scored. Torch on CPU, float64, a few seconds.
 
 The weights are stored in the proxy file (``layer_weights``, parsed and validated by
-:func:`parse_layer_weights`; no pickle) with how they were fitted.
+:func:`evoproxy.tree.parse_layer_weights`; no pickle) with how they were fitted.
 """
 from __future__ import annotations
 
@@ -27,41 +27,7 @@ import math
 import statistics
 
 from evoproxy.errors import ConfigError
-
-KEY = "layer_position"  # opkernels.layer_position: "<layer name>:<weight shape>"
-MAX_POSITIONS = 100_000
-
-
-def parse_layer_weights(obj, source: str, tree) -> dict:
-    """The validated ``layer_weights`` object of a proxy file (ProxyFileError naming the problem)."""
-    from evoproxy.ops import OPS
-    from evoproxy.tree import ProxyFileError
-
-    if not isinstance(obj, dict):
-        raise ProxyFileError(f"{source}: 'layer_weights' must be an object")
-    unknown = sorted(set(obj) - {"key", "weights", "default", "fit"})
-    if unknown:
-        raise ProxyFileError(f"{source}: unknown layer_weights field(s) {', '.join(map(repr, unknown))}")
-    if obj.get("key") != KEY:
-        raise ProxyFileError(f"{source}: layer_weights.key must be {KEY!r}, got {obj.get('key')!r}")
-    if OPS[tree.name].kind != "aggregate":
-        raise ProxyFileError(f"{source}: layer_weights need a tree whose root aggregates over layers, "
-                             f"got {tree.name!r}")
-    weights = obj.get("weights")
-    if not isinstance(weights, dict) or not weights or len(weights) > MAX_POSITIONS:
-        raise ProxyFileError(f"{source}: layer_weights.weights must be a non-empty object {{layer position: number}} "
-                             f"with at most {MAX_POSITIONS} entries")
-    out = {}
-    for name, w in list(weights.items()) + [(None, obj.get("default", 1.0))]:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            what = "layer_weights.default" if name is None else f"layer_weights.weights[{name!r}]"
-            raise ProxyFileError(f"{source}: {what} must be a finite number, got {w!r}")
-        out[name] = float(w)
-    default = out.pop(None)
-    fit = obj.get("fit", {})
-    if not isinstance(fit, dict):
-        raise ProxyFileError(f"{source}: layer_weights.fit must be an object")
-    return {"key": KEY, "weights": out, "default": default, "fit": dict(fit)}
+from evoproxy.tree import LAYER_WEIGHTS_KEY as KEY  # opkernels.layer_position keys
 
 
 def _terms(proxy, stats) -> tuple[list[str], list[float]]:

@@ -235,10 +235,41 @@ def parse_proxy(obj, source: str = "proxy") -> Proxy:
         raise ProxyFileError(f"{source}: 'search' must be an object")
     layer_weights = None
     if obj.get("layer_weights") is not None:
-        from evoproxy.calibrate import parse_layer_weights
-
         layer_weights = parse_layer_weights(obj["layer_weights"], source, tree)
     return Proxy(tree, int(orientation), settings, search, source, layer_weights)
+
+
+LAYER_WEIGHTS_KEY = "layer_position"  # evoproxy.opkernels.layer_position: "<layer name>:<weight shape>"
+MAX_LAYER_POSITIONS = 100_000
+
+
+def parse_layer_weights(obj, source: str, tree) -> dict:
+    """The validated ``layer_weights`` object of a proxy file (ProxyFileError naming the problem)."""
+    if not isinstance(obj, dict):
+        raise ProxyFileError(f"{source}: 'layer_weights' must be an object")
+    unknown = sorted(set(obj) - {"key", "weights", "default", "fit"})
+    if unknown:
+        raise ProxyFileError(f"{source}: unknown layer_weights field(s) {', '.join(map(repr, unknown))}")
+    if obj.get("key") != LAYER_WEIGHTS_KEY:
+        raise ProxyFileError(f"{source}: layer_weights.key must be {LAYER_WEIGHTS_KEY!r}, got {obj.get('key')!r}")
+    if OPS[tree.name].kind != "aggregate":
+        raise ProxyFileError(f"{source}: layer_weights need a tree whose root aggregates over layers, "
+                             f"got {tree.name!r}")
+    weights = obj.get("weights")
+    if not isinstance(weights, dict) or not weights or len(weights) > MAX_LAYER_POSITIONS:
+        raise ProxyFileError(f"{source}: layer_weights.weights must be a non-empty object {{layer position: number}} "
+                             f"with at most {MAX_LAYER_POSITIONS} entries")
+    out = {}
+    for name, w in list(weights.items()) + [(None, obj.get("default", 1.0))]:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            what = "layer_weights.default" if name is None else f"layer_weights.weights[{name!r}]"
+            raise ProxyFileError(f"{source}: {what} must be a finite number, got {w!r}")
+        out[name] = float(w)
+    default = out.pop(None)
+    fit = obj.get("fit", {})
+    if not isinstance(fit, dict):
+        raise ProxyFileError(f"{source}: layer_weights.fit must be an object")
+    return {"key": LAYER_WEIGHTS_KEY, "weights": out, "default": default, "fit": dict(fit)}
 
 
 def load_proxy(path: str | Path) -> Proxy:
