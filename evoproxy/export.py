@@ -200,18 +200,18 @@ TEMPLATE = '''
 
 def score(model, inputs, targets, bit_config=None, *, seed=SEED):
     """ORIENTATION * formula(...) on the model's primitives: higher predicts a more accurate {what}."""
-    layers, counts = primitives(model, inputs, targets, bit_config, seed=seed)
-    return ORIENTATION * formula(layers, counts)
+    layers, counts, names = primitives(model, inputs, targets, bit_config, seed=seed, with_names=True)
+    return ORIENTATION * formula(layers, counts, names)
 
 
-def formula(layers, counts):
+def formula(layers, counts, names=None):
     """The tree's value (before the orientation). ``layers``: one dict {{primitive name: tensor}} per layer,
-    ``counts``: each layer's weight count."""
-    return evaluate_tree(TREE, layers, counts, OPERATORS)
+    ``counts``: each layer's weight count, ``names``: each layer's position key (needed with LAYER_WEIGHTS)."""
+    return evaluate_proxy(TREE, layers, counts, OPERATORS, names, LAYER_WEIGHTS, LAYER_WEIGHT_DEFAULT)
 
 
-def primitives(model, inputs, targets, bit_config=None, *, seed=SEED):
-    """(per layer {{primitive: tensor}} for PRIMITIVES, per layer weight count), forward order."""
+def primitives(model, inputs, targets, bit_config=None, *, seed=SEED, with_names=False):
+    """(per layer {{primitive: tensor}} for PRIMITIVES, per layer weight count[, position keys]), forward order."""
     if NEEDS_BITS and bit_config is None:
         raise ValueError("this proxy scores a bit configuration: pass bit_config (weight bits per Conv2d/Linear "
                          "in forward order, or a dict layer name -> bits)")
@@ -224,7 +224,8 @@ def primitives(model, inputs, targets, bit_config=None, *, seed=SEED):
         bits = bits_per_layer(bit_config if NEEDS_BITS else None, [l.name for l in layers])
         values = [{{name: owned(compute(ctx, fn, pass_, captures)) for name, (pass_, fn) in PRIMITIVES.items()}}
                   for ctx in layer_contexts(model, layers, bits, QUANTIZER)]
-        return values, [math.prod(l.module.weight.shape) for l in layers]
+        counts = [math.prod(l.module.weight.shape) for l in layers]
+        return (values, counts, [layer_position(l.name, l.module.weight.shape) for l in layers]) if with_names else (values, counts)
 '''
 
 
@@ -258,6 +259,9 @@ def export_source(proxy: Proxy, module_name: str = "proxy") -> str:
         f"QUANTIZER = {'quantize_weight' if needs_bits else None}  # the PTQ weight quantizer (MQ proxies)",
         "PRIMITIVES = {" + ", ".join(f'"{n}": ("{p}", {f})' for n, (p, f) in prims.items()) + "}",
         "OPERATORS = {" + ", ".join(f'"{n}": {f}' for n, f in ops.items()) + "}",
+        f"LAYER_WEIGHTS = {(proxy.layer_weights or {}).get('weights')!r}  # evoproxy calibrate: "
+        "{layer name: weight} of the root's per-layer terms",
+        f"LAYER_WEIGHT_DEFAULT = {float((proxy.layer_weights or {}).get('default', 1.0))!r}",
     ]
     template = "\n".join(header) + TEMPLATE.format(what="bit configuration" if needs_bits else "network")
     roots = {n.id for n in ast.walk(ast.parse(template)) if isinstance(n, ast.Name)}

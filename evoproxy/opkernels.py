@@ -124,6 +124,14 @@ def op_batch_std(x):
     return x.std(dim=0)
 
 
+def op_softmax0(x):
+    """softmax along the first dimension (output channels of a weight, samples of an activation), separately for
+    every index of the other dims (EMQ's softmax); a 0-d tensor gives 1"""
+    if x.dim() == 0:
+        return torch.ones_like(x)
+    return torch.softmax(x, dim=0)
+
+
 def _rows(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.dim() == 0:
         raise OpError("shape", f"{name} of a 0-d tensor")
@@ -358,3 +366,59 @@ def tensor_value(tree, layer, functions, layer_name="?") -> torch.Tensor:
             raise OpError("missing", f"primitive {tree!r} not extracted for layer {layer_name}") from None
         return t if t.dtype == torch.float32 else t.float()
     return functions[tree[0]](*(tensor_value(c, layer, functions, layer_name) for c in tree[1:]))
+
+
+# ------------------------------------------------------------------------------------- learned layer weights
+# ``evoproxy calibrate``: a tree whose root aggregates over layers is the sum of per-layer terms t_l (the
+# aggregation's share of layer l); a calibrated proxy replaces that sum by sum_l w_l t_l, w_l the learned weight
+# of the layer's position (``layer_position``; ``default`` for a position without one), so all weights 1 give
+# the tree's value.
+
+def layer_position(name, weight_shape) -> str:
+    """A layer's position key: its name and weight shape, e.g. ``cells.7.edges.3_1.1:16x16x3x3`` (NAS-Bench-201's
+    names give cell x edge, the kernel size the operation), ``layer2.0.conv1:32x16x3x3`` (MQ: the layer index)."""
+    return f"{name}:{'x'.join(str(int(d)) for d in weight_shape)}"
+
+
+def _terms_sum(values, counts):
+    return [float(v) for v in values]
+
+
+def _terms_mean(values, counts):
+    return [float(v) / len(values) for v in values]
+
+
+def _terms_meanlog(values, counts):
+    return [math.log(max(abs(float(v)), LOG_FLOOR)) / len(values) for v in values]
+
+
+def _terms_pweighted(values, counts):
+    total = numpy_sum(counts)
+    return [float(v) * float(n) / total for v, n in zip(values, counts)]
+
+
+LAYER_TERMS = {agg_sum: _terms_sum, agg_mean: _terms_mean, agg_meanlog: _terms_meanlog, agg_pweighted: _terms_pweighted}
+
+
+def layer_terms(tree, layers, counts, functions, layer_names=None) -> list:
+    """The per-layer terms t_l of ``tree`` (root: an aggregation over layers), whose sum is the tree's value
+    up to float rounding. Raises :class:`OpError` ("structure") for another root."""
+    terms = LAYER_TERMS.get(functions.get(tree[0]) if isinstance(tree, list) and len(tree) == 2 else None)
+    if terms is None:
+        raise OpError("structure", "layer weights need a tree whose root aggregates over layers (layer_sum, ...)")
+    if not layers:
+        raise OpError("shape", "network without Conv2d/Linear layers")
+    names = layer_names if layer_names is not None else [str(i) for i in range(len(layers))]
+    with torch.no_grad():
+        values = [float(layer_value(tree[1], layer, functions, name)) for layer, name in zip(layers, names)]
+    return terms(values, [float(c) for c in counts])
+
+
+def evaluate_proxy(tree, layers, counts, functions, layer_names=None, weights=None, default=1.0) -> float:
+    """:func:`evaluate_tree`, or with ``weights`` ({layer position: weight}) the weighted sum of the root's
+    per-layer terms, sum_l w_l t_l (``default`` for a position without a weight); ``layer_names`` are then the
+    layers' :func:`layer_position` keys."""
+    if weights is None:
+        return evaluate_tree(tree, layers, counts, functions, layer_names)
+    terms = layer_terms(tree, layers, counts, functions, layer_names)
+    return numpy_sum([weights.get(name, default) * t for name, t in zip(layer_names, terms)])

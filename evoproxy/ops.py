@@ -106,6 +106,10 @@ register("sign", "unary", "sign({0})", r"\mathrm{{sign}}\left({0}\right)")(k.op_
 register("sigmoid", "unary", "sigmoid({0})", r"\sigma\left({0}\right)")(k.op_sigmoid)
 register("tanh", "unary", "tanh({0})", r"\tanh\left({0}\right)")(k.op_tanh)
 register("softmax", "unary", "softmax({0})", r"\mathrm{{softmax}}\left({0}\right)")(k.op_softmax)
+# softmax over output channels (EMQ's softmax): not drawn by searches unless --weights softmax0=1, so the
+# default search space (and every committed search) is unchanged
+register("softmax0", "unary", "softmax_0({0})", r"\mathrm{{softmax}}_0\left({0}\right)",
+         weight=0.0)(k.op_softmax0)
 register("inv", "unary", "1/{0}", r"\frac{{1}}{{{0}}}")(k.op_inv)
 register("znorm", "unary", "znorm({0})", r"\mathrm{{z}}\left({0}\right)")(k.op_znorm)
 register("minmax", "unary", "minmax({0})", r"\mathrm{{mm}}\left({0}\right)")(k.op_minmax)

@@ -12,7 +12,8 @@ JSON proxy file (``evoproxy.proxy/1``), written by the search and read only by :
      "orientation": 1,                      # score = orientation * value of the tree
      "formula": "Σ_l ||(G * W)||_1",        # informative; regenerated from the tree on load
      "primitives": {"hutchinson_probes": 0, "noise_std": 0.01},
-     "search": {...}}                       # optional: benchmark, fitness, seed, ...
+     "search": {...},                       # optional: benchmark, fitness, seed, ...
+     "layer_weights": {...}}                # optional: learned per-layer-position weights (evoproxy calibrate)
 
 An operator node is a list ``[name, child, ...]``; a terminal is a string.
 """
@@ -147,6 +148,7 @@ class Proxy:
     primitives: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
     source: str | None = None
+    layer_weights: dict | None = None  # learned by ``evoproxy calibrate`` (see :mod:`evoproxy.calibrate`)
 
     @property
     def formula(self) -> str:
@@ -159,8 +161,11 @@ class Proxy:
         return body if self.orientation == 1 else rf"-\left({body}\right)"
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "formula": self.formula, "tree": self.tree.to_json(),
-                "orientation": self.orientation, "primitives": dict(self.primitives), "search": dict(self.search)}
+        out = {"format": FORMAT, "formula": self.formula, "tree": self.tree.to_json(),
+               "orientation": self.orientation, "primitives": dict(self.primitives), "search": dict(self.search)}
+        if self.layer_weights is not None:
+            out["layer_weights"] = self.layer_weights
+        return out
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + rename)."""
@@ -172,7 +177,7 @@ class Proxy:
 
     def value(self, stats) -> float:
         """The score on already extracted statistics (:class:`primitives.NetworkStats`)."""
-        return self.orientation * evaluate_tree(self.tree, stats)
+        return self.orientation * evaluate_tree(self.tree, stats, self.layer_weights)
 
     def statistics_request(self, batch: int = 64):
         """What this proxy reads: its primitives and their settings (:class:`primitives.items.StatsRequest`)."""
@@ -228,7 +233,43 @@ def parse_proxy(obj, source: str = "proxy") -> Proxy:
     search = obj.get("search", {}) or {}
     if not isinstance(search, dict):
         raise ProxyFileError(f"{source}: 'search' must be an object")
-    return Proxy(tree, int(orientation), settings, search, source)
+    layer_weights = None
+    if obj.get("layer_weights") is not None:
+        layer_weights = parse_layer_weights(obj["layer_weights"], source, tree)
+    return Proxy(tree, int(orientation), settings, search, source, layer_weights)
+
+
+LAYER_WEIGHTS_KEY = "layer_position"  # evoproxy.opkernels.layer_position: "<layer name>:<weight shape>"
+MAX_LAYER_POSITIONS = 100_000
+
+
+def parse_layer_weights(obj, source: str, tree) -> dict:
+    """The validated ``layer_weights`` object of a proxy file (ProxyFileError naming the problem)."""
+    if not isinstance(obj, dict):
+        raise ProxyFileError(f"{source}: 'layer_weights' must be an object")
+    unknown = sorted(set(obj) - {"key", "weights", "default", "fit"})
+    if unknown:
+        raise ProxyFileError(f"{source}: unknown layer_weights field(s) {', '.join(map(repr, unknown))}")
+    if obj.get("key") != LAYER_WEIGHTS_KEY:
+        raise ProxyFileError(f"{source}: layer_weights.key must be {LAYER_WEIGHTS_KEY!r}, got {obj.get('key')!r}")
+    if OPS[tree.name].kind != "aggregate":
+        raise ProxyFileError(f"{source}: layer_weights need a tree whose root aggregates over layers, "
+                             f"got {tree.name!r}")
+    weights = obj.get("weights")
+    if not isinstance(weights, dict) or not weights or len(weights) > MAX_LAYER_POSITIONS:
+        raise ProxyFileError(f"{source}: layer_weights.weights must be a non-empty object {{layer position: number}} "
+                             f"with at most {MAX_LAYER_POSITIONS} entries")
+    out = {}
+    for name, w in list(weights.items()) + [(None, obj.get("default", 1.0))]:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            what = "layer_weights.default" if name is None else f"layer_weights.weights[{name!r}]"
+            raise ProxyFileError(f"{source}: {what} must be a finite number, got {w!r}")
+        out[name] = float(w)
+    default = out.pop(None)
+    fit = obj.get("fit", {})
+    if not isinstance(fit, dict):
+        raise ProxyFileError(f"{source}: layer_weights.fit must be an object")
+    return {"key": LAYER_WEIGHTS_KEY, "weights": out, "default": default, "fit": dict(fit)}
 
 
 def load_proxy(path: str | Path) -> Proxy:
@@ -249,15 +290,17 @@ def load_proxy(path: str | Path) -> Proxy:
 
 # ------------------------------------------------------------------------------------- evaluation
 
-def evaluate_tree(node, stats) -> float:
+def evaluate_tree(node, stats, layer_weights: dict | None = None) -> float:
     """The tree's value on one network's primitives (:class:`primitives.NetworkStats`), computed by
     :func:`evoproxy.opkernels.evaluate_tree` (the evaluator exported modules copy) on ``node.to_json()``.
 
     Raises :class:`OpError` when an operator cannot be applied; may return nan/inf (the caller
     decides: the search rejects, the evaluator counts a failure)."""
-    from evoproxy.opkernels import evaluate_tree as evaluate
+    from evoproxy.opkernels import evaluate_proxy, layer_position
 
     layers = stats.layers
-    return evaluate(node.to_json(), [layer.tensors for layer in layers],
-                    [math.prod(layer.weight_shape) for layer in layers],
-                    {name: op.fn for name, op in OPS.items()}, [layer.name for layer in layers])
+    lw = layer_weights or {}
+    names = [layer_position(l.name, l.weight_shape) if lw else l.name for l in layers]
+    return evaluate_proxy(node.to_json(), [layer.tensors for layer in layers],
+                          [math.prod(layer.weight_shape) for layer in layers],
+                          {name: op.fn for name, op in OPS.items()}, names, lw.get("weights"), lw.get("default", 1.0))

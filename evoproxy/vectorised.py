@@ -1,10 +1,8 @@
 """Vectorised scoring: a tree evaluated over all search samples at once, equal to the per-sample
 evaluator (:func:`evoproxy.opkernels.evaluate_tree`) within float rounding.
 
-    stacked = stack(stats)                               # once per list of NetworkStats (memoised by screening)
-    result = evaluate(tree.to_json(), stacked, 0, len(stats))
-    result.values                                        # float64 scores of samples start .. start + len(values)
-    result.error                                         # (sample, OpError) of the first sample that raises, or None
+    result = evaluate(tree.to_json(), stack(stats), 0, len(stats))   # stack(): once per list of NetworkStats
+    result.values, result.error          # float64 scores of samples start..; (sample, OpError) of the first raise
 
 **Stacking.** The (sample, layer) pairs of all samples are grouped by their *signature*, the shapes of
 every primitive tensor of the layer, so that in one group every primitive has one shape and every
@@ -66,6 +64,9 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 @batched("softmax")
 def _softmax(x):
     return torch.softmax(_flat(x), dim=1).reshape(x.shape)
+
+
+batched("softmax0")(lambda x: torch.ones_like(x) if x.dim() == 1 else torch.softmax(x, dim=1))  # per item's dim 0
 
 
 @batched("znorm")

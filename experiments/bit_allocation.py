@@ -7,7 +7,8 @@ layers at 3 resp. 4 bits, first conv and last linear fixed at 8 bits as in the M
 as the tables' ``size_mb``, :func:`mqbench.quant.model_size_mb`), every method picks one bit
 configuration (each searchable layer in {2,3,4}) whose size is within the budget:
 
-* a proxy (the evolved proxy files, HAWQ-V2, OMPQ, size-only = maximise the model size) picks the
+* a proxy (the evolved proxy files, EMQ's published proxy in its two readings, HAWQ-V2, OMPQ, size-only =
+  maximise the model size) picks the
   configuration that maximises its score with :class:`evoproxy.allocation.Allocator` (exact DP when the
   proxy passes the layer-additivity test, else evolutionary search; the table says which);
 * ``uniform``: the budget's own uniform configuration;
@@ -62,8 +63,16 @@ def _rel(path) -> str:
         return str(path)
 
 
+# EMQ's published proxy (examples/proxies, docs/emq_published_proxy.md): label per reading of how bits enter
+EMQ_LABELS = {"emq_published": "EMQ published (R1)", "emq_published_alt": "EMQ published (R2)"}
+EMQ_READINGS = {"emq_published": "R1: each layer's input tensors (virtual gradient, weight) multiplied by its bit-width",
+                "emq_published_alt": "R2: each layer's scalar multiplied by its bit-width"}
+
+
 def proxy_label(path: Path) -> str:
     path = Path(path)
+    if path.stem in EMQ_LABELS:
+        return EMQ_LABELS[path.stem]
     try:
         rel = path.resolve().relative_to(REPO)
     except ValueError:
@@ -176,7 +185,7 @@ def build_caption(details: list[dict], n_random: int, seed: int, ptq: dict) -> s
     return (f"Bit allocation under model-size budgets (EMQ's downstream task). Budget = the size_mb of the uniform "
             f"3-bit resp. 4-bit configuration (searchable layers at 3/4 bits, first conv and last linear fixed at 8 bits, "
             f"weights at their bits + 32-bit biases, MB = 2^20 bytes); every method's configuration (each searchable "
-            f"layer in {{2,3,4}}, activations 8 bit) has size <= budget. Proxies (evolved proxy files, HAWQ-V2, OMPQ, "
+            f"layer in {{2,3,4}}, activations 8 bit) has size <= budget. Proxies (evolved proxy files, EMQ published, HAWQ-V2, OMPQ, "
             f"size-only = maximise model size) choose the configuration maximising their score: optimiser 'dp' = exact "
             f"dynamic programming (the proxy passed the layer-additivity test on {ADDITIVITY_CHECKS} seeded random "
             f"configurations, relative tolerance {ADDITIVITY_RTOL:g}), 'evolution' = seeded evolutionary search "
@@ -198,8 +207,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.bit_allocation", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet20,resnet32", help="comma-separated CIFAR ResNets")
     parser.add_argument("--proxy", nargs="+", default=None, metavar="PATH.json",
-                        help="evolved proxy files (default: results/mq_correlation/runs/seed*/best.json, "
-                             "else runs/mq_s0/best.json)")
+                        help="proxy files (default: results/mq_correlation/runs/seed*/best.json, else "
+                             "runs/mq_s0/best.json, plus EMQ's published proxy in two readings)")
     parser.add_argument("--random", type=int, default=50, help="configurations for the random baseline (default 50)")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the random order, additivity test, evolution")
     parser.add_argument("--out", default=None, help="output folder (default results/bit_allocation)")
@@ -211,7 +220,9 @@ def main(argv=None) -> int:
         if args.random < 1:
             raise ConfigError("--random must be >= 1")
         models = [m.strip() for m in args.models.split(",") if m.strip()]
-        paths = [Path(p) for p in args.proxy] if args.proxy else default_proxies()
+        from experiments.mq_correlation import EMQ_PUBLISHED
+
+        paths = [Path(p) for p in args.proxy] if args.proxy else default_proxies() + EMQ_PUBLISHED
         proxies = {}
         for p in paths:
             label = proxy_label(p)
@@ -231,8 +242,13 @@ def main(argv=None) -> int:
     ptq = details[0]["ptq"] if details else {}
     caption = build_caption(details, args.random, args.seed, ptq)
     proxy_lines = "; ".join(f"{label} = {p.formula} (from {_rel(p.source)}, searched on "
-                            f"{p.search.get('bench', '?')})" for label, p in proxies.items())
-    caption += f" Evolved proxies: {proxy_lines}."
+                            f"{p.search.get('bench', '?')})" for label, p in proxies.items()
+                            if Path(p.source).stem not in EMQ_LABELS)
+    caption += f" Evolved proxies: {proxy_lines}." if proxy_lines else ""
+    emq = "; ".join(f"{label} = {p.formula} (from {_rel(p.source)}; {EMQ_READINGS[Path(p.source).stem]})"
+                    for label, p in proxies.items() if Path(p.source).stem in EMQ_LABELS)
+    caption += (f" EMQ's published proxy (tree_genov1 of EMQ-series; EMQ's public code does not show how the bit "
+                f"configuration enters, so two readings): {emq}." if emq else "")
     paths_written = write_table(out, "table", all_rows, COLUMNS, caption, HEADERS, digits=4)
     details_path = out / "details.json"
     dump_json(details_path, {"seed": args.seed, "random": args.random, "proxies": {k: _rel(p.source) for k, p in proxies.items()},

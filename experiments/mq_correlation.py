@@ -4,7 +4,8 @@
 
 1. Evolves one MQ proxy per search seed on the ResNet-20 table's search split (settings ``SEARCH``)
    into ``results/mq_correlation/runs/seed<S>/`` (existing runs are resumed / reused).
-2. Scores every registered MQ baseline, the proxy files in ``--extra`` (default: none) and the evolved
+2. Scores every registered MQ baseline, the proxy files in ``--extra`` (default: EMQ's published proxy in
+   its two readings, ``EMQ_PUBLISHED``) and the evolved
    ``best.json`` files on the whole holdout split of the ResNet-20 table (per-item scores cached in
    ``items_resnet20.csv``) -> ``table_resnet20.csv/.md``.
 3. Transfer: when a ResNet-32 table exists (``mqbench/tables/resnet32_cifar10_w234a8.csv``), the same
@@ -25,6 +26,17 @@ HEADERS = {"spearman": "ρ", "kendall": "τ", "pearson": "r", "spearman_top20": 
            "spearman_top100": "ρ@100%", "partial_spearman": "partial ρ (size)", "seconds_per_sample": "s/config"}
 METRICS = COLUMNS[1:-1]
 TABLES = Path(__file__).resolve().parent.parent / "mqbench" / "tables"
+PROXIES = Path(__file__).resolve().parent.parent / "examples" / "proxies"
+# EMQ's published genotype (docs/emq_published_proxy.md); how bits enter is not in EMQ's public code
+EMQ_PUBLISHED = [PROXIES / "emq_published.json", PROXIES / "emq_published_alt.json"]
+EMQ_CAPTION = ("emq_published / emq_published_alt: EMQ's published proxy (tree_genov1 of EMQ-series, operator "
+               "table of LPZero/PicoNAS: abslog, softmax over output channels, relu, sqrt, product; over all "
+               "Conv2d/Linear layers in forward order, EMQ's reversed gradient list not reproduced) in two readings "
+               "of how the bit configuration enters, which EMQ's public code does not show: R1 (emq_published) "
+               "multiplies each layer's input tensors (virtual gradient, weight) by its bit-width, as EMQ's "
+               "bsnip/bsynflow do; R2 (emq_published_alt) multiplies each layer's scalar by it. Since the "
+               "softmax's mean is 1/C_out, they equal mean_l b_l^(1/2) resp. b_l / C_out,l * mean(sqrt(relu(W_l))); "
+               "pretrained FP weights here (EMQ's script used a randomly initialised network). ")
 
 
 def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
@@ -45,7 +57,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--search-seeds", default="0,1,2")
-    p.add_argument("--extra", default="", help="comma-separated proxy JSON files to include (e.g. a published proxy)")
+    p.add_argument("--extra", default=",".join(str(e) for e in EMQ_PUBLISHED),
+                   help="comma-separated proxy JSON files to include (default: EMQ's published proxy, two readings)")
     p.add_argument("--jobs", type=int, default=1)
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.search_seeds.split(",") if s.strip()]
@@ -58,7 +71,8 @@ def main(argv=None) -> int:
                       f"of the ResNet-20 table, population {SEARCH['population']}, {SEARCH['generations']} "
                       f"generations, structure {SEARCH['structure']}, fitness {SEARCH['fitness']} (mean of Spearman "
                       f"and partial Spearman given model size), search seeds {', '.join(map(str, seeds))}. "
-                      f"s/config: worker time per configuration, per-network work (Hessian, FP primitives) amortised.")
+                      f"s/config: worker time per configuration, per-network work (Hessian, FP primitives) amortised. "
+                      + (EMQ_CAPTION if any(Path(e).stem.startswith("emq_published") for e in args.extra.split(",")) else ""))
     reports = score_with_cache("mq-resnet20-cifar10", proxies, None, 0, "holdout", out / "items_resnet20.csv",
                                jobs=args.jobs)[None]
     n = next(iter(reports.values()))["n_items"]

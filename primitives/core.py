@@ -60,6 +60,10 @@ Conventions
   its primitives (forward hooks record the layers' inputs/outputs, one ``autograd.grad`` gives
   dL/dW and dL/d(output) together). A layer output later modified in place by the model is
   detected (tensor version counter) and the pass is re-run handing clones to the model.
+* ``virtual_grad`` (EMQ, only on request): its own pass, like an input pass but on ``torch.ones`` of the
+  batch's shape with the objective sum(logits) instead of the loss (labels unused); one gradient per layer in
+  forward order (not EMQ's reversed list: the proxy language pairs a layer's tensors with each other), fresh
+  (EMQ's ``backward`` without ``zero_grad`` accumulates across calls), signs kept (no SynFlow ``abs``).
 * Layout: with ``channels_last=True`` (default) 4-d inputs of the data/noise/perturb passes are
   converted to channels_last, which mkldnn convolutions then propagate; the model's weights are
   not touched. Measured on NB201 (batch 64, 1 thread, 8 architectures): cheap pass 0.39 vs 0.71
@@ -101,7 +105,8 @@ from mqbench.kernels import layer_size_mb  # noqa: F401  (re-exported: the table
 from primitives import kernels, passes
 from primitives import richkernels as rk
 from primitives.kernels import (  # noqa: F401  (re-exported)
-    BLOCK_PROBE_TAG, DATA, FD_REL_STEP, HESSIAN, INPUT_PASSES, NOISE, PASS_ORDER, PERTURB, QUANT, STATIC, Capture,
+    BLOCK_PROBE_TAG, DATA, FD_REL_STEP, GRAD_PASSES, HESSIAN, INPUT_PASSES, NOISE, PASS_ORDER, PERTURB, QUANT, STATIC,
+    VIRTUAL, Capture,
     ExtractionError, LayerCtx, LayerInfo, block_param_counts, compute, derive_seed, fixed_threads, generator,
     layer_candidates, layer_contexts, owned, p_act_grad, p_act_in, p_act_out, p_act_x_grad, p_bitwidth, p_fisher,
     p_hessian_block_trace, p_hessian_diag, p_hessian_trace, p_params, p_quant_error, p_size_mb, p_weight,
@@ -285,6 +290,12 @@ primitive("bitwidth", "the layer's weight bit-width as a 0-d int tensor (needs b
 primitive("size_mb", "the layer's storage in MB at its bit-width: weights at b bits, bias at 32 bits (0-d float64; "
                      "needs bit_config)", QUANT)(p_size_mb)
 
+# ---- EMQ (issue 15): the virtual gradient of EMQ's published proxy (see docs/emq_published_proxy.md)
+primitive("virtual_grad", "Gv: gradient w.r.t. W of the sum of the logits for an all-ones input of the batch's shape "
+                          "(EMQ's virtual_grad; no loss, no labels; the model's mode as given)",
+          VIRTUAL, ("wgrad",), default=False)(p_weight_grad)
+# ---- end EMQ
+
 
 # ---- richer statistics (issue 14; formulas and papers in primitives/richkernels.py), only on request
 primitive("act_sign", "NWOT codes (Mellor et al. 2021): 1[x > 0] of the layer input, spatial mean per sample "
@@ -426,7 +437,7 @@ def pass_needs(names) -> dict[str, set]:
     passes: dict[str, set] = {}
     for n in names:
         prim = REGISTRY[n]
-        if prim.pass_ in INPUT_PASSES:
+        if prim.pass_ in GRAD_PASSES:
             passes.setdefault(prim.pass_, set()).update(prim.needs)
     for n in names:
         if REGISTRY[n].pass_ == HESSIAN:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from primitives.kernels import (BLOCK_PROBE_TAG, DATA, FD_REL_STEP, HESSIAN, NOISE, PASS_ORDER, Capture,
+from primitives.kernels import (BLOCK_PROBE_TAG, DATA, FD_REL_STEP, HESSIAN, NOISE, PASS_ORDER, VIRTUAL, Capture,
                                 ExtractionError, LayerInfo, derive_seed, generator, spatial_mean)
 from primitives.richkernels import RICH_NEEDS, SIGN_NEEDS, record_signs, rich_data_pass
 
@@ -32,12 +32,12 @@ def run_passes(model: nn.Module, candidates: dict, x, y, passes: Mapping, probes
         w.requires_grad_(True)
     layers, captures, loss_data = None, {}, None
 
-    def run(xp, needs, probes_here, yp=None):
+    def run(xp, needs, probes_here, yp=None, sum_logits=False):
         expected = None if layers is None else [l.module for l in layers]
         for safe in (False, True):
             try:
                 result = run_pass(model, candidates, xp, y if yp is None else yp, frozenset(needs), probes_here,
-                                  derive_seed("hutchinson", seed), expected, safe=safe)
+                                  derive_seed("hutchinson", seed), expected, safe=safe, sum_logits=sum_logits)
             finally:
                 for b, saved in buffers:
                     b.data.copy_(saved)
@@ -51,6 +51,8 @@ def run_passes(model: nn.Module, candidates: dict, x, y, passes: Mapping, probes
                 continue
             if pass_ in (DATA, HESSIAN):
                 xp = x
+            elif pass_ == VIRTUAL:  # EMQ's virtual gradient: an all-ones batch of the batch's shape
+                xp = torch.ones(x.shape, dtype=x.dtype, device=x.device)
             elif pass_ == NOISE:
                 xp = torch.randn(x.shape, generator=generator("noise", seed), dtype=x.dtype).to(x.device)
             else:
@@ -70,7 +72,8 @@ def run_passes(model: nn.Module, candidates: dict, x, y, passes: Mapping, probes
                                          base, layers, fd_step)
                 loss = None
             else:
-                order, caps, loss = run(xp, set() if pass_ == HESSIAN else passes[pass_], probes if pass_ == HESSIAN else 0)
+                order, caps, loss = run(xp, set() if pass_ == HESSIAN else passes[pass_], probes if pass_ == HESSIAN else 0,
+                                        sum_logits=pass_ == VIRTUAL)
             if pass_ == HESSIAN and "hblock" in passes[HESSIAN]:
                 try:  # exact block Hessian-vector products on the contiguous batch, like the joint estimate
                     traces = block_hessian_traces(model, [l.module.weight for l in order], x, y, probes,
@@ -98,8 +101,11 @@ def run_passes(model: nn.Module, candidates: dict, x, y, passes: Mapping, probes
 
 
 def run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, probe_seed: int,
-             expected: list | None, safe: bool = False):
+             expected: list | None, safe: bool = False, sum_logits: bool = False):
     """One forward (+ backward) of ``model`` on (x, y) with hooks on the Conv2d/Linear modules.
+
+    The objective is the mean cross-entropy of the logits, or with ``sum_logits`` the sum of all logits
+    (EMQ's virtual gradient; ``y`` unused).
 
     Returns (layers as LayerInfo in hook order, captures, loss), or None when a layer output was
     modified in place later in the forward (re-run with ``safe``, which hands a clone of each layer
@@ -147,7 +153,7 @@ def run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, probe
             logits = model(x)
             if not isinstance(logits, torch.Tensor):
                 raise ExtractionError(f"model returned {type(logits).__name__}, expected a logits tensor")
-            loss = F.cross_entropy(logits, y)
+            loss = logits.sum() if sum_logits else F.cross_entropy(logits, y)
     finally:
         for h in handles:
             h.remove()

@@ -302,7 +302,7 @@ def test_export_cli_and_errors(tmp_path, capsys):
     assert cli.main(["export", str(good), "-o", str(out)]) == 0
     assert "def score(model, inputs, targets, bit_config=None" in out.read_text()
     assert cli.main(["export", str(good)]) == 0
-    assert "def formula(layers, counts)" in capsys.readouterr().out
+    assert "def formula(layers, counts" in capsys.readouterr().out
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "evoproxy.proxy/1", "tree": ["layer_sum", ["frobnicate", "weight"]]}))
     for path in (bad, tmp_path / "missing.json"):

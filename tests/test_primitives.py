@@ -106,7 +106,8 @@ def test_registry_and_unknown_name():
     with pytest.raises(ConfigError, match="bit_config"):
         extract(model, x, y, names=["weight_q"])
     assert set(core.default_names()) == set(PRIMITIVES) - {"hessian_diag", "hessian_trace", "hessian_block_trace",
-                                                           "weight_q", "quant_error", "bitwidth", "size_mb"} \
+                                                           "weight_q", "quant_error", "bitwidth", "size_mb",
+                                                           "virtual_grad"} \
         - {n for n, p in core.REGISTRY.items() if p.fn.__module__ == "primitives.richkernels"}  # on request only
     assert "hessian_block_trace" not in core.default_names(hutchinson_probes=2)  # only on request
 
