@@ -7,6 +7,7 @@ to ``~/.cache/evoproxy`` when the data root is read-only. Nothing is ever writte
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,9 +115,11 @@ def cache_root() -> Path:
     for cand in candidates:
         try:
             cand.mkdir(parents=True, exist_ok=True)
-            probe = cand / ".write-probe"
-            probe.touch()
-            probe.unlink()
+            # a probe file of its own: with one shared name, two workers racing on touch/unlink made one of
+            # them see an unwritable cache (items failed at random under --jobs 2)
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=cand)
+            os.close(fd)
+            os.unlink(probe)
             return cand
         except OSError:
             continue

@@ -204,3 +204,17 @@ def test_search_whose_samples_all_fail_exits_non_zero_with_one_line(search_root,
     err = _error_lines(capsys.readouterr().err)
     assert code != 0 and len(err) == 1, err
     assert "search samples failed" in err[0] and "extraction exploded" in err[0] and "8" in err[0]
+
+
+def test_cache_root_is_safe_when_workers_probe_it_at_once(tmp_path, monkeypatch):
+    """Many processes (here threads) asking for the cache root at once all get it (a shared probe file
+    name made some of them see an unwritable cache, so items failed at random under --jobs 2)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mqbench.dataroot import cache_root
+
+    monkeypatch.setenv("EVOPROXY_CACHE", str(tmp_path / "shared-cache"))
+    with ThreadPoolExecutor(8) as pool:
+        roots = list(pool.map(lambda _: cache_root(), range(400)))
+    assert set(roots) == {tmp_path / "shared-cache"}
+    assert not [p for p in (tmp_path / "shared-cache").iterdir() if p.name.startswith(".write-probe")]
