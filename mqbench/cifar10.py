@@ -199,7 +199,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return resolve()
 
 
-RestrictedUnpickler = _RestrictedUnpickler  # public name: mqbench.cifar100 reads its pickles with it too
 
 
 def _check_labels(labels: np.ndarray, count: int, where: Path) -> np.ndarray:
@@ -212,19 +211,26 @@ def _check_labels(labels: np.ndarray, count: int, where: Path) -> np.ndarray:
     return labels
 
 
-def _load_pickle_batch(file: Path):
-    """(images NCHW uint8, labels int64) from one ``cifar-10-batches-py`` pickle."""
+def read_pickled_dict(file: Path, what: str, missing_hint: str = "") -> dict:
+    """The dict in an official CIFAR pickle, read by the restricted unpickler (numpy arrays only); a
+    missing or corrupt file is a one-line DataError naming ``what``."""
     try:
         with open(file, "rb") as handle:
-            batch = _RestrictedUnpickler(handle, file).load()
+            obj = _RestrictedUnpickler(handle, file).load()
     except FileNotFoundError:
-        raise DataError(f"missing CIFAR-10 batch file {file}") from None
+        raise DataError(f"missing {what} {file}{missing_hint}") from None
     except DataError:
         raise
     except Exception as exc:  # corrupt pickles can fail in many ways; all mean the same here
-        raise DataError(f"corrupt CIFAR-10 batch file {file}: {_oneline(exc) or type(exc).__name__}") from None
-    if not isinstance(batch, dict):
-        raise DataError(f"corrupt CIFAR-10 batch file {file}: expected a dict, got {type(batch).__name__}")
+        raise DataError(f"corrupt {what} {file}: {_oneline(exc) or type(exc).__name__}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"corrupt {what} {file}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def _load_pickle_batch(file: Path):
+    """(images NCHW uint8, labels int64) from one ``cifar-10-batches-py`` pickle."""
+    batch = read_pickled_dict(file, "CIFAR-10 batch file")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:

@@ -4,7 +4,7 @@ Each split file is a Python pickle of a dict with ``b"data"`` (a uint8 numpy arr
 channel-major rows of 32x32 pixels), ``b"fine_labels"`` (100 classes) and ``b"coarse_labels"`` (20
 superclasses); ``meta`` holds ``b"fine_label_names"``. The pickles are never unpickled freely: the
 ``data`` field *is* a numpy array, so a loader that refuses every global cannot read the official
-files; :class:`mqbench.cifar10.RestrictedUnpickler` resolves exactly the three numpy globals an
+files; :func:`mqbench.cifar10.read_pickled_dict` (its restricted unpickler) resolves exactly the three numpy globals an
 array needs (``_reconstruct``, ``ndarray``, ``dtype``) and refuses every other one with a one-line
 :class:`DataError`, so no user code can run; the arrays must then be uint8 (an object array is
 refused too). Splits are memoized in-process per file size and mtime.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mqbench.cifar10 import RestrictedUnpickler
+from mqbench.cifar10 import read_pickled_dict
 from mqbench.errors import ConfigError, DataError
 from mqbench.parallel import on_env_change
 
@@ -27,23 +27,8 @@ NORMALIZATION = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 _MEMO: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _oneline(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _unpickle(file: Path) -> dict:
-    try:
-        with open(file, "rb") as handle:
-            obj = RestrictedUnpickler(handle, file).load()
-    except FileNotFoundError:
-        raise DataError(f"missing CIFAR-100 file {file} (expected the official cifar-100-python folder)") from None
-    except DataError:
-        raise
-    except Exception as exc:  # a corrupt pickle fails in many ways; all mean the same here
-        raise DataError(f"corrupt CIFAR-100 file {file}: {_oneline(exc) or type(exc).__name__}") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"corrupt CIFAR-100 file {file}: expected a dict, got {type(obj).__name__}")
-    return obj
+    return read_pickled_dict(file, "CIFAR-100 file", " (expected the official cifar-100-python folder)")
 
 
 def _field(obj: dict, name: str):
