@@ -137,12 +137,13 @@ class Search:
         self.log: list[dict] = []
         self.hof: list[Individual] = []
         self.elapsed = 0.0
+        self.prep_seconds = 0.0  # extraction of the search samples' statistics (part of elapsed)
         self.stopped = None
 
     def _state_json(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "settings": self.config.result_settings(),
                 "terminals": self.space.terminals, "hutchinson_probes": self.probes,
-                "generation": self.generation, "elapsed": self.elapsed, "stopped": self.stopped,
+                "generation": self.generation, "elapsed": self.elapsed, "prep_seconds": self.prep_seconds, "stopped": self.stopped,
                 "population": [i.to_json() for i in self.population],
                 "memo": self.memo, "screen_memo": [[list(k), v] for k, v in self.screen_memo.items()],
                 "log": self.log, "hall_of_fame": [i.to_json() for i in self.hof]}
@@ -161,6 +162,7 @@ class Search:
             raise ConfigError(f"--resume with different settings than the run in {self.out}: {', '.join(diff)}")
         self.generation = int(state["generation"])
         self.elapsed = float(state["elapsed"])
+        self.prep_seconds = float(state.get("prep_seconds", 0.0))
         self.stopped = state.get("stopped")
         self.population = [Individual.from_json(d) for d in state["population"]]
         self.memo = dict(state["memo"])
@@ -431,7 +433,9 @@ class Search:
         t_prep = time.perf_counter()
         self._prepare()
         self._open_run_dir()
-        self.elapsed += time.perf_counter() - t_prep if self.generation < 0 else 0.0
+        if self.generation < 0:
+            self.prep_seconds = time.perf_counter() - t_prep
+            self.elapsed += self.prep_seconds
         bar = tqdm(total=c.generations + 1, initial=self.generation + 1, desc="search", unit="gen",
                    file=sys.stderr, disable=not c.progress, dynamic_ncols=True)
         try:
@@ -446,7 +450,7 @@ class Search:
                 self.elapsed += seconds
                 self.generation = g
                 self.log.append(self._log_row(g, counts, seconds))
-                mean_gen = self.elapsed / (g + 1)
+                mean_gen = (self.elapsed - self.prep_seconds) / (g + 1)  # a generation's time, extraction excluded
                 if c.time_budget is not None and g < c.generations and self.elapsed + mean_gen > c.time_budget:
                     self.stopped = f"time budget {c.time_budget:g} s reached after generation {g}"
                 self._checkpoint()
