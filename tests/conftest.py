@@ -78,3 +78,38 @@ def search_root(tiny_data_root):
         for a in archs:
             w.writerow((a, round(80 + 10 * np.log(nb201_param_count(a) / 7e4) + rng.normal(), 2)))
     return tiny_data_root
+
+
+def tiny_mq_meta(root, **extra) -> dict:
+    """Metadata of an MQ table for the tiny ResNet-8 checkpoint of ``tiny_data_root`` (no PTQ run)."""
+    from mqbench.dataroot import file_sha256
+    from mqbench.networks.resnet_cifar import load_pretrained
+    from mqbench.quant import layer_macs, quantizable_layers
+
+    ckpt = root / "pretrained" / "resnet8-test.th"
+    model = load_pretrained(8, ckpt)
+    layers = quantizable_layers(model)
+    n = len(layers)
+    return {"format": "mqbench-table/1", "model": "resnet8", "checkpoint_file": ckpt.name,
+            "checkpoint_sha256": file_sha256(ckpt), "layer_names": [name for name, _ in layers],
+            "searchable": list(range(1, n - 1)), "fixed_bits": 8, "act_bits": 8, "allowed": [2, 3, 4],
+            "layer_params": [m.weight.numel() for _, m in layers],
+            "layer_bias": [m.bias.numel() if m.bias is not None else 0 for _, m in layers],
+            "layer_macs": layer_macs(model), **extra}
+
+
+def write_mq_table(tmp_path, meta: dict, bits_and_top1, name: str = "mq.csv"):
+    """``tmp_path/name`` and its metadata: one sample row per (searchable bits, top-1), sizes from the metadata."""
+    import json
+
+    from mqbench.build import TABLE_COLUMNS, bits_to_str
+    from mqbench.quant import model_size_mb
+
+    lines = [",".join(TABLE_COLUMNS)]
+    for i, (bits, top1) in enumerate(bits_and_top1):
+        size = model_size_mb(meta["layer_params"], meta["layer_bias"], [meta["fixed_bits"], *bits, meta["fixed_bits"]])
+        lines.append(f"{i},sample,{bits_to_str(bits)},{top1:.2f},{size:.6f},0.1,0,x,1.0")
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    (tmp_path / f"{name}.meta.json").write_text(json.dumps(meta))
+    return path

@@ -238,28 +238,13 @@ def test_allocator_counts_failures_and_refuses_an_all_fail_proxy():
 
 def _tiny_table(root, tmp_path):
     """An MQ table with the metadata allocation reads, for the tiny ResNet-8 checkpoint (made-up accuracies)."""
-    import json
+    from conftest import tiny_mq_meta, write_mq_table
 
-    from mqbench.build import TABLE_COLUMNS, bits_to_str
-    from mqbench.networks.resnet_cifar import file_sha256, load_pretrained
     from mqbench.ptq import PTQSettings
-    from mqbench.quant import layer_macs, quantizable_layers
 
-    ckpt = root / "pretrained" / "resnet8-test.th"
-    model = load_pretrained(8, ckpt)
-    layers = quantizable_layers(model)
-    n = len(layers)
-    meta = {"format": "mqbench-table/1", "model": "resnet8", "checkpoint_file": ckpt.name,
-            "checkpoint_sha256": file_sha256(ckpt), "layer_names": [name for name, _ in layers],
-            "searchable": list(range(1, n - 1)), "fixed_bits": 8, "act_bits": 8, "allowed": [2, 3, 4],
-            "layer_params": [m.weight.numel() for _, m in layers],
-            "layer_bias": [m.bias.numel() if m.bias is not None else 0 for _, m in layers],
-            "layer_macs": layer_macs(model), "normalization": "imagenet",
-            "ptq": PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10).as_dict()}
-    path = tmp_path / "mq.csv"
-    path.write_text(",".join(TABLE_COLUMNS) + "\n" + f"0,sample,{bits_to_str([3] * (n - 2))},50.00,0.1,0.1,0,x,1.0\n")
-    (tmp_path / "mq.csv.meta.json").write_text(json.dumps(meta))
-    return path
+    meta = tiny_mq_meta(root, normalization="imagenet",
+                        ptq=PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10).as_dict())
+    return write_mq_table(tmp_path, meta, [([3] * len(meta["searchable"]), 50.0)])
 
 
 def test_cli_allocate_prints_the_configuration_and_caches_ptq(tiny_data_root, tmp_path, capsys, monkeypatch):

@@ -106,31 +106,15 @@ def test_layer_weights_errors(lw, match):
 
 def _mq_table(root, tmp_path, rows=60):
     """An MQ table for the tiny ResNet-8 checkpoint whose made-up accuracy weights the layers' bits unevenly."""
-    from mqbench.build import TABLE_COLUMNS, bits_to_str
-    from mqbench.dataroot import file_sha256
-    from mqbench.networks.resnet_cifar import load_pretrained
-    from mqbench.quant import layer_macs, model_size_mb, quantizable_layers
+    from conftest import tiny_mq_meta, write_mq_table
 
-    ckpt = root / "pretrained" / "resnet8-test.th"
-    layers = quantizable_layers(load_pretrained(8, ckpt))
-    n = len(layers)
-    meta = {"format": "mqbench-table/1", "model": "resnet8", "checkpoint_file": ckpt.name,
-            "checkpoint_sha256": file_sha256(ckpt), "layer_names": [name for name, _ in layers],
-            "searchable": list(range(1, n - 1)), "fixed_bits": 8, "act_bits": 8, "allowed": [2, 3, 4],
-            "layer_params": [m.weight.numel() for _, m in layers],
-            "layer_bias": [m.bias.numel() if m.bias is not None else 0 for _, m in layers],
-            "layer_macs": layer_macs(load_pretrained(8, ckpt))}
+    meta = tiny_mq_meta(root)
     rng = np.random.default_rng(0)
-    lines = [",".join(TABLE_COLUMNS)]
-    for i in range(rows):
-        bits = [int(b) for b in rng.integers(2, 5, size=n - 2)]
-        size = model_size_mb(meta["layer_params"], meta["layer_bias"], [8] + bits + [8])
-        acc = 10 + 5 * bits[-1] - 2 * bits[0] + 0.1 * rng.normal()
-        lines.append(f"{i},sample,{bits_to_str(bits)},{acc:.2f},{size:.6f},0.1,0,x,1.0")
-    path = tmp_path / "mq.csv"
-    path.write_text("\n".join(lines) + "\n")
-    (tmp_path / "mq.csv.meta.json").write_text(json.dumps(meta))
-    return path
+    table_rows = []
+    for _ in range(rows):
+        bits = [int(b) for b in rng.integers(2, 5, size=len(meta["searchable"]))]
+        table_rows.append((bits, 10 + 5 * bits[-1] - 2 * bits[0] + 0.1 * rng.normal()))
+    return write_mq_table(tmp_path, meta, table_rows)
 
 
 def test_cli_calibrate_evaluate_and_errors(tiny_data_root, tmp_path, capsys):

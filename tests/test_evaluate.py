@@ -172,32 +172,15 @@ def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_r
 
 def _fake_mq_table(root, tmp_path):
     """An MQ table for the tiny ResNet-8 checkpoint with made-up accuracies (no PTQ run)."""
-    from mqbench.build import TABLE_COLUMNS, bits_to_str
-    from mqbench.dataroot import file_sha256
-    from mqbench.networks.resnet_cifar import load_pretrained
-    from mqbench.quant import layer_macs, model_size_mb, quantizable_layers
+    from conftest import tiny_mq_meta, write_mq_table
 
-    ckpt = root / "pretrained" / "resnet8-test.th"
-    model = load_pretrained(8, ckpt)
-    layers = quantizable_layers(model)
-    n = len(layers)
-    meta = {"format": "mqbench-table/1", "model": "resnet8", "checkpoint_file": ckpt.name,
-            "checkpoint_sha256": file_sha256(ckpt), "layer_names": [name for name, _ in layers],
-            "searchable": list(range(1, n - 1)), "fixed_bits": 8, "act_bits": 8, "allowed": [2, 3, 4],
-            "layer_params": [m.weight.numel() for _, m in layers],
-            "layer_bias": [m.bias.numel() if m.bias is not None else 0 for _, m in layers],
-            "layer_macs": layer_macs(model)}
+    meta = tiny_mq_meta(root)
     rng = np.random.default_rng(0)
-    lines = [",".join(TABLE_COLUMNS)]
-    for i in range(6):
-        bits = [int(b) for b in rng.integers(2, 5, size=n - 2)]
-        full = [8] + bits + [8]
-        size = model_size_mb(meta["layer_params"], meta["layer_bias"], full)
-        lines.append(f"{i},sample,{bits_to_str(bits)},{10 + sum(bits) + rng.normal():.2f},{size:.6f},0.1,0,x,1.0")
-    path = tmp_path / "mq.csv"
-    path.write_text("\n".join(lines) + "\n")
-    (tmp_path / "mq.csv.meta.json").write_text(json.dumps(meta))
-    return path
+    rows = []
+    for _ in range(6):
+        bits = [int(b) for b in rng.integers(2, 5, size=len(meta["searchable"]))]
+        rows.append((bits, 10 + sum(bits) + rng.normal()))
+    return write_mq_table(tmp_path, meta, rows)
 
 
 def test_cli_evaluate_on_an_mq_table(tiny_data_root, tmp_path, capsys):
