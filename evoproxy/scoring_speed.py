@@ -51,6 +51,7 @@ def random_trees(terminals, count: int, seed: int) -> list:
 
 
 def agree(a, b) -> bool:
+    """Same rejection reason and, for valid trees, scores within 1e-5 relative (the vectorised path's contract)."""
     if a.reason != b.reason:
         return False
     if a.scores is None:

@@ -12,6 +12,7 @@ from evoproxy.screening import score_range
 from evoproxy.space import SearchSpace
 from evoproxy.tree import parse_tree
 from primitives import PRIMITIVES
+from evoproxy.scoring_speed import agree as same  # the timing command's equality check
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +21,6 @@ def stats():
     return synthetic_stats(seed=0, networks=4, batch=8, probes=1)
 
 
-def same(a, b) -> bool:
-    if a.reason != b.reason:
-        return False
-    if a.scores is None:
-        return True
-    return len(a.scores) == len(b.scores) and all(abs(x - y) <= 1e-5 * max(abs(x), abs(y)) for x, y in zip(a.scores, b.scores))
 
 
 @pytest.mark.parametrize("structure", ["emq", "tree"])
