@@ -114,11 +114,21 @@ def _parallel_options(p: argparse.ArgumentParser) -> None:
     add_arguments(p, only=("backend", "scheduler"))
 
 
+def _device_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
+                   help=f"where {what} run: cpu (default, bit-deterministic), cuda (or cuda:N), or auto (cuda when available)")
+
+
 def _table_options(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="table_command", metavar="ACTION")
     sub.required = True
     b = sub.add_parser("build", help="build (or resume) an MQ-Bench table: bit configurations -> PTQ top-1")
-    b.add_argument("--model", default="resnet20", help="CIFAR ResNet with a checkpoint in the data root (resnet20, resnet32, ...)")
+    b.add_argument("--model", default="resnet20", help="CIFAR ResNet with a checkpoint in the data root (resnet20, resnet32, ...) "
+                                                     "or an ImageNet network (resnet18, resnet50, mobilenet_v2; needs --checkpoint)")
+    b.add_argument("--data", default=None, help="dataset spec: cifar10 (default), cifar100=PATH, imagenet=PATH, "
+                                                "imagefolder=PATH (train/ and val/ class folders)")
+    b.add_argument("--resize", type=int, default=None, help="ImageFolder: shorter side resized to this (default 256)")
+    b.add_argument("--crop", type=int, default=None, help="ImageFolder: centre crop size (default 224)")
     b.add_argument("--configs", type=int, default=500, help="sampled configurations (the uniform 2/3/4/8-bit anchors come on top)")
     b.add_argument("--seed", type=int, default=0, help="seed of the configuration sample")
     b.add_argument("--calib-seed", type=int, default=0, help="seed of the 1024 calibration images")
@@ -127,6 +137,7 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     b.add_argument("--checkpoint", default=None, help="FP checkpoint (default: the data root's)")
     b.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
     b.add_argument("--out", required=True, help="CSV to write (a .meta.json sidecar goes beside it)")
+    _device_option(b, "PTQ and evaluation")
     _parallel_options(b)
     st = sub.add_parser("stats", help="size, top-1 spread and trivial-proxy correlations of a table")
     st.add_argument("table")
@@ -143,8 +154,14 @@ def cmd_table(args: argparse.Namespace) -> int:
         from mqbench.ptq import PTQSettings
 
         settings = PTQSettings(calib_images=args.calib_images, calib_seed=args.calib_seed)
+        pre = None
+        if args.resize is not None or args.crop is not None:
+            from mqbench.imagefolder import Preprocess
+
+            pre = Preprocess(args.resize or max(256, args.crop or 0), args.crop or 224)
         out = build_table(args.model, args.configs, args.seed, args.out, jobs=args.jobs,
-                          checkpoint=args.checkpoint, ptq=settings, limit=args.limit)
+                          checkpoint=args.checkpoint, ptq=settings, limit=args.limit, data=args.data,
+                          device=args.device, preprocess=pre)
         print(f"wrote {out}")
         return 0
     if args.table_command == "stats":

@@ -9,6 +9,13 @@ Rows are written only by the calling process, as the workers' results arrive (jo
 processes or a Dask cluster, see :mod:`mqbench.parallel`): a worker killed mid-build loses nothing
 (the backend re-runs its task) and duplicates nothing. A ``<table>.lock`` file refuses a second
 build of the same table while one runs (:class:`mqbench.fileio.FileLock`).
+
+Models and data (:mod:`mqbench.buildcontext`): the CIFAR ResNets on CIFAR-10 (the committed tables),
+and the ImageNet networks (``resnet18``, ``resnet50``, ``mobilenet_v2``, torchvision checkpoints) on
+any dataset spec, e.g. ``imagenet=/data/ILSVRC2012`` for an MQ-Bench-101-style table (W{2,3,4}A8,
+first and last layer at 8 bit). Settings the committed tables lack (``dataset`` other than CIFAR-10,
+ImageFolder ``preprocess``, a non-CPU ``device``) enter the identity only when set, so those tables
+resume and verify unchanged.
 """
 from __future__ import annotations
 
@@ -20,9 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mqbench.buildcontext import (FOLDER_KINDS, Images, check_data, data_kind, folder_fp_accuracy, image_shape,
+                                  load_model, model_entry, ptq_accuracy)
+from mqbench.devices import device_tag, resolve_device
 from mqbench.errors import ConfigError, DataError
 from mqbench.fileio import FileLock, append_line, atomic_write_text, complete_lines, has_torn_tail
-from mqbench.ptq import PTQSettings, fp_top1, ptq_top1
+from mqbench.imagefolder import Preprocess
+from mqbench.ptq import PTQSettings, fp_top1
 from mqbench.quant import BitSpec, bops, default_bit_spec, layer_macs, model_size_mb, quantizable_layers
 
 TABLE_COLUMNS = ("index", "kind", "bits", "top1", "size_mb", "bops_g", "calib_seed", "fp_sha256", "seconds")
@@ -30,7 +41,7 @@ ANCHOR_BITS = (2, 3, 4, 8)
 META_SUFFIX = ".meta.json"
 # Keys of the metadata that must agree for a table to be resumed.
 IDENTITY_KEYS = ("model", "checkpoint_sha256", "layer_names", "searchable", "fixed_bits", "act_bits",
-                 "allowed", "seed", "ptq", "normalization", "format")
+                 "allowed", "seed", "ptq", "normalization", "format", "dataset", "preprocess", "device")
 FORMAT = "mqbench-table/1"
 
 
@@ -83,38 +94,33 @@ class BuildJob:
     model: str
     checkpoint: str
     normalization: str
-    data_source: str | None
+    data_source: str | None  # CIFAR-10 source when ``data`` is None
     ptq: PTQSettings
     threads: int | None  # torch threads in a worker process; None: leave the caller's setting
+    data: str | None = None  # dataset spec (mqbench.datasets) other than CIFAR-10
+    device: str | None = None  # None: the CPU, as before devices existed
+    preprocess: Preprocess | None = None  # ImageFolder resize/crop (None: 256/224)
 
 
 _WORKER_CACHE: dict = {}
 
 
 def _context(job: BuildJob):
-    key = job
-    if key not in _WORKER_CACHE:
-        from mqbench.cifar10 import load_split, normalize, sample_indices
-        from mqbench.networks.resnet_cifar import load_pretrained
-
+    if job not in _WORKER_CACHE:
         if job.threads is not None:
             torch.set_num_threads(job.threads)
-        depth = int(job.model.removeprefix("resnet"))
-        fp_model = load_pretrained(depth, job.checkpoint)
-        train_x, train_y = load_split("train", job.data_source)
-        test_x, test_y = load_split("test", job.data_source)
-        idx = sample_indices(train_y, job.ptq.calib_images, job.ptq.calib_seed, balanced=True)
-        calib = normalize(train_x[idx], job.normalization)
+        fp_model = load_model(job.model, job.checkpoint, job.data)
+        images = Images(job.data, job.data_source, job.normalization, job.ptq, job.preprocess)
         _WORKER_CACHE.clear()
-        _WORKER_CACHE[key] = (fp_model, calib, normalize(test_x, job.normalization), test_y)
-    return _WORKER_CACHE[key]
+        _WORKER_CACHE[job] = (fp_model, images)
+    return _WORKER_CACHE[job]
 
 
 def evaluate_config(job: BuildJob, full_bits: list[int]) -> tuple[float, float]:
     """(top-1 %, seconds) of one configuration, in the calling process."""
-    fp_model, calib, test_x, test_y = _context(job)
+    fp_model, images = _context(job)
     start = time.perf_counter()
-    acc = ptq_top1(fp_model, full_bits, calib, test_x, test_y, job.ptq)
+    acc = ptq_accuracy(fp_model, full_bits, images, job.ptq, device=job.device)
     return acc, time.perf_counter() - start
 
 
@@ -162,40 +168,70 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
                 checkpoint: str | Path | None = None, ptq: PTQSettings = PTQSettings(),
                 data_source: str | None = None, keep_first_last: bool = True,
                 allowed: tuple[int, ...] = (2, 3, 4), progress: bool = True,
-                limit: int | None = None) -> Path:
+                limit: int | None = None, data: str | None = None, device: str | None = None,
+                preprocess: Preprocess | None = None) -> Path:
     """Build (or resume) the table at ``out``; returns its path. ``limit`` stops after that many new rows.
+
+    ``model``: a name of :mod:`mqbench.buildcontext`'s registry (CIFAR ResNets, ``resnet18``,
+    ``resnet50``, ``mobilenet_v2``; ImageNet networks need ``checkpoint``). ``data``: a dataset spec
+    (:mod:`mqbench.datasets`, e.g. ``"imagenet=/data/ILSVRC2012"``; None: CIFAR-10 from ``data_source``).
+    ``preprocess``: resize/crop of ImageFolder images (default 256/224). ``device``: cpu (default),
+    cuda or auto (:mod:`mqbench.devices`; a non-CPU device enters the table's identity).
     ``jobs`` > 1 evaluates configurations in worker processes of the current backend
     (:func:`mqbench.parallel.use_backend`); the table does not depend on either."""
-    if not model.startswith("resnet") or not model.removeprefix("resnet").isdigit():
-        raise ConfigError(f"unknown model {model!r}: expected a CIFAR ResNet such as resnet20 or resnet32")
+    model_entry(model)
+    device = None if resolve_device(device) == "cpu" else resolve_device(device)
+    if data is not None and data_kind(data) == "cifar10":  # the pre-datasets path reads CIFAR-10 exactly so
+        from mqbench.datasets import parse_spec
+
+        path = parse_spec(data).path
+        data, data_source = None, (str(path) if path is not None else data_source)
+    if data is None and preprocess is not None:
+        raise ConfigError("--resize/--crop apply to ImageFolder datasets only")
+    if data is not None and data_kind(data) in FOLDER_KINDS and preprocess is None:
+        preprocess = Preprocess()
+    check_data(data)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(out.with_name(out.name + ".lock"), f"table {out}"):
         return _build_locked(model, configs, seed, out, jobs, checkpoint, ptq, data_source, keep_first_last,
-                             allowed, progress, limit)
+                             allowed, progress, limit, data, device, preprocess)
 
 
-def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_source, keep_first_last, allowed,
-                  progress, limit) -> Path:
-    from tqdm import tqdm
-
-    from mqbench.cifar10 import load_split, normalize, sample_indices
-    from mqbench.dataroot import require
-    from mqbench.networks.resnet_cifar import CHECKPOINT_NORMALIZATION, load_pretrained
-    from mqbench.parallel import current_backend, map_unordered
-
-    depth = int(model.removeprefix("resnet"))
-    checkpoint = Path(checkpoint) if checkpoint else require(model)
-    fp_model = load_pretrained(depth, checkpoint)
-    spec = default_bit_spec(fp_model, keep_first_last=keep_first_last, allowed=tuple(allowed), act_bits=ptq.act_bits)
-    meta_path = out.with_name(out.name + META_SUFFIX)
-    layers = quantizable_layers(fp_model)
+def _identity(model: str, fp_model, spec: BitSpec, seed: int, ptq: PTQSettings, data, device, preprocess) -> dict:
+    """The metadata that must agree to resume; keys absent from the committed CIFAR-10 CPU tables are added
+    only when they differ from those tables' settings (so their identity is unchanged)."""
     identity = {
         "format": FORMAT, "model": model, "checkpoint_sha256": fp_model.checkpoint_sha256,
         "layer_names": list(spec.layer_names), "searchable": list(spec.searchable),
         "fixed_bits": spec.fixed_bits, "act_bits": spec.act_bits, "allowed": list(spec.allowed),
-        "seed": seed, "ptq": ptq.as_dict(), "normalization": CHECKPOINT_NORMALIZATION,
+        "seed": seed, "ptq": ptq.as_dict(), "normalization": fp_model.normalization,
     }
+    if data is not None:
+        identity["dataset"] = data_kind(data)
+    if preprocess is not None:
+        identity["preprocess"] = {"resize": preprocess.resize, "crop": preprocess.crop}
+    if device is not None:
+        identity["device"] = device_tag(device)
+    return identity
+
+
+def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_source, keep_first_last, allowed,
+                  progress, limit, data=None, device=None, preprocess=None) -> Path:
+    from tqdm import tqdm
+
+    from mqbench.dataroot import require
+    from mqbench.parallel import current_backend, map_unordered
+
+    if checkpoint is None and model_entry(model).family == "cifar":
+        checkpoint = require(model)
+    fp_model = load_model(model, checkpoint, data)
+    checkpoint = Path(checkpoint)
+    normalization = fp_model.normalization
+    spec = default_bit_spec(fp_model, keep_first_last=keep_first_last, allowed=tuple(allowed), act_bits=ptq.act_bits)
+    meta_path = out.with_name(out.name + META_SUFFIX)
+    layers = quantizable_layers(fp_model)
+    identity = _identity(model, fp_model, spec, seed, ptq, data, device, preprocess)
     if meta_path.exists():
         try:
             old = json.loads(meta_path.read_text())
@@ -216,7 +252,7 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
         meta.update({
             "checkpoint_file": checkpoint.name, "layer_params": [m.weight.numel() for _, m in layers],
             "layer_bias": [m.bias.numel() if m.bias is not None else 0 for _, m in layers],
-            "layer_macs": layer_macs(fp_model),
+            "layer_macs": layer_macs(fp_model, image_shape(data, preprocess)),
         })
     plan = planned_rows(spec, configs, seed)
     rows = read_rows(out, repair=True)
@@ -235,18 +271,22 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
         todo = todo[:limit]
 
     if "fp_top1" not in meta:
-        test_x, test_y = load_split("test", data_source)
-        train_x, train_y = load_split("train", data_source)
-        calib = normalize(train_x[sample_indices(train_y, ptq.calib_images, ptq.calib_seed)], CHECKPOINT_NORMALIZATION)
-        test_n = normalize(test_x, CHECKPOINT_NORMALIZATION)
-        meta["fp_top1"] = fp_top1(fp_model, None, test_n, test_y, ptq)
-        meta["fp_bn_top1"] = fp_top1(fp_model, calib, test_n, test_y, ptq)
+        images = Images(data, data_source, normalization, ptq, preprocess, jobs=max(1, int(jobs)))
+        if images.in_memory:
+            test_x, test_y = images.test
+            meta["fp_top1"] = fp_top1(fp_model, None, test_x, test_y, ptq, device=device)
+            meta["fp_bn_top1"] = fp_top1(fp_model, images.calib, test_x, test_y, ptq, device=device)
+        else:
+            meta["fp_top1"] = folder_fp_accuracy(fp_model, images, ptq, reestimate=False, device=device)
+            meta["fp_bn_top1"] = folder_fp_accuracy(fp_model, images, ptq, reestimate=True, device=device)
+            meta["eval_images"] = images.counted
     meta["configs"] = max(meta.get("configs", 0), configs)
     _write_json_atomic(meta_path, meta)
 
     jobs = max(1, int(jobs))
-    job = BuildJob(model, str(checkpoint), CHECKPOINT_NORMALIZATION, data_source, ptq,
-                   threads=current_backend().worker_threads(jobs) if jobs > 1 else None)
+    job = BuildJob(model, str(checkpoint), normalization, data_source, ptq,
+                   threads=current_backend().worker_threads(jobs) if jobs > 1 else None,
+                   data=data, device=device, preprocess=preprocess)
     tasks = [(job, i, kind, spec.full_config(cfg)) for i, kind, cfg in todo]
     by_index = {i: cfg for i, _, cfg in todo}
     wall = time.perf_counter()

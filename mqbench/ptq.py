@@ -16,6 +16,18 @@ import torch.nn as nn
 from mqbench.quant import activation_scale, fold_batchnorm, quant_layers, quantize_model
 
 
+def _on(model: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``t`` on ``model``'s device (the tensor itself when it is there already: no copy on the CPU)."""
+    device = next(model.parameters()).device
+    return t if t.device == device else t.to(device)
+
+
+def _copy_to(model: nn.Module, device) -> nn.Module:
+    """A deep copy of ``model``, moved to ``device`` when one is given."""
+    model = copy.deepcopy(model)
+    return model if device is None else model.to(device)
+
+
 @dataclass(frozen=True)
 class PTQSettings:
     calib_images: int = 1024
@@ -39,7 +51,7 @@ def reestimate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int) -> 
     model.train()
     with torch.no_grad():
         for start in range(0, images.shape[0], batch):
-            model(images[start:start + batch].contiguous(memory_format=torch.channels_last))
+            model(_on(model, images[start:start + batch]).contiguous(memory_format=torch.channels_last))
     model.eval()
 
 
@@ -50,7 +62,7 @@ def calibrate_activations(model: nn.Module, images: torch.Tensor, bits: int, bat
         layer.calibration_inputs = []
     with torch.no_grad():
         for start in range(0, images.shape[0], batch):
-            model(images[start:start + batch])
+            model(_on(model, images[start:start + batch]))
     for layer in layers:
         inputs = torch.cat(layer.calibration_inputs)
         layer.calibration_inputs = []
@@ -64,15 +76,16 @@ def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: in
     correct = 0
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch):
-            x = images[start:start + batch].contiguous(memory_format=torch.channels_last)
-            correct += int((model(x).argmax(dim=1) == labels[start:start + batch]).sum())
+            x = _on(model, images[start:start + batch]).contiguous(memory_format=torch.channels_last)
+            correct += int((model(x).argmax(dim=1) == _on(model, labels[start:start + batch])).sum())
     return 100.0 * correct / images.shape[0]
 
 
 def quantize_and_calibrate(fp_model: nn.Module, full_bits: list[int], calib_images: torch.Tensor,
-                           settings: PTQSettings = PTQSettings()) -> nn.Module:
-    """A calibrated fake-quantized copy of ``fp_model`` (BN re-estimated), ready for evaluation."""
-    model = quantize_model(copy.deepcopy(fp_model), list(full_bits), settings.act_bits, settings.mse_clip)
+                           settings: PTQSettings = PTQSettings(), device=None) -> nn.Module:
+    """A calibrated fake-quantized copy of ``fp_model`` (BN re-estimated), ready for evaluation, on
+    ``device`` (None: where ``fp_model`` is; batches follow the model)."""
+    model = quantize_model(_copy_to(fp_model, device), list(full_bits), settings.act_bits, settings.mse_clip)
     model = model.to(memory_format=torch.channels_last)
     reestimate_batchnorm(model, calib_images, settings.bn_batch)
     calibrate_activations(model, calib_images[: settings.act_calib_images], settings.act_bits, settings.bn_batch)
@@ -80,17 +93,18 @@ def quantize_and_calibrate(fp_model: nn.Module, full_bits: list[int], calib_imag
 
 
 def ptq_top1(fp_model: nn.Module, full_bits: list[int], calib_images: torch.Tensor,
-             test_images: torch.Tensor, test_labels: torch.Tensor, settings: PTQSettings = PTQSettings()) -> float:
+             test_images: torch.Tensor, test_labels: torch.Tensor, settings: PTQSettings = PTQSettings(),
+             device=None) -> float:
     """Top-1 (%) of ``fp_model`` after PTQ at ``full_bits`` (one weight bit-width per Conv2d/Linear)."""
-    model = quantize_and_calibrate(fp_model, full_bits, calib_images, settings)
+    model = quantize_and_calibrate(fp_model, full_bits, calib_images, settings, device)
     fold_batchnorm(model)
     return top1(model, test_images, test_labels, settings.eval_batch)
 
 
 def fp_top1(fp_model: nn.Module, calib_images: torch.Tensor | None, test_images: torch.Tensor,
-            test_labels: torch.Tensor, settings: PTQSettings = PTQSettings()) -> float:
+            test_labels: torch.Tensor, settings: PTQSettings = PTQSettings(), device=None) -> float:
     """Full-precision top-1, with BN re-estimated on the calibration images when they are given."""
-    model = copy.deepcopy(fp_model)
+    model = _copy_to(fp_model, device)
     if calib_images is not None:
         reestimate_batchnorm(model, calib_images, settings.bn_batch)
     return top1(model, test_images, test_labels, settings.eval_batch)
