@@ -114,6 +114,17 @@ def _parallel_options(p: argparse.ArgumentParser) -> None:
     add_arguments(p, only=("backend", "scheduler"))
 
 
+def _anchors(text: str) -> tuple[int, ...]:
+    from mqbench.errors import ConfigError
+
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"--anchors must be bit-widths joined by commas (e.g. 2,3,4,8) or 'none', got {text!r}") from None
+
+
 def _device_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
                    help=f"where {what} run: cpu (default, bit-deterministic), cuda (or cuda:N), or auto (cuda when available)")
@@ -135,6 +146,8 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     b.add_argument("--calib-images", type=int, default=1024)
     b.add_argument("--jobs", type=int, default=2, help="worker processes")
     b.add_argument("--checkpoint", default=None, help="FP checkpoint (default: the data root's)")
+    b.add_argument("--anchors", default="2,3,4,8", help="uniform bit-widths built first, comma-separated, or 'none' "
+                                                        "(MQ-Bench-101 has none)")
     b.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
     b.add_argument("--out", required=True, help="CSV to write (a .meta.json sidecar goes beside it)")
     _device_option(b, "PTQ and evaluation")
@@ -161,7 +174,7 @@ def cmd_table(args: argparse.Namespace) -> int:
             pre = Preprocess(args.resize or max(256, args.crop or 0), args.crop or 224)
         out = build_table(args.model, args.configs, args.seed, args.out, jobs=args.jobs,
                           checkpoint=args.checkpoint, ptq=settings, limit=args.limit, data=args.data,
-                          device=args.device, preprocess=pre)
+                          device=args.device, preprocess=pre, anchors=_anchors(args.anchors))
         print(f"wrote {out}")
         return 0
     if args.table_command == "stats":

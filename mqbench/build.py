@@ -41,7 +41,7 @@ ANCHOR_BITS = (2, 3, 4, 8)
 META_SUFFIX = ".meta.json"
 # Keys of the metadata that must agree for a table to be resumed.
 IDENTITY_KEYS = ("model", "checkpoint_sha256", "layer_names", "searchable", "fixed_bits", "act_bits",
-                 "allowed", "seed", "ptq", "normalization", "format", "dataset", "preprocess", "device")
+                 "allowed", "seed", "ptq", "normalization", "format", "dataset", "preprocess", "device", "anchors")
 FORMAT = "mqbench-table/1"
 
 
@@ -78,10 +78,11 @@ def sample_configs(n: int, n_layers: int, allowed: tuple[int, ...], seed: int) -
     return out
 
 
-def planned_rows(spec: BitSpec, configs: int, seed: int) -> list[tuple[int, str, tuple[int, ...]]]:
-    """(index, kind, searchable bits) for the anchors (uniform 2/3/4/8) then the sampled configs."""
+def planned_rows(spec: BitSpec, configs: int, seed: int,
+                 anchors: tuple[int, ...] = ANCHOR_BITS) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(index, kind, searchable bits) for the anchors (uniform 2/3/4/8 by default) then the sampled configs."""
     n_layers = len(spec.searchable)
-    rows = [(i, "anchor", (b,) * n_layers) for i, b in enumerate(ANCHOR_BITS)]
+    rows = [(i, "anchor", (int(b),) * n_layers) for i, b in enumerate(anchors)]
     start = len(rows)
     rows += [(start + i, "sample", cfg) for i, cfg in enumerate(sample_configs(configs, n_layers, spec.allowed, seed))]
     return rows
@@ -169,17 +170,22 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
                 data_source: str | None = None, keep_first_last: bool = True,
                 allowed: tuple[int, ...] = (2, 3, 4), progress: bool = True,
                 limit: int | None = None, data: str | None = None, device: str | None = None,
-                preprocess: Preprocess | None = None) -> Path:
+                preprocess: Preprocess | None = None, anchors: tuple[int, ...] = ANCHOR_BITS) -> Path:
     """Build (or resume) the table at ``out``; returns its path. ``limit`` stops after that many new rows.
 
     ``model``: a name of :mod:`mqbench.buildcontext`'s registry (CIFAR ResNets, ``resnet18``,
     ``resnet50``, ``mobilenet_v2``; ImageNet networks need ``checkpoint``). ``data``: a dataset spec
     (:mod:`mqbench.datasets`, e.g. ``"imagenet=/data/ILSVRC2012"``; None: CIFAR-10 from ``data_source``).
     ``preprocess``: resize/crop of ImageFolder images (default 256/224). ``device``: cpu (default),
-    cuda or auto (:mod:`mqbench.devices`; a non-CPU device enters the table's identity).
+    cuda or auto (:mod:`mqbench.devices`; a non-CPU device enters the table's identity). ``anchors``: the
+    uniform bit-widths whose rows come first (MQ-Bench-101 itself has none: ``()``).
     ``jobs`` > 1 evaluates configurations in worker processes of the current backend
     (:func:`mqbench.parallel.use_backend`); the table does not depend on either."""
     model_entry(model)
+    anchors = tuple(int(b) for b in anchors)
+    bad = [b for b in anchors if b not in range(2, 9)]
+    if bad or len(set(anchors)) != len(anchors):
+        raise ConfigError(f"anchors must be distinct bit-widths in 2..8, got {','.join(map(str, anchors))}")
     device = None if resolve_device(device) == "cpu" else resolve_device(device)
     if data is not None and data_kind(data) == "cifar10":  # the pre-datasets path reads CIFAR-10 exactly so
         from mqbench.datasets import parse_spec
@@ -195,10 +201,11 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(out.with_name(out.name + ".lock"), f"table {out}"):
         return _build_locked(model, configs, seed, out, jobs, checkpoint, ptq, data_source, keep_first_last,
-                             allowed, progress, limit, data, device, preprocess)
+                             allowed, progress, limit, data, device, preprocess, anchors)
 
 
-def _identity(model: str, fp_model, spec: BitSpec, seed: int, ptq: PTQSettings, data, device, preprocess) -> dict:
+def _identity(model: str, fp_model, spec: BitSpec, seed: int, ptq: PTQSettings, data, device, preprocess,
+              anchors=ANCHOR_BITS) -> dict:
     """The metadata that must agree to resume; keys absent from the committed CIFAR-10 CPU tables are added
     only when they differ from those tables' settings (so their identity is unchanged)."""
     identity = {
@@ -213,11 +220,13 @@ def _identity(model: str, fp_model, spec: BitSpec, seed: int, ptq: PTQSettings, 
         identity["preprocess"] = {"resize": preprocess.resize, "crop": preprocess.crop}
     if device is not None:
         identity["device"] = device_tag(device)
+    if tuple(anchors) != ANCHOR_BITS:
+        identity["anchors"] = list(anchors)
     return identity
 
 
 def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_source, keep_first_last, allowed,
-                  progress, limit, data=None, device=None, preprocess=None) -> Path:
+                  progress, limit, data=None, device=None, preprocess=None, anchors=ANCHOR_BITS) -> Path:
     from tqdm import tqdm
 
     from mqbench.dataroot import require
@@ -231,7 +240,7 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
     spec = default_bit_spec(fp_model, keep_first_last=keep_first_last, allowed=tuple(allowed), act_bits=ptq.act_bits)
     meta_path = out.with_name(out.name + META_SUFFIX)
     layers = quantizable_layers(fp_model)
-    identity = _identity(model, fp_model, spec, seed, ptq, data, device, preprocess)
+    identity = _identity(model, fp_model, spec, seed, ptq, data, device, preprocess, anchors)
     if meta_path.exists():
         try:
             old = json.loads(meta_path.read_text())
@@ -254,7 +263,7 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
             "layer_bias": [m.bias.numel() if m.bias is not None else 0 for _, m in layers],
             "layer_macs": layer_macs(fp_model, image_shape(data, preprocess)),
         })
-    plan = planned_rows(spec, configs, seed)
+    plan = planned_rows(spec, configs, seed, anchors)
     rows = read_rows(out, repair=True)
     planned = {i: (kind, cfg) for i, kind, cfg in plan}
     for row in rows:
