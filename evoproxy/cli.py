@@ -212,6 +212,7 @@ def _proxy_run_options(p: argparse.ArgumentParser, bench_required: bool = True) 
     p.add_argument("--checkpoint", default=None, help="MQ tables: FP checkpoint file (default: found by name in the data root; verified by sha256)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (scores do not depend on it)")
     p.add_argument("--batch", type=int, default=64, help="CIFAR-10 training images in the batch")
+    _device_option(p, "statistics and baselines")
     _parallel_options(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
 
@@ -243,7 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         items = {}
     reports = evaluate(args.bench, [args.proxy], args.samples, args.seed, args.split, table=args.table,
                        gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, items=items,
-                       checkpoint=args.checkpoint)
+                       checkpoint=args.checkpoint, device=args.device)
     name = next(iter(reports))
     rep = reports[name]
     if args.plot:
@@ -298,7 +299,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         _, bench = BenchSpec.resolve(args.bench, args.table, args.gt_column, args.checkpoint)
         names = proxy_names(bench.kind)
     reports = evaluate(args.bench, names, args.samples, args.seed, args.split, table=args.table,
-                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint)
+                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint,
+                       device=args.device)
     out = Path(args.out) if args.out else (Path(__file__).resolve().parent.parent / "results" / "baselines" /
                                            f"{Path(args.bench).stem if args.bench.endswith('.toml') else args.bench}"
                                            f"_{args.split}_n{args.samples}_seed{args.seed}")

@@ -60,18 +60,23 @@ def _plain(value):
 
 def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, split: str = "holdout", *,
              table: str | Path | None = None, gt_column_name: str | None = None, jobs: int = 1, batch: int = 64,
-             progress: bool = True, items: dict | None = None, checkpoint: str | Path | None = None) -> dict:
+             progress: bool = True, items: dict | None = None, checkpoint: str | Path | None = None,
+             device: str | None = None) -> dict:
     """{label: report} for every proxy on the same sample and batch (see the module docstring).
 
     ``proxies``: registered names, proxy files, ``Proxy`` objects or callables (see :mod:`evoproxy.scoring`).
     ``items``: a dict to receive the per-item data: ``ids``, ``truth``, ``size`` and ``results``
     (one {"id", "scores", "errors", "seconds"} per item), e.g. for an experiment that keeps them.
     Raises :class:`AllFailed` (one line: the count and the first reason) when every item failed
-    for every proxy; partial failures are counted in the reports."""
+    for every proxy; partial failures are counted in the reports. ``device``: cpu (default), cuda or auto
+    (:mod:`mqbench.devices`): where statistics are extracted and baselines run."""
     from evoproxy.scoring import check_compatible, resolve_scorers, score_items
     from mqbench.benchmarks import BenchSpec
     from mqbench.dataroot import portable_path
 
+    from mqbench.devices import resolve_device
+
+    device = resolve_device(device)
     scorers = resolve_scorers(proxies)
     spec, b = BenchSpec.resolve(bench, table, gt_column_name, checkpoint)
     check_compatible(scorers, b)
@@ -85,10 +90,12 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     size = np.asarray(b.size(ids), dtype=float)
     labels = [sc.label for sc in scorers]
     desc = labels[0] if len(labels) == 1 else f"{len(labels)} proxies"
-    results = score_items(spec, ids, scorers, batch, jobs=jobs, progress=progress, desc=desc)
+    results = score_items(spec, ids, scorers, batch, jobs=jobs, progress=progress, desc=desc, device=device)
     check_not_all_failed(results, labels)
     settings = {"bench": bench, "split": split, "seed": seed, "samples": len(ids), "batch": batch,
                 "gt_column": b.gt_column, "table": portable_path(b.source)}
+    if device != "cpu":
+        settings["device"] = device
     if items is not None:
         items.update({"ids": list(ids), "truth": truth, "size": size, "results": results})
     out = {}

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from mqbench.devices import device_tag, resolve_device
 from mqbench.errors import ConfigError
 from primitives.items import PROXY_SEED, QUANT_NAMES, StatsRequest, batch_for, item_statistics, uses_hessian
 
@@ -109,14 +110,18 @@ def _tree_value(proxy, stats) -> float:
     return proxy.value(stats)
 
 
-def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = PROXY_SEED, progress: bool = False) -> dict:
+def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = PROXY_SEED, progress: bool = False,
+               device=None) -> dict:
     """Every scorer on one benchmark item: {"id", "scores", "errors", "seconds"}; ``progress`` shows a bar
-    over the scorers and inside long per-network computations (the network phase of :func:`score_items`)."""
+    over the scorers and inside long per-network computations (the network phase of :func:`score_items`).
+    ``device`` (cpu | cuda | auto; None: cpu): where statistics are extracted and where baselines and
+    callables get the network and the batch."""
     from evoproxy.baselines import ProxyContext, get_proxy
     from evoproxy.tree import parse_proxy
     from mqbench.benchmarks import load_bench
     from primitives.core import fixed_threads
 
+    on = resolve_device(device)
     result = {"id": item, "scores": {}, "errors": {}, "seconds": {}}
     trees = {s.label: parse_proxy(s.payload) for s in scorers if s.kind == "tree"}
     probes = max([s.probes for s in scorers if s.kind == "tree"], default=0)
@@ -136,7 +141,7 @@ def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = P
         def stats(names, hutchinson_probes=0, noise_std=noise):
             t0 = time.perf_counter()
             wanted = set(names) | {n for n in prefetch if not uses_hessian([n]) or hutchinson_probes}
-            st = item_statistics(spec, item, StatsRequest.of(wanted, hutchinson_probes, noise_std, batch))
+            st = item_statistics(spec, item, StatsRequest.of(wanted, hutchinson_probes, noise_std, batch, device))
             spent["stats"] += time.perf_counter() - t0
             return st
 
@@ -145,9 +150,12 @@ def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = P
         def context():
             if not ctx_box:
                 t0 = time.perf_counter()
-                model = bench.network(item)
-                ctx_box.append(ProxyContext(model, inputs, targets, bit_config=bench.bit_config(item), seed=seed,
-                                            quantizer=bench.quantizer, model_key=bench.network_key(item),
+                model, x, y, network_key = bench.network(item), inputs, targets, bench.network_key(item)
+                if on != "cpu":  # and per-network values cached on disk are kept apart from the CPU's
+                    model, x, y = model.to(on), inputs.to(on), targets.to(on)
+                    network_key = f"{network_key}@{device_tag(on)}"
+                ctx_box.append(ProxyContext(model, x, y, bit_config=bench.bit_config(item), seed=seed,
+                                            quantizer=bench.quantizer, model_key=network_key,
                                             act_bits=bench.act_bits, stats_source=stats, progress=progress))
                 spent["build"] += time.perf_counter() - t0
             return ctx_box[0]
@@ -162,7 +170,7 @@ def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = P
                     value = float(get_proxy(s.payload)(context()))
                 else:
                     ctx = context()
-                    value = float(s.payload(ctx.model, inputs, targets, ctx.bit_config))
+                    value = float(s.payload(ctx.model, ctx.inputs, ctx.targets, ctx.bit_config))
                 if not math.isfinite(value):
                     result["errors"][s.label] = f"non-finite score ({value})"
             except Exception as exc:
@@ -198,7 +206,7 @@ def _bar(items, desc: str, show: bool):
 
 
 def score_items(spec, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int = 1, progress: bool = True,
-                desc: str = "proxies") -> list[dict]:
+                desc: str = "proxies", device=None) -> list[dict]:
     """:func:`score_item` for every id, in order (joblib processes when ``jobs`` > 1), with a progress bar.
 
     Items that share a network (the configurations of one MQ table) first go through a *network phase*:
@@ -210,6 +218,7 @@ def score_items(spec, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int 
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    device = resolve_device(device)
     ids = list(ids)
     bench = load_bench(spec)
     by_network: dict = {}
@@ -223,9 +232,10 @@ def score_items(spec, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int 
 
             print(f"{desc}: network phase {k}/{len(first)} (work shared by {len(by_network[bench.network_key(ids[pos])])} items)",
                   file=sys.stderr)
-        done[pos] = score_item(spec, ids[pos], scorers, batch, progress=progress)
+        done[pos] = score_item(spec, ids[pos], scorers, batch, progress=progress, device=device)
     rest = [i for i in range(len(ids)) if i not in done]
-    scored = map_items(score_item, [ids[i] for i in rest], (spec,), (scorers, batch), jobs=jobs, progress=progress, desc=desc)
+    scored = map_items(score_item, [ids[i] for i in rest], (spec,), (scorers, batch, PROXY_SEED, False, device),
+                       jobs=jobs, progress=progress, desc=desc)
     done.update(zip(rest, scored))
     return [done[i] for i in range(len(ids))]
 

@@ -86,6 +86,9 @@ class SearchConfig:
     progress: bool = _opt(True, "no progress bar", flag="--quiet")
     checkpoint: str | None = _opt(None, "MQ tables: FP checkpoint file (default: found by name in the data root; "
                                         "verified by sha256)")
+    device: str = _opt("cpu", "where the search samples' statistics are extracted: cpu (bit-deterministic), cuda "
+                              "(or cuda:N) or auto (cuda when available); not a runtime key: CUDA statistics differ "
+                              "from CPU ones at the float32-rounding level", metavar="{cpu,cuda,auto}")
 
     def validate(self) -> None:
         from evoproxy.fitness import check_fitness
@@ -117,9 +120,21 @@ class SearchConfig:
             raise ConfigError("--hutchinson-probes must be >= 0")
         check_fitness(self.fitness)
         check_backend(self.backend, self.scheduler)
+        from mqbench.devices import resolve_device
+
+        resolve_device(self.device)  # one line for an unknown device or CUDA without a GPU
 
     def result_settings(self) -> dict:
-        return {k: v for k, v in self.portable().items() if k not in RUNTIME_KEYS}
+        """The settings a resumed run must share. ``device`` enters as its kind (``cuda``) and only when it is
+        not the CPU (``auto`` on a machine without GPU counts as cpu), so runs made before devices existed
+        resume unchanged."""
+        from mqbench.devices import device_tag
+
+        settings = {k: v for k, v in self.portable().items() if k not in RUNTIME_KEYS}
+        tag = device_tag(settings.pop("device", None))
+        if tag is not None:
+            settings["device"] = tag
+        return settings
 
     def portable(self) -> dict:
         """The settings as stored in run folders: paths relative to the repository or the data root."""
@@ -162,6 +177,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_class=SearchConfig, on
             kw["choices"] = choices
         if meta.get("required"):
             kw["required"] = True
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
         parser.add_argument(flag, **kw)
 
 

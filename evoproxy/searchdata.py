@@ -30,12 +30,14 @@ class DataRecipe:
 
     @classmethod
     def for_bench(cls, spec, ids, names, hutchinson_probes: int = 0, noise_std: float = 0.01,
-                  batch: int = 64, cache_dir=None) -> "DataRecipe":
+                  batch: int = 64, cache_dir=None, device=None) -> "DataRecipe":
+        """``device`` (cpu | cuda | auto; None: cpu): where the networks' statistics are extracted."""
         if cache_dir is None:
             from mqbench.dataroot import cache_root
 
             cache_dir = cache_root() / "primitives"
-        return cls(spec, tuple(ids), StatsRequest.of(names, hutchinson_probes, noise_std, batch), str(cache_dir))
+        return cls(spec, tuple(ids), StatsRequest.of(names, hutchinson_probes, noise_std, batch, device),
+                   str(cache_dir))
 
 
 def load_stats(recipe: DataRecipe, jobs: int = 1, progress: bool = True) -> list:

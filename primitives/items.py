@@ -5,7 +5,8 @@
     one = item_statistics(spec, ids[0], request)               # the same for one item (a worker's view)
 
 Protocol: one batch ``sample_batch("train", batch, seed=BATCH_SEED, normalization=bench.normalization)``,
-extraction seed ``PROXY_SEED``, one torch thread, full tensors. The benchmark says which network an
+extraction seed ``PROXY_SEED``, one torch thread, full tensors, on the CPU unless ``StatsRequest.device``
+says otherwise (a non-CPU device enters the disk cache's key). The benchmark says which network an
 item is (``network_key`` / ``network``) and which bit configuration, if any (``bit_config``); this
 module does the rest without asking what kind of benchmark it is:
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mqbench.devices import resolve_device
 from mqbench.errors import ConfigError
 from mqbench.parallel import on_env_change
 from primitives.core import HESSIAN, QUANT, REGISTRY, LayerStats, NetworkStats
@@ -63,17 +65,24 @@ class StatsRequest:
     hutchinson_probes: int = 0
     noise_std: float = 0.01
     batch: int = 64
+    device: str | None = None  # where networks are extracted: None = the CPU; "cuda"/"cuda:N" (see mqbench.devices)
 
     @classmethod
-    def of(cls, names, hutchinson_probes: int = 0, noise_std: float = 0.01, batch: int = 64) -> "StatsRequest":
+    def of(cls, names, hutchinson_probes: int = 0, noise_std: float = 0.01, batch: int = 64,
+           device=None) -> "StatsRequest":
         names = tuple(sorted(set(names)))
-        return cls(names, int(hutchinson_probes) if uses_hessian(names) else 0, float(noise_std), int(batch))
+        device = resolve_device(device)
+        return cls(names, int(hutchinson_probes) if uses_hessian(names) else 0, float(noise_std), int(batch),
+                   None if device == "cpu" else device)
 
     def network_kwargs(self) -> dict:
         fp, quant = split_names(self.names)
         if quant:  # the quantization primitives are computed from the weight
             fp = sorted(set(fp) | {"weight"})
-        return dict(names=fp, hutchinson_probes=self.hutchinson_probes, noise_std=self.noise_std, seed=PROXY_SEED)
+        kwargs = dict(names=fp, hutchinson_probes=self.hutchinson_probes, noise_std=self.noise_std, seed=PROXY_SEED)
+        if self.device is not None:
+            kwargs["device"] = self.device
+        return kwargs
 
 
 def batch_for(bench, batch: int):
@@ -187,7 +196,9 @@ def model_statistics(model, inputs, targets, request: StatsRequest, bit_configs=
     the MQ tables' PTQ weight quantizer). One ``NetworkStats`` per configuration; ``[stats]`` without any."""
     from primitives.core import extract
 
-    fp = extract(model, inputs, targets, **request.network_kwargs())
+    kwargs = request.network_kwargs()
+    kwargs.pop("device", None)  # a user's network is extracted where it is (the batch follows it)
+    fp = extract(model, inputs, targets, **kwargs)
     if bit_configs is None:
         return [fp]
     if quantizer is None:

@@ -5,7 +5,9 @@ Cache: one file ``<sha256>.pt`` per network under ``cache_dir`` (the CLI passes
 tensors/str/numbers), written atomically (temp file + ``os.replace``) and read back with
 ``torch.load(weights_only=True)``. The key hashes the item's repr, the model key, the batch seed,
 a hash of the batch tensors' bytes, the resolved primitive names, the probes, max_elements,
-float16, the bit configuration, seed, noise_std, threads, the quantizer and ``CODE_VERSION``. An
+float16, the bit configuration, seed, noise_std, threads, the quantizer and ``CODE_VERSION``, and the
+device kind when it is not the CPU (``device="cuda"``: CUDA statistics differ from CPU ones at the
+float32-rounding level, so they are never mixed; CPU keys are those of before devices existed). An
 unreadable or corrupt file is ignored and recomputed (and overwritten).
 
 Measured cache size (NAS-Bench-201 C=16 N=5, batch 64 of CIFAR-10, default names + hessian_*,
@@ -31,6 +33,7 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 
+from mqbench.devices import device_tag, resolve_device
 from mqbench.errors import ConfigError
 from primitives import core
 
@@ -67,6 +70,8 @@ def cache_key(item, model_key: str, batch_seed, batch_digest: str, kwargs: dict)
     )
     if probes > 0 and kwargs.get("hessian_method", "exact") != "exact":  # exact keeps its old keys
         parts += (("hessian_method", str(kwargs["hessian_method"]), core.FD_REL_STEP),)
+    if device_tag(kwargs.get("device")) is not None:  # the CPU keeps its old keys; CUDA numbers are kept apart
+        parts += (("device", device_tag(kwargs["device"])),)
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
@@ -101,16 +106,21 @@ def _one(item, build, inputs, targets, batch_seed, digest, cache_dir, kwargs) ->
     kw = dict(kwargs)
     if len(built) == 3 and built[2]:
         kw.update(built[2])
+    device = resolve_device(kw.pop("device", None))
     kw.setdefault("seed", batch_seed if isinstance(batch_seed, int) else 0)
     path = None
     if cache_dir is not None:
-        key = cache_key(item, model_key, batch_seed, digest, kw)
+        key = cache_key(item, model_key, batch_seed, digest, {**kw, "device": device})
         path = Path(cache_dir) / f"{key}.pt"
         if path.exists():
             stats = _load(path)
             if stats is not None and stats.meta.get("cache_key") == key:
                 return stats
+    if device != "cpu":
+        model = model.to(device)  # a freshly built network: moving it changes nobody else's
     stats = core.extract(model, inputs, targets, **kw)
+    if device != "cpu":
+        stats.meta["device"] = device_tag(device)
     stats.meta["item"] = repr(item)
     stats.meta["model_key"] = str(model_key)
     stats.meta["batch_seed"] = batch_seed if isinstance(batch_seed, (int, str)) or batch_seed is None else repr(batch_seed)
@@ -130,7 +140,9 @@ def extract_many(items: Sequence[Hashable], build: Callable, batch, *, jobs: int
     ``(inputs, targets, batch_seed)``; ``seed`` defaults to ``batch_seed``. ``jobs`` > 1 runs
     joblib's loky processes; each extraction runs on ``threads`` torch threads (default
     ``DEFAULT_THREADS``), so results are bit-identical for any ``jobs``. With ``cache_dir`` a
-    network already extracted with the same key is loaded instead of recomputed.
+    network already extracted with the same key is loaded instead of recomputed. ``device``
+    (cpu | cuda | auto, default cpu) moves each built network there before extraction; the
+    statistics come back as CPU tensors.
     """
     from mqbench.parallel import map_items
 
@@ -139,6 +151,7 @@ def extract_many(items: Sequence[Hashable], build: Callable, batch, *, jobs: int
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
     # validate the options once, up front, instead of in every worker
+    resolve_device(extract_kwargs.get("device"))
     core.validate_bit_values(extract_kwargs.get("bit_config"))
     core.resolve_names(extract_kwargs.get("names"), int(extract_kwargs.get("hutchinson_probes", 0)),
                        extract_kwargs.get("bit_config"))
