@@ -174,7 +174,7 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
     """Build (or resume) the table at ``out``; returns its path. ``limit`` stops after that many new rows.
 
     ``model``: a name of :mod:`mqbench.buildcontext`'s registry (CIFAR ResNets, ``resnet18``,
-    ``resnet50``, ``mobilenet_v2``; ImageNet networks need ``checkpoint``). ``data``: a dataset spec
+    ``resnet50``, ``mobilenet_v2``; ``checkpoint`` defaults to the data root's file). ``data``: a dataset spec
     (:mod:`mqbench.datasets`, e.g. ``"imagenet=/data/ILSVRC2012"``; None: CIFAR-10 from ``data_source``).
     ``preprocess``: resize/crop of ImageFolder images (default 256/224). ``device``: cpu (default),
     cuda or auto (:mod:`mqbench.devices`; a non-CPU device enters the table's identity). ``anchors``: the
@@ -235,7 +235,7 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
     if checkpoint is None and model_entry(model).family == "cifar":
         checkpoint = require(model)
     fp_model = load_model(model, checkpoint, data)
-    checkpoint = Path(checkpoint)
+    checkpoint = Path(fp_model.checkpoint_path)
     normalization = fp_model.normalization
     spec = default_bit_spec(fp_model, keep_first_last=keep_first_last, allowed=tuple(allowed), act_bits=ptq.act_bits)
     meta_path = out.with_name(out.name + META_SUFFIX)

@@ -3,8 +3,9 @@
 Models (``MODELS``): the CIFAR ResNets (``resnet20``, ``resnet32``, any ``resnet<6n+2>``) through
 :func:`mqbench.networks.resnet_cifar.load_pretrained` (default checkpoint: the data root's), and the
 ImageNet networks of :mod:`mqbench.networks.imagenet` (``resnet18``, ``resnet50``, ``mobilenet_v2``)
-through :func:`~mqbench.networks.imagenet.load_imagenet_checkpoint` (a torchvision-format checkpoint,
-required; its classifier must have as many outputs as the dataset has classes; any dataset).
+through :func:`~mqbench.networks.imagenet.load_imagenet_checkpoint` (a torchvision-format checkpoint:
+``--checkpoint`` or the data root's ``pretrained/<torchvision file>``, never random weights; its
+classifier must have as many outputs as the dataset has classes; any dataset).
 
 Data: a dataset spec of :mod:`mqbench.datasets` (``cifar10``, ``cifar100=PATH``, ``imagenet=PATH``,
 ``imagefolder=PATH``). Calibration images are a seeded class-balanced sample of the train split
@@ -45,7 +46,7 @@ def _imagenet_names() -> tuple[str, ...]:
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of model ``name`` (one-line ConfigError for an unknown one)."""
     if name in _imagenet_names():
-        return ModelEntry("imagenet", "ImageNet network, torchvision checkpoint (--checkpoint required)")
+        return ModelEntry("imagenet", "ImageNet network, torchvision checkpoint (--checkpoint or the data root's)")
     if name.startswith("resnet") and name.removeprefix("resnet").isdigit():
         from mqbench.networks.resnet_cifar import DEPTHS
 
@@ -92,9 +93,11 @@ def load_model(name: str, checkpoint: str | Path | None, data: str | None = None
         return load_pretrained(int(name.removeprefix("resnet")), checkpoint)
     from mqbench.networks.imagenet import load_imagenet_checkpoint
 
-    if checkpoint is None:
-        raise ConfigError(f"{name} needs a torchvision-format checkpoint: --checkpoint PATH "
-                          f"(e.g. {name}-*.pth of torchvision's model zoo)")
+    if checkpoint is None:  # the data root's torchvision file, or a one-line error naming its download
+        from mqbench.dataroot import require
+        from mqbench.networks.imagenet import CHECKPOINT_ITEMS
+
+        checkpoint = require(CHECKPOINT_ITEMS[name])
     return load_imagenet_checkpoint(name, checkpoint, num_classes(data))
 
 

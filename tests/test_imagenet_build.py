@@ -109,7 +109,8 @@ hutchinson_probes = 0
     assert reports["bit_sum"]["n"] == len(rows) and reports["qe"]["failed"] == 0
 
 
-def test_build_errors_are_one_line(imagenet_like, tmp_path, capsys):
+def test_build_errors_are_one_line(imagenet_like, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EVOPROXY_DATA", str(tmp_path / "empty-data-root"))
     tree, ckpt = imagenet_like
     out = tmp_path / "t.csv"
     assert main(_build_args(tree, ckpt, out, "--model", "resnet19")) == 2
@@ -117,8 +118,8 @@ def test_build_errors_are_one_line(imagenet_like, tmp_path, capsys):
     assert main(_build_args(tree, tmp_path / "missing.pth", out)) == 2
     assert "checkpoint not found" in _error_line(capsys)
     no_ckpt = [a for a in _build_args(tree, ckpt, out) if a not in ("--checkpoint", str(ckpt))]
-    assert main(no_ckpt) == 2
-    assert "needs a torchvision-format checkpoint" in _error_line(capsys)
+    assert main(no_ckpt) == 2  # the data root (the fixture's empty tmp folder) has no resnet18-f37072fd.pth
+    assert "resnet18-f37072fd.pth" in _error_line(capsys)
     no_val = _tree(tmp_path / "trainonly", {"train": 1})
     assert main(_build_args(no_val, ckpt, out)) == 2
     assert "no split 'val'" in _error_line(capsys)
