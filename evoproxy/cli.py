@@ -114,17 +114,6 @@ def _parallel_options(p: argparse.ArgumentParser) -> None:
     add_arguments(p, only=("backend", "scheduler"))
 
 
-def _anchors(text: str) -> tuple[int, ...]:
-    from mqbench.errors import ConfigError
-
-    if text.strip().lower() == "none":
-        return ()
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise ConfigError(f"--anchors must be bit-widths joined by commas (e.g. 2,3,4,8) or 'none', got {text!r}") from None
-
-
 def _device_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
                    help=f"where {what} run: cpu (default, bit-deterministic), cuda (or cuda:N), or auto (cuda when available)")
@@ -163,7 +152,7 @@ def _table_options(p: argparse.ArgumentParser) -> None:
 @command("table", "build and compare MQ-Bench tables", _table_options, aliases=("bench",))
 def cmd_table(args: argparse.Namespace) -> int:
     if args.table_command == "build":
-        from mqbench.build import build_table
+        from mqbench.build import build_table, parse_anchors
         from mqbench.ptq import PTQSettings
 
         settings = PTQSettings(calib_images=args.calib_images, calib_seed=args.calib_seed)
@@ -174,7 +163,7 @@ def cmd_table(args: argparse.Namespace) -> int:
             pre = Preprocess(args.resize or max(256, args.crop or 0), args.crop or 224)
         out = build_table(args.model, args.configs, args.seed, args.out, jobs=args.jobs,
                           checkpoint=args.checkpoint, ptq=settings, limit=args.limit, data=args.data,
-                          device=args.device, preprocess=pre, anchors=_anchors(args.anchors))
+                          device=args.device, preprocess=pre, anchors=parse_anchors(args.anchors))
         print(f"wrote {out}")
         return 0
     if args.table_command == "stats":

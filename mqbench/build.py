@@ -78,6 +78,16 @@ def sample_configs(n: int, n_layers: int, allowed: tuple[int, ...], seed: int) -
     return out
 
 
+def parse_anchors(text: str) -> tuple[int, ...]:
+    """``"2,3,4,8"`` -> (2, 3, 4, 8); ``"none"`` -> () (the ``--anchors`` option)."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"--anchors must be bit-widths joined by commas (e.g. 2,3,4,8) or 'none', got {text!r}") from None
+
+
 def planned_rows(spec: BitSpec, configs: int, seed: int,
                  anchors: tuple[int, ...] = ANCHOR_BITS) -> list[tuple[int, str, tuple[int, ...]]]:
     """(index, kind, searchable bits) for the anchors (uniform 2/3/4/8 by default) then the sampled configs."""
@@ -192,7 +202,7 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
 
         path = parse_spec(data).path
         data, data_source = None, (str(path) if path is not None else data_source)
-    if data is None and preprocess is not None:
+    if preprocess is not None and (data is None or data_kind(data) not in FOLDER_KINDS):
         raise ConfigError("--resize/--crop apply to ImageFolder datasets only")
     if data is not None and data_kind(data) in FOLDER_KINDS and preprocess is None:
         preprocess = Preprocess()
