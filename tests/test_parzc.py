@@ -96,3 +96,20 @@ def test_nodewise_statistics_of_a_real_network():
     assert model.value(stats[1]) == pytest.approx(model.scores([rows[1]])[0])
     assert model.score(nets[1], inputs, targets) == pytest.approx(model.value(stats[1]))
     assert nodewise(proxies, stats[2]).keys() == rows[2].keys()
+
+
+def test_cli_calibrate_parzc(tiny_data_root, tmp_path, capsys):
+    from test_calibrate import _mq_table
+
+    from evoproxy.cli import main
+
+    table = _mq_table(tiny_data_root, tmp_path, rows=120)  # 12 in the search split
+    out = tmp_path / "parzc.json"
+    stats = ",".join(str(default_proxies(True)[n].source) for n in ("bit_sum", "snip"))
+    assert main(["calibrate", "--parzc", "--proxy", stats, "--bench", "mq-resnet20-cifar10", "--table", str(table),
+                 "--samples", "12", "--batch", "4", "--steps", "40", "--out", str(out)]) == 0
+    assert "ParZC on 8 layer positions x 2 statistics" in capsys.readouterr().out
+    model = ParZC.load(out)
+    assert list(model.proxies) == ["bit_sum", "snip"] and model.fit["split"] == "search" and model.fit["items"] == 12
+    assert main(["calibrate", "--bench", "nb201-cifar10", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--proxy is required" in capsys.readouterr().err
