@@ -205,6 +205,39 @@ def _fits(bench, b, seeds, sizes, groups, feats, parzc_proxies, evolved) -> list
     return out
 
 
+def findings(rows: list[dict]) -> str:
+    """Where calibration / ParZC help or overfit, computed from the rows (largest training set per benchmark)."""
+    parts = []
+    for bench in dict.fromkeys(r["bench"] for r in rows):
+        def tau(method, key="kendall"):
+            group = [r for r in rows if r["bench"] == bench and r["method"] == method]
+            n = max(r["n_search"] for r in group)
+            return mean_std([r[key] for r in group if r["n_search"] == n])[0]
+        for method in TRAINED:
+            d = tau(method) - tau("evolved")
+            gap = tau(method, "search_kendall") - tau(method)
+            parts.append(f"{SETTINGS[bench]['label']} {method}: holdout τ {d:+.3f} vs the evolved formula "
+                         f"({'helps' if d > 0 else 'hurts'}), in-sample minus holdout τ {gap:.3f}"
+                         f"{' (overfits)' if gap > 0.1 else ''}")
+    return "Findings (mean over seeds, largest training set): " + "; ".join(parts) + "."
+
+
+def kept_rows(path, benches) -> list[dict]:
+    """The rows of ``runs.csv`` for benchmarks other than ``benches`` (numbers parsed back)."""
+    if not path.exists():
+        return []
+    out = []
+    for r in csv.DictReader(open(path, newline="")):
+        if r["bench"] in benches:
+            continue
+        for k, v in r.items():
+            if k not in ("bench", "method", "note"):
+                r[k] = float(v) if v not in ("",) else math.nan
+        r["seed"], r["n_search"], r["n"], r["failed"] = (int(r[k]) for k in ("seed", "n_search", "n", "failed"))
+        out.append(r)
+    return out
+
+
 def summary_rows(rows: list[dict], sizes_only: bool = False) -> list[dict]:
     out = []
     keys = dict.fromkeys((r["bench"], r["method"], r["n_search"]) for r in rows)
@@ -259,7 +292,6 @@ def main(argv=None) -> int:
     p.add_argument("--holdout", type=int, default=1000, help="NAS-Bench-201 holdout architectures (MQ: all 454)")
     p.add_argument("--extract-only", action="store_true", help="only fill the statistics and feature caches")
     args = p.parse_args(argv)
-    t0 = time.time()
     seeds = [int(s) for s in args.seeds.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
     benches = [b for b in args.benches.split(",") if b.strip()]
@@ -269,13 +301,21 @@ def main(argv=None) -> int:
             groups = item_ids(bench, seeds, min(max(sizes), SETTINGS[bench]["search"]), args.holdout)
             features(bench, list(dict.fromkeys(i for g in groups.values() for i in g)), parzc_proxies, evolved, args.jobs)
         return 0
-    rows = [r for bench in benches for r in run_bench(bench, seeds, sizes, args.jobs, args.holdout)]
     out = results_dir("parametric")
-    columns = list(rows[0])
-    write_table(out, "runs", rows, columns, "One row per fit (see table.md).")
-    wall = time.time() - t0
-    caption = (f"Holdout Spearman ρ and Kendall τ, mean ± sd over search seeds {', '.join(map(str, seeds))}. "
-               f"NAS-Bench-201: n = 1000 holdout architectures (sample(1000, 0, 'holdout'), split seed 0), ground "
+    rows = kept_rows(out / "runs.csv", benches)  # benches not run now keep their committed rows
+    for bench in benches:
+        t1 = time.time()
+        new = run_bench(bench, seeds, sizes, args.jobs, args.holdout)
+        for r in new:
+            r["bench_wall_seconds"] = time.time() - t1
+        rows += new
+    write_table(out, "runs", rows, list(rows[-1]), "One row per fit (see table.md).")
+    walls = {r["bench"]: float(r.get("bench_wall_seconds") or math.nan) for r in rows}
+    seeds_of = {b: sorted({int(r["seed"]) for r in rows if r["bench"] == b}) for b in walls}
+    n_hold = {r["bench"]: int(r["n"]) + int(r["failed"]) for r in rows if r["method"] == "evolved"}
+    caption = ("Holdout Spearman ρ and Kendall τ, mean ± sd over search seeds (" + "; ".join(
+        f"{SETTINGS[b]['label']}: {', '.join(map(str, v))}" for b, v in seeds_of.items()) + "). "
+               f"NAS-Bench-201: n = {n_hold.get(NB201)} holdout architectures (sample(n, 0, 'holdout'), split seed 0), ground "
                f"truth CIFAR10TestAccuracy200Epochs; MQ ResNet-20 W{{2,3,4}}A8: all 454 holdout configurations, "
                f"ground truth PTQ top-1. Training items: the first n of sample(n_max, seed, 'search') (the items "
                f"the evolved proxy of that seed was searched on; MQ's search split has only 50). evolved: committed "
@@ -286,13 +326,17 @@ def main(argv=None) -> int:
                f"statistic; best hand-made: best Spearman in the committed correlation table, its committed "
                f"per-item scores. search τ: in-sample Kendall on the training items. Train s: fit time on the "
                f"cached statistics (statistics extraction excluded, shared by all methods). Command: "
-               f"`python -m experiments.parametric --seeds {args.seeds} --sizes {args.sizes} --jobs {args.jobs}`, "
-               f"wall time {wall / 60:.1f} min including extraction on a shared 2-core CPU.")
+               f"`python -m experiments.parametric --benches B --seeds S --sizes {args.sizes} --holdout "
+               f"{n_hold.get(NB201)}` (one run per benchmark; rows of benchmarks not run are kept from runs.csv); "
+               f"wall time per benchmark (statistics from the disk cache where present, plus "
+               f"all fits, on a shared, heavily loaded 2-core CPU): "
+               + ", ".join(f"{SETTINGS[b]['label']} " + (f"{w / 60:.1f} min" if math.isfinite(w) else "not recorded")
+                           for b, w in walls.items()) + ".")
     cols = ["benchmark", "method", "n_search", "seeds", "n_holdout", "spearman", "kendall", "search_kendall",
             "train_seconds", "note"]
     headers = {"n_search": "n train", "n_holdout": "n holdout", "spearman": "holdout ρ", "kendall": "holdout τ",
                "search_kendall": "search τ (in-sample)", "train_seconds": "train s"}
-    announce(*write_table(out, "table", summary_rows(rows), cols, caption, headers))
+    announce(*write_table(out, "table", summary_rows(rows), cols, caption + "\n\n" + findings(rows), headers))
     announce(*write_table(out, "sizes", summary_rows(rows, sizes_only=True), cols,
                           "Effect of the number of labelled search items. " + caption, headers))
     plot(rows, out / "sizes.png")
