@@ -91,9 +91,6 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
               progress: bool = False):
     """A copy of ``proxy`` (a Proxy or a proxy file) with per-layer-position weights learned on ``samples`` items
     of ``bench``'s search split (sample ``seed``); see the module docstring."""
-    from dataclasses import replace
-
-    from evoproxy.opkernels import OpError
     from evoproxy.ops import OPS
     from evoproxy.tree import Proxy, load_proxy
     from mqbench.benchmarks import BenchSpec
@@ -110,21 +107,38 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
     ids = b.sample(samples, seed, "search")
     truth = [float(v) for v in b.ground_truth(ids)]
     stats = items_statistics(spec, ids, proxy.statistics_request(batch), progress=progress)
-    rows, kept, failed = [], [], 0
-    for st, y in zip(stats, truth):
+    out = calibrate_on(proxy, stats, truth, weight_decay=weight_decay, temperature=temperature, steps=steps)
+    out.layer_weights["fit"].update({"bench": bench, "split": "search", "samples": len(ids), "seed": seed,
+                                     "batch": batch})
+    return out
+
+
+def term_rows(proxy, stats) -> list:
+    """(layer positions, layer terms) of ``proxy`` per item's ``NetworkStats``; None where a term fails or is
+    not finite."""
+    from evoproxy.opkernels import OpError
+
+    rows = []
+    for st in stats:
         try:
             names, terms = _terms(proxy, st)
         except (OpError, ArithmeticError):
-            failed += 1
+            rows.append(None)
             continue
-        if all(math.isfinite(t) for t in terms):
-            rows.append((names, terms))
-            kept.append(y)
-        else:
-            failed += 1
-    check_positions(rows)
-    weights, summary = fit_weights(rows, kept, proxy.orientation, weight_decay=weight_decay,
-                                   temperature=temperature, steps=steps)
-    summary.update({"bench": bench, "split": "search", "samples": len(ids), "seed": seed, "batch": batch,
-                    "failed": failed, "objective": "1 - diff_kendall + weight_decay * mean (w - 1)^2"})
+        rows.append((names, terms) if all(math.isfinite(t) for t in terms) else None)
+    return rows
+
+
+def calibrate_on(proxy, stats, truth, **fit_options):
+    """:func:`calibrate` on already extracted statistics (one ``NetworkStats`` per item, with its truth), or on
+    the items' :func:`term_rows` (a list of (positions, terms) or None); ``fit_options`` go to :func:`fit_weights`."""
+    from dataclasses import replace
+
+    rows = list(stats)
+    if not all(r is None or isinstance(r, tuple) for r in rows):
+        rows = term_rows(proxy, rows)
+    kept = [(r, float(y)) for r, y in zip(rows, truth) if r is not None]
+    check_positions([r for r, _ in kept])
+    weights, summary = fit_weights([r for r, _ in kept], [y for _, y in kept], proxy.orientation, **fit_options)
+    summary.update({"failed": len(rows) - len(kept), "objective": "1 - diff_kendall + weight_decay * mean (w - 1)^2"})
     return replace(proxy, layer_weights={"key": KEY, "weights": weights, "default": 1.0, "fit": summary})

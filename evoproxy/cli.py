@@ -421,7 +421,9 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 
 # ---- calibrate (issue 15): learned per-layer-position weights
 def _calibrate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--proxy", required=True, help="proxy JSON file whose root aggregates over layers")
+    p.add_argument("--proxy", default=None, help="proxy JSON file whose root aggregates over layers (with --parzc: "
+                   "optional comma-separated proxy files of the node-wise statistics)")
+    p.add_argument("--parzc", action="store_true", help="fit the ParZC baseline (evoproxy.parzc) instead")
     p.add_argument("--bench", required=True, help="benchmark name or spec file (its search split is used)")
     p.add_argument("--samples", type=int, default=50, help="search-split items to fit on")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
@@ -437,7 +439,21 @@ def _calibrate_options(p: argparse.ArgumentParser) -> None:
          _calibrate_options)
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from evoproxy.calibrate import calibrate
+    from evoproxy.errors import ConfigError
 
+    if args.parzc:
+        from evoproxy.parzc import parzc
+
+        model = parzc(args.bench, args.samples, args.seed, args.proxy.split(",") if args.proxy else None,
+                      batch=args.batch, table=args.table, weight_decay=args.weight_decay,
+                      temperature=args.temperature, steps=args.steps)
+        fit = model.fit
+        print(f"ParZC on {fit['positions']} layer positions x {len(model.proxies)} statistics, fitted on "
+              f"{fit['items']} search items of {args.bench}: Kendall {fit['search_kendall_unweighted_sum']:.4f} "
+              f"(unweighted sum) -> {fit['search_kendall_after']:.4f} (in-sample); wrote {model.save(args.out)}")
+        return 0
+    if not args.proxy:
+        raise ConfigError("--proxy is required (or --parzc)")
     proxy = calibrate(args.proxy, args.bench, args.samples, args.seed, batch=args.batch,
                       weight_decay=args.weight_decay, temperature=args.temperature, steps=args.steps,
                       table=args.table)
