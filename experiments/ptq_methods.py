@@ -182,8 +182,9 @@ def main(argv=None) -> int:
         f"Seconds: one configuration in one worker process on one torch thread, {args.jobs} workers on a shared "
         f"2-core machine (other jobs running), so absolute seconds are inflated; their ratio is the useful figure. "
         f"Command: `python -m experiments.ptq_methods --configs {args.configs} --seed {args.seed} --iters {args.iters} "
-        f"--sample-iters {sample_iters} --rtn-check {args.rtn_check} --jobs {args.jobs}`; this run's PTQ wall time {time.perf_counter() - wall:.0f} s "
-        f"(0 when every pair was already in configs.csv)."
+        f"--sample-iters {sample_iters} --rtn-check {args.rtn_check} --jobs {args.jobs}`"
+        + ("; tables written with --report-only from configs.csv." if args.report_only else
+           f"; this run's PTQ wall time {time.perf_counter() - wall:.0f} s (resumed pairs not counted).")
         + (f" Report of a partial run: {len(measured)} of the {len(spec_ids)} sampled configurations have AdaRound results."
            if len(measured) < len(spec_ids) else ""))
     u_md = write_table(out, "uniform", uniform_rows, ["setting", "rtn_top1", "table_top1", "adaround_top1", "gain", "rtn_s", "adaround_s"],
