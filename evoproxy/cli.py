@@ -140,6 +140,8 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     b.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
     b.add_argument("--out", required=True, help="CSV to write (a .meta.json sidecar goes beside it)")
     _device_option(b, "PTQ and evaluation")
+    b.add_argument("--ptq", default="rtn", choices=("rtn", "adaround"), help="weight rounding: round to nearest (the committed tables) or AdaRound with block reconstruction")
+    b.add_argument("--adaround-iters", type=int, default=None, help="AdaRound iterations per block (default 200; BRECQ used 20000)")
     _parallel_options(b)
     st = sub.add_parser("stats", help="size, top-1 spread and trivial-proxy correlations of a table")
     st.add_argument("table")
@@ -155,7 +157,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         from mqbench.build import build_table, parse_anchors
         from mqbench.ptq import PTQSettings
 
-        settings = PTQSettings(calib_images=args.calib_images, calib_seed=args.calib_seed)
+        extra = {} if args.adaround_iters is None else {"adaround_iters": args.adaround_iters}
+        settings = PTQSettings(calib_images=args.calib_images, calib_seed=args.calib_seed, method=args.ptq, **extra)
         pre = None
         if args.resize is not None or args.crop is not None:
             from mqbench.imagefolder import Preprocess

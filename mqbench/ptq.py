@@ -4,15 +4,22 @@ Pipeline (per configuration): quantize weights (per channel, MSE clip) -> re-est
 statistics on the calibration images (cumulative average, float activations) -> calibrate the 8-bit
 per-tensor activation quantizers on the first ``act_calib_images`` calibration images -> fold BN
 into the preceding convs (exact in eval mode, for speed) -> top-1 on the evaluation set.
+
+The weight rounding is a *method* (``PTQSettings.method``, looked up in ``ROUNDING``): ``"rtn"``
+(round to nearest on the MSE-clipped grid; the committed tables) or ``"adaround"`` (learned rounding
+on the same grid with block-wise output reconstruction, :mod:`mqbench.adaround`), applied right
+after the weights are quantized; everything after it is the same pipeline.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from mqbench.errors import ConfigError
 from mqbench.quant import activation_scale, fold_batchnorm, quant_layers, quantize_model
 
 
@@ -37,9 +44,53 @@ class PTQSettings:
     bn_batch: int = 256
     eval_batch: int = 100
     mse_clip: bool = True
+    # Rounding method (a key of ROUNDING). Fields with metadata "method" belong to that method only:
+    # as_dict() leaves them out for other methods, and leaves out "method" itself for "rtn", so an RTN
+    # setting has exactly the identity of the tables built before methods existed.
+    method: str = "rtn"
+    adaround_iters: int = field(default=200, metadata={"method": "adaround"})
+    adaround_batch: int = field(default=32, metadata={"method": "adaround"})
+    adaround_lr: float = field(default=5e-2, metadata={"method": "adaround"})
+    adaround_reg: float = field(default=0.01, metadata={"method": "adaround"})
+    adaround_warmup: float = field(default=0.2, metadata={"method": "adaround"})
+    adaround_seed: int = field(default=0, metadata={"method": "adaround"})
+
+    def __post_init__(self):
+        if self.method not in ROUNDING:
+            raise ConfigError(f"unknown PTQ method {self.method!r}; known: {', '.join(sorted(ROUNDING))}")
+        if self.method == "adaround":
+            self.adaround_config()  # validates
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        for f in fields(self):
+            owner = f.metadata.get("method")
+            if owner is not None and owner != self.method:
+                del out[f.name]
+        if self.method == "rtn":
+            del out["method"]
+        return out
+
+    def adaround_config(self):
+        from mqbench.adaround import AdaRoundConfig
+
+        return AdaRoundConfig(self.adaround_iters, self.adaround_batch, self.adaround_lr, self.adaround_reg,
+                              self.adaround_warmup, self.adaround_seed)
+
+
+def round_to_nearest(model: nn.Module, fp_model: nn.Module, calib_images: torch.Tensor, settings: PTQSettings) -> None:
+    """RTN: :func:`mqbench.quant.quantize_model` already rounded every weight to the nearest grid point."""
+
+
+def adaround(model: nn.Module, fp_model: nn.Module, calib_images: torch.Tensor, settings: PTQSettings) -> None:
+    """AdaRound with block-wise reconstruction on the calibration images (:mod:`mqbench.adaround`)."""
+    from mqbench.adaround import adaround_model
+
+    adaround_model(model, fp_model, calib_images, settings.adaround_config(), settings.mse_clip, settings.bn_batch)
+
+
+# method -> fn(quantized model, FP model, calibration images, settings): fixes the weight rounding in place
+ROUNDING: dict[str, Callable[..., None]] = {"rtn": round_to_nearest, "adaround": adaround}
 
 
 def reestimate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int) -> None:
@@ -86,6 +137,8 @@ def quantize_and_calibrate(fp_model: nn.Module, full_bits: list[int], calib_imag
     """A calibrated fake-quantized copy of ``fp_model`` (BN re-estimated), ready for evaluation, on
     ``device`` (None: where ``fp_model`` is; batches follow the model)."""
     model = quantize_model(_copy_to(fp_model, device), list(full_bits), settings.act_bits, settings.mse_clip)
+    reference = fp_model if device is None else _copy_to(fp_model, device)  # learned rounding runs on the model's device
+    ROUNDING[settings.method](model, reference, _on(model, calib_images), settings)
     model = model.to(memory_format=torch.channels_last)
     reestimate_batchnorm(model, calib_images, settings.bn_batch)
     calibrate_activations(model, calib_images[: settings.act_calib_images], settings.act_bits, settings.bn_batch)
