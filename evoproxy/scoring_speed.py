@@ -6,14 +6,19 @@ For each benchmark, the search's statistics (the search's recipe: default termin
 batch 64; extracted or read from the disk cache first) of 100 NAS-Bench-201 search samples and
 50 MQ (ResNet-20) search samples; the same ``--trees`` random trees (half of each structure, seeded)
 are scored on all samples with :func:`evoproxy.screening.score_many` at ``--jobs``, once per path,
-after a warm-up call that loads the statistics (and builds the stacked copy) in the workers. Rejected
+after a warm-up call on other trees that loads the statistics (and builds the stacked copy) in the workers (other
+trees: the vectorised path memoises subtrees' layer values per process, up to evoproxy.vectorised.MEMO_BYTES). Rejected
 trees count: they are part of what a search scores. Prints one line per benchmark and, last, one
 JSON object: ``nb201_per_sample``, ``nb201_vectorised``, ``mq_per_sample``, ``mq_vectorised``
-(formulas/s), ``trees``, the stacked copies' sizes (``*_stacked_mb``) and the rejection reasons;
+(formulas/s), ``trees``, the stacked copies' sizes (``*_stacked_mb``: the stacked tensors plus the items gathered
+for the whole sample range, per process; the memo adds at most 64 MB) and the rejection reasons;
 whether both paths agreed on every tree (reason, scores within 1e-5 relative) is ``agree``.
-Timings depend on the machine and its load. Measured (2 shared cores, load 5-11, 200 trees, jobs 2):
-NB201 7.1 (per-sample) vs 8.6 (vectorised) formulas/s, stacked copy 808 MB per worker; MQ 15.8 vs
-135.8, 12 MB. NB201 is compute-bound (e.g. logdet/Gram of 4,220 layers per tree), not overhead-bound.
+Timings depend on the machine and its load. Measured (2 shared cores, load 5-11, 200 trees, jobs 2), before the
+Sylvester logdet / per-range plans / memo: NB201 7.1 (per-sample) vs 8.6 (vectorised) formulas/s, stacked copy
+808 MB per worker; MQ 15.8 vs 135.8, 12 MB. CPU time of one process on the same 200 random trees (seed 0) after
+them: NB201 13.5 formulas/s vectorised (was 10.5) vs 7.2 per-sample (first 40 trees); MQ 272 (was 129) vs 17.3.
+NB201 is compute-bound in both paths (float64 Gram/slogdet of 64 x 576 weight and 64 x 64 activation items, and
+elementwise ops over 32M-element weight stacks), not overhead-bound.
 """
 from __future__ import annotations
 
@@ -62,18 +67,22 @@ def agree(a, b) -> bool:
 def measure(bench: str, samples: int, trees: int, jobs: int, seed: int) -> dict:
     from evoproxy.screening import score_many
     from evoproxy.searchdata import load_stats
-    from evoproxy.vectorised import stack
+    from evoproxy.vectorised import _plan, plan_nbytes, stack
 
     recipe, names = search_recipe(bench, samples, seed)
     stats = load_stats(recipe, jobs=jobs, progress=False)
     t0 = time.perf_counter()
-    stacked_mb = stack(stats).nbytes / 2 ** 20
+    st = stack(stats)
+    _plan(st, 0, len(stats))  # the items of the whole range: views, or copies where tensors are shared
     stack_s = time.perf_counter() - t0
+    stacked_mb = (st.nbytes + plan_nbytes(st)) / 2 ** 20
+    del st
     todo = random_trees(names, trees, seed)
+    warm = random_trees(names, jobs * 4, seed + 1)  # other trees: the vectorised path memoises subtrees' layer values
     out = {"stacked_mb": round(stacked_mb, 1), "stack_s": round(stack_s, 2)}
     results = {}
     for key, vec in (("per_sample", False), ("vectorised", True)):
-        score_many(recipe, todo[:jobs * 4], 0, None, jobs, vectorised=vec)  # warm-up: workers load, stack
+        score_many(recipe, warm, 0, None, jobs, vectorised=vec)  # warm-up: workers load, stack
         t0 = time.perf_counter()
         results[key] = score_many(recipe, todo, 0, None, jobs, vectorised=vec)
         out[key] = round(len(todo) / (time.perf_counter() - t0), 1)

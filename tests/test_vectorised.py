@@ -56,6 +56,7 @@ def test_fallback_loop_equals_batched(stats):
         for name in ("logdet", "znorm", "mul", "minmax", "layer_meanlog"):
             del vectorised.BATCHED[name]
         st.plans.clear()
+        st.memo.clear()
         got = vectorised.evaluate(tree, st, 0, len(stats)).values
     finally:
         vectorised.BATCHED.update(saved)
@@ -93,3 +94,56 @@ def test_mq_style_shared_tensors_are_stacked_once(stats):
             tree = space.random_tree()
             assert same(score_range(tree, items, 0, len(items), vectorised=False),
                         score_range(tree, items, 0, len(items), vectorised=True)), tree.to_json()
+
+
+def test_layer_values_memo_is_reused_and_bounded(stats, monkeypatch):
+    """Layer values (and errors) of a subtree are kept per stacked set and give the same result again; the
+    memo stays under MEMO_BYTES."""
+    st = vectorised.stack(stats)
+    tree = ["nadd", ["layer_sum", ["l1", "weight"]], ["layer_mean", ["l1", "weight"]]]
+    first = vectorised.evaluate(tree, st, 0, len(stats))
+    assert len(st.memo) == 1
+    assert (vectorised.evaluate(tree, st, 0, len(stats)).values == first.values).all()
+    bad = ["layer_sum", ["sum", ["gram", "weight"]]]  # raises "size" on the last network
+    for _ in range(2):
+        err = vectorised.evaluate(bad, st, 0, len(stats)).error
+        assert err[0] == len(stats) - 1 and err[1].reason == "size"
+    one = st.memo[next(iter(st.memo))][0].numel() * 8
+    monkeypatch.setattr(vectorised, "MEMO_BYTES", 2 * one)
+    for name in ("weight", "weight_grad", "act_out", "act_in"):
+        vectorised.evaluate(["layer_sum", ["mean", name]], st, 0, len(stats))
+    assert st.memo_bytes <= 2 * one and len(st.memo) == 2
+
+
+def test_numel_needs_one_item(stats):
+    """numel depends on shapes only: computed from one item per group, equal to the per-sample value."""
+    tree = parse_tree(["layer_sum", ["numel", ["gram", ["exp", "act_out"]]]])
+    assert same(score_range(tree, stats, 0, len(stats), vectorised=False),
+                score_range(tree, stats, 0, len(stats), vectorised=True))
+
+
+def test_logdet_from_the_smaller_gram():
+    """m < n columns: log det from X^T X (Sylvester) equals the kernel's n x n way; a zero or non-finite X
+    gives what the kernel gives (nan) through the n x n way."""
+    from evoproxy.opkernels import red_logdet
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 12, 4)
+    x[1] = 0
+    x[2, 0, 0] = float("inf")
+    x[3, :, 1] = x[3, :, 0]  # rank-deficient X: the ridge keeps it finite
+    got = vectorised.BATCHED["logdet"](x).tolist()
+    want = [red_logdet(x[i]) for i in range(len(x))]
+    for g, w in zip(got, want):
+        assert (g != g and w != w) or g == pytest.approx(w, rel=1e-9), (got, want)
+
+
+@pytest.mark.parametrize("sa,sb", [((1, 1, 1), (5,)), ((), (3, 2)), ((1, 1), ()), ((4,), (1,)), ((0,), (1,)), ((2, 3), (2, 3))])
+def test_broadcast_like_the_kernel(sa, sb):
+    from evoproxy.opkernels import op_mul
+
+    a, b = torch.randn(3, *sa), torch.randn(3, *sb)
+    for x, y in ((a, b), (b, a)):
+        want = torch.stack([op_mul(x[i], y[i]) for i in range(3)])
+        got = vectorised.BATCHED["mul"](x, y)
+        assert got.shape == want.shape and torch.equal(got, want)
