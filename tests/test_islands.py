@@ -82,7 +82,7 @@ def test_migration_copies_the_best_to_the_next_island_replacing_its_worst():
 @pytest.fixture(scope="module")
 def stats():
     torch.manual_seed(0)
-    return synthetic_stats(seed=0, networks=3, batch=4, probes=0)
+    return synthetic_stats(seed=0, networks=2, batch=4, probes=1)
 
 
 def test_cost_bound_rejects_deterministically(stats):
