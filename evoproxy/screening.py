@@ -130,11 +130,29 @@ class CostMeter:
         return out
 
     def _wrap(self, name, fn, reduce):
-        def metered(*args):
-            result = fn(*args)
-            self.add(op_cost(name, [tuple(a.shape) for a in args], () if reduce else tuple(result.shape)))
-            return result
-
+        """``fn`` counting :func:`op_cost` (computed inline from ``numel``: this runs on every operator call)."""
+        add = self.add
+        if name in ("gram", "matmul"):
+            def metered(*args):
+                result = fn(*args)
+                add(result.numel() * (args[0].numel() // args[0].shape[0]))
+                return result
+        elif name == "logdet":
+            def metered(x):
+                result = fn(x)
+                d0 = x.shape[0]
+                add(d0 * x.numel() + d0 ** 3)
+                return result
+        elif reduce:
+            def metered(x):
+                result = fn(x)
+                add(x.numel())
+                return result
+        else:
+            def metered(*args):
+                result = fn(*args)
+                add(result.numel())
+                return result
         return metered
 
 

@@ -13,6 +13,7 @@ from evoproxy.budget import MIN_POPULATION, choose_sizes
 from evoproxy.evolution import Search, run_search
 from evoproxy.fuzz import synthetic_stats
 from evoproxy.islands import Individual, Island, migrate
+from evoproxy.ops import OPS
 from evoproxy.screening import CostMeter, op_cost, score_range, tree_cost, _evaluate_metered
 from evoproxy.searchconfig import SearchConfig
 from evoproxy.tree import evaluate_tree, parse_tree
@@ -98,6 +99,13 @@ def test_cost_bound_rejects_deterministically(stats):
         assert ok.reason is None and ok.scores == pytest.approx(values, rel=1e-5)
         over = score_range(tree, stats, 0, 3, cost_bound=cost - 1, vectorised=vectorised)
         assert over.reason == "cost", over
+    x, y = torch.randn(6, 3, 5), torch.randn(6, 3, 5)
+    for name, op in OPS.items():  # the meter's inline counts are op_cost's
+        if op.kind in ("unary", "binary", "reduce"):
+            args = (x, y) if op.kind == "binary" else (x,)
+            meter = CostMeter()
+            result = meter.functions()[name](*args)
+            assert meter.total == op_cost(name, [a.shape for a in args], () if op.kind == "reduce" else result.shape)
     assert op_cost("gram", [(4, 3, 5)], (4, 4)) == 16 * 15
     assert op_cost("add", [(2, 3), (2, 3)], (2, 3)) == 6 and op_cost("sum", [(2, 3)], ()) == 6
     assert op_cost("logdet", [(4, 10)], ()) == 16 * 10 + 64 and op_cost("ladd", [], ()) == 0
