@@ -22,21 +22,17 @@ from evoproxy.allocation import allocate  # noqa: F401  (part of the API)
 from evoproxy.results import Evaluation, SearchResult
 from evoproxy.searchconfig import SearchConfig
 
-GENERATIONS_UNDER_BUDGET = 1000  # with a time budget and no generation count, the budget ends the run
-
-
 def search(bench: str, *, samples: int = 100, time_budget: float | None = None, seed: int = 0,
            out: str | Path | None = None, resume: bool = False, **settings) -> SearchResult:
     """Evolve a proxy on ``bench``'s search split and return the run as a :class:`SearchResult`.
 
     ``out``: the run folder (default: a new temporary folder, kept so the result can be exported and
-    plotted); ``time_budget`` in seconds (without ``generations``, the budget alone ends the run);
+    plotted); ``time_budget`` in seconds (an unset ``population``/``generations`` is sized to fit it from a
+    measured scoring rate, :mod:`evoproxy.budget`);
     ``settings``: any other :class:`SearchConfig` field (population, generations, fitness, structure, jobs, ...).
     """
     from evoproxy.evolution import run_search
 
-    if time_budget is not None and "generations" not in settings:
-        settings["generations"] = GENERATIONS_UNDER_BUDGET
     if out is None:
         out = tempfile.mkdtemp(prefix=f"evoproxy-{bench.replace('/', '_')}-seed{seed}-")
     config = SearchConfig(bench=bench, out=str(out), samples=samples, seed=seed, time_budget=time_budget, **settings)

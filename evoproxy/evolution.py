@@ -20,64 +20,42 @@ Protocol
 * Candidates already scored (same canonical formula) are never re-scored (a memo); with screening
   on, a candidate whose screening scores equal those of an earlier one inherits its outcome.
 * Randomness: Python's ``random`` (used by DEAP and :mod:`evoproxy.space`) is re-seeded at the start of
-  every generation from (seed, generation), so a resumed run draws exactly what an uninterrupted
-  one would.
-* After every generation ``checkpoint.json`` (population, memo, log, hall of fame) is written
-  atomically, then ``log.csv``, ``hall_of_fame.json`` and ``best.json`` are regenerated from it.
-  ``--resume`` continues from the checkpoint; apart from the ``seconds`` column of ``log.csv``,
-  the outputs equal those of an uninterrupted run with the same settings (the ``timeout``
-  screening rule and ``--time-budget`` are the two machine-speed dependent parts).
+  every generation from (seed, generation) — per island with ``islands`` > 1 (:mod:`evoproxy.islands`:
+  several populations, ring migration, restarts of stagnant islands) — so a resumed run draws exactly
+  what an uninterrupted one would.
+* Screening rejects a candidate past a deterministic cost bound (``screen_cost``, tensor elements;
+  :mod:`evoproxy.screening`); the former wall-clock time-out is gone (``screen_time`` is ignored).
+* After every generation ``checkpoint.json`` (every island's population, memo, log, hall of fame) is
+  written atomically, then ``log.csv``, ``hall_of_fame.json``, ``best.json`` (and ``islands.csv``) are
+  regenerated from it. ``--resume`` continues from the checkpoint; apart from the ``seconds`` column of
+  ``log.csv``, the outputs equal those of an uninterrupted run with the same settings, for any ``--jobs``.
+  ``--time-budget`` is the only wall-clock setting: it stops the run after the generation whose successor
+  would pass it, and sizes an unset population/generation count from a measured rate
+  (:mod:`evoproxy.budget`; such a run is recorded as machine-dependent in ``config.json``).
 """
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from evoproxy.errors import ConfigError, EvoproxyError
 from mqbench.fileio import atomic_write_text
+from evoproxy.islands import Individual, Island, interleave, island_row, island_seed, migrate, write_island_log
 from evoproxy.results import SearchResult
 from evoproxy.searchconfig import SearchConfig
-from evoproxy.tree import Proxy, ProxyTree, canonical, parse_tree, render
+from evoproxy.tree import Proxy, ProxyTree, canonical, render
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
 MAX_ROUNDS = 5
 HALL_OF_FAME = 10
-@dataclass
-class Individual:
-    tree: ProxyTree
-    key: str
-    fitness: float
-    orientation: int
-    scores: list
-    generation: int
-
-    def to_json(self) -> dict:
-        return {"tree": self.tree.to_json(), "fitness": self.fitness, "orientation": self.orientation,
-                "scores": self.scores, "generation": self.generation}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Individual":
-        tree = parse_tree(d["tree"])
-        return cls(tree, canonical(tree), float(d["fitness"]), int(d["orientation"]), list(d["scores"]),
-                   int(d["generation"]))
-
-
-# ------------------------------------------------------------------------------------- helpers
-
-def _seed_for(seed: int, generation: int) -> int:
-    from primitives.core import derive_seed
-
-    return derive_seed("search", int(seed), int(generation))
 
 
 def _screen_key(values) -> tuple:
@@ -89,10 +67,16 @@ class Search:
 
     def __init__(self, config: SearchConfig, resume: bool = False):
         config.validate()
-        self.config = config
+        self.config = config if config.time_budget is not None else config.sized()
+        self.sizing = None  # what evoproxy.budget chose (time-budget runs with unset sizes)
         self.out = Path(config.out)
         self.resume = resume
         self.started = time.perf_counter()
+
+    @property
+    def population(self) -> list[Individual]:
+        """Every island's population, in island order (the one population with ``islands`` = 1)."""
+        return [i for island in self.islands for i in island.population]
 
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
@@ -119,7 +103,8 @@ class Search:
         self.ids = bench.sample(c.samples, c.seed, "search")
         self.truth = np.asarray(bench.ground_truth(self.ids), dtype=float)
         self.size = np.asarray(bench.size(self.ids), dtype=float)
-        self.recipe = DataRecipe.for_bench(spec, self.ids, self.space.terminals, probes, c.noise_std, c.batch)
+        self.recipe = DataRecipe.for_bench(spec, self.ids, self.space.terminals, probes, c.noise_std, c.batch,
+                                           device=c.device)
         try:
             self.stats = load_stats(self.recipe, jobs=c.jobs, progress=c.progress)
         except EvoproxyError:
@@ -131,7 +116,8 @@ class Search:
     # ------------------------------------------------------------------ state
     def _fresh_state(self) -> None:
         self.generation = -1
-        self.population: list[Individual] = []
+        self.islands: list[Island] = [Island() for _ in range(self.config.islands)]
+        self.island_log: list[dict] = []
         self.memo: dict[str, dict] = {}  # canonical -> {"fitness","orientation","scores"} or {"reason"}
         self.screen_memo: dict[tuple, str] = {}
         self.log: list[dict] = []
@@ -144,7 +130,8 @@ class Search:
         return {"format": CHECKPOINT_FORMAT, "settings": self.config.result_settings(),
                 "terminals": self.space.terminals, "hutchinson_probes": self.probes,
                 "generation": self.generation, "elapsed": self.elapsed, "prep_seconds": self.prep_seconds, "stopped": self.stopped,
-                "population": [i.to_json() for i in self.population],
+                "sizing": self.sizing, "population": [i.to_json() for i in self.population],
+                "islands": [i.to_json() for i in self.islands], "island_log": self.island_log,
                 "memo": self.memo, "screen_memo": [[list(k), v] for k, v in self.screen_memo.items()],
                 "log": self.log, "hall_of_fame": [i.to_json() for i in self.hof]}
 
@@ -163,8 +150,14 @@ class Search:
         self.generation = int(state["generation"])
         self.elapsed = float(state["elapsed"])
         self.prep_seconds = float(state.get("prep_seconds", 0.0))
+        self.sizing = state.get("sizing")
         self.stopped = state.get("stopped")
-        self.population = [Individual.from_json(d) for d in state["population"]]
+        if "islands" in state:
+            self.islands = [Island.from_json(d) for d in state["islands"]]
+        else:  # a checkpoint of the single-population search
+            pop = [Individual.from_json(d) for d in state["population"]]
+            self.islands = [Island(pop, max((i.fitness for i in pop), default=float("-inf")), max(self.generation, 0))]
+        self.island_log = list(state.get("island_log", []))
         self.memo = dict(state["memo"])
         self.screen_memo = {tuple(k): v for k, v in state["screen_memo"]}
         self.log = list(state["log"])
@@ -184,7 +177,11 @@ class Search:
                 self.out.rmdir()
             raise
 
-    def _open_run_dir(self) -> None:
+    def _open_run_dir(self, t_prep: float) -> None:
+        import dataclasses
+
+        from evoproxy.budget import size_for_budget
+
         ckpt = self.out / "checkpoint.json"
         if ckpt.exists():
             if not self.resume:
@@ -193,22 +190,34 @@ class Search:
                 state = json.loads(ckpt.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 raise ConfigError(f"cannot read {ckpt}: {exc}") from None
+            settings = state.get("settings", {})  # sizes left unset here: the run's own (measured or given)
+            self.config = dataclasses.replace(self.config, **{k: settings.get(k) for k in ("population", "generations")
+                                                              if getattr(self.config, k) is None})
             self._load_state(state)
         else:
             if self.resume and (self.out / "config.json").exists():
                 print(f"note: {self.out} has no checkpoint yet; starting from generation 0", file=sys.stderr)
             self._fresh_state()
+            if self.config.population is None or self.config.generations is None:
+                size_for_budget(self, t_prep)
+        self.config.validate()
+        if self.config.population is None or self.config.generations is None:
+            raise ConfigError(f"the checkpoint in {self.out} has no population/generations; pass them")
         self.out.mkdir(parents=True, exist_ok=True)
         config = {**self.config.portable(), "search_ids": [int(i) for i in self.ids],
                   "hutchinson_probes_used": self.probes, "terminals_used": self.space.terminals,
                   "benchmark": self.bench.name}
+        if self.config.time_budget is not None:
+            config["sizing"] = self.sizing or {
+                "sized_by": "given", "machine_dependent": "only where the time budget stops the run early",
+                "wall_clock": "time_budget is the only wall-clock setting; screening uses the deterministic --screen-cost"}
         atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
 
     # ------------------------------------------------------------------ scoring
     def _score(self, trees: list[ProxyTree], counts: dict) -> list[dict]:
         """Outcome (memo entry) of each tree, in order; updates ``counts``."""
-        from evoproxy.screening import score_many
         from evoproxy.fitness import oriented_fitness
+        from evoproxy.screening import LOG_NAME, score_many
 
         c = self.config
         keys = [canonical(t) for t in trees]
@@ -229,7 +238,8 @@ class Search:
                 self.memo[k] = {"fitness": fit, "orientation": orient, "scores": [float(s) for s in scores]}
 
         if c.screening:
-            screened = score_many(self.recipe, [todo[k] for k in names], 0, self.n_screen, c.jobs, c.screen_time)
+            screened = score_many(self.recipe, [todo[k] for k in names], 0, self.n_screen, c.jobs,
+                                  cost_bound=c.screen_cost)
             full_needed = []
             for k, s in zip(names, screened):
                 if s.reason:
@@ -266,17 +276,18 @@ class Search:
         outcomes = [self.memo[k] for k in keys]
         for o in outcomes:
             if "reason" in o:
-                counts[f"rejected_{o['reason']}"] = counts.get(f"rejected_{o['reason']}", 0) + 1
+                key = f"rejected_{LOG_NAME.get(o['reason'], o['reason'])}"  # the cost bound: rejected_timeout
+                counts[key] = counts.get(key, 0) + 1
             else:
                 counts["valid"] += 1
         return outcomes
 
     # ------------------------------------------------------------------ generations
     def _new_counts(self) -> dict:
-        from evoproxy.screening import REASONS
+        from evoproxy.screening import LOG_REASONS
 
         return {"evaluated": 0, "valid": 0, "cache_hits": 0, "equivalent_hits": 0,
-                **{f"rejected_{r}": 0 for r in REASONS}}
+                **{f"rejected_{r}": 0 for r in LOG_REASONS}}
 
     def _accept(self, trees, outcomes, into: list, taken: set, need: int, generation: int) -> None:
         for t, o in zip(trees, outcomes):
@@ -290,7 +301,8 @@ class Search:
             taken.add(k)
             into.append(Individual(t, k, o["fitness"], o["orientation"], o["scores"], generation))
 
-    def _initial(self, counts) -> list[Individual]:
+    def _initial(self, counts, generation: int = 0):
+        """A random population (a generator for :func:`evoproxy.islands.interleave`: yields trees, gets outcomes)."""
         c = self.config
         pop: list[Individual] = []
         taken: set = set()
@@ -299,7 +311,7 @@ class Search:
             if need <= 0:
                 break
             trees = [self.space.random_tree() for _ in range(2 * need)]
-            self._accept(trees, self._score(trees, counts), pop, taken, c.population, 0)
+            self._accept(trees, (yield trees), pop, taken, c.population, generation)
         if len(pop) < 2:
             raise ConfigError(f"no valid candidate among {counts['evaluated']} random trees; "
                               f"rejections: {self._rejections(counts)}")
@@ -309,11 +321,12 @@ class Search:
     def _rejections(counts) -> str:
         return ", ".join(f"{k[9:]} {v}" for k, v in counts.items() if k.startswith("rejected_") and v) or "none"
 
-    def _next(self, counts, generation: int) -> list[Individual]:
+    def _next(self, population: list[Individual], counts, generation: int):
+        """The next population of ``population`` (a generator like :meth:`_initial`)."""
         from evoproxy.selection import select_parents
 
         c = self.config
-        ranked = sorted(self.population, key=lambda i: -i.fitness)
+        ranked = sorted(population, key=lambda i: -i.fitness)
         elites = ranked[: c.elites]
         need = c.population - len(elites)
         children: list[Individual] = []
@@ -322,7 +335,7 @@ class Search:
             short = need - len(children)
             if short <= 0:
                 break
-            parents = select_parents(self.population, 2 * short, c.tournament, c.diversity, c.novelty_weight)
+            parents = select_parents(population, 2 * short, c.tournament, c.diversity, c.novelty_weight)
             trees = []
             for a, b in zip(parents[0::2], parents[1::2]):
                 x, y = a.tree, b.tree
@@ -342,7 +355,7 @@ class Search:
                         fresh.append(t)
                 counts["duplicates_dropped"] = counts.get("duplicates_dropped", 0) + len(trees) - len(fresh)
                 trees = fresh
-            self._accept(trees, self._score(trees, counts), children, taken, need, generation)
+            self._accept(trees, (yield trees), children, taken, need, generation)
         for ind in ranked[c.elites:]:  # still short: keep the best former members
             if len(children) >= need:
                 break
@@ -350,6 +363,25 @@ class Search:
                 taken.add(ind.key)
                 children.append(ind)
         return elites + children
+
+    def _generation(self, g: int, counts: dict) -> None:
+        """Every island's population of generation ``g``: their candidates scored together, then migration and
+        restarts (:mod:`evoproxy.islands`)."""
+        c = self.config
+        restart = [g == 0 or isl.stagnant(g, c.restart_after) for isl in self.islands]
+        procs = [self._initial(counts, g) if r else self._next(isl.population, counts, g)
+                 for isl, r in zip(self.islands, restart)]
+        pops = interleave(procs, [island_seed(c.seed, g, i) for i in range(len(self.islands))],
+                          lambda trees: self._score(trees, counts))
+        for isl, pop in zip(self.islands, pops):
+            isl.population = pop
+        arrived = [0] * len(pops)
+        if len(pops) > 1 and c.migrants > 0 and g > 0 and g % c.migration_interval == 0:
+            arrived = migrate(pops, c.migrants, c.diversity)
+        for i, isl in enumerate(self.islands):
+            isl.record(g, restart[i] and g > 0)
+            if len(pops) > 1:
+                self.island_log.append(island_row(g, i, isl, restart[i] and g > 0, arrived[i]))
 
     def _update_hof(self) -> None:
         merged = {i.key: i for i in self.hof}
@@ -359,7 +391,7 @@ class Search:
         self.hof = sorted(merged.values(), key=lambda i: (-i.fitness, i.generation, i.key))[:HALL_OF_FAME]
 
     def _log_row(self, generation: int, counts: dict, seconds: float) -> dict:
-        from evoproxy.screening import REASONS
+        from evoproxy.screening import LOG_REASONS
         from evoproxy.selection import mean_pairwise_distance
 
         fit = np.array([i.fitness for i in self.population])
@@ -368,7 +400,7 @@ class Search:
         return {"generation": generation, "evaluated": counts["evaluated"], "valid": counts["valid"],
                 "valid_rate": round(counts["valid"] / n, 6), "cache_hits": counts["cache_hits"],
                 "equivalent_hits": counts["equivalent_hits"],
-                **{f"rejected_{r}": round(counts.get(f"rejected_{r}", 0) / n, 6) for r in REASONS},
+                **{f"rejected_{r}": round(counts.get(f"rejected_{r}", 0) / n, 6) for r in LOG_REASONS},
                 "best_fitness": round(float(fit.max()), 6), "median_fitness": round(float(np.median(fit)), 6),
                 "unique_formulas": len({i.key for i in self.population}),
                 "mean_pairwise_distance": round(mean_pairwise_distance([i.scores for i in self.population]), 6),
@@ -386,6 +418,8 @@ class Search:
             writer.writeheader()
             writer.writerows(self.log)
             atomic_write_text(self.out / "log.csv", buf.getvalue())
+        if self.island_log:
+            write_island_log(self.out / "islands.csv", self.island_log)
         hof = [{"rank": r + 1, "formula": self._proxy(i).formula, "fitness": i.fitness, "generation": i.generation,
                 "tree": i.tree.to_json(), "orientation": i.orientation} for r, i in enumerate(self.hof)]
         atomic_write_text(self.out / "hall_of_fame.json", json.dumps(hof, indent=2, ensure_ascii=False) + "\n")
@@ -429,10 +463,10 @@ class Search:
     def _run(self) -> SearchResult:
         from tqdm import tqdm
 
-        c = self.config
         t_prep = time.perf_counter()
         self._prepare()
-        self._open_run_dir()
+        self._open_run_dir(t_prep)
+        c = self.config  # its sizes are known now
         if self.generation < 0:
             self.prep_seconds = time.perf_counter() - t_prep
             self.elapsed += self.prep_seconds
@@ -442,9 +476,8 @@ class Search:
             while self.generation < c.generations and self.stopped is None:
                 g = self.generation + 1
                 t0 = time.perf_counter()
-                random.seed(_seed_for(c.seed, g))
                 counts = self._new_counts()
-                self.population = self._initial(counts) if g == 0 else self._next(counts, g)
+                self._generation(g, counts)
                 self._update_hof()
                 seconds = time.perf_counter() - t0
                 self.elapsed += seconds

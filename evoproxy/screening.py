@@ -6,10 +6,24 @@ A candidate is scored on the search samples' primitives (``searchdata.load_stats
    recorded, on: ``exception`` (an operator raised something unexpected), ``shape`` (incompatible
    shapes, an op on a tensor it cannot take, a missing primitive), ``size`` (a Gram-type op on a
    too-large tensor), ``nan`` (a NaN or infinite score), ``constant`` (the same score on every
-   screening sample), ``timeout`` (more than ``time_bound`` seconds for the screening samples; the
-   only rule that depends on the machine's speed).
+   screening sample), ``cost`` (evaluating the screening samples processes more than ``cost_bound``
+   tensor elements, see below).
 2. **full**: the remaining samples; a NaN/inf or a constant vector there is
    rejected the same way.
+
+**The cost bound** replaces the former wall-clock time-out, the one screening rule that depended on
+the machine's speed. The cost of a tree on a sample range is a count that depends only on the tree
+and the shapes of the samples' statistics: the sum, over every (sample, layer) and every operator
+application below an aggregation, of :func:`op_cost` — the elements of a tensor operator's output
+(``gram``/``matmul``: its multiply-adds, output elements x row length) and the elements a reduction
+reads (``logdet``: d0^2 k + d0^3 for its Gram matrix and determinant). The per-sample evaluator
+counts as it goes (:class:`CostMeter` wraps the operators) and stops at the first operator that
+passes the bound; :func:`tree_cost` computes the same total from one layer per shape signature
+(for the vectorised evaluator, which checks it before evaluating). A tree that also fails another
+rule may be reported as ``cost`` by one evaluator and as that rule by the other; whether it is
+rejected is the same. The search's log keeps its ``rejected_timeout`` column (format compatibility
+with committed runs), which counts the ``cost`` rejections. ``time_bound`` (seconds, a ``timeout``
+rejection) remains for tools such as :mod:`evoproxy.fuzz`; the search does not use it.
 
 Work is split into contiguous chunks of candidates and run in joblib (loky) processes when
 ``jobs`` > 1; every score is computed on one torch thread, so the vectors do not depend on
@@ -33,7 +47,10 @@ import numpy as np
 from evoproxy.ops import OpError
 from evoproxy.tree import evaluate_tree, parse_tree
 
-REASONS = ("exception", "shape", "size", "nan", "constant", "timeout")
+REASONS = ("exception", "shape", "size", "nan", "constant", "cost", "timeout")
+# the rejection columns of a search's log.csv: the committed logs' header; "timeout" counts the cost bound
+LOG_REASONS = ("exception", "shape", "size", "nan", "constant", "timeout")
+LOG_NAME = {"cost": "timeout"}
 # The default evaluator of score_range / score_many. Off for now: the vectorised path equals the per-sample
 # one within 1e-5 relative (not bit for bit, so it would change committed search trajectories) and is not
 # yet faster on NAS-Bench-201 (measured 8.6 vs 7.1 formulas/s; MQ 135.8 vs 15.8): see evoproxy.scoring_speed.
@@ -65,9 +82,124 @@ def stacked_for(stats):
     return _STACKED[0][1]
 
 
+# ------------------------------------------------------------------------------------- cost bound
+
+def op_cost(name: str, arg_shapes, out_shape) -> int:
+    """Tensor elements one application of operator ``name`` processes (see the module docstring); depends on
+    the shapes only. ``arg_shapes``: its tensor arguments' shapes; ``out_shape``: its result's (() for a scalar)."""
+    from evoproxy.ops import OPS
+
+    kind = OPS[name].kind
+    if kind in ("unary", "binary"):
+        n = math.prod(out_shape)
+        if name in ("gram", "matmul"):
+            n *= math.prod(arg_shapes[0][1:])  # row length: multiply-adds of X Y^T
+        return int(n)
+    if kind == "reduce":
+        shape = arg_shapes[0]
+        if name == "logdet" and len(shape) > 0:
+            d0 = shape[0]
+            return int(d0 * d0 * math.prod(shape[1:]) + d0 ** 3)
+        return int(math.prod(shape))
+    return 0  # layer and network scalars
+
+
+class CostMeter:
+    """Counts :func:`op_cost` over the operators it wraps; passing ``bound`` raises ``OpError("cost")``."""
+
+    def __init__(self, bound: float = math.inf):
+        self.bound = bound
+        self.total = 0
+
+    def add(self, n: int) -> None:
+        self.total += n
+        if self.total > self.bound:
+            raise OpError("cost", f"over the cost bound of {self.bound:.4g} tensor elements")
+
+    def functions(self) -> dict:
+        """{operator name: function} for :func:`evoproxy.opkernels.evaluate_tree`, tensor operators and reductions
+        wrapped so that each application adds its cost."""
+        from evoproxy.ops import OPS
+
+        out = {}
+        for name, op in OPS.items():
+            if op.kind in ("unary", "binary", "reduce"):
+                out[name] = self._wrap(name, op.fn, op.kind == "reduce")
+            else:
+                out[name] = op.fn
+        return out
+
+    def _wrap(self, name, fn, reduce):
+        """``fn`` counting :func:`op_cost` (computed inline from ``numel``: this runs on every operator call)."""
+        add = self.add
+        if name in ("gram", "matmul"):
+            def metered(*args):
+                result = fn(*args)
+                add(result.numel() * (args[0].numel() // args[0].shape[0]))
+                return result
+        elif name == "logdet":
+            def metered(x):
+                result = fn(x)
+                d0 = x.shape[0]
+                add(d0 * x.numel() + d0 ** 3)
+                return result
+        elif reduce:
+            def metered(x):
+                result = fn(x)
+                add(x.numel())
+                return result
+        else:
+            def metered(*args):
+                result = fn(*args)
+                add(result.numel())
+                return result
+        return metered
+
+
+def _evaluate_metered(tree_json, st, functions) -> float:
+    """:func:`evoproxy.tree.evaluate_tree` (no layer weights) with the operators of ``functions``."""
+    from evoproxy.opkernels import evaluate_tree as evaluate_json
+
+    layers = st.layers
+    return evaluate_json(tree_json, [layer.tensors for layer in layers], [math.prod(l.weight_shape) for l in layers],
+                         functions, [layer.name for layer in layers])
+
+
+def _terminals(tree) -> list:
+    return [tree] if isinstance(tree, str) else [t for c in tree[1:] for t in _terminals(c)]
+
+
+def _aggregations(tree) -> list:
+    """The subtrees below the aggregations over layers (a tree's root is an aggregation or a net binary op)."""
+    return [tree[1]] if len(tree) == 2 else _aggregations(tree[1]) + _aggregations(tree[2])
+
+
+def tree_cost(tree_json, stats, start: int, stop: int) -> int:
+    """The cost of ``tree_json`` on ``stats[start:stop]`` (the total the per-sample evaluator's meter counts when
+    nothing fails), from one evaluation per aggregation subtree and shape signature of its terminals; a layer
+    whose evaluation raises counts 0 (the evaluator rejects that tree on its own rule)."""
+    from evoproxy.opkernels import layer_value
+
+    total, memo = 0, {}
+    for sub in _aggregations(tree_json):
+        names = sorted(set(_terminals(sub)))
+        for st in stats[start:stop]:
+            for layer in st.layers:
+                sig = (id(sub), tuple(tuple(layer.tensors[n].shape) if n in layer.tensors else None for n in names))
+                if sig not in memo:
+                    meter = CostMeter()
+                    try:
+                        layer_value(sub, layer.tensors, meter.functions(), layer.name)
+                        memo[sig] = meter.total
+                    except _CAUGHT:
+                        memo[sig] = 0
+                total += memo[sig]
+    return total
+
+
 def _rejected(exc: Exception, t0: float) -> Scored:
     if isinstance(exc, OpError):
-        reason = "size" if exc.reason == "size" else "shape"
+        reason = exc.reason if exc.reason in ("size", "cost") else "shape"
         return Scored(None, reason, str(exc)[:200], time.perf_counter() - t0)
     text = " ".join(str(exc).split())[:200]
     # torch reports incompatible shapes as RuntimeError
@@ -80,7 +212,7 @@ _CAUGHT = (OpError, RuntimeError, ValueError, IndexError, ZeroDivisionError, Ove
 
 
 def score_range(tree, stats, start: int, stop: int, time_bound: float | None = None,
-                check_constant: bool = True, vectorised: bool | None = None) -> Scored:
+                check_constant: bool = True, vectorised: bool | None = None, cost_bound: float | None = None) -> Scored:
     """Scores of ``tree`` on ``stats[start:stop]`` (see the module docstring for the rejection rules)."""
     t0 = time.perf_counter()
     vectorised = VECTORISED if vectorised is None else vectorised
@@ -90,6 +222,8 @@ def score_range(tree, stats, start: int, stop: int, time_bound: float | None = N
             from evoproxy.vectorised import evaluate
 
             stop = min(stop, len(stats))
+            if cost_bound is not None and tree_cost(tree.to_json(), stats, start, stop) > cost_bound:
+                raise OpError("cost", f"over the cost bound of {cost_bound:.4g} tensor elements")
             result = evaluate(tree.to_json(), stacked_for(stats), start, stop)
             for v in result.values.tolist():
                 if not math.isfinite(v):
@@ -100,8 +234,10 @@ def score_range(tree, stats, start: int, stop: int, time_bound: float | None = N
             if time_bound is not None and time.perf_counter() - t0 > time_bound:
                 return Scored(None, "timeout", f"over {time_bound:g} s", time.perf_counter() - t0)
         else:
+            functions = CostMeter(cost_bound).functions() if cost_bound is not None else None
+            tree_json = tree.to_json() if functions is not None else None
             for st in stats[start:stop]:
-                v = evaluate_tree(tree, st)
+                v = evaluate_tree(tree, st) if functions is None else _evaluate_metered(tree_json, st, functions)
                 if not math.isfinite(v):
                     return Scored(None, "nan", f"score {v} on sample {start + len(out)}", time.perf_counter() - t0)
                 out.append(v)
@@ -115,29 +251,31 @@ def score_range(tree, stats, start: int, stop: int, time_bound: float | None = N
     return Scored(out, None, "", time.perf_counter() - t0)
 
 
-def _chunk(recipe, trees_json, start, stop, time_bound, check_constant, vectorised=None):
+def _chunk(recipe, trees_json, start, stop, time_bound, check_constant, vectorised=None, cost_bound=None):
     from evoproxy.searchdata import load_stats
     from primitives.core import fixed_threads
 
     stats = load_stats(recipe, progress=False)
     stop = len(stats) if stop is None else stop
     with fixed_threads(1):
-        return [score_range(parse_tree(t), stats, start, stop, time_bound, check_constant, vectorised)
+        return [score_range(parse_tree(t), stats, start, stop, time_bound, check_constant, vectorised, cost_bound)
                 for t in trees_json]
 
 
 def score_many(recipe, trees, start: int, stop: int | None, jobs: int = 1, time_bound: float | None = None,
-               check_constant: bool = True, vectorised: bool | None = None) -> list[Scored]:
+               check_constant: bool = True, vectorised: bool | None = None,
+               cost_bound: float | None = None) -> list[Scored]:
     """``score_range`` for every tree, in order (chunks in joblib processes when ``jobs`` > 1)."""
     trees_json = [t.to_json() for t in trees]
     if not trees_json:
         return []
     if jobs <= 1 or len(trees_json) < 2:
-        return _chunk(recipe, trees_json, start, stop, time_bound, check_constant, vectorised)
+        return _chunk(recipe, trees_json, start, stop, time_bound, check_constant, vectorised, cost_bound)
     from mqbench.parallel import map_items
 
     n_chunks = min(len(trees_json), jobs * 4)
     bounds = np.linspace(0, len(trees_json), n_chunks + 1).astype(int)
     chunks = [trees_json[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    parts = map_items(_chunk, chunks, (recipe,), (start, stop, time_bound, check_constant, vectorised), jobs=jobs, progress=False)
+    parts = map_items(_chunk, chunks, (recipe,), (start, stop, time_bound, check_constant, vectorised, cost_bound),
+                      jobs=jobs, progress=False)
     return [s for part in parts for s in part]

@@ -14,7 +14,15 @@ from mqbench.errors import ConfigError
 from mqbench.parallel import BACKENDS
 
 # settings that do not change the result; everything else must match on --resume
-RUNTIME_KEYS = ("out", "jobs", "backend", "scheduler", "time_budget", "progress", "checkpoint")
+# (screen_time: accepted for old settings and config.json files, no longer used)
+RUNTIME_KEYS = ("out", "jobs", "backend", "scheduler", "time_budget", "progress", "checkpoint", "screen_time")
+# settings added after runs were committed: left out of result_settings() at their default (the behaviour of
+# those runs), so committed config.json files and older checkpoints still match a run of the same settings
+# Default --screen-cost (tensor elements on the screening samples): far above every candidate of the committed
+# runs, none of which ever rejected one on the former 10 s time-out (every rejected_timeout of results/ is 0).
+SCREEN_COST = 2e10
+LATER_KEYS = {"screen_cost": SCREEN_COST, "islands": 1, "migration_interval": 5, "migrants": 2, "restart_after": 0}
+DEFAULT_POPULATION, DEFAULT_GENERATIONS = 32, 20  # without --time-budget; with it, unset sizes are measured
 PATH_KEYS = ("out", "table", "checkpoint")  # stored portably (repository- or data-root-relative)
 
 
@@ -51,8 +59,10 @@ class SearchConfig:
     out: str | None = _opt(None, "run folder (config.json, log.csv, hall_of_fame.json, best.json, checkpoint.json)",
                            required=True)
     samples: int = _opt(64, "search-split items scored per candidate")
-    population: int = _opt(32, "candidates per generation")
-    generations: int = _opt(20, "generations after the initial population")
+    population: int | None = _opt(None, f"candidates per generation and island (default {DEFAULT_POPULATION}; with "
+                                        "--time-budget: sized from a measured scoring rate)")
+    generations: int | None = _opt(None, f"generations after the initial population (default {DEFAULT_GENERATIONS}; "
+                                         "with --time-budget: sized from a measured scoring rate)")
     seed: int = _opt(0, "seed of the search samples and of the evolution")
     structure: str = _opt("emq", "emq: EMQ's two-branch template; tree: free typed GP trees", choices=("emq", "tree"))
     fitness: str = _opt("spearman", "fitness of a candidate on the search samples", choices="fitness")
@@ -72,7 +82,15 @@ class SearchConfig:
     cx_prob: float = _opt(0.5, "crossover probability of a pair of parents")
     mut_prob: float = _opt(0.8, "mutation probability of each child")
     screen_samples: int = _opt(8, "search samples a candidate is screened on before the rest")
-    screen_time: float = _opt(10.0, "screening time-out per candidate (s)")
+    screen_time: float = _opt(10.0, "no longer used (was a wall-clock screening time-out; see --screen-cost); "
+                                    "accepted so that old settings still parse")
+    screen_cost: float = _opt(SCREEN_COST, "screening cost bound: a candidate whose screening samples need more tensor "
+                                    "elements processed is rejected (deterministic; see evoproxy.screening)")
+    islands: int = _opt(1, "populations evolved side by side (1: one population)")
+    migration_interval: int = _opt(5, "islands: every this many generations the best of each island migrate")
+    migrants: int = _opt(2, "islands: best candidates of an island copied to the next one (a ring), replacing its worst")
+    restart_after: int = _opt(0, "an island whose best fitness has not improved for this many generations restarts "
+                                 "from random trees (0: never)")
     max_depth: int = _opt(8, "tree structure: depth limit")
     max_size: int = _opt(30, "tree structure: node-count limit")
     max_chain: int = _opt(2, "emq structure: at most this many unary ops per branch")
@@ -82,7 +100,9 @@ class SearchConfig:
                         choices=BACKENDS)
     scheduler: str | None = _opt(None, "address of a running Dask scheduler (e.g. tcp://host:8786) to run on; "
                                        "needs --backend dask, and --jobs about its worker count")
-    time_budget: float | None = _opt(None, "stop after the generation that would exceed this many seconds")
+    time_budget: float | None = _opt(None, "seconds for the whole search (the only wall-clock setting): stop after "
+                                           "the generation that would exceed it; unset --population/--generations are "
+                                           "sized to fit it from a measured scoring rate (evoproxy.budget)")
     progress: bool = _opt(True, "no progress bar", flag="--quiet")
     checkpoint: str | None = _opt(None, "MQ tables: FP checkpoint file (default: found by name in the data root; "
                                         "verified by sha256)")
@@ -99,13 +119,20 @@ class SearchConfig:
         if not self.out:
             raise ConfigError("a search needs a run folder (--out)")
         ints = {"samples": 4, "population": 4, "generations": 0, "batch": 2, "tournament": 1, "elites": 0,
-                "screen_samples": 2, "jobs": 1, "max_depth": 4, "max_size": 4, "max_chain": 0}
+                "screen_samples": 2, "jobs": 1, "max_depth": 4, "max_size": 4, "max_chain": 0, "islands": 1,
+                "migration_interval": 1, "migrants": 0, "restart_after": 0}
         for key, low in ints.items():
             v = getattr(self, key)
+            if v is None and key in ("population", "generations"):
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"--{key.replace('_', '-')} must be an integer >= {low}, got {v!r}")
-        if self.elites >= self.population:
+        if self.population is not None and self.elites >= self.population:
             raise ConfigError("--elites must be smaller than --population")
+        if self.population is not None and self.islands > 1 and self.migrants >= self.population:
+            raise ConfigError("--migrants must be smaller than --population")
+        if not self.screen_cost > 0:
+            raise ConfigError(f"--screen-cost must be > 0 tensor elements, got {self.screen_cost!r}")
         for key in ("cx_prob", "mut_prob"):
             v = getattr(self, key)
             if not 0 <= v <= 1:
@@ -122,23 +149,25 @@ class SearchConfig:
         check_backend(self.backend, self.scheduler)
         from mqbench.devices import resolve_device
 
-        if resolve_device(self.device) != "cpu":  # one line for an unknown device or CUDA without a GPU
-            # the search's statistics come from DataRecipe.for_bench in evoproxy/evolution.py, which does not
-            # pass device= yet: refuse rather than extract on the CPU under a "cuda" label
-            raise ConfigError("search --device cuda is not wired into the search yet (evaluate, baselines and "
-                              "bench build take it); use --device cpu")
+        resolve_device(self.device)  # one line for an unknown device or CUDA without a GPU
 
     def result_settings(self) -> dict:
-        """The settings a resumed run must share. ``device`` enters as its kind (``cuda``) and only when it is
-        not the CPU (``auto`` on a machine without GPU counts as cpu), so runs made before devices existed
-        resume unchanged."""
+        """The settings a resumed run must share. Settings added later enter only when not at their old
+        default (``LATER_KEYS``); ``device`` enters as its kind (``cuda``) and only when it is not the CPU
+        (``auto`` on a machine without GPU counts as cpu), so runs made before either existed resume unchanged."""
         from mqbench.devices import device_tag
 
-        settings = {k: v for k, v in self.portable().items() if k not in RUNTIME_KEYS}
+        settings = {k: v for k, v in self.portable().items()
+                    if k not in RUNTIME_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
         tag = device_tag(settings.pop("device", None))
         if tag is not None:
             settings["device"] = tag
         return settings
+
+    def sized(self) -> "SearchConfig":
+        """A copy with unset population/generations at their defaults (a run without --time-budget)."""
+        return dataclasses.replace(self, population=DEFAULT_POPULATION if self.population is None else self.population,
+                                   generations=DEFAULT_GENERATIONS if self.generations is None else self.generations)
 
     def portable(self) -> dict:
         """The settings as stored in run folders: paths relative to the repository or the data root."""

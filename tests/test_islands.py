@@ -1,0 +1,138 @@
+"""Islands (identical for any --jobs and after an interruption + resume), the deterministic screening cost
+bound, and the time-budget sizing."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from evoproxy.budget import MIN_POPULATION, choose_sizes
+from evoproxy.evolution import Search, run_search
+from evoproxy.fuzz import synthetic_stats
+from evoproxy.islands import Individual, Island, migrate
+from evoproxy.ops import OPS
+from evoproxy.screening import CostMeter, op_cost, score_range, tree_cost, _evaluate_metered
+from evoproxy.searchconfig import SearchConfig
+from evoproxy.tree import evaluate_tree, parse_tree
+
+TINY = dict(bench="nb201-cifar10", samples=8, population=6, generations=3, batch=8, seed=3, progress=False)
+ISLANDS = dict(islands=2, migration_interval=1, migrants=1, restart_after=1)
+
+
+def _outputs(run) -> tuple:
+    rows = list(csv.reader(open(run / "log.csv")))
+    col = rows[0].index("seconds")
+    log = [r[:col] + r[col + 1:] for r in rows]
+    return log, (run / "best.json").read_text(), (run / "hall_of_fame.json").read_text(), (run / "islands.csv").read_text()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_islands_equal_for_any_jobs_and_after_an_interruption(search_root, tmp_path, monkeypatch):
+    ref = run_search(SearchConfig(out=str(tmp_path / "ref"), jobs=1, **TINY, **ISLANDS))
+    want = _outputs(tmp_path / "ref")
+    isl = list(csv.DictReader(open(tmp_path / "ref" / "islands.csv")))
+    assert [(int(r["generation"]), int(r["island"])) for r in isl] == [(g, i) for g in range(4) for i in range(2)]
+    assert any(int(r["migrants_in"]) for r in isl) and any(int(r["restarted"]) for r in isl)  # both happened
+    assert ref.best.formula
+    log = list(csv.DictReader(open(tmp_path / "ref" / "log.csv")))
+    for row in log:  # log.csv: best over the islands
+        assert float(row["best_fitness"]) == max(float(r["best_fitness"]) for r in isl if r["generation"] == row["generation"])
+
+    run_search(SearchConfig(out=str(tmp_path / "jobs2"), jobs=2, **TINY, **ISLANDS))
+    assert _outputs(tmp_path / "jobs2") == want
+
+    original = Search._checkpoint
+
+    def checkpoint_then_stop(self):
+        original(self)
+        if self.generation == 2:
+            raise Interrupted
+
+    monkeypatch.setattr(Search, "_checkpoint", checkpoint_then_stop)
+    with pytest.raises(Interrupted):
+        run_search(SearchConfig(out=str(tmp_path / "cut"), jobs=1, **TINY, **ISLANDS))
+    monkeypatch.setattr(Search, "_checkpoint", original)
+    assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["generation"] == 2
+    run_search(SearchConfig(out=str(tmp_path / "cut"), jobs=1, **TINY, **ISLANDS), resume=True)
+    assert _outputs(tmp_path / "cut") == want
+
+
+def _ind(key, fitness):
+    return Individual(parse_tree(["layer_sum", ["sum", "weight"]]), key, fitness, 1, [], 0)
+
+
+def test_migration_copies_the_best_to_the_next_island_replacing_its_worst():
+    a = [_ind("a1", 0.9), _ind("a2", 0.1), _ind("a3", 0.5)]
+    b = [_ind("b1", 0.2), _ind("b2", 0.8), _ind("b3", 0.3)]
+    c = [_ind("a1", 0.9), _ind("c2", 0.0), _ind("c3", 0.4)]
+    arrived = migrate([a, b, c], 1, diversity=True)
+    assert [i.key for i in b] == ["a1", "b2", "b3"]  # a's best replaced b's worst
+    assert [i.key for i in c] == ["a1", "b2", "c3"]  # b's best (taken before b changed) replaced c's worst
+    assert [i.key for i in a] == ["a1", "a2", "a3"] and arrived == [0, 1, 1]  # c's best a1 is already on a
+    isl = Island([_ind("x", 0.5)])
+    isl.record(0, False)
+    assert not isl.stagnant(3, 3) and isl.stagnant(4, 3) and not isl.stagnant(100, 0)
+
+
+@pytest.fixture(scope="module")
+def stats():
+    torch.manual_seed(0)
+    return synthetic_stats(seed=0, networks=2, batch=4, probes=1)
+
+
+def test_cost_bound_rejects_deterministically(stats):
+    tree = parse_tree(["layer_sum", ["l1", ["gram", ["mul", "act_out", "act_grad"]]]])
+    cost = tree_cost(tree.to_json(), stats, 0, 3)
+    meter = CostMeter()
+    functions = meter.functions()
+    values = [_evaluate_metered(tree.to_json(), st, functions) for st in stats[:3]]
+    assert meter.total == cost > 0
+    assert values == [evaluate_tree(tree, st) for st in stats[:3]]  # metering does not change a score
+    for vectorised in (False, True):
+        ok = score_range(tree, stats, 0, 3, cost_bound=cost, vectorised=vectorised)
+        assert ok.reason is None and ok.scores == pytest.approx(values, rel=1e-5)
+        over = score_range(tree, stats, 0, 3, cost_bound=cost - 1, vectorised=vectorised)
+        assert over.reason == "cost", over
+    x, y = torch.randn(6, 3, 5), torch.randn(6, 3, 5)
+    for name, op in OPS.items():  # the meter's inline counts are op_cost's
+        if op.kind in ("unary", "binary", "reduce"):
+            args = (x, y) if op.kind == "binary" else (x,)
+            meter = CostMeter()
+            result = meter.functions()[name](*args)
+            assert meter.total == op_cost(name, [a.shape for a in args], () if op.kind == "reduce" else result.shape)
+    assert op_cost("gram", [(4, 3, 5)], (4, 4)) == 16 * 15
+    assert op_cost("add", [(2, 3), (2, 3)], (2, 3)) == 6 and op_cost("sum", [(2, 3)], ()) == 6
+    assert op_cost("logdet", [(4, 10)], ()) == 16 * 10 + 64 and op_cost("ladd", [], ()) == 0
+
+
+def test_time_budget_sizes_follow_the_rule():
+    # neither size given: square schedule, total population sqrt(F / 2)
+    assert choose_sizes(10.0, 600.0, 1, None, None) == (55, 53)  # F = 6000: P = 54.8, G = 6000 / 110 - 1
+    assert choose_sizes(10.0, 600.0, 4, None, None) == (14, 52)
+    assert choose_sizes(10.0, 600.0, 1, 32, None) == (32, 92)
+    assert choose_sizes(10.0, 600.0, 1, None, 29) == (100, 29)
+    assert choose_sizes(0.0, 600.0, 1, None, None) == (MIN_POPULATION, 1)  # nothing affordable: the smallest run
+    assert choose_sizes(1e9, 1e9, 1, None, None)[1] == 10_000
+
+
+def test_time_budget_run_records_its_sizes(search_root, tmp_path):
+    run = tmp_path / "budget"
+    result = run_search(SearchConfig(out=str(run), bench="nb201-cifar10", samples=8, batch=8, seed=3, progress=False,
+                                     time_budget=0.5))
+    config = json.loads((run / "config.json").read_text())
+    sizing = config["sizing"]
+    assert sizing["sized_by"] == "time_budget" and sizing["machine_dependent"] is True
+    assert "only wall-clock" in sizing["wall_clock"] and sizing["trees_per_second"] > 0
+    assert (config["population"], config["generations"]) == (sizing["population"], sizing["generations"])
+    assert result.stopped and "time budget" in result.stopped  # the budget was spent before generation 1
+    # a resume adopts the recorded sizes (nothing measured again) and sees the run finished
+    again = run_search(SearchConfig(out=str(run), bench="nb201-cifar10", samples=8, batch=8, seed=3, progress=False,
+                                    time_budget=0.5), resume=True)
+    assert json.loads((run / "config.json").read_text())["sizing"] == sizing and again.best.formula
+    assert math.isfinite(again.best.search["fitness_value"])
