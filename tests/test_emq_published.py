@@ -64,8 +64,8 @@ def test_virtual_grad_keeps_eval_mode_and_buffers():
     ones = torch.ones_like(x).requires_grad_(False)
     weights = [m.weight for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     want = torch.autograd.grad(net(ones).sum(), weights)
-    for layer, g in zip(stats.layers, want):
-        assert torch.allclose(layer["virtual_grad"], g, rtol=1e-4, atol=1e-6)
+    for layer, g in zip(stats.layers, want):  # float32 sums in another order (threads, memory format): 1e-5 of the layer's scale
+        assert torch.allclose(layer["virtual_grad"], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()))
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()) and not net.training
 
 
