@@ -28,26 +28,16 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
     return wrap
 
 
-def _human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 @command("data", "list the datasets, tables and checkpoints the project knows, found or missing")
 def cmd_data(args: argparse.Namespace) -> int:
-    from mqbench.dataroot import cache_root, data_root, inventory
+    from mqbench.dataroot import cache_root, data_root, human_size, inventory
 
     rows = inventory()
     print(f"data root: {data_root()}  (set EVOPROXY_DATA to change)")
     width = max(len(r["key"]) for r in rows)
     for r in rows:
         status = "found  " if r["found"] else ("MISSING" if r["required"] else "absent ")
-        print(f"  {r['key']:<{width}}  {status}  {_human_size(r['size']):>9}  {r['path']}")
+        print(f"  {r['key']:<{width}}  {status}  {human_size(r['size']):>9}  {r['path']}")
         if not r["found"]:
             print(f"  {'':<{width}}  -> {r['what']}; official source: {r['source']}")
     try:

@@ -235,6 +235,17 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def human_size(n: int | None) -> str:
+    """``n`` bytes as B/KB/MB/GB text ('-' for None), for listings."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def inventory() -> list[dict]:
     """One row per known item: key, found, path, size in bytes, what, source, required."""
     rows = []
