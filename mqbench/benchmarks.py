@@ -6,7 +6,8 @@
     model, bit_config = bench.build(ids[0])               # network ready for primitives.extract
     y = bench.ground_truth(ids)                           # accuracies, aligned with ids
 
-Proxies are always computed on CIFAR-10 images (``bench.normalization``), whatever the ground-truth
+Proxies are computed on one seeded batch of ``bench.dataset`` (CIFAR-10 for the built-ins; a spec's
+``[data] dataset``: cifar100=PATH, imagefolder=PATH) in ``bench.normalization``, whatever the ground-truth
 column, with the model in ``bench.model_mode`` ("train" for freshly initialised NAS networks, "eval"
 for pretrained quantized ones).
 """
@@ -113,6 +114,7 @@ class Benchmark(ABC):
     name: str
     kind: str = "nas"
     normalization: str = "cifar10"
+    dataset: str = "cifar10"  # the images statistics are taken on (a mqbench.datasets spec)
     model_mode: str = "train"
     size_label: str = "params"
     gt_column: str = ""
@@ -378,7 +380,7 @@ class SpecBenchmark(Benchmark):
 
         self.spec = spec
         self.name, self.kind, self.dataset = spec.name, spec.kind, spec.dataset
-        self.normalization, self.model_mode = spec.normalization, spec.mode
+        self.normalization, self.model_mode, self.dataset = spec.normalization, spec.mode, spec.dataset
         self.size_label = "params" if spec.kind == "nas" else "model size"
         self.default_probes, self.default_batch, self.act_bits = spec.hutchinson_probes, spec.batch, spec.act_bits
         self.gt_column = gt_column or spec.gt_column

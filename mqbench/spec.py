@@ -27,7 +27,7 @@ optional; relative paths are taken from the spec file's folder, ``$EVOPROXY_DATA
     act_bits = 8
     quantizer = "mqbench.quant:quantize_weight"    # quantizer(weight, bits) -> quantized weight
     [data]
-    dataset = "cifar10"                # the images statistics are taken on
+    dataset = "cifar10"                # the images statistics are taken on: cifar10, cifar100=PATH, imagefolder=PATH
     normalization = "cifar10"          # default: cifar10 for nas, imagenet for mq
     [protocol]
     batch = 64                         # statistics' batch size (exposed as bench.default_batch)
@@ -54,7 +54,6 @@ from mqbench.errors import ConfigError, DataError
 
 KINDS = ("nas", "mq")
 MODES = ("train", "eval")
-DATASETS = ("cifar10",)  # what mqbench can sample statistics batches from today
 BIT_RANGE = range(2, 9)
 DATA_PREFIX = "$EVOPROXY_DATA/"
 _REF = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
@@ -122,7 +121,12 @@ class BenchmarkSpec:
         for name in ("fixed_bits", "act_bits", "batch", "split_seed"):
             _want(where, name, getattr(self, name), int)
         _choice(where, "kind", self.kind, KINDS)
-        _choice(where, "dataset", self.dataset, DATASETS)
+        from mqbench.datasets import parse_spec
+
+        try:
+            parse_spec(self.dataset)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: dataset: {exc}") from None
         if self.mode is not None:
             _choice(where, "mode", self.mode, MODES)
         object.__setattr__(self, "mode", self.mode or ("train" if self.kind == "nas" else "eval"))
@@ -237,6 +241,9 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
             kwargs[name] = _resolve(kwargs[name], base)
     if isinstance(kwargs.get("python_path"), list):
         kwargs["python_path"] = [_resolve(p, base) if isinstance(p, str) else p for p in kwargs["python_path"]]
+    kind, sep, folder = str(kwargs.get("dataset", "")).partition("=")
+    if sep and folder.strip():  # a dataset folder relative to the spec file, like the table
+        kwargs["dataset"] = f"{kind}={_resolve(folder.strip(), base)}"
     return BenchmarkSpec(**kwargs, source=str(path))
 
 

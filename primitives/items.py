@@ -87,11 +87,18 @@ class StatsRequest:
 
 def batch_for(bench, batch: int):
     """(inputs, targets) of the protocol's batch for ``bench`` (memoised per process)."""
-    from mqbench.cifar10 import sample_batch
-
-    key = (bench.normalization, int(batch))
+    dataset = getattr(bench, "dataset", "cifar10")
+    key = (dataset, bench.normalization, int(batch))
     if key not in _BATCHES:
-        _BATCHES[key] = sample_batch("train", int(batch), seed=BATCH_SEED, normalization=bench.normalization)
+        if dataset == "cifar10":  # the built-in protocol (the committed per-item scores were taken on it)
+            from mqbench.cifar10 import sample_batch
+
+            _BATCHES[key] = sample_batch("train", int(batch), seed=BATCH_SEED, normalization=bench.normalization)
+        else:  # a spec's own data (cifar100=PATH, imagefolder=PATH): the same seeded class-balanced draw
+            from mqbench.datasets import load_batch
+
+            _BATCHES[key] = load_batch(dataset, "train", int(batch), BATCH_SEED, normalization=bench.normalization,
+                                       progress=False)
     return _BATCHES[key]
 
 

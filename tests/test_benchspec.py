@@ -319,7 +319,7 @@ def test_mq_errors(tiny_data_root, plugin):
     ('name = "x"\nkind = "mq"\n[table]\npath = "t"\ngt_column = "a"\n[model]\nfactory = "m:f"\n',
      "an mq spec needs exactly one of [bits] column or [bits] columns"),
     ('name = "x"\nkind = "nas"\n[table]\npath = "t"\ngt_column = "a"\n[model]\nfactory = "m:f"\n[data]\ndataset = "mnist"\n',
-     "dataset must be one of cifar10, got 'mnist'"),
+     "dataset: unknown dataset 'mnist'"),
     ('name = "x"\nkind = "nas"\n[table]\npath = "t"\ngt_column = "a"\n[model]\nfactory = "m:f"\n[data]\nnormalization = "x"\n',
      "normalization must be one of cifar10, imagenet, got 'x'"),
     ('name = "x"\nkind = "nas"\n[table]\npath = "t"\ngt_column = "a"\n[model]\nfactory = "m:f"\ninit_seed = "random"\n',
