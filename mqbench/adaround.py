@@ -5,7 +5,7 @@ Quantization" (ICML 2020) and Li et al., "BRECQ: Pushing the Limit of Post-Train
 Block Reconstruction" (ICLR 2021):
 
 * The weight grid is the RTN pipeline's: per output channel, symmetric, scale ``s`` from the same
-  MSE clip search as :func:`mqbench.kernels.quantize_weight` (:func:`weight_scale` reproduces it),
+  MSE clip search as :func:`mqbench.kernels.quantize_weight` (:func:`mqbench.kernels.weight_scale` is its chosen scale),
   so AdaRound only decides, per weight, between ``floor(w/s)`` and ``floor(w/s) + 1``.
 * Soft weight ``s * clamp(floor(w/s) + h(V), qmin, qmax)`` with the rectified sigmoid
   ``h(V) = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1)``, zeta = 1.1, gamma = -0.1; ``V`` starts
@@ -35,7 +35,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.kernels import CLIP_GRID, weight_levels
+from mqbench.kernels import weight_levels, weight_scale
 from mqbench.quant import QuantLayer
 
 ZETA, GAMMA = 1.1, -0.1
@@ -56,18 +56,6 @@ class AdaRoundConfig:
             raise ConfigError(f"AdaRound needs iters >= 1 and batch >= 1, got iters={self.iters}, batch={self.batch}")
         if not 0.0 <= self.warmup < 1.0 or self.lr <= 0 or self.reg < 0:
             raise ConfigError(f"AdaRound needs 0 <= warmup < 1, lr > 0, reg >= 0; got warmup={self.warmup}, lr={self.lr}, reg={self.reg}")
-
-
-def weight_scale(weight: torch.Tensor, bits: int, mse_clip: bool = True) -> torch.Tensor:
-    """Per-output-channel scale [C] of :func:`mqbench.kernels.quantize_weight` (same search, same float ops)."""
-    qmin, qmax = weight_levels(bits)
-    w = weight.detach().reshape(weight.shape[0], -1)
-    wmax = w.abs().amax(dim=1).clamp_min(1e-12)
-    ratios = CLIP_GRID.to(w) if mse_clip else torch.ones(1, dtype=w.dtype)
-    scales = (ratios[:, None] * wmax[None, :]) / qmax if qmax > 0 else ratios[:, None] * wmax[None, :]
-    q = torch.clamp(torch.round(w[None] / scales[..., None]), qmin, qmax) * scales[..., None]
-    best = (q - w[None]).pow(2).sum(dim=2).argmin(dim=0)
-    return scales[best, torch.arange(w.shape[0])]
 
 
 def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,8 @@ def weight_levels(bits: int) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
-def quantize_weight(weight: torch.Tensor, bits: int, mse_clip: bool = True) -> torch.Tensor:
-    """Per-output-channel symmetric fake quantization of ``weight`` at ``bits`` bits."""
-    if bits >= 32:
-        return weight.clone()
+def _clip_search(weight: torch.Tensor, bits: int, mse_clip: bool):
+    """Candidate fake-quantized weights [R, C, K], their scales [R, C] and the MSE-best candidate per channel [C]."""
     qmin, qmax = weight_levels(bits)
     w = weight.detach().reshape(weight.shape[0], -1)
     wmax = w.abs().amax(dim=1).clamp_min(1e-12)  # [C]
@@ -28,8 +26,21 @@ def quantize_weight(weight: torch.Tensor, bits: int, mse_clip: bool = True) -> t
     scales = (ratios[:, None] * wmax[None, :]) / qmax if qmax > 0 else ratios[:, None] * wmax[None, :]
     q = torch.clamp(torch.round(w[None] / scales[..., None]), qmin, qmax) * scales[..., None]  # [R, C, K]
     err = (q - w[None]).pow(2).sum(dim=2)  # [R, C]
-    best = err.argmin(dim=0)  # [C]
-    return q[best, torch.arange(w.shape[0])].reshape(weight.shape)
+    return q, scales, err.argmin(dim=0)
+
+
+def quantize_weight(weight: torch.Tensor, bits: int, mse_clip: bool = True) -> torch.Tensor:
+    """Per-output-channel symmetric fake quantization of ``weight`` at ``bits`` bits."""
+    if bits >= 32:
+        return weight.clone()
+    q, _, best = _clip_search(weight, bits, mse_clip)
+    return q[best, torch.arange(weight.shape[0])].reshape(weight.shape)
+
+
+def weight_scale(weight: torch.Tensor, bits: int, mse_clip: bool = True) -> torch.Tensor:
+    """The per-output-channel scale [C] that :func:`quantize_weight` chooses (learned rounding keeps this grid)."""
+    _, scales, best = _clip_search(weight, bits, mse_clip)
+    return scales[best, torch.arange(weight.shape[0])]
 
 
 def storage_bits(weight_numel, bias_numel, bits):
