@@ -1,6 +1,7 @@
 """Parametric proxies (issue 15): evolved formula vs the same formula calibrated vs ParZC vs the best hand-made proxy.
 
     python -m experiments.parametric [--seeds 0,1,2] [--sizes 25,50,100] [--jobs 2]
+    python -m experiments.parametric --tables-only      # captions, tables and plot from runs.csv
 
 For NAS-Bench-201 (the 1000 holdout architectures of ``nb201_correlation``, ground truth
 CIFAR10TestAccuracy200Epochs) and the MQ-Bench-C10 ResNet-20 table (its 454 holdout configurations), per
@@ -291,10 +292,12 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--holdout", type=int, default=1000, help="NAS-Bench-201 holdout architectures (MQ: all 454)")
     p.add_argument("--extract-only", action="store_true", help="only fill the statistics and feature caches")
+    p.add_argument("--tables-only", action="store_true",
+                   help="rewrite table.md, sizes.md and the plot from the committed runs.csv (no fits)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
-    benches = [b for b in args.benches.split(",") if b.strip()]
+    benches = [] if args.tables_only else [b for b in args.benches.split(",") if b.strip()]
     if args.extract_only:
         for bench in benches:
             parzc_proxies, evolved = proxy_sets(bench, seeds)
@@ -309,7 +312,8 @@ def main(argv=None) -> int:
         for r in new:
             r["bench_wall_seconds"] = time.time() - t1
         rows += new
-    write_table(out, "runs", rows, list(rows[-1]), "One row per fit (see table.md).")
+    if benches:
+        write_table(out, "runs", rows, list(rows[-1]), "One row per fit (see table.md).")
     walls = {r["bench"]: float(r.get("bench_wall_seconds") or math.nan) for r in rows}
     seeds_of = {b: sorted({int(r["seed"]) for r in rows if r["bench"] == b}) for b in walls}
     n_hold = {r["bench"]: int(r["n"]) + int(r["failed"]) for r in rows if r["method"] == "evolved"}
@@ -328,8 +332,8 @@ def main(argv=None) -> int:
                f"cached statistics (statistics extraction excluded, shared by all methods). Command: "
                f"`python -m experiments.parametric --benches B --seeds S --sizes {args.sizes} --holdout "
                f"{n_hold.get(NB201)}` (one run per benchmark; rows of benchmarks not run are kept from runs.csv); "
-               f"wall time per benchmark (statistics from the disk cache where present, plus "
-               f"all fits, on a shared, heavily loaded 2-core CPU): "
+               f"wall time per benchmark on a 2-core CPU (statistics from the disk cache where present, plus "
+               f"all fits; the machine's load is in the commit that wrote the rows): "
                + ", ".join(f"{SETTINGS[b]['label']} " + (f"{w / 60:.1f} min" if math.isfinite(w) else "not recorded")
                            for b, w in walls.items()) + ".")
     cols = ["benchmark", "method", "n_search", "seeds", "n_holdout", "spearman", "kendall", "search_kendall",

@@ -113,3 +113,30 @@ def test_cli_calibrate_parzc(tiny_data_root, tmp_path, capsys):
     assert list(model.proxies) == ["bit_sum", "snip"] and model.fit["split"] == "search" and model.fit["items"] == 12
     assert main(["calibrate", "--bench", "nb201-cifar10", "--out", str(tmp_path / "x.json")]) == 2
     assert "--proxy is required" in capsys.readouterr().err
+
+
+def test_parametric_tables_only_rewrites_the_tables_from_runs_csv(tmp_path, monkeypatch):
+    """`experiments.parametric --tables-only`: the committed fits summarised again (mean over seeds per row),
+    runs.csv left as it is, no statistics or fits needed."""
+    import csv
+    import shutil
+
+    import experiments.common
+    from experiments.common import REPO
+    from experiments.parametric import main
+
+    (tmp_path / "parametric").mkdir()
+    runs = tmp_path / "parametric" / "runs.csv"
+    shutil.copy(REPO / "results" / "parametric" / "runs.csv", runs)
+    before = runs.read_bytes()
+    monkeypatch.setattr(experiments.common, "RESULTS", tmp_path)
+    assert main(["--tables-only"]) == 0
+    assert runs.read_bytes() == before
+    fits = [r for r in csv.DictReader(runs.open()) if r["bench"] == "nb201-cifar10" and r["method"] == "calibrated"
+            and r["n_search"] == "100"]
+    expected = np.mean([float(r["kendall"]) for r in fits])
+    table = list(csv.DictReader((tmp_path / "parametric" / "table.csv").open()))
+    row = next(r for r in table if r["benchmark"] == "NAS-Bench-201" and r["method"] == "calibrated")
+    assert row["n_holdout"] == fits[0]["n"] and int(row["seeds"]) == len(fits)
+    assert row["kendall"].startswith(f"{expected:.3f}"), (row["kendall"], expected)
+    assert (tmp_path / "parametric" / "sizes.png").stat().st_size > 0
