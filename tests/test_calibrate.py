@@ -105,10 +105,14 @@ def test_layer_weights_errors(lw, match):
 
 
 def _mq_table(root, tmp_path, rows=60):
-    """An MQ table for the tiny ResNet-8 checkpoint whose made-up accuracy weights the layers' bits unevenly."""
+    """An MQ table for the tiny ResNet-8 checkpoint whose made-up accuracy weights the layers' bits unevenly
+    (with the PTQ settings allocation reads)."""
     from conftest import tiny_mq_meta, write_mq_table
 
-    meta = tiny_mq_meta(root)
+    from mqbench.ptq import PTQSettings
+
+    ptq = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10).as_dict()
+    meta = tiny_mq_meta(root, normalization="cifar10", ptq=ptq)
     rng = np.random.default_rng(0)
     table_rows = []
     for _ in range(rows):
@@ -137,3 +141,26 @@ def test_cli_calibrate_evaluate_and_errors(tiny_data_root, tmp_path, capsys):
                  "--samples", "6", "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no per-layer structure" in err and "\n" not in err and not (tmp_path / "x.json").exists()
+
+
+def test_allocate_uses_the_layer_weights(tiny_data_root, tmp_path, capsys):
+    """A proxy file's layer weights reach `evoproxy allocate`: bit_sum with the largest searchable layer weighted
+    up and the smallest weighted down allocates 4 resp. 2 bits to them, unlike plain bit_sum."""
+    table = _mq_table(tiny_data_root, tmp_path)
+    convs = [(n, m) for n, m in CifarResNet(8).named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    searchable = convs[1:-1]
+    small = min(range(len(searchable)), key=lambda i: searchable[i][1].weight.numel())
+    large = max(range(len(searchable)), key=lambda i: searchable[i][1].weight.numel())
+    weights = {layer_position(searchable[large][0], searchable[large][1].weight.shape): 100.0,
+               layer_position(searchable[small][0], searchable[small][1].weight.shape): -100.0}
+    tree = ["layer_sum", ["sum", "bitwidth"]]
+    path = tmp_path / "weighted.json"
+    path.write_text(json.dumps(_doc(tree, layer_weights={"key": "layer_position", "weights": weights, "default": 1.0})))
+    chosen = {}
+    for label, proxy in (("weighted", str(path)), ("plain", "bit_sum")):
+        assert main(["allocate", "--proxy", proxy, "--model", "resnet8", "--budget", "uniform-3", "--table",
+                     str(table), "--batch", "4", "--json"]) == 0
+        chosen[label] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bits_str"].split("-")
+    assert len(chosen["weighted"]) == len(searchable)
+    assert chosen["weighted"][large] == "4" and chosen["weighted"][small] == "2"
+    assert chosen["plain"] != chosen["weighted"], chosen
