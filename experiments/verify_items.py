@@ -7,7 +7,11 @@ Every proxy key of the file (a registered name, or ``path#hash`` of a proxy file
 still hash the same) is scored afresh on the chosen items (``--items N``: a seeded sample of the
 file's ids; ``all``: every id) through the library's scoring path, and compared value by value with
 the file. Prints one line per proxy (max |difference|, how many differ) and, last, one JSON object;
-exits 1 when any score differs by more than ``--tol`` (default 0: bit-identical).
+exits 1 when any score differs by more than ``--tol`` (default 0: bit-identical). The JSON also holds each
+proxy's largest relative difference and ``batch_sha256``, the hash of the decoded statistics batch (``--batch``
+images, default 64 as in the committed files; the protocol's seed). Two runs with the same hash fed the proxies
+the same pixels: what differs between them comes from the numeric environment (CPU kernels, library builds),
+not from the images. On one machine, ``ATEN_CPU_CAPABILITY=default`` vs ``avx2`` shows the size of that effect.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ def _proxy_of(key: str):
     return str(full)
 
 
-def verify(path: Path, bench: str, items: str, seed: int, jobs: int, table: str | None) -> dict:
+def verify(path: Path, bench: str, items: str, seed: int, jobs: int, table: str | None, batch: int = 64) -> dict:
     kept: dict[str, dict[int, float]] = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
@@ -51,13 +55,16 @@ def verify(path: Path, bench: str, items: str, seed: int, jobs: int, table: str 
     # score exactly these ids: a one-off "all" split of the chosen ids through the evaluator's protocol
     from evoproxy.scoring import resolve_scorers, score_items
     from mqbench.benchmarks import BenchSpec
+    from primitives.items import batch_for
 
     spec, b = BenchSpec.resolve(bench, table)
     b.verify()
     scorers = resolve_scorers(list(labels.values()))
-    results = score_items(spec, ids, scorers, 64, jobs=jobs, desc=f"{len(scorers)} proxies")
+    results = score_items(spec, ids, scorers, batch, jobs=jobs, desc=f"{len(scorers)} proxies")
     data["seconds"] = time.perf_counter() - start
-    out = {"file": str(path), "bench": bench, "items": len(ids), "proxies": {}}
+    inputs, _ = batch_for(b, batch)
+    out = {"file": str(path), "bench": bench, "items": len(ids), "proxies": {},
+           "batch_sha256": hashlib.sha256(inputs.detach().cpu().contiguous().numpy().tobytes()).hexdigest()}
     worst = 0.0
     for key in keys:
         label = labels[key]
@@ -66,9 +73,12 @@ def verify(path: Path, bench: str, items: str, seed: int, jobs: int, table: str 
         same = (new == old) | (np.isnan(new) & np.isnan(old))
         diff = np.where(same, 0.0, np.abs(new - old))
         diff = np.where(np.isnan(diff), math.inf, diff)
-        out["proxies"][key] = {"max_abs_diff": float(diff.max()), "differ": int((~same).sum())}
+        rel = np.where(same, 0.0, diff / np.maximum(np.abs(old), 1e-300))
+        out["proxies"][key] = {"max_abs_diff": float(diff.max()), "max_rel_diff": float(rel.max()),
+                               "differ": int((~same).sum())}
         worst = max(worst, float(diff.max()))
-        print(f"{key:>60}  max|diff| {diff.max():.3g}  differ {int((~same).sum())}/{len(ids)}")
+        print(f"{key:>60}  max|diff| {diff.max():.3g}  relative {rel.max():.3g}  "
+              f"differ {int((~same).sum())}/{len(ids)}")
     out["max_abs_diff"] = worst
     out["seconds"] = round(data["seconds"], 1)
     return out
@@ -83,8 +93,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--tol", type=float, default=0.0)
+    p.add_argument("--batch", type=int, default=64, help="statistics batch size the file was scored with")
     args = p.parse_args(argv)
-    out = verify(args.file, args.bench, args.items, args.seed, args.jobs, args.table)
+    out = verify(args.file, args.bench, args.items, args.seed, args.jobs, args.table, args.batch)
     print(json.dumps(out))
     return 0 if out["max_abs_diff"] <= args.tol else 1
 
