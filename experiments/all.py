@@ -2,7 +2,7 @@
 
     python -m experiments.all [--skip name,name]
 
-mq_correlation and nb201_correlation evolve the proxies that bit_allocation then uses; each
+mq_correlation and nb201_correlation evolve the proxies that bit_allocation and parametric then use; each
 experiment reuses finished search runs and cached per-item scores, so an interrupted run resumes.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import importlib
 import time
 
-ORDER = ["mq_correlation", "nb201_correlation", "bit_allocation", "ablation", "search_cost"]
+ORDER = ["mq_correlation", "nb201_correlation", "bit_allocation", "parametric", "ablation", "search_cost"]
 
 
 def main(argv=None) -> int:
