@@ -8,7 +8,7 @@ still hash the same) is scored afresh on the chosen items (``--items N``: a seed
 file's ids; ``all``: every id) through the library's scoring path, and compared value by value with
 the file. Prints one line per proxy (max |difference|, how many differ) and, last, one JSON object;
 exits 1 when any score differs by more than ``--tol`` (default 0: bit-identical). The JSON also holds each
-proxy's largest relative difference and ``batch_sha256``, the hash of the decoded statistics batch (``--batch``
+proxy's largest relative difference and ``batch_sha256``, the statistics cache's hash of the decoded batch (``--batch``
 images, default 64 as in the committed files; the protocol's seed). Two runs with the same hash fed the proxies
 the same pixels: what differs between them comes from the numeric environment (CPU kernels, library builds),
 not from the images. On one machine, ``ATEN_CPU_CAPABILITY=default`` vs ``avx2`` shows the size of that effect.
@@ -56,15 +56,15 @@ def verify(path: Path, bench: str, items: str, seed: int, jobs: int, table: str 
     from evoproxy.scoring import resolve_scorers, score_items
     from mqbench.benchmarks import BenchSpec
     from primitives.items import batch_for
+    from primitives.many import batch_hash
 
     spec, b = BenchSpec.resolve(bench, table)
     b.verify()
     scorers = resolve_scorers(list(labels.values()))
     results = score_items(spec, ids, scorers, batch, jobs=jobs, desc=f"{len(scorers)} proxies")
     data["seconds"] = time.perf_counter() - start
-    inputs, _ = batch_for(b, batch)
     out = {"file": str(path), "bench": bench, "items": len(ids), "proxies": {},
-           "batch_sha256": hashlib.sha256(inputs.detach().cpu().contiguous().numpy().tobytes()).hexdigest()}
+           "batch_sha256": batch_hash(*batch_for(b, batch))}
     worst = 0.0
     for key in keys:
         label = labels[key]
