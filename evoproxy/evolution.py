@@ -58,10 +58,6 @@ MAX_ROUNDS = 5
 HALL_OF_FAME = 10
 
 
-def _screen_key(values) -> tuple:
-    return tuple(float(f"{v:.12g}") for v in values)
-
-
 class Search:
     """One search run (see the module docstring); ``run()`` returns a :class:`~evoproxy.results.SearchResult`."""
 
@@ -112,6 +108,22 @@ class Search:
         except Exception as exc:  # nothing can be searched without the samples' primitives
             raise ConfigError(f"extracting the primitives of the {len(self.ids)} search samples failed: {reason(exc)}") from None
         self.n_screen = min(c.screen_samples, len(self.ids))
+        self.race_plan = self._race_plan()
+
+    def _race_plan(self):
+        """How children are scored (:mod:`evoproxy.racing`): screening, then the rungs of multi-fidelity (none when
+        it is off), then the rest of the samples."""
+        from evoproxy.racing import RacePlan, rung_ends
+
+        c = self.config
+        rungs = rung_ends(len(self.ids), self.n_screen, c.rungs) if c.multi_fidelity else ()
+        margins = tuple(float(m) for m in c.margins[:len(rungs)])
+        if c.audit and not rungs:  # audit without multi-fidelity: estimates at the default rungs, no rejection
+            rungs = rung_ends(len(self.ids), self.n_screen, c.rungs)
+            margins = (math.inf,) * len(rungs)
+        return RacePlan(len(self.ids), self.n_screen, rungs, margins, c.screen_cost, c.fitness,
+                        tuple(float(v) for v in self.truth), None if self.size is None else tuple(float(v) for v in self.size),
+                        c.seed, c.audit)
 
     # ------------------------------------------------------------------ state
     def _fresh_state(self) -> None:
@@ -122,6 +134,7 @@ class Search:
         self.screen_memo: dict[tuple, str] = {}
         self.log: list[dict] = []
         self.hof: list[Individual] = []
+        self.children: list[dict] = []  # children.csv rows (audit)
         self.elapsed = 0.0
         self.prep_seconds = 0.0  # extraction of the search samples' statistics (part of elapsed)
         self.stopped = None
@@ -162,6 +175,7 @@ class Search:
         self.screen_memo = {tuple(k): v for k, v in state["screen_memo"]}
         self.log = list(state["log"])
         self.hof = [Individual.from_json(d) for d in state["hall_of_fame"]]
+        self.children = self._read_children(self.generation)
 
     def _lock_run_dir(self):
         """Hold ``<out>/.lock`` for the whole run (a second process on the same folder gets a one-line error,
@@ -214,19 +228,21 @@ class Search:
         atomic_write_text(self.out / "config.json", json.dumps(config, indent=2) + "\n")
 
     # ------------------------------------------------------------------ scoring
-    def _score(self, trees: list[ProxyTree], counts: dict) -> list[dict]:
-        """Outcome (memo entry) of each tree, in order; updates ``counts``."""
-        from evoproxy.fitness import oriented_fitness
+    def _score(self, trees: list[ProxyTree], counts: dict, thresholds=None) -> list[dict]:
+        """Outcome (memo entry) of each tree, in order; updates ``counts``. ``thresholds``: per tree, the fitness it
+        must be able to reach (multi-fidelity rejects a child early below it; None: no threshold)."""
+        from evoproxy.racing import NO_THRESHOLD, race_many, screen_key
         from evoproxy.screening import LOG_NAME, score_many
 
         c = self.config
+        thresholds = [NO_THRESHOLD if t is None else t for t in (thresholds or [None] * len(trees))]
         keys = [canonical(t) for t in trees]
-        todo: dict[str, ProxyTree] = {}
-        for k, t in zip(keys, trees):
+        todo: dict[str, tuple] = {}
+        for k, t, th in zip(keys, trees, thresholds):
             if k in self.memo:
                 counts["cache_hits"] += 1
             elif k not in todo:
-                todo[k] = t
+                todo[k] = (t, th)
         names = list(todo)
         counts["evaluated"] += len(trees)
 
@@ -237,37 +253,38 @@ class Search:
             else:
                 self.memo[k] = {"fitness": fit, "orientation": orient, "scores": [float(s) for s in scores]}
 
+        from evoproxy.fitness import oriented_fitness
+
         if c.screening:
-            screened = score_many(self.recipe, [todo[k] for k in names], 0, self.n_screen, c.jobs,
-                                  cost_bound=c.screen_cost)
-            full_needed = []
-            for k, s in zip(names, screened):
-                if s.reason:
-                    self.memo[k] = {"reason": s.reason}
+            known = {sk for sk, v in self.screen_memo.items() if v in self.memo}
+            raced = race_many(self.recipe, [todo[k][0] for k in names], [todo[k][1] for k in names], self.race_plan,
+                              known, c.jobs)
+            for k, r in zip(names, raced):
+                if "screen" not in r:  # rejected by screening
+                    self.memo[k] = {"reason": r["reason"]}
                     continue
-                skey = _screen_key(s.scores)
+                skey = screen_key(r["screen"])
                 if skey in self.screen_memo and self.screen_memo[skey] in self.memo:
                     self.memo[k] = dict(self.memo[self.screen_memo[skey]])
                     counts["equivalent_hits"] += 1
                     continue
                 self.screen_memo[skey] = k
-                full_needed.append((k, s.scores))
-            if self.n_screen < len(self.ids):
-                rest = score_many(self.recipe, [todo[k] for k, _ in full_needed], self.n_screen, None, c.jobs, None,
-                                  check_constant=False)
-            else:
-                rest = [None] * len(full_needed)
-            for (k, head), r in zip(full_needed, rest):
-                if r is not None and r.reason:
-                    self.memo[k] = {"reason": r.reason}
+                if r.get("reason"):
+                    self.memo[k] = {"reason": r["reason"]}
                     continue
-                scores = np.asarray(head + (r.scores if r is not None else []), dtype=float)
-                if np.ptp(scores) <= 1e-12 * max(1.0, float(np.max(np.abs(scores)))):
+                scores = np.asarray(r["scores"], dtype=float) if "scores" in r else None
+                if scores is not None and np.ptp(scores) <= 1e-12 * max(1.0, float(np.max(np.abs(scores)))):
                     self.memo[k] = {"reason": "constant"}
                     continue
-                finish(k, scores)
+                if "early" in r:
+                    self.memo[k] = {"reason": "early", "rung": r["early"], "estimate": r["estimates"][r["early"]]}
+                    counts["early_rejected"] += 1
+                elif scores is not None:
+                    finish(k, scores)
+                    counts["full_fidelity"] += 1
+                self._note_child(k, todo[k][1], r, scores)
         else:
-            full = score_many(self.recipe, [todo[k] for k in names], 0, None, c.jobs, None)
+            full = score_many(self.recipe, [todo[k][0] for k in names], 0, None, c.jobs, None)
             for k, s in zip(names, full):
                 if s.reason:
                     self.memo[k] = {"reason": s.reason}
@@ -276,24 +293,49 @@ class Search:
         outcomes = [self.memo[k] for k in keys]
         for o in outcomes:
             if "reason" in o:
+                if o["reason"] == "early":
+                    continue  # counted above when decided (a memo hit is counted in cache_hits)
                 key = f"rejected_{LOG_NAME.get(o['reason'], o['reason'])}"  # the cost bound: rejected_timeout
                 counts[key] = counts.get(key, 0) + 1
             else:
                 counts["valid"] += 1
         return outcomes
 
+    def _note_child(self, key: str, threshold: float, raced: dict, scores) -> None:
+        """One row of ``children.csv`` (with ``audit``): a child that passed screening, its threshold, its estimates
+        at the rungs, its full-fidelity fitness (when scored on every sample) and the decision."""
+        if not self.config.audit:
+            return
+        from evoproxy.fitness import oriented_fitness
+
+        full = math.nan
+        if scores is not None:
+            full = oriented_fitness(self.config.fitness, scores, self.truth, self.size, self.config.seed)[0]
+        row = {"generation": self.generation + 1, "key": key, "threshold": threshold, "full_fitness": full,
+               "decision": "early" if "early" in raced else "full",
+               "early_rung": raced.get("early", "")}
+        for end in self.race_plan.rungs:
+            row[f"fitness_at_{end}"] = raced["estimates"].get(end, math.nan)
+        self.children.append(row)
+
     # ------------------------------------------------------------------ generations
     def _new_counts(self) -> dict:
         from evoproxy.screening import LOG_REASONS
 
         return {"evaluated": 0, "valid": 0, "cache_hits": 0, "equivalent_hits": 0,
-                **{f"rejected_{r}": 0 for r in LOG_REASONS}}
+                **{f"rejected_{r}": 0 for r in LOG_REASONS}, "early_rejected": 0, "full_fidelity": 0,
+                "below_population": 0}
 
-    def _accept(self, trees, outcomes, into: list, taken: set, need: int, generation: int) -> None:
+    def _accept(self, trees, outcomes, into: list, taken: set, need: int, generation: int,
+                threshold: float | None = None, counts: dict | None = None) -> None:
+        """Append the valid, new children (at least ``threshold`` fit, when given) to ``into``, up to ``need``."""
         for t, o in zip(trees, outcomes):
             if len(into) >= need:
                 return
             if "reason" in o:
+                continue
+            if threshold is not None and o["fitness"] < threshold:  # multi-fidelity: below the parent population
+                counts["below_population"] += 1
                 continue
             k = canonical(t)
             if self.config.diversity and k in taken:
@@ -311,7 +353,7 @@ class Search:
             if need <= 0:
                 break
             trees = [self.space.random_tree() for _ in range(2 * need)]
-            self._accept(trees, (yield trees), pop, taken, c.population, generation)
+            self._accept(trees, (yield trees, None), pop, taken, c.population, generation)
         if len(pop) < 2:
             raise ConfigError(f"no valid candidate among {counts['evaluated']} random trees; "
                               f"rejections: {self._rejections(counts)}")
@@ -327,6 +369,8 @@ class Search:
 
         c = self.config
         ranked = sorted(population, key=lambda i: -i.fitness)
+        # multi-fidelity: a child must reach the parent population's worst fitness to enter
+        threshold = ranked[-1].fitness if c.multi_fidelity and c.screening else None
         elites = ranked[: c.elites]
         need = c.population - len(elites)
         children: list[Individual] = []
@@ -355,7 +399,7 @@ class Search:
                         fresh.append(t)
                 counts["duplicates_dropped"] = counts.get("duplicates_dropped", 0) + len(trees) - len(fresh)
                 trees = fresh
-            self._accept(trees, (yield trees), children, taken, need, generation)
+            self._accept(trees, (yield trees, threshold), children, taken, need, generation, threshold, counts)
         for ind in ranked[c.elites:]:  # still short: keep the best former members
             if len(children) >= need:
                 break
@@ -372,7 +416,7 @@ class Search:
         procs = [self._initial(counts, g) if r else self._next(isl.population, counts, g)
                  for isl, r in zip(self.islands, restart)]
         pops = interleave(procs, [island_seed(c.seed, g, i) for i in range(len(self.islands))],
-                          lambda trees: self._score(trees, counts))
+                          lambda trees, thresholds: self._score(trees, counts, thresholds))
         for isl, pop in zip(self.islands, pops):
             isl.population = pop
         arrived = [0] * len(pops)
@@ -404,7 +448,14 @@ class Search:
                 "best_fitness": round(float(fit.max()), 6), "median_fitness": round(float(np.median(fit)), 6),
                 "unique_formulas": len({i.key for i in self.population}),
                 "mean_pairwise_distance": round(mean_pairwise_distance([i.scores for i in self.population]), 6),
-                "best_formula": render(best.tree), "seconds": round(seconds, 3)}
+                "best_formula": render(best.tree), "seconds": round(seconds, 3),
+                **(self._fidelity_columns(counts) if self.race_plan.rungs else {})}
+
+    def _fidelity_columns(self, counts: dict) -> dict:
+        """log.csv columns of a multi-fidelity run: children decided on a prefix of the samples (rejected early),
+        scored on every sample, and of those, the ones below the parent population's worst fitness."""
+        return {"early_rejected": counts["early_rejected"], "full_fidelity": counts["full_fidelity"],
+                "below_population": counts["below_population"]}
 
     # ------------------------------------------------------------------ outputs
     def _checkpoint(self) -> None:
@@ -420,12 +471,26 @@ class Search:
             atomic_write_text(self.out / "log.csv", buf.getvalue())
         if self.island_log:
             write_island_log(self.out / "islands.csv", self.island_log)
+        if self.children:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(self.children[0]))
+            writer.writeheader()
+            writer.writerows(self.children)
+            atomic_write_text(self.out / "children.csv", buf.getvalue())
         hof = [{"rank": r + 1, "formula": self._proxy(i).formula, "fitness": i.fitness, "generation": i.generation,
                 "tree": i.tree.to_json(), "orientation": i.orientation} for r, i in enumerate(self.hof)]
         atomic_write_text(self.out / "hall_of_fame.json", json.dumps(hof, indent=2, ensure_ascii=False) + "\n")
         if self.hof:
             text = json.dumps(self._proxy(self.hof[0]).to_json(), indent=2, ensure_ascii=False) + "\n"
             atomic_write_text(self.out / "best.json", text)
+
+    def _read_children(self, generation: int) -> list[dict]:
+        """The rows of ``children.csv`` up to ``generation`` (a resumed audited run drops the unfinished one's)."""
+        path = self.out / "children.csv"
+        if not self.config.audit or not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return [row for row in csv.DictReader(f) if int(row["generation"]) <= generation]
 
     def _proxy(self, ind: Individual) -> Proxy:
         from evoproxy.metrics import partial_spearman, spearman

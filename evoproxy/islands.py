@@ -100,9 +100,10 @@ def island_seed(seed: int, generation: int, island: int) -> int:
 def interleave(procs: list, seeds: list, score) -> list:
     """Run the islands' generation procedures together; returns what each returns.
 
-    A procedure is a generator that yields a list of trees and receives their outcomes, until it returns its
-    population. Each runs on its own ``random`` stream (seeded from ``seeds``); the trees every procedure yields
-    in one round are scored by one ``score(trees)`` call, in island order."""
+    A procedure is a generator that yields ``(trees, threshold)`` (a list of trees and the fitness they must be
+    able to reach, or None) and receives their outcomes, until it returns its population. Each runs on its own
+    ``random`` stream (seeded from ``seeds``); the trees every procedure yields in one round are scored by one
+    ``score(trees, thresholds)`` call (one threshold per tree), in island order."""
     states, pending, results = {}, {}, [None] * len(procs)
 
     def advance(i, value):
@@ -120,11 +121,12 @@ def interleave(procs: list, seeds: list, score) -> list:
         advance(i, None)
     while pending:
         order = sorted(pending)
-        batch = [t for i in order for t in pending[i]]
-        outcomes = score(batch)
+        batch = [t for i in order for t in pending[i][0]]
+        thresholds = [pending[i][1] for i in order for _ in pending[i][0]]
+        outcomes = score(batch, thresholds)
         at = 0
         for i in order:
-            n = len(pending[i])
+            n = len(pending[i][0])
             advance(i, outcomes[at:at + n])
             at += n
     return results

@@ -30,7 +30,8 @@ import random
 import sys
 import time
 
-BENCHES = (("nb201", "nb201-cifar10", 100), ("mq", "mq-resnet20-cifar10", 50))
+# (key, benchmark, search samples, (population, generations, fitness) of the real search): the committed settings
+BENCHES = (("nb201", "nb201-cifar10", 100, (64, 10, "spearman")), ("mq", "mq-resnet20-cifar10", 50, (32, 20, "spearman_partial")))
 
 
 def search_recipe(bench: str, samples: int, seed: int = 0):
@@ -58,7 +59,7 @@ def random_trees(terminals, count: int, seed: int) -> list:
 
 
 def agree(a, b) -> bool:
-    """Same rejection reason and, for valid trees, scores within 1e-5 relative (the vectorised path's contract)."""
+    """Same rejection reason and, for valid trees, scores within 1e-5 relative."""
     if a.reason != b.reason:
         return False
     if a.scores is None:
@@ -66,33 +67,120 @@ def agree(a, b) -> bool:
     return len(a.scores) == len(b.scores) and all(abs(x - y) <= 1e-5 * max(abs(x), abs(y)) for x, y in zip(a.scores, b.scores))
 
 
-def measure(bench: str, samples: int, trees: int, jobs: int, seed: int) -> dict:
+def _one_at_a_time(recipe, trees_json):
+    """:func:`evoproxy.screening.score_range` of each tree on each sample separately (the scorer as a single model's
+    evaluation calls it), joined per tree like one call on all samples (the first rejection wins)."""
+    from evoproxy.screening import Scored, score_range
+    from evoproxy.searchdata import load_stats
+    from evoproxy.tree import parse_tree
+    from primitives.core import fixed_threads
+
+    stats = load_stats(recipe, progress=False)
+    out = []
+    with fixed_threads(1):
+        for t in trees_json:
+            tree, scores, bad = parse_tree(t), [], None
+            for i in range(len(stats)):
+                r = score_range(tree, stats, i, i + 1, check_constant=False)
+                if r.reason:
+                    bad = r
+                    break
+                scores += r.scores
+            if bad is None and len(scores) > 1 and len(set(scores)) == 1:
+                bad = Scored(None, "constant")
+            out.append(bad if bad is not None else Scored(scores))
+    return out
+
+
+def score_one_at_a_time(recipe, trees, jobs: int) -> list:
+    from mqbench.parallel import map_items
+
+    trees_json = [t.to_json() for t in trees]
+    chunks = [trees_json[i::jobs * 4] for i in range(jobs * 4)]
+    parts = map_items(_one_at_a_time, chunks, (recipe,), jobs=jobs, progress=False)
+    out = [None] * len(trees_json)
+    for i, part in enumerate(parts):
+        out[i::jobs * 4] = part
+    return out
+
+
+def decided_rate(bench: str, samples: int, population: int, generations: int, jobs: int, seed: int, fitness: str,
+                 **settings) -> dict:
+    """Children decided per second in generations 1.. of a real search (generation 0 is random, not children), and
+    the run's log; ``settings``: SearchConfig fields (multi_fidelity, audit, ...)."""
+    import tempfile
+    from pathlib import Path
+
+    from evoproxy.evolution import run_search
+    from evoproxy.searchconfig import SearchConfig
+
+    with tempfile.TemporaryDirectory(prefix="evoproxy-speed-") as tmp:
+        out = Path(tmp) / "run"
+        result = run_search(SearchConfig(bench=bench, out=str(out), samples=samples, population=population,
+                                         generations=generations, seed=seed, jobs=jobs, fitness=fitness,
+                                         progress=False, **settings))
+        log = result.log
+        children = (out / "children.csv").read_text() if (out / "children.csv").exists() else ""
+    later = [r for r in log if int(r["generation"]) >= 1]
+    decided = sum(int(r["evaluated"]) for r in later)
+    scored = decided - sum(int(r["cache_hits"]) for r in later)
+    seconds = sum(float(r["seconds"]) for r in later)
+    return {"decided_per_s": round(decided / seconds, 1), "scored_per_s": round(scored / seconds, 1),
+            "children": decided, "seconds": round(seconds, 2), "log": log, "children_csv": children,
+            "best_fitness": float(log[-1]["best_fitness"]), "early": sum(int(r.get("early_rejected", 0)) for r in later)}
+
+
+def early_reject_error(children_csv: str) -> tuple[float, int, int]:
+    """(error, wrong, early) of an audited run: early-rejected children whose full fitness reaches their threshold."""
+    import csv
+    import io
+
+    rows = [r for r in csv.DictReader(io.StringIO(children_csv)) if r["decision"] == "early"]
+    wrong = sum(1 for r in rows if float(r["full_fitness"]) >= float(r["threshold"]))
+    return (wrong / len(rows) if rows else 0.0), wrong, len(rows)
+
+
+def _decisions(log) -> list:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in log]
+
+
+def measure(bench: str, samples: int, trees: int, jobs: int, seed: int, run: tuple) -> dict:
     from evoproxy.screening import score_many
     from evoproxy.searchdata import load_stats
-    from evoproxy.vectorised import _plan, plan_nbytes, stack
 
     recipe, names = search_recipe(bench, samples, seed)
-    stats = load_stats(recipe, jobs=jobs, progress=False)
-    t0 = time.perf_counter()
-    st = stack(stats)
-    _plan(st, 0, len(stats))  # the items of the whole range: views, or copies where tensors are shared
-    stack_s = time.perf_counter() - t0
-    stacked_mb = (st.nbytes + plan_nbytes(st)) / 2 ** 20
-    del st
+    load_stats(recipe, jobs=jobs, progress=False)
     todo = random_trees(names, trees, seed)
-    warm = random_trees(names, jobs * 4, seed + 1)  # other trees: the vectorised path memoises subtrees' layer values
-    out = {"stacked_mb": round(stacked_mb, 1), "stack_s": round(stack_s, 2)}
+    warm = random_trees(names, jobs * 4, seed + 1)  # other trees: the scorer memoises subtrees' layer values
+    out = {}
     results = {}
-    for key, vec in (("per_sample", False), ("vectorised", True)):
-        score_many(recipe, warm, 0, None, jobs, vectorised=vec)  # warm-up: workers load, stack
+    for key, fn in (("per_sample", lambda t: score_one_at_a_time(recipe, t, jobs)),
+                    ("vectorised", lambda t: score_many(recipe, t, 0, None, jobs))):
+        fn(warm)  # warm-up: workers load the statistics and stack them
         t0 = time.perf_counter()
-        results[key] = score_many(recipe, todo, 0, None, jobs, vectorised=vec)
+        results[key] = fn(todo)
         out[key] = round(len(todo) / (time.perf_counter() - t0), 1)
     reasons: dict = {}
     for r in results["vectorised"]:
         reasons[r.reason or "valid"] = reasons.get(r.reason or "valid", 0) + 1
     out["reasons"] = reasons
     out["agree"] = all(agree(a, b) for a, b in zip(results["per_sample"], results["vectorised"]))
+    population, generations, fitness = run
+    common = dict(bench=bench, samples=samples, population=population, generations=generations, jobs=jobs, seed=seed,
+                  fitness=fitness)
+    full = decided_rate(**common, multi_fidelity=False)
+    fast = decided_rate(**common)
+    audited = decided_rate(**common, audit=True)
+    out["full_decided"] = full["decided_per_s"]
+    out["decided"] = fast["decided_per_s"]
+    out["decided_scored"] = fast["scored_per_s"]
+    out["run"] = {"population": population, "generations": generations, "fitness": fitness, "children": fast["children"],
+                  "early_rejected": fast["early"], "seconds": fast["seconds"], "full_seconds": full["seconds"],
+                  "full_children": full["children"], "best_fitness": fast["best_fitness"],
+                  "full_best_fitness": full["best_fitness"]}
+    out["early_reject_error"], wrong, early = early_reject_error(audited["children_csv"])
+    out["audit"] = {"wrong": wrong, "early": early,
+                    "same_decisions": _decisions(audited["log"]) == _decisions(fast["log"])}
     return out
 
 
@@ -101,15 +189,30 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--trees", type=int, default=200, help="random trees timed per benchmark (half per structure)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generations", type=int, default=None,
+                   help="generations of each benchmark's real search (default: NB201 10, MQ 20)")
     args = p.parse_args(argv)
     summary = {}
-    for short, bench, samples in BENCHES:
-        m = measure(bench, samples, args.trees, args.jobs, args.seed)
-        print(f"{bench} ({samples} samples, jobs {args.jobs}): per-sample {m['per_sample']} formulas/s, vectorised "
-              f"{m['vectorised']} formulas/s ({m['vectorised'] / max(m['per_sample'], 1e-9):.1f}x); stacked copy "
-              f"{m['stacked_mb']} MB per process, built in {m['stack_s']} s; {m['reasons']}; agree {m['agree']}", flush=True)
+    for short, bench, samples, run in BENCHES:
+        if args.generations is not None:
+            run = (run[0], args.generations, run[2])
+        m = measure(bench, samples, args.trees, args.jobs, args.seed, run)
+        print(f"{bench} ({samples} samples, jobs {args.jobs}): one sample at a time {m['per_sample']} formulas/s, "
+              f"batched {m['vectorised']} formulas/s ({m['vectorised'] / max(m['per_sample'], 1e-9):.1f}x); "
+              f"{m['reasons']}; agree {m['agree']}", flush=True)
+        print(f"  real search (population {run[0]}, generations 1-{run[1]}, seed {args.seed}): children decided "
+              f"{m['decided']}/s with multi-fidelity ({m['decided_scored']}/s not counting memo hits) vs "
+              f"{m['full_decided']}/s without; early-reject error {m['early_reject_error']:.4f} "
+              f"({m['audit']['wrong']} of {m['audit']['early']}; audit made the same decisions: "
+              f"{m['audit']['same_decisions']}); {m['run']}", flush=True)
         summary.update({f"{short}_per_sample": m["per_sample"], f"{short}_vectorised": m["vectorised"],
-                        f"{short}_stacked_mb": m["stacked_mb"], f"{short}_agree": m["agree"], f"{short}_reasons": m["reasons"]})
+                        f"{short}_decided": m["decided"], f"{short}_decided_scored": m["decided_scored"],
+                        f"{short}_full_decided": m["full_decided"], f"{short}_early_reject_error": m["early_reject_error"],
+                        f"{short}_agree": m["agree"], f"{short}_reasons": m["reasons"], f"{short}_run": m["run"],
+                        f"{short}_audit": m["audit"]})
+    wrong = sum(summary[f"{s}_audit"]["wrong"] for s, *_ in BENCHES)
+    early = sum(summary[f"{s}_audit"]["early"] for s, *_ in BENCHES)
+    summary["early_reject_error"] = round(wrong / early, 4) if early else 0.0
     summary["trees"] = args.trees
     print(json.dumps(summary))
     return 0

@@ -15,13 +15,18 @@ from mqbench.parallel import BACKENDS
 
 # settings that do not change the result; everything else must match on --resume
 # (screen_time: accepted for old settings and config.json files, no longer used)
-RUNTIME_KEYS = ("out", "jobs", "backend", "scheduler", "time_budget", "progress", "checkpoint", "screen_time")
+RUNTIME_KEYS = ("out", "jobs", "backend", "scheduler", "time_budget", "progress", "checkpoint", "screen_time", "audit")
 # settings added after runs were committed: left out of result_settings() at their default (the behaviour of
 # those runs), so committed config.json files and older checkpoints still match a run of the same settings
 # Default --screen-cost (tensor elements on the screening samples): far above every candidate of the committed
 # runs, none of which ever rejected one on the former 10 s time-out (every rejected_timeout of results/ is 0).
 SCREEN_COST = 2e10
-LATER_KEYS = {"screen_cost": SCREEN_COST, "islands": 1, "migration_interval": 5, "migrants": 2, "restart_after": 0}
+# Multi-fidelity (evoproxy.racing): rung ends as fractions of the search samples and the fitness margin of each;
+# chosen from the children of audited runs by python -m experiments.race_margins (see its output in results/racing/)
+RUNGS = [0.25, 0.5]
+MARGINS = [0.25, 0.15]
+LATER_KEYS = {"screen_cost": SCREEN_COST, "islands": 1, "migration_interval": 5, "migrants": 2, "restart_after": 0,
+              "multi_fidelity": False}
 DEFAULT_POPULATION, DEFAULT_GENERATIONS = 32, 20  # without --time-budget; with it, unset sizes are measured
 PATH_KEYS = ("out", "table", "checkpoint")  # stored portably (repository- or data-root-relative)
 
@@ -86,6 +91,17 @@ class SearchConfig:
                                     "accepted so that old settings still parse")
     screen_cost: float = _opt(SCREEN_COST, "screening cost bound: a candidate whose screening samples need more tensor "
                                     "elements processed is rejected (deterministic; see evoproxy.screening)")
+    multi_fidelity: bool = _opt(True, "ablation: score every child on every search sample (no early rejection of "
+                                      "children far below the population; see evoproxy.racing)",
+                                flag="--no-multi-fidelity")
+    rungs: list = _opt(RUNGS, "multi-fidelity: where a child is judged, as fractions of the search samples "
+                              "(e.g. '0.25,0.5')", parse=lambda text: [float(v) for v in _names(text)])
+    margins: list = _opt(MARGINS, "multi-fidelity: a child whose fitness at a rung is below the parent population's "
+                                  "worst minus this margin is rejected early (one per rung)",
+                         parse=lambda text: [float(v) for v in _names(text)])
+    audit: bool = _opt(False, "score children rejected early on every sample too (decisions unchanged, slower) and "
+                              "write children.csv: each child's fitness at every rung and at full fidelity",
+                       flag="--audit")
     islands: int = _opt(1, "populations evolved side by side (1: one population)")
     migration_interval: int = _opt(5, "islands: every this many generations the best of each island migrate")
     migrants: int = _opt(2, "islands: best candidates of an island copied to the next one (a ring), replacing its worst")
@@ -131,6 +147,12 @@ class SearchConfig:
             raise ConfigError("--elites must be smaller than --population")
         if self.population is not None and self.islands > 1 and self.migrants >= self.population:
             raise ConfigError("--migrants must be smaller than --population")
+        if len(self.margins) != len(self.rungs):
+            raise ConfigError(f"--margins needs one margin per rung ({len(self.rungs)}), got {len(self.margins)}")
+        if any(not 0 < f < 1 for f in self.rungs) or list(self.rungs) != sorted(set(self.rungs)):
+            raise ConfigError(f"--rungs must be increasing fractions in (0, 1), got {self.rungs}")
+        if any(not m >= 0 for m in self.margins):
+            raise ConfigError(f"--margins must be >= 0, got {self.margins}")
         if not self.screen_cost > 0:
             raise ConfigError(f"--screen-cost must be > 0 tensor elements, got {self.screen_cost!r}")
         for key in ("cx_prob", "mut_prob"):
@@ -159,6 +181,9 @@ class SearchConfig:
 
         settings = {k: v for k, v in self.portable().items()
                     if k not in RUNTIME_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
+        if not (self.multi_fidelity and self.screening):  # the rungs and margins matter only to multi-fidelity
+            settings.pop("rungs", None)
+            settings.pop("margins", None)
         tag = device_tag(settings.pop("device", None))
         if tag is not None:
             settings["device"] = tag

@@ -1,0 +1,136 @@
+"""Multi-fidelity scoring of a search's children: screening, then racing over growing prefixes of the samples.
+
+A child (a candidate tree) is scored on contiguous ranges of the search samples, each range once:
+
+1. **screening**: samples ``0 .. n_screen - 1`` (:func:`evoproxy.screening.score_range`: shape, size, NaN,
+   constant and cost rejections). A child whose screening scores equal those of an earlier candidate
+   (``known`` screening keys) stops here: the search gives it that candidate's outcome.
+2. **rungs** (multi-fidelity): at each rung end ``r`` (a number of samples, increasing) the child's fitness on
+   samples ``0 .. r - 1`` is its *estimate*; a child whose estimate is below ``threshold - margin`` of that rung
+   is *rejected early* and never scored on the rest. ``threshold`` is the fitness the child must reach to enter
+   the population (the search passes the worst fitness of the parent population; ``-inf`` for a random
+   population, which disables rejection). The margins are chosen from data: ``python -m experiments.race_margins``
+   reads the ``children.csv`` of audited runs.
+3. **full**: the remaining samples; the child's full score vector.
+
+The search samples are a seeded random sample of the benchmark's search split, so every prefix is a random
+subset of them. Work is split into chunks of children run in joblib processes (one dispatch per call, the
+whole race inside the worker); outcomes do not depend on ``jobs``: ``known`` only lets a worker stop early
+for a child whose outcome the search already knows, and the search resolves in-batch equivalents in order.
+
+With ``audit`` a child rejected early is still scored on every sample (the decision is unchanged), so that
+the search can record what full fidelity would have said (``children.csv``; ``early_reject_error``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+NO_THRESHOLD = -math.inf
+
+
+def screen_key(values) -> tuple:
+    """Screening scores rounded to 12 significant digits: equal keys mark equivalent candidates."""
+    return tuple(float(f"{v:.12g}") for v in values)
+
+
+@dataclass(frozen=True)
+class RacePlan:
+    """How children are scored (picklable; the same for every child of a call)."""
+
+    n_samples: int
+    n_screen: int
+    rungs: tuple = ()  # rung ends (sample counts), increasing, each in (n_screen, n_samples)
+    margins: tuple = ()  # fitness margin of each rung
+    cost_bound: float | None = None
+    fitness: str = "spearman"
+    truth: tuple = ()
+    size: tuple | None = None
+    seed: int = 0
+    audit: bool = False
+
+    def estimate(self, scores) -> float:
+        """The oriented fitness of ``scores`` (a prefix of the samples) against the same prefix of the truth."""
+        from evoproxy.fitness import oriented_fitness
+
+        n = len(scores)
+        size = None if self.size is None else np.asarray(self.size[:n], dtype=float)
+        return oriented_fitness(self.fitness, scores, np.asarray(self.truth[:n], dtype=float), size, self.seed)[0]
+
+
+def rung_ends(n_samples: int, n_screen: int, fractions) -> tuple:
+    """Rung ends (sample counts) of ``fractions`` of ``n_samples``: rounded, kept strictly between ``n_screen``
+    and ``n_samples``, increasing, without repeats."""
+    ends = []
+    for f in fractions:
+        r = int(round(float(f) * n_samples))
+        if n_screen < r < n_samples and (not ends or r > ends[-1]):
+            ends.append(r)
+    return tuple(ends)
+
+
+def race_one(tree, stats, plan: RacePlan, threshold: float, known) -> dict:
+    """The outcome of one child (see the module docstring): ``{"reason", "message"}`` for a screening rejection;
+    else ``"screen"`` (screening scores) and either ``"equivalent": True``, or ``"scores"`` (every sample: the
+    child was not rejected early, or ``audit``), ``"estimates"`` ({rung end: estimate}) and, when rejected early,
+    ``"early"`` (the rung end) — in which case ``"scores"`` is present only with ``audit``; a later range that
+    fails gives ``"reason"`` (NaN, or an error of a sample outside screening)."""
+    from evoproxy.screening import score_range
+
+    head = score_range(tree, stats, 0, plan.n_screen, cost_bound=plan.cost_bound)
+    if head.reason:
+        return {"reason": head.reason, "message": head.message}
+    out: dict = {"screen": head.scores}
+    if screen_key(head.scores) in known:
+        out["equivalent"] = True
+        return out
+    scores = list(head.scores)
+    estimates = {}
+    out["estimates"] = estimates
+    for end, margin in zip(plan.rungs, plan.margins):
+        part = score_range(tree, stats, len(scores), end, check_constant=False)
+        if part.reason:
+            return {**out, "reason": part.reason, "message": part.message}
+        scores += part.scores
+        est = plan.estimate(scores)
+        estimates[end] = est
+        if "early" not in out and not est >= threshold - margin:  # a NaN estimate counts as below
+            out["early"] = end
+            if not plan.audit:
+                return out
+    if len(scores) < plan.n_samples:
+        rest = score_range(tree, stats, len(scores), plan.n_samples, check_constant=False)
+        if rest.reason:
+            return {**out, "reason": rest.reason, "message": rest.message}
+        scores += rest.scores
+    out["scores"] = scores
+    return out
+
+
+def _race_chunk(recipe, items, plan: RacePlan, known):
+    from evoproxy.searchdata import load_stats
+    from evoproxy.tree import parse_tree
+    from primitives.core import fixed_threads
+
+    stats = load_stats(recipe, progress=False)
+    with fixed_threads(1):
+        return [race_one(parse_tree(t), stats, plan, threshold, known) for t, threshold in items]
+
+
+def race_many(recipe, trees, thresholds, plan: RacePlan, known=frozenset(), jobs: int = 1) -> list[dict]:
+    """:func:`race_one` for every tree (with its threshold), in order; chunks in worker processes when ``jobs`` > 1."""
+    items = [(t.to_json(), float(th)) for t, th in zip(trees, thresholds)]
+    if not items:
+        return []
+    known = frozenset(known)
+    if jobs <= 1 or len(items) < 2:
+        return _race_chunk(recipe, items, plan, known)
+    from mqbench.parallel import map_items
+
+    n_chunks = min(len(items), jobs * 4)
+    bounds = np.linspace(0, len(items), n_chunks + 1).astype(int)
+    chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    parts = map_items(_race_chunk, chunks, (recipe,), (plan, known), jobs=jobs, progress=False)
+    return [o for part in parts for o in part]
