@@ -19,6 +19,11 @@ Protocol
   the best former members fill the population.
 * Candidates already scored (same canonical formula) are never re-scored (a memo); with screening
   on, a candidate whose screening scores equal those of an earlier one inherits its outcome.
+* Multi-fidelity (``multi_fidelity``, on by default; :mod:`evoproxy.racing`): a child enters the population only
+  if its fitness reaches the ``entry_quantile`` of its parents' fitness (up to ``FIDELITY_ROUNDS`` rounds of
+  children); it is raced on growing prefixes of the search samples (``rungs``) and rejected early when its fitness
+  there is below that threshold minus the rung's ``margins``. ``audit`` also scores early-rejected children on
+  every sample (decisions unchanged) and writes ``children.csv``.
 * Randomness: Python's ``random`` (used by DEAP and :mod:`evoproxy.space`) is re-seeded at the start of
   every generation from (seed, generation) — per island with ``islands`` > 1 (:mod:`evoproxy.islands`:
   several populations, ring migration, restarts of stagnant islands) — so a resumed run draws exactly
@@ -55,6 +60,7 @@ from evoproxy.tree import Proxy, ProxyTree, canonical, render
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
 MAX_ROUNDS = 5
+FIDELITY_ROUNDS = 10  # with multi-fidelity, children below the entry threshold do not enter: more rounds may be needed
 HALL_OF_FAME = 10
 
 
@@ -369,13 +375,15 @@ class Search:
 
         c = self.config
         ranked = sorted(population, key=lambda i: -i.fitness)
-        # multi-fidelity: a child must reach the parent population's worst fitness to enter
-        threshold = ranked[-1].fitness if c.multi_fidelity and c.screening else None
+        # multi-fidelity: a child must reach the entry quantile of its parents' fitness to enter
+        threshold = None
+        if c.multi_fidelity and c.screening:
+            threshold = float(np.quantile([i.fitness for i in population], c.entry_quantile))
         elites = ranked[: c.elites]
         need = c.population - len(elites)
         children: list[Individual] = []
         taken = {i.key for i in elites}
-        for _ in range(MAX_ROUNDS):
+        for _ in range(MAX_ROUNDS if threshold is None else FIDELITY_ROUNDS):
             short = need - len(children)
             if short <= 0:
                 break
@@ -453,7 +461,7 @@ class Search:
 
     def _fidelity_columns(self, counts: dict) -> dict:
         """log.csv columns of a multi-fidelity run: children decided on a prefix of the samples (rejected early),
-        scored on every sample, and of those, the ones below the parent population's worst fitness."""
+        scored on every sample, and of those, the ones below the entry threshold (they do not enter)."""
         return {"early_rejected": counts["early_rejected"], "full_fidelity": counts["full_fidelity"],
                 "below_population": counts["below_population"]}
 

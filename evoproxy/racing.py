@@ -8,7 +8,7 @@ A child (a candidate tree) is scored on contiguous ranges of the search samples,
 2. **rungs** (multi-fidelity): at each rung end ``r`` (a number of samples, increasing) the child's fitness on
    samples ``0 .. r - 1`` is its *estimate*; a child whose estimate is below ``threshold - margin`` of that rung
    is *rejected early* and never scored on the rest. ``threshold`` is the fitness the child must reach to enter
-   the population (the search passes the worst fitness of the parent population; ``-inf`` for a random
+   the population (the search passes the ``entry_quantile`` of its parents' fitness; ``-inf`` for a random
    population, which disables rejection). The margins are chosen from data: ``python -m experiments.race_margins``
    reads the ``children.csv`` of audited runs.
 3. **full**: the remaining samples; the child's full score vector.

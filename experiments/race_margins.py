@@ -3,8 +3,8 @@
     python -m experiments.race_margins --choose RUN [RUN ...] --check RUN [RUN ...] --out results/racing/nb201
 
 An audited run (``evoproxy search ... --audit --rungs R1,R2,... --margins inf,...``) scores every child that
-passes screening on every search sample and writes ``children.csv``: each child's threshold (the parent
-population's worst fitness), its fitness on the first ``r`` samples for every rung end ``r`` and its fitness on
+passes screening on every search sample and writes ``children.csv``: each child's threshold (the
+``--entry-quantile`` of its parents' fitness), its fitness on the first ``r`` samples for every rung end ``r`` and its fitness on
 all of them. Replayed on those rows, a schedule (a subset of the rung ends) with margins rejects a child early
 when its fitness at one of its rungs is below ``threshold - margin``; the child *would have entered* the
 population when its full fitness reaches the threshold. For every schedule, the margins (a grid, per rung) with
@@ -30,13 +30,20 @@ import numpy as np
 GRID = tuple(round(0.05 * i, 2) for i in range(0, 13))  # candidate margins 0 .. 0.6
 
 
-def read_children(run: Path) -> tuple[dict, list[int]]:
-    """(columns as arrays, rung ends) of ``run/children.csv``: rows with a finite threshold and full fitness."""
+def read_children(run: Path, threshold: str = "used") -> tuple[dict, list[int]]:
+    """(columns as arrays, rung ends) of ``run/children.csv``: rows with a finite threshold and full fitness.
+    ``threshold``: ``used`` (the run's own) or ``median`` (the parents' median fitness, from ``log.csv``'s
+    ``median_fitness`` of the generation before: for one-population runs audited under another entry rule)."""
     path = Path(run) / "children.csv"
     if not path.exists():
         raise SystemExit(f"error: {path} not found (run the search with --audit)")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
+    if threshold == "median":
+        with open(Path(run) / "log.csv", newline="") as f:
+            median = {int(r["generation"]): r["median_fitness"] for r in csv.DictReader(f)}
+        rows = [{**r, "threshold": median[int(r["generation"]) - 1] if int(r["generation"]) > 0 else "-inf"}
+                for r in rows]
     ends = sorted(int(k.rsplit("_", 1)[1]) for k in rows[0] if k.startswith("fitness_at_")) if rows else []
     keep = [r for r in rows if math.isfinite(float(r["threshold"])) and r["full_fitness"] not in ("", "nan")]
     cols = {"threshold": np.array([float(r["threshold"]) for r in keep]),
@@ -66,10 +73,10 @@ def replay(cols: dict, schedule: tuple, margins: tuple) -> dict:
             "entered": int(entered.sum())}
 
 
-def merge(runs: list) -> tuple[dict, list]:
+def merge(runs: list, threshold: str = "used") -> tuple[dict, list]:
     parts, ends = [], None
     for run in runs:
-        cols, e = read_children(run)
+        cols, e = read_children(run, threshold)
         ends = e if ends is None else [x for x in ends if x in e]
         parts.append(cols)
     merged = {k: np.concatenate([p[k] for p in parts]) for k in ("threshold", "full", *ends)}
@@ -100,10 +107,12 @@ def main(argv=None) -> int:
     p.add_argument("--choose", nargs="+", required=True, help="audited run folders the margins are chosen on")
     p.add_argument("--check", nargs="+", required=True, help="audited run folders (other seeds) the choice is checked on")
     p.add_argument("--target", type=float, default=0.01, help="largest early-reject error allowed on --choose runs")
+    p.add_argument("--threshold", choices=("used", "median"), default="used",
+                   help="the entry threshold replayed: the runs' own, or the parents' median (from log.csv)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    train, ends = merge(args.choose)
-    test, test_ends = merge(args.check)
+    train, ends = merge(args.choose, args.threshold)
+    test, test_ends = merge(args.check, args.threshold)
     ends = [e for e in ends if e in test_ends]
     rows = []
     for c in choose(train, ends, args.target):
