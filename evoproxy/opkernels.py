@@ -40,11 +40,6 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
-def _shape(x: torch.Tensor) -> tuple:
-    """The shape of one item of the batch ``x``."""
-    return tuple(x.shape[1:])
-
-
 # ------------------------------------------------------------------------------------- unary tensor
 
 def op_abs(x):
@@ -133,14 +128,14 @@ def op_gram(x):
 def op_batch_mean(x):
     """mean over the first dimension (samples for activations, output channels for weights); needs >= 2 dims"""
     if x.dim() < 3:
-        raise OpError("shape", f"batch_mean needs >= 2 dims, got shape {_shape(x)}")
+        raise OpError("shape", f"batch_mean needs >= 2 dims, got shape {tuple(x.shape[1:])}")
     return x.mean(dim=1)
 
 
 def op_batch_std(x):
     """standard deviation (Bessel) over the first dimension; needs >= 2 dims and >= 2 rows"""
     if x.dim() < 3 or x.shape[1] < 2:
-        raise OpError("shape", f"batch_std needs >= 2 dims and >= 2 rows, got shape {_shape(x)}")
+        raise OpError("shape", f"batch_std needs >= 2 dims and >= 2 rows, got shape {tuple(x.shape[1:])}")
     return x.std(dim=1)
 
 
@@ -167,7 +162,7 @@ def _broadcast(a: torch.Tensor, b: torch.Tensor, name: str):
     """a, b viewed so that each item pair broadcasts: equal shapes, or one side with a single element (against
     the other's shape; both single: the higher rank's shape, b's on a tie). Shapes are computed here:
     torch.broadcast_shapes imports sympy on first use."""
-    sa, sb = _shape(a), _shape(b)
+    sa, sb = tuple(a.shape[1:]), tuple(b.shape[1:])
     if sa == sb:
         return a, b
     na, nb = math.prod(sa), math.prod(sb)

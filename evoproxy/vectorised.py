@@ -203,7 +203,7 @@ class Result:
 
 
 def _first(errors: list, st: Stacked, start: int, stop: int):
-    """(sample, OpError) of the first raising sample in the per-sample evaluator's order (aggregation
+    """(sample, OpError) of the first raising sample in a network's own evaluation order (aggregation
     subtrees left to right, layers in order), from ``errors`` [(subtree index, sample, layer, OpError)], or None."""
     best = None  # (sample, subtree, layer, error)
     empty = np.flatnonzero(st.n_layers[start:stop] == 0)
