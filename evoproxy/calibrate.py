@@ -4,7 +4,7 @@
     proxy.save("runs/a/calibrated.json")                                       # evaluate / allocate / export it
 
 A proxy whose tree's root aggregates over layers (``layer_sum``, ``layer_mean``, ``layer_meanlog``,
-``layer_pweighted``) is a sum of per-layer terms t_l (:func:`evoproxy.opkernels.layer_terms`: the
+``layer_pweighted``) is a sum of per-layer terms t_l (:func:`evoproxy.vectorised.layer_terms`: the
 aggregation's share of layer l). Calibration replaces that sum by sum_l w_p(l) t_l with one weight per
 *layer position* p, the layer's name and weight shape (:func:`evoproxy.opkernels.layer_position`): on
 NAS-Bench-201 the name gives cell x edge and the kernel size the operation (``cells.7.edges.3_1.1:16x16x3x3``
@@ -31,14 +31,16 @@ from evoproxy.tree import LAYER_WEIGHTS_KEY as KEY  # opkernels.layer_position k
 
 
 def _terms(proxy, stats) -> tuple[list[str], list[float]]:
-    from evoproxy.opkernels import layer_position, layer_terms
-    from evoproxy.ops import OPS
+    """(layer positions, layer terms) of ``proxy`` on one ``NetworkStats``: the terms of the layer-value matrix of
+    the search's evaluator (:func:`evoproxy.vectorised.layer_terms`) on a stack of one network."""
+    from evoproxy.vectorised import layer_terms, stack
 
-    layers = stats.layers
-    keys = [layer_position(l.name, l.weight_shape) for l in layers]
-    terms = layer_terms(proxy.tree.to_json(), [l.tensors for l in layers], [math.prod(l.weight_shape) for l in layers],
-                        {name: op.fn for name, op in OPS.items()}, keys)
-    return keys, terms
+    st = stack([stats], names=proxy.tree.terminals(), positions=True)
+    result = layer_terms(proxy.tree.to_json(), st, 0, 1)
+    if result.error is not None:
+        raise result.error[1]
+    keys = st.positions[0]
+    return keys, [float(t) for t in result.values[0][:len(keys)]]
 
 
 def fit_weights(rows: list[tuple[list[str], list[float]]], truth, orientation: int = 1, *, weight_decay: float = 0.01,

@@ -1,5 +1,5 @@
 """The operators of the proxy language: a typed registry of the pure functions of
-:mod:`evoproxy.opkernels` (one per operator, with its guards), adding each one's kind, argument and
+:mod:`evoproxy.opkernels` (one per operator, with its guards, on batches), adding each one's kind, argument and
 result types, plain and LaTeX rendering, commutativity and sampling weight.
 
 Values flow through four types::
@@ -9,8 +9,10 @@ Values flow through four types::
     layer scalar  --aggregation over layers-->  net scalar  (--net binary ops-->  net scalar)
 
 A tensor is a float32 ``torch.Tensor`` (any shape; 0-d for per-layer numbers such as ``bitwidth``
-and ``hessian_trace``); a layer scalar is a Python float computed in float64; a net scalar is a
-Python float. Every operator is *total* in the sense of the proxy language: it either returns a
+and ``hessian_trace``); a layer scalar is a number computed in float64; a net scalar is a float64
+number. Every function takes a batch: tensors ``[items, *shape]``, layer and net scalars ``[n]`` float64,
+aggregations the ``[samples, layers]`` matrix of layer values with its mask and weight counts (see
+:mod:`evoproxy.opkernels`); a single network is a batch of one. Every operator is *total* in the sense of the proxy language: it either returns a
 value or raises :class:`OpError` with a short reason (``shape`` for incompatible shapes, ``size``
 for a tensor too large for a Gram-type op). Non-finite values are not repaired here; the search's
 screening rejects them with a recorded reason.

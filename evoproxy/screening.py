@@ -16,12 +16,10 @@ the machine's speed. The cost of a tree on a sample range is a count that depend
 and the shapes of the samples' statistics: the sum, over every (sample, layer) and every operator
 application below an aggregation, of :func:`op_cost` — the elements of a tensor operator's output
 (``gram``/``matmul``: its multiply-adds, output elements x row length) and the elements a reduction
-reads (``logdet``: d0^2 k + d0^3 for its Gram matrix and determinant). The per-sample evaluator
-counts as it goes (:class:`CostMeter` wraps the operators) and stops at the first operator that
-passes the bound; :func:`tree_cost` computes the same total from one layer per shape signature
-(for the vectorised evaluator, which checks it before evaluating). A tree that also fails another
-rule may be reported as ``cost`` by one evaluator and as that rule by the other; whether it is
-rejected is the same. The search's log keeps its ``rejected_timeout`` column (format compatibility
+reads (``logdet``: d0^2 k + d0^3 for its Gram matrix and determinant). :func:`tree_cost` computes
+the total from one layer per shape signature and aggregation subtree, by running the operators on a
+batch of one item with :class:`CostMeter` wrapping them, before anything is evaluated: a tree over
+the bound is rejected as ``cost`` even when it would also fail another rule. The search's log keeps its ``rejected_timeout`` column (format compatibility
 with committed runs), which counts the ``cost`` rejections. ``time_bound`` (seconds, a ``timeout``
 rejection) remains for tools such as :mod:`evoproxy.fuzz`; the search does not use it.
 
@@ -29,12 +27,10 @@ Work is split into contiguous chunks of candidates and run in joblib (loky) proc
 ``jobs`` > 1; every score is computed on one torch thread, so the vectors do not depend on
 ``jobs``. Workers load the primitives from the disk cache once per process.
 
-Two evaluators give the same scores (within float rounding) and the same rejection reasons:
-the vectorised one (:mod:`evoproxy.vectorised`, the default: all samples of the range at once on the
-samples' statistics stacked per shape group, built once per process and statistics list) and the
-per-sample one (:func:`evoproxy.tree.evaluate_tree`, one sample after the other, the evaluator that
-exported proxies copy). ``VECTORISED`` is the switch; ``score_range``/``score_many`` take
-``vectorised=`` to override it.
+There is one scorer: the stacked evaluator (:mod:`evoproxy.vectorised`), all samples of the range
+at once on the samples' statistics stacked per shape group (built once per process and statistics
+list), with the batched operators of :mod:`evoproxy.opkernels`, the same functions that score a single
+network (:meth:`evoproxy.tree.Proxy.value`, a stack of one) and that exported proxies copy.
 """
 from __future__ import annotations
 
@@ -45,16 +41,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from evoproxy.ops import OpError
-from evoproxy.tree import evaluate_tree, parse_tree
+from evoproxy.tree import parse_tree
 
 REASONS = ("exception", "shape", "size", "nan", "constant", "cost", "timeout")
 # the rejection columns of a search's log.csv: the committed logs' header; "timeout" counts the cost bound
 LOG_REASONS = ("exception", "shape", "size", "nan", "constant", "timeout")
 LOG_NAME = {"cost": "timeout"}
-# The default evaluator of score_range / score_many. Off for now: the vectorised path equals the per-sample
-# one within 1e-5 relative (not bit for bit, so it would change committed search trajectories) and is not
-# yet faster on NAS-Bench-201 (measured 8.6 vs 7.1 formulas/s; MQ 135.8 vs 15.8): see evoproxy.scoring_speed.
-VECTORISED = False
 _STACKED: list = []  # [(stats list, its evoproxy.vectorised.Stacked)]: the last one, per process
 
 
@@ -118,7 +110,7 @@ class CostMeter:
 
     def functions(self) -> dict:
         """{operator name: function} for :func:`evoproxy.opkernels.evaluate_tree`, tensor operators and reductions
-        wrapped so that each application adds its cost."""
+        wrapped so that each application adds its cost (per item of a batch)."""
         from evoproxy.ops import OPS
 
         out = {}
@@ -130,18 +122,20 @@ class CostMeter:
         return out
 
     def _wrap(self, name, fn, reduce):
-        """``fn`` counting :func:`op_cost` (computed inline from ``numel``: this runs on every operator call)."""
+        """``fn`` counting :func:`op_cost` of each item of its batched arguments (computed inline from ``numel``:
+        this runs on every operator call)."""
         add = self.add
         if name in ("gram", "matmul"):
             def metered(*args):
                 result = fn(*args)
-                add(result.numel() * (args[0].numel() // args[0].shape[0]))
+                a = args[0]
+                add(result.numel() * (a.numel() // (a.shape[0] * a.shape[1])))
                 return result
         elif name == "logdet":
             def metered(x):
                 result = fn(x)
-                d0 = x.shape[0]
-                add(d0 * x.numel() + d0 ** 3)
+                d0 = x.shape[1]
+                add(d0 * x.numel() + x.shape[0] * d0 ** 3)
                 return result
         elif reduce:
             def metered(x):
@@ -156,15 +150,6 @@ class CostMeter:
         return metered
 
 
-def _evaluate_metered(tree_json, st, functions) -> float:
-    """:func:`evoproxy.tree.evaluate_tree` (no layer weights) with the operators of ``functions``."""
-    from evoproxy.opkernels import evaluate_tree as evaluate_json
-
-    layers = st.layers
-    return evaluate_json(tree_json, [layer.tensors for layer in layers], [math.prod(l.weight_shape) for l in layers],
-                         functions, [layer.name for layer in layers])
-
-
 def _terminals(tree) -> list:
     return [tree] if isinstance(tree, str) else [t for c in tree[1:] for t in _terminals(c)]
 
@@ -175,9 +160,10 @@ def _aggregations(tree) -> list:
 
 
 def tree_cost(tree_json, stats, start: int, stop: int) -> int:
-    """The cost of ``tree_json`` on ``stats[start:stop]`` (the total the per-sample evaluator's meter counts when
-    nothing fails), from one evaluation per aggregation subtree and shape signature of its terminals; a layer
-    whose evaluation raises counts 0 (the evaluator rejects that tree on its own rule)."""
+    """The cost of ``tree_json`` on ``stats[start:stop]`` (what a :class:`CostMeter` counts over every sample's
+    evaluation when nothing fails), from one evaluation (a batch of one) per aggregation subtree and shape
+    signature of its terminals; a layer whose evaluation raises counts 0 (the evaluator rejects that tree on its
+    own rule)."""
     from evoproxy.opkernels import layer_value
 
     total, memo = 0, {}
@@ -212,37 +198,25 @@ _CAUGHT = (OpError, RuntimeError, ValueError, IndexError, ZeroDivisionError, Ove
 
 
 def score_range(tree, stats, start: int, stop: int, time_bound: float | None = None,
-                check_constant: bool = True, vectorised: bool | None = None, cost_bound: float | None = None) -> Scored:
+                check_constant: bool = True, cost_bound: float | None = None) -> Scored:
     """Scores of ``tree`` on ``stats[start:stop]`` (see the module docstring for the rejection rules)."""
+    from evoproxy.vectorised import evaluate
+
     t0 = time.perf_counter()
-    vectorised = VECTORISED if vectorised is None else vectorised
     out = []
     try:
-        if vectorised:
-            from evoproxy.vectorised import evaluate
-
-            stop = min(stop, len(stats))
-            if cost_bound is not None and tree_cost(tree.to_json(), stats, start, stop) > cost_bound:
-                raise OpError("cost", f"over the cost bound of {cost_bound:.4g} tensor elements")
-            result = evaluate(tree.to_json(), stacked_for(stats), start, stop)
-            for v in result.values.tolist():
-                if not math.isfinite(v):
-                    return Scored(None, "nan", f"score {v} on sample {start + len(out)}", time.perf_counter() - t0)
-                out.append(v)
-            if result.error is not None:
-                raise result.error[1]
-            if time_bound is not None and time.perf_counter() - t0 > time_bound:
-                return Scored(None, "timeout", f"over {time_bound:g} s", time.perf_counter() - t0)
-        else:
-            functions = CostMeter(cost_bound).functions() if cost_bound is not None else None
-            tree_json = tree.to_json() if functions is not None else None
-            for st in stats[start:stop]:
-                v = evaluate_tree(tree, st) if functions is None else _evaluate_metered(tree_json, st, functions)
-                if not math.isfinite(v):
-                    return Scored(None, "nan", f"score {v} on sample {start + len(out)}", time.perf_counter() - t0)
-                out.append(v)
-                if time_bound is not None and time.perf_counter() - t0 > time_bound:
-                    return Scored(None, "timeout", f"over {time_bound:g} s", time.perf_counter() - t0)
+        stop = min(stop, len(stats))
+        if cost_bound is not None and tree_cost(tree.to_json(), stats, start, stop) > cost_bound:
+            raise OpError("cost", f"over the cost bound of {cost_bound:.4g} tensor elements")
+        result = evaluate(tree.to_json(), stacked_for(stats), start, stop)
+        for v in result.values.tolist():
+            if not math.isfinite(v):
+                return Scored(None, "nan", f"score {v} on sample {start + len(out)}", time.perf_counter() - t0)
+            out.append(v)
+        if result.error is not None:
+            raise result.error[1]
+        if time_bound is not None and time.perf_counter() - t0 > time_bound:
+            return Scored(None, "timeout", f"over {time_bound:g} s", time.perf_counter() - t0)
     except _CAUGHT as exc:
         return _rejected(exc, t0)
     values = np.asarray(out, dtype=float)
@@ -251,31 +225,30 @@ def score_range(tree, stats, start: int, stop: int, time_bound: float | None = N
     return Scored(out, None, "", time.perf_counter() - t0)
 
 
-def _chunk(recipe, trees_json, start, stop, time_bound, check_constant, vectorised=None, cost_bound=None):
+def _chunk(recipe, trees_json, start, stop, time_bound, check_constant, cost_bound=None):
     from evoproxy.searchdata import load_stats
     from primitives.core import fixed_threads
 
     stats = load_stats(recipe, progress=False)
     stop = len(stats) if stop is None else stop
     with fixed_threads(1):
-        return [score_range(parse_tree(t), stats, start, stop, time_bound, check_constant, vectorised, cost_bound)
+        return [score_range(parse_tree(t), stats, start, stop, time_bound, check_constant, cost_bound)
                 for t in trees_json]
 
 
 def score_many(recipe, trees, start: int, stop: int | None, jobs: int = 1, time_bound: float | None = None,
-               check_constant: bool = True, vectorised: bool | None = None,
-               cost_bound: float | None = None) -> list[Scored]:
+               check_constant: bool = True, cost_bound: float | None = None) -> list[Scored]:
     """``score_range`` for every tree, in order (chunks in joblib processes when ``jobs`` > 1)."""
     trees_json = [t.to_json() for t in trees]
     if not trees_json:
         return []
     if jobs <= 1 or len(trees_json) < 2:
-        return _chunk(recipe, trees_json, start, stop, time_bound, check_constant, vectorised, cost_bound)
+        return _chunk(recipe, trees_json, start, stop, time_bound, check_constant, cost_bound)
     from mqbench.parallel import map_items
 
     n_chunks = min(len(trees_json), jobs * 4)
     bounds = np.linspace(0, len(trees_json), n_chunks + 1).astype(int)
     chunks = [trees_json[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    parts = map_items(_chunk, chunks, (recipe,), (start, stop, time_bound, check_constant, vectorised, cost_bound),
+    parts = map_items(_chunk, chunks, (recipe,), (start, stop, time_bound, check_constant, cost_bound),
                       jobs=jobs, progress=False)
     return [s for part in parts for s in part]

@@ -291,16 +291,18 @@ def load_proxy(path: str | Path) -> Proxy:
 # ------------------------------------------------------------------------------------- evaluation
 
 def evaluate_tree(node, stats, layer_weights: dict | None = None) -> float:
-    """The tree's value on one network's primitives (:class:`primitives.NetworkStats`), computed by
-    :func:`evoproxy.opkernels.evaluate_tree` (the evaluator exported modules copy) on ``node.to_json()``.
+    """The tree's value on one network's primitives (:class:`primitives.NetworkStats`), computed by the
+    search's evaluator (:func:`evoproxy.vectorised.evaluate`) on a stack of one network; with ``layer_weights``
+    (a proxy file's, see :func:`parse_layer_weights`) the weighted sum of the root's per-layer terms.
 
     Raises :class:`OpError` when an operator cannot be applied; may return nan/inf (the caller
     decides: the search rejects, the evaluator counts a failure)."""
-    from evoproxy.opkernels import evaluate_proxy, layer_position
+    from evoproxy.vectorised import evaluate, stack
 
-    layers = stats.layers
     lw = layer_weights or {}
-    names = [layer_position(l.name, l.weight_shape) if lw else l.name for l in layers]
-    return evaluate_proxy(node.to_json(), [layer.tensors for layer in layers],
-                          [math.prod(layer.weight_shape) for layer in layers],
-                          {name: op.fn for name, op in OPS.items()}, names, lw.get("weights"), lw.get("default", 1.0))
+    weights = lw.get("weights")
+    st = stack([stats], names=node.terminals(), positions=weights is not None)
+    result = evaluate(node.to_json(), st, 0, 1, weights=weights, default=lw.get("default", 1.0))
+    if result.error is not None:
+        raise result.error[1]
+    return float(result.values[0])

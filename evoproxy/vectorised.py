@@ -1,28 +1,31 @@
-"""Vectorised scoring: a tree evaluated over all search samples at once, equal to the per-sample
-evaluator (:func:`evoproxy.opkernels.evaluate_tree`) within float rounding.
+"""The one evaluator of proxy trees: a tree evaluated over many networks at once (a single network is a
+stack of one), with the operators of :mod:`evoproxy.opkernels` on batches.
 
-    result = evaluate(tree.to_json(), stack(stats), 0, len(stats))   # stack(): once per list of NetworkStats
+    st = stack(stats)                                   # once per list of NetworkStats
+    result = evaluate(tree.to_json(), st, 0, len(stats))
     result.values, result.error          # float64 scores of samples start..; (sample, OpError) of the first raise
+    evaluate(tree_json, stack([net], positions=True), 0, 1, weights={position: w})   # a calibrated proxy
 
 **Stacking.** The (sample, layer) pairs of all samples are grouped by their *signature*, the shapes of
-every primitive tensor of the layer, so that in one group every primitive has one shape and every
-tensor expression of a tree has one result shape. Per group and primitive the distinct tensors (by
-identity: MQ configurations share the network's FP tensors, and quantized weights per bit-width) are
-stacked once into one ``[U, *shape]`` float32 tensor; each pair keeps its index into it. Pairs are
-ordered by (sample, layer), so a range of samples is a contiguous slice of every group.
+every primitive tensor of the layer (of ``names`` only, when given), so that in one group every primitive
+has one shape and every tensor expression of a tree has one result shape. Per group and primitive the
+distinct tensors (by identity: MQ configurations share the network's FP tensors, and quantized weights per
+bit-width) are stacked once into one ``[U, *shape]`` float32 tensor; each pair keeps its index into it.
+Pairs are ordered by (sample, layer), so a range of samples is a contiguous slice of every group.
 
 **Evaluating** a tree on a sample range: per group, the distinct combinations of the group's
 primitives' tensors are the items (NAS-Bench-201: every pair, as views; MQ: the few distinct bit-widths of a
 layer, gathered once per range and kept); the tree's tensor part runs once per group on ``[items, *shape]``
-batches with the batched operators of :data:`BATCHED` (an operator without one loops over the items
-with its own function), reduces to float64 layer scalars, which are scattered into a ``[samples,
-layers]`` matrix; the aggregations are masked row operations over it. Reductions compute in float64
-from the float32 tensors, like the per-sample ones.
+batches with the registered operator functions (:data:`evoproxy.ops.OPS`, the kernels), reduces to float64
+layer scalars, which are scattered into a ``[samples, layers]`` matrix; the aggregations are masked row
+operations over it. With learned layer weights (``evoproxy calibrate``) the root aggregation is replaced by
+the weighted sum of its per-layer terms (:func:`evoproxy.opkernels.weighted_sum`).
 
 **Errors.** Every :class:`OpError` of the language depends only on shapes, so a first pass evaluates
 each group's tree on one item and finds the first (sample, aggregation subtree, layer) that raises,
-in the per-sample evaluator's order; values are then computed only for the samples before it, so a
-caller can reject on a non-finite earlier score first, exactly as the per-sample loop does.
+in the order of a network's own evaluation (aggregation subtrees left to right, layers in order); values
+are then computed only for the samples before it, so a caller can reject on a non-finite earlier score
+first, exactly as a loop over the samples would.
 """
 from __future__ import annotations
 
@@ -31,8 +34,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from evoproxy.opkernels import OpError
-from evoproxy.vectorised_ops import BATCHED, batched, batched_op  # noqa: F401  (re-exported)
+from evoproxy.opkernels import OpError, layer_position, terms_of, weighted_sum
+from evoproxy.ops import OPS
+
+
+def _fn(name: str):
+    """The operator's function (every registered operator takes batched arguments)."""
+    return OPS[name].fn
+
 
 # ------------------------------------------------------------------------------------- the stacked statistics
 
@@ -61,17 +70,19 @@ class Stacked:
     nbytes: int = 0  # bytes held by the stacked tensors
     memo: dict = field(default_factory=dict)  # (subtree, start, stop, first_only) -> (layer values, errors); LRU order
     memo_bytes: int = 0
+    positions: list | None = None  # per sample, its layers' evoproxy.opkernels.layer_position keys (stack(positions=True))
 
     def __post_init__(self):
         self.nbytes = sum(t.numel() * t.element_size() for g in self.groups for t in g.stores.values())
 
 
-def stack(stats) -> Stacked:
-    """Stack ``stats`` (a list of :class:`primitives.NetworkStats`); see the module docstring."""
+def stack(stats, names=None, positions: bool = False) -> Stacked:
+    """Stack ``stats`` (a list of :class:`primitives.NetworkStats`): all primitives, or those in ``names``
+    (the terminals of the trees to evaluate); ``positions``: keep the layers' position keys (for layer weights)."""
     members: dict = {}  # signature -> [(sample, layer, tensors)]
     for s, net in enumerate(stats):
         for i, layer in enumerate(net.layers):
-            sig = tuple(sorted((n, tuple(t.shape)) for n, t in layer.tensors.items()))
+            sig = tuple(sorted((n, tuple(t.shape)) for n, t in layer.tensors.items() if names is None or n in names))
             members.setdefault(sig, []).append((s, i, layer.tensors))
     groups = []
     for sig, items in members.items():
@@ -97,7 +108,8 @@ def stack(stats) -> Stacked:
         for i, layer in enumerate(net.layers):
             counts[s, i] = float(np.prod(layer.weight_shape, dtype=np.int64))
     mask = torch.arange(width)[None, :] < torch.as_tensor(n_layers)[:, None]
-    return Stacked(groups, n_layers, counts, mask)
+    keys = [[layer_position(l.name, l.weight_shape) for l in net.layers] for net in stats] if positions else None
+    return Stacked(groups, n_layers, counts, mask, positions=keys)
 
 
 @dataclass
@@ -165,7 +177,7 @@ def _tensor(tree, env: dict) -> torch.Tensor:
         if t is None:
             raise OpError("missing", f"primitive {tree!r} not extracted for this layer")
         return t
-    return batched_op(tree[0])(*(_tensor(c, env) for c in tree[1:]))
+    return _fn(tree[0])(*(_tensor(c, env) for c in tree[1:]))
 
 
 def _layer(tree, env: dict) -> torch.Tensor:
@@ -174,8 +186,8 @@ def _layer(tree, env: dict) -> torch.Tensor:
         if tree[0] == "numel" and env:  # depends on the shape only, which every item of a group shares: one item
             one = _tensor(tree[1], {n: t[:1] for n, t in env.items()})
             return torch.full((len(next(iter(env.values()))),), float(one[0].numel()), dtype=torch.float64)
-        return batched_op(tree[0])(_tensor(tree[1], env))
-    return batched_op(tree[0])(_layer(tree[1], env), _layer(tree[2], env))
+        return _fn(tree[0])(_tensor(tree[1], env))
+    return _fn(tree[0])(_layer(tree[1], env), _layer(tree[2], env))
 
 
 def _terminals(tree) -> frozenset:
@@ -191,7 +203,7 @@ class Result:
 
 
 def _first(errors: list, st: Stacked, start: int, stop: int):
-    """(sample, OpError) of the first raising sample in the per-sample evaluator's order (aggregation
+    """(sample, OpError) of the first raising sample in a network's own evaluation order (aggregation
     subtrees left to right, layers in order), from ``errors`` [(subtree index, sample, layer, OpError)], or None."""
     best = None  # (sample, subtree, layer, error)
     empty = np.flatnonzero(st.n_layers[start:stop] == 0)
@@ -217,12 +229,13 @@ def _layer_chunked(sub, env: dict) -> torch.Tensor:
 def _net(tree, st: Stacked, start: int, stop: int, scan: dict) -> torch.Tensor:
     """[stop - start] float64 values of a net-level tree (errors in ``scan["errors"]``; see evaluate)."""
     if len(tree) == 3:
-        return batched_op(tree[0])(_net(tree[1], st, start, stop, scan), _net(tree[2], st, start, stop, scan))
+        return _fn(tree[0])(_net(tree[1], st, start, stop, scan), _net(tree[2], st, start, stop, scan))
     sub = tree[1]
     a = scan["subtrees"] = scan["subtrees"] + 1
     values, errors = _layer_values(sub, st, start, stop, scan["first_only"])
     scan["errors"] += [(a, *e) for e in errors]
-    return batched_op(tree[0])(values, st.mask[start:stop], st.counts[start:stop])
+    aggregate = scan.get("aggregate") or _fn(tree[0])
+    return aggregate(values, st.mask[start:stop], st.counts[start:stop])
 
 
 MEMO_BYTES = 64 << 20  # layer values of recent layer-level subtrees kept per stacked set (least recently used go)
@@ -257,19 +270,45 @@ def _layer_values(sub, st: Stacked, start: int, stop: int, first_only: bool):
 PROBE_BYTES = 64 << 20  # stacks larger than this find errors on one item per group first
 
 
-def evaluate(tree, st: Stacked, start: int, stop: int, probe: bool | None = None) -> Result:
+def evaluate(tree, st: Stacked, start: int, stop: int, probe: bool | None = None, weights: dict | None = None,
+             default: float = 1.0) -> Result:
     """The values of ``tree`` (JSON form, net level) on samples ``start .. stop - 1`` of ``st``, up to
     the first sample that raises (see :class:`Result`); may be nan/inf. ``probe``: find the errors on
     one item per group before computing values (default: for stacks over ``PROBE_BYTES``), so that a
-    rejected tree costs little; else one pass computes everything and keeps the values before the error."""
+    rejected tree costs little; else one pass computes everything and keeps the values before the error.
+    ``weights`` ({layer position: weight}, ``default`` for other positions; ``st`` stacked with positions):
+    the weighted sum of the root aggregation's per-layer terms instead (OpError "structure" for another root)."""
     probe = st.nbytes > PROBE_BYTES if probe is None else probe
+    aggregate = None
+    if weights is not None:
+        terms = terms_of(tree, {tree[0]: _fn(tree[0])} if isinstance(tree, list) else {})
+        w = torch.zeros(stop - start, st.counts.shape[1], dtype=torch.float64)
+        for row, keys in enumerate(st.positions[start:stop]):
+            w[row, :len(keys)] = torch.tensor([float(weights.get(k, default)) for k in keys], dtype=torch.float64)
+
+        def aggregate(values, mask, counts):
+            return weighted_sum(terms(values, mask, counts), mask, w[:len(values)])
+
     with torch.no_grad():
-        scan = {"errors": [], "subtrees": -1, "first_only": probe}
+        scan = {"errors": [], "subtrees": -1, "first_only": probe, "aggregate": aggregate}
         values = _net(tree, st, start, stop, scan)
         err = _first(scan["errors"], st, start, stop)
         end = stop if err is None else err[0]
         if probe:
-            scan = {"errors": [], "subtrees": -1, "first_only": False}
+            scan = {"errors": [], "subtrees": -1, "first_only": False, "aggregate": aggregate}
             values = _net(tree, st, start, end, scan) if end > start else values[:0]
         values = values[:end - start]
     return Result(values.numpy(), err)
+
+
+def layer_terms(tree, st: Stacked, start: int, stop: int) -> Result:
+    """The per-layer terms of ``tree`` (its root an aggregation over layers; OpError "structure" otherwise) on
+    samples ``start .. stop - 1``: ``values`` [samples, max layers] (0 past a sample's last layer), up to the
+    first sample that raises, as :func:`evaluate`."""
+    terms = terms_of(tree, {tree[0]: _fn(tree[0])} if isinstance(tree, list) else {})
+    with torch.no_grad():
+        values, errors = _layer_values(tree[1], st, start, stop, False)
+        err = _first([(0, *e) for e in errors], st, start, stop)
+        end = stop if err is None else err[0]
+        out = terms(values[:end - start], st.mask[start:end], st.counts[start:end])
+    return Result(out.numpy(), err)

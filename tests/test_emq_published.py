@@ -70,14 +70,18 @@ def test_virtual_grad_keeps_eval_mode_and_buffers():
 
 
 def test_softmax0_by_hand():
-    fn = OPS["softmax0"].fn
+    def fn(x):  # one item: operators take batches [items, *shape]
+        return OPS["softmax0"].fn(x[None])[0]
+
     x = torch.tensor([[0.0, 1.0], [math.log(3.0), 1.0]])
     assert torch.allclose(fn(x), torch.tensor([[0.25, 0.5], [0.75, 0.5]]))
     w = torch.randn(5, 2, 3, 3)
     assert torch.allclose(fn(w).sum(dim=0), torch.ones(2, 3, 3))
-    assert float(OPS["mean"].fn(fn(w))) == pytest.approx(1 / 5, rel=1e-6)
+    assert float(OPS["mean"].fn(fn(w)[None])[0]) == pytest.approx(1 / 5, rel=1e-6)
     assert torch.equal(fn(torch.tensor(7.0)), torch.tensor(1.0))
     assert torch.allclose(fn(torch.tensor([0.0, 0.0])), torch.tensor([0.5, 0.5]))
+    batch = torch.randn(3, 5, 2)  # every item its own softmax along its first dimension
+    assert torch.allclose(OPS["softmax0"].fn(batch), torch.stack([torch.softmax(b, 0) for b in batch]))
 
 
 def _closed_form(model, bits, power):

@@ -44,48 +44,60 @@ def test_at_least_fifteen_unary_ops_and_every_kind_present():
     assert all(op.doc for op in OPS.values())
 
 
+def one(name, *args):
+    """Operator ``name`` on a batch of one item (every operator takes batched arguments): the item's result."""
+    return OPS[name].fn(*(a[None] for a in args))[0]
+
+
+def agg(name, values, counts):
+    """Aggregation ``name`` of one network's layer values and weight counts."""
+    v = torch.as_tensor(values, dtype=torch.float64)[None]
+    c = torch.as_tensor(counts, dtype=torch.float64)[None]
+    return float(OPS[name].fn(v, torch.ones_like(v, dtype=torch.bool), c)[0])
+
+
 def test_unary_ops_against_their_definitions():
     x = torch.tensor([[-2.0, 0.0], [0.5, 3.0]])
-    assert torch.equal(OPS["log"].fn(x), torch.log(torch.tensor([[2.0, 1e-20], [0.5, 3.0]])))
-    assert torch.allclose(OPS["sqrt"].fn(x), torch.tensor([[2.0, 0.0], [0.5, 3.0]]).sqrt())
-    assert OPS["exp"].fn(torch.tensor([100.0])).item() == pytest.approx(math.exp(30), rel=1e-6)
-    inv = OPS["inv"].fn(torch.tensor([0.0, -0.0, 2.0]))
+    assert torch.equal(one("log", x), torch.log(torch.tensor([[2.0, 1e-20], [0.5, 3.0]])))
+    assert torch.allclose(one("sqrt", x), torch.tensor([[2.0, 0.0], [0.5, 3.0]]).sqrt())
+    assert one("exp", torch.tensor([100.0])).item() == pytest.approx(math.exp(30), rel=1e-6)
+    inv = one("inv", torch.tensor([0.0, -0.0, 2.0]))
     assert inv[0].item() == pytest.approx(1e12) and inv[2].item() == pytest.approx(0.5)
-    z = OPS["znorm"].fn(x)
+    z = one("znorm", x)
     assert z.mean().item() == pytest.approx(0, abs=1e-6) and z.std().item() == pytest.approx(1, rel=1e-5)
-    mm = OPS["minmax"].fn(x)
+    mm = one("minmax", x)
     assert mm.min().item() == 0 and mm.max().item() == pytest.approx(1)
-    assert torch.allclose(OPS["softmax"].fn(x).sum(), torch.tensor(1.0))
-    assert torch.equal(OPS["gram"].fn(x), x @ x.T)
-    assert torch.equal(OPS["batch_mean"].fn(x), x.mean(0))
+    assert torch.allclose(one("softmax", x).sum(), torch.tensor(1.0))
+    assert torch.equal(one("gram", x), x @ x.T)
+    assert torch.equal(one("batch_mean", x), x.mean(0))
 
 
 def test_binary_ops_check_shapes():
     a, b = torch.ones(2, 3), torch.ones(3, 2)
     with pytest.raises(OpError) as err:
-        OPS["add"].fn(a, b)
+        one("add", a, b)
     assert err.value.reason == "shape"
-    assert torch.equal(OPS["mul"].fn(a, torch.tensor(2.0)), 2 * a)  # single element broadcasts
-    assert OPS["matmul"].fn(torch.ones(2, 3), torch.ones(4, 3)).shape == (2, 4)
+    assert torch.equal(one("mul", a, torch.tensor(2.0)), 2 * a)  # single element broadcasts
+    assert one("matmul", torch.ones(2, 3), torch.ones(4, 3)).shape == (2, 4)
     with pytest.raises(OpError):
-        OPS["matmul"].fn(a, b)
+        one("matmul", a, b)
     with pytest.raises(OpError) as err:
-        OPS["gram"].fn(torch.ones(600, 2))
+        one("gram", torch.ones(600, 2))
     assert err.value.reason == "size"
 
 
 def test_reductions_and_logdet_against_numpy():
     x = torch.randn(5, 7, generator=torch.Generator().manual_seed(1))
     xd = x.double().numpy()
-    assert OPS["l1"].fn(x) == pytest.approx(np.abs(xd).sum())
-    assert OPS["fro"].fn(x) == pytest.approx(np.sqrt((xd ** 2).sum()))
-    assert OPS["std"].fn(x) == pytest.approx(xd.std(ddof=1))
-    assert OPS["numel"].fn(x) == 35
+    assert float(one("l1", x)) == pytest.approx(np.abs(xd).sum())
+    assert float(one("fro", x)) == pytest.approx(np.sqrt((xd ** 2).sum()))
+    assert float(one("std", x)) == pytest.approx(xd.std(ddof=1))
+    assert float(one("numel", x)) == 35
     k = xd @ xd.T
     expected = np.linalg.slogdet(k + 1e-6 * np.trace(k) / 5 * np.eye(5))[1]
-    assert OPS["logdet"].fn(x) == pytest.approx(expected, rel=1e-9)
-    assert OPS["layer_pweighted"].fn(np.array([1.0, 3.0]), [1, 3]) == pytest.approx(2.5)
-    assert OPS["layer_meanlog"].fn(np.array([math.e, -math.e ** 3]), [1, 1]) == pytest.approx(2.0)
+    assert float(one("logdet", x)) == pytest.approx(expected, rel=1e-9)
+    assert agg("layer_pweighted", [1.0, 3.0], [1, 3]) == pytest.approx(2.5)
+    assert agg("layer_meanlog", [math.e, -math.e ** 3], [1, 1]) == pytest.approx(2.0)
 
 
 # ------------------------------------------------------------------------------------------- trees

@@ -254,16 +254,29 @@ def test_exported_functions_are_the_kernels_source():
 
 
 def test_aggregations_are_numpy_sums_bit_for_bit():
-    """The aggregations left numpy for the torch-only kernels; their sums are numpy's to the last bit."""
+    """The aggregations left numpy for the torch-only kernels; their sums are numpy's to the last bit (each row of
+    a batch, whatever the other rows' lengths)."""
     rng = np.random.default_rng(0)
-    for n in list(range(1, 140)) + [255, 256, 257, 1000]:
-        v = rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 6, n)
-        w = rng.integers(1, 10 ** 6, n)
-        assert OPS["layer_sum"].fn(list(v), list(w)) == float(np.sum(v))
-        assert OPS["layer_mean"].fn(list(v), list(w)) == float(np.mean(v))
-        assert OPS["layer_pweighted"].fn(list(v), list(w)) == float(np.sum(v * w.astype(float)) / np.sum(w.astype(float)))
-    assert math.isnan(OPS["layer_sum"].fn([float("nan"), 1.0], [1, 1]))
-    assert OPS["layer_mean"].fn([-0.0], [1]) == 0.0 and math.copysign(1, OPS["layer_sum"].fn([-0.0], [1])) == 1
+
+    def agg(name, rows, weights):
+        width = max(len(r) for r in rows)
+        v, c = torch.zeros(len(rows), width, dtype=torch.float64), torch.zeros(len(rows), width, dtype=torch.float64)
+        for i, (r, w) in enumerate(zip(rows, weights)):
+            v[i, :len(r)], c[i, :len(r)] = torch.as_tensor(r), torch.as_tensor(w, dtype=torch.float64)
+        mask = torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
+        return OPS[name].fn(v, mask, c).tolist()
+
+    sizes = list(range(1, 140)) + [255, 256, 257, 1000]
+    rows = [rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 6, n) for n in sizes]
+    weights = [rng.integers(1, 10 ** 6, n) for n in sizes]
+    for batch in ([[r] for r in range(len(rows))] + [list(range(len(rows)))]):  # one row alone, and all rows at once
+        vs, ws = [rows[i] for i in batch], [weights[i] for i in batch]
+        assert agg("layer_sum", vs, ws) == [float(np.sum(v)) for v in vs]
+        assert agg("layer_mean", vs, ws) == [float(np.mean(v)) for v in vs]
+        assert agg("layer_pweighted", vs, ws) == [float(np.sum(v * w.astype(float)) / np.sum(w.astype(float)))
+                                                  for v, w in zip(vs, ws)]
+    assert math.isnan(agg("layer_sum", [[float("nan"), 1.0]], [[1, 1]])[0])
+    assert agg("layer_mean", [[-0.0]], [[1]]) == [0.0] and math.copysign(1, agg("layer_sum", [[-0.0]], [[1]])[0]) == 1
 
 
 def op_cube(x):

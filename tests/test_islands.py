@@ -14,7 +14,8 @@ from evoproxy.evolution import Search, run_search
 from evoproxy.fuzz import synthetic_stats
 from evoproxy.islands import Individual, Island, migrate
 from evoproxy.ops import OPS
-from evoproxy.screening import CostMeter, op_cost, score_range, tree_cost, _evaluate_metered
+from evoproxy.opkernels import evaluate_tree as evaluate_json
+from evoproxy.screening import CostMeter, op_cost, score_range, tree_cost
 from evoproxy.searchconfig import SearchConfig
 from evoproxy.tree import evaluate_tree, parse_tree
 
@@ -91,21 +92,27 @@ def test_cost_bound_rejects_deterministically(stats):
     cost = tree_cost(tree.to_json(), stats, 0, 3)
     meter = CostMeter()
     functions = meter.functions()
-    values = [_evaluate_metered(tree.to_json(), st, functions) for st in stats[:3]]
+
+    def run(st, fns):  # every layer of one network a batch of one
+        return evaluate_json(tree.to_json(), [l.tensors for l in st.layers], [math.prod(l.weight_shape) for l in st.layers], fns)
+
+    values = [run(st, functions) for st in stats[:3]]
     assert meter.total == cost > 0
-    assert values == [evaluate_tree(tree, st) for st in stats[:3]]  # metering does not change a score
-    for vectorised in (False, True):
-        ok = score_range(tree, stats, 0, 3, cost_bound=cost, vectorised=vectorised)
-        assert ok.reason is None and ok.scores == pytest.approx(values, rel=1e-5)
-        over = score_range(tree, stats, 0, 3, cost_bound=cost - 1, vectorised=vectorised)
-        assert over.reason == "cost", over
+    assert values == [run(st, {n: op.fn for n, op in OPS.items()}) for st in stats[:3]]  # metering: same scores
+    assert values == pytest.approx([evaluate_tree(tree, st) for st in stats[:3]], rel=1e-6)  # = the stacked evaluator
+    ok = score_range(tree, stats, 0, 3, cost_bound=cost)
+    assert ok.reason is None and ok.scores == pytest.approx(values, rel=1e-5)
+    over = score_range(tree, stats, 0, 3, cost_bound=cost - 1)
+    assert over.reason == "cost", over
     x, y = torch.randn(6, 3, 5), torch.randn(6, 3, 5)
-    for name, op in OPS.items():  # the meter's inline counts are op_cost's
-        if op.kind in ("unary", "binary", "reduce"):
-            args = (x, y) if op.kind == "binary" else (x,)
-            meter = CostMeter()
-            result = meter.functions()[name](*args)
-            assert meter.total == op_cost(name, [a.shape for a in args], () if op.kind == "reduce" else result.shape)
+    for items in (1, 4):  # the meter's inline counts are op_cost's of each item of a batch
+        for name, op in OPS.items():
+            if op.kind in ("unary", "binary", "reduce"):
+                args = (x, y) if op.kind == "binary" else (x,)
+                meter = CostMeter()
+                result = meter.functions()[name](*(a.expand(items, *a.shape) for a in args))
+                one = op_cost(name, [a.shape for a in args], () if op.kind == "reduce" else result.shape[1:])
+                assert meter.total == items * one, name
     assert op_cost("gram", [(4, 3, 5)], (4, 4)) == 16 * 15
     assert op_cost("add", [(2, 3), (2, 3)], (2, 3)) == 6 and op_cost("sum", [(2, 3)], ()) == 6
     assert op_cost("logdet", [(4, 10)], ()) == 16 * 10 + 64 and op_cost("ladd", [], ()) == 0

@@ -1,18 +1,21 @@
-"""The vectorised scoring path equals the per-sample one: same rejection reason, scores within 1e-5
-relative, on random valid and invalid trees of both structures (synthetic statistics, no data files)."""
+"""The one scorer: every batched operator equals a plain-torch reference written here, item by item; the stacked
+evaluator over many networks equals each network evaluated alone, layer by layer (same rejection reason, scores
+within 1e-5 relative), on random valid and invalid trees of both structures (synthetic statistics, no data files)."""
+import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
 import evoproxy.vectorised as vectorised
 from evoproxy.fuzz import synthetic_stats
-from evoproxy.opkernels import OpError
-from evoproxy.screening import score_range
+from evoproxy.opkernels import OpError, evaluate_tree as evaluate_json
+from evoproxy.ops import OPS
+from evoproxy.screening import _CAUGHT, _is_constant, _rejected, score_range
 from evoproxy.space import SearchSpace
-from evoproxy.tree import parse_tree
+from evoproxy.tree import evaluate_tree, parse_tree
 from primitives import PRIMITIVES
-from evoproxy.scoring_speed import agree as same  # the timing command's equality check
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +24,140 @@ def stats():
     return synthetic_stats(seed=0, networks=4, batch=8, probes=1)
 
 
+# ------------------------------------------------------------------------------------- operators
+
+def _sdiv(a, b):
+    return a / (b + (1e-12 if b >= 0 else -1e-12))
+
+
+def _rows(x):
+    return x.reshape(x.shape[0], -1)
+
+
+def _logdet(x):
+    k = _rows(x).double() @ _rows(x).double().T
+    sign, value = torch.linalg.slogdet(k + 1e-6 * torch.trace(k) / k.shape[0] * torch.eye(k.shape[0], dtype=k.dtype))
+    return float(value) if sign > 0 else math.nan
+
+
+def _inv(x):
+    return 1.0 / (x + torch.where(x >= 0, torch.tensor(1e-12), torch.tensor(-1e-12)))
+
+
+REFERENCE = {  # one item (a layer's tensor, or one number) -> the operator's definition in plain torch / Python
+    "abs": torch.abs, "neg": torch.neg, "square": lambda x: x * x, "sqrt": lambda x: torch.sqrt(torch.abs(x)),
+    "log": lambda x: torch.log(torch.clamp(torch.abs(x), min=1e-20)), "exp": lambda x: torch.exp(torch.clamp(x, max=30.0)),
+    "relu": torch.relu, "sign": torch.sign, "sigmoid": lambda x: 1 / (1 + torch.exp(-x)), "tanh": torch.tanh,
+    "softmax": lambda x: torch.softmax(x.flatten(), 0).reshape(x.shape),
+    "softmax0": lambda x: torch.softmax(x, 0) if x.dim() else torch.ones_like(x), "inv": _inv,
+    "znorm": lambda x: (x - x.mean()) / (x.std() + 1e-12) if x.numel() > 1 else torch.zeros_like(x),
+    "minmax": lambda x: (x - x.min()) / (x.max() - x.min() + 1e-12),
+    "gram": lambda x: _rows(x) @ _rows(x).T, "batch_mean": lambda x: x.mean(0), "batch_std": lambda x: x.std(0),
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": lambda a, b: a * _inv(b),
+    "matmul": lambda a, b: _rows(a) @ _rows(b).T,
+    "mean": lambda x: float(x.double().mean()), "sum": lambda x: float(x.double().sum()),
+    "l1": lambda x: float(x.double().abs().sum()), "fro": lambda x: math.sqrt(float((x.double() ** 2).sum())),
+    "std": lambda x: float(x.double().std()) if x.numel() > 1 else 0.0, "numel": lambda x: float(x.numel()),
+    "max": lambda x: float(x.max()), "min": lambda x: float(x.min()), "logdet": _logdet,
+    "layer_sum": lambda v, n: float(np.sum(v)), "layer_mean": lambda v, n: float(np.mean(v)),
+    "layer_meanlog": lambda v, n: float(np.mean(np.log(np.maximum(np.abs(v), 1e-20)))),
+    "layer_pweighted": lambda v, n: float(np.sum(np.asarray(v) * n) / np.sum(n)),
+    **{f"{p}{name}": fn for p in "ln" for name, fn in (("add", lambda a, b: a + b), ("sub", lambda a, b: a - b),
+                                                         ("mul", lambda a, b: a * b), ("div", _sdiv))},
+}
+SHAPES = [(4, 5), (6,), (3, 2, 2, 2), (1, 7), ()]
+
+
+def _close(got, want, rtol):
+    return got.shape == want.shape and torch.allclose(got.double(), want.double(), rtol=rtol, atol=1e-6, equal_nan=True)
+
+
+def test_every_operator_equals_its_plain_torch_reference():
+    assert set(REFERENCE) == set(OPS)  # a new operator needs its reference here
+    g = torch.Generator().manual_seed(0)
+    for name, op in OPS.items():
+        ref = REFERENCE[name]
+        if op.kind in ("unary", "binary", "reduce"):
+            for shape in SHAPES:
+                args = [torch.randn(3, *shape, generator=g) * 3 for _ in range(2 if op.kind == "binary" else 1)]
+                try:
+                    got = op.fn(*args)
+                except OpError as exc:  # the guards: shapes the operator does not take
+                    assert exc.reason == "shape" and (shape == () or len(shape) < 2 or name == "batch_std"), (name, shape)
+                    continue
+                if op.kind == "reduce":
+                    want = torch.tensor([ref(args[0][i]) for i in range(3)], dtype=torch.float64)
+                    assert got.dtype == torch.float64 and _close(got, want, 1e-9), (name, shape, got, want)
+                else:
+                    want = torch.stack([ref(*(a[i] for a in args)) for i in range(3)])
+                    assert got.dtype == torch.float32 and _close(got, want, 1e-5), (name, shape)
+        elif op.kind in ("lbinary", "nbinary"):
+            a = torch.tensor([1.5, -2.0, 0.0, 3.0, -1e-12], dtype=torch.float64)
+            b = torch.tensor([0.0, -0.5, 2.0, -1e-12, 4.0], dtype=torch.float64)
+            want = torch.tensor([ref(x, y) for x, y in zip(a.tolist(), b.tolist())], dtype=torch.float64)
+            assert _close(op.fn(a, b), want, 1e-12), name
+        else:  # aggregations: rows of different lengths, zero-padded past each sample's last layer
+            lengths = [5, 3, 9, 1]
+            values = torch.zeros(4, 9, dtype=torch.float64)
+            counts = torch.zeros(4, 9, dtype=torch.float64)
+            for r, n in enumerate(lengths):
+                values[r, :n] = torch.randn(n, generator=g, dtype=torch.float64) * 10
+                counts[r, :n] = torch.randint(1, 1000, (n,), generator=g).double()
+            mask = torch.arange(9)[None, :] < torch.tensor(lengths)[:, None]
+            want = torch.tensor([ref(values[r, :n].numpy(), counts[r, :n].numpy()) for r, n in enumerate(lengths)],
+                                dtype=torch.float64)
+            assert _close(op.fn(values, mask, counts), want, 1e-12), name
+
+
+def test_operator_guards():
+    with pytest.raises(OpError) as err:
+        OPS["gram"].fn(torch.ones(2, 600, 3))
+    assert err.value.reason == "size"
+    with pytest.raises(OpError) as err:
+        OPS["matmul"].fn(torch.ones(2, 3, 4), torch.ones(2, 3, 5))
+    assert err.value.reason == "shape"
+    with pytest.raises(OpError) as err:
+        OPS["add"].fn(torch.ones(2, 3, 4), torch.ones(2, 4, 3))
+    assert err.value.reason == "shape"
+    for name in ("mean", "max", "min", "minmax"):
+        with pytest.raises(OpError, match="empty"):
+            OPS[name].fn(torch.ones(2, 0))
+
+
+# ------------------------------------------------------------------------------------- the stacked evaluator
+
+FUNCTIONS = {name: op.fn for name, op in OPS.items()}
+
+
+def reference(tree, stats, start, stop):
+    """(reason, scores): each network alone, layer by layer (every layer a batch of one), screened as
+    score_range screens (first non-finite score or raise in sample order, then constant)."""
+    out = []
+    for st in stats[start:stop]:
+        try:
+            v = evaluate_json(tree.to_json(), [l.tensors for l in st.layers], [math.prod(l.weight_shape) for l in st.layers],
+                              FUNCTIONS, [l.name for l in st.layers])
+        except _CAUGHT as exc:
+            return _rejected(exc, 0.0).reason, None
+        if not math.isfinite(v):
+            return "nan", None
+        out.append(v)
+    if len(out) > 1 and _is_constant(np.asarray(out)):
+        return "constant", None
+    return None, out
+
+
+def same(scored, want) -> bool:
+    reason, scores = want
+    if scored.reason != reason:
+        return False
+    return scores is None or (len(scored.scores) == len(scores) and all(
+        abs(x - y) <= 1e-5 * max(abs(x), abs(y)) for x, y in zip(scored.scores, scores)))
 
 
 @pytest.mark.parametrize("structure", ["emq", "tree"])
 @pytest.mark.parametrize("probe_bytes", [0, vectorised.PROBE_BYTES], ids=["probe", "one-pass"])
-def test_random_trees_equal(stats, structure, probe_bytes, monkeypatch):
+def test_random_trees_equal_each_network_alone(stats, structure, probe_bytes, monkeypatch):
     monkeypatch.setattr(vectorised, "PROBE_BYTES", probe_bytes)
     space = SearchSpace(list(PRIMITIVES), structure)
     random.seed(7)
@@ -33,38 +165,16 @@ def test_random_trees_equal(stats, structure, probe_bytes, monkeypatch):
     for _ in range(60):
         tree = space.random_tree()
         for start, stop in ((0, len(stats)), (1, 3)):
-            a = score_range(tree, stats, start, stop, vectorised=False)
-            b = score_range(tree, stats, start, stop, vectorised=True)
+            a, b = score_range(tree, stats, start, stop), reference(tree, stats, start, stop)
             assert same(a, b), (tree.to_json(), (start, stop), a, b)
             outcomes[a.reason] = outcomes.get(a.reason, 0) + 1
+        if a.reason is None:  # the library's single network: a stack of one
+            assert a.scores == pytest.approx([evaluate_tree(tree, st) for st in stats[1:3]], rel=1e-5)
     assert outcomes.get(None, 0) >= 20 and outcomes.get("shape", 0) >= 5  # both valid and rejected trees were checked
 
 
-def test_every_operator_has_a_batched_form():
-    from evoproxy.ops import OPS
-
-    assert set(OPS) <= set(vectorised.BATCHED)
-
-
-def test_fallback_loop_equals_batched(stats):
-    """An operator without a batched form is evaluated item by item with its kernel function."""
-    st = vectorised.stack(stats)
-    tree = ["layer_meanlog", ["logdet", ["znorm", ["mul", "act_out", ["minmax", "act_grad"]]]]]
-    want = vectorised.evaluate(tree, st, 0, len(stats)).values
-    saved = dict(vectorised.BATCHED)
-    try:
-        for name in ("logdet", "znorm", "mul", "minmax", "layer_meanlog"):
-            del vectorised.BATCHED[name]
-        st.plans.clear()
-        st.memo.clear()
-        got = vectorised.evaluate(tree, st, 0, len(stats)).values
-    finally:
-        vectorised.BATCHED.update(saved)
-    assert got == pytest.approx(want, rel=1e-6)
-
-
-def test_first_error_in_per_sample_order(stats):
-    """The first raising sample, and its error, are the per-sample evaluator's; values stop before it."""
+def test_first_error_in_network_order(stats):
+    """The first raising sample, and its error, are those of the networks evaluated in order; values stop before it."""
     st = vectorised.stack(stats)
     # the last synthetic network has a 520-way classifier: gram of the weight raises "size" there only
     tree = ["layer_sum", ["sum", ["gram", "weight"]]]
@@ -92,8 +202,18 @@ def test_mq_style_shared_tensors_are_stacked_once(stats):
         random.seed(3)
         for _ in range(25):
             tree = space.random_tree()
-            assert same(score_range(tree, items, 0, len(items), vectorised=False),
-                        score_range(tree, items, 0, len(items), vectorised=True)), tree.to_json()
+            assert same(score_range(tree, items, 0, len(items)), reference(tree, items, 0, len(items))), tree.to_json()
+
+
+def test_stack_of_named_primitives(stats):
+    """stack(names=...) keeps only those primitives; a tree over them scores the same."""
+    tree = ["layer_mean", ["l1", ["mul", "weight", "weight_grad"]]]
+    part = vectorised.stack(stats, names={"weight", "weight_grad"})
+    assert all(set(g.stores) <= {"weight", "weight_grad"} for g in part.groups)
+    full = vectorised.evaluate(tree, vectorised.stack(stats), 0, len(stats)).values
+    assert (vectorised.evaluate(tree, part, 0, len(stats)).values == full).all()
+    missing = vectorised.evaluate(["layer_sum", ["sum", "act_out"]], part, 0, len(stats)).error
+    assert missing[0] == 0 and missing[1].reason == "missing"
 
 
 def test_layer_values_memo_is_reused_and_bounded(stats, monkeypatch):
@@ -116,34 +236,30 @@ def test_layer_values_memo_is_reused_and_bounded(stats, monkeypatch):
 
 
 def test_numel_needs_one_item(stats):
-    """numel depends on shapes only: computed from one item per group, equal to the per-sample value."""
+    """numel depends on shapes only: computed from one item per group, equal to each network's own value."""
     tree = parse_tree(["layer_sum", ["numel", ["gram", ["exp", "act_out"]]]])
-    assert same(score_range(tree, stats, 0, len(stats), vectorised=False),
-                score_range(tree, stats, 0, len(stats), vectorised=True))
+    want = [float(sum(l.tensors["act_out"].shape[0] ** 2 for l in st.layers)) for st in stats]
+    assert score_range(tree, stats, 0, len(stats)).scores == want
 
 
 def test_logdet_from_the_smaller_gram():
-    """m < n columns: log det from X^T X (Sylvester) equals the kernel's n x n way; a zero or non-finite X
-    gives what the kernel gives (nan) through the n x n way."""
-    from evoproxy.opkernels import red_logdet
-
+    """m < n columns: log det from X^T X (Sylvester) equals the n x n way; a zero or non-finite X gives nan
+    (the n x n way)."""
     torch.manual_seed(0)
     x = torch.randn(6, 12, 4)
     x[1] = 0
     x[2, 0, 0] = float("inf")
     x[3, :, 1] = x[3, :, 0]  # rank-deficient X: the ridge keeps it finite
-    got = vectorised.BATCHED["logdet"](x).tolist()
-    want = [red_logdet(x[i]) for i in range(len(x))]
+    got = OPS["logdet"].fn(x).tolist()
+    want = [_logdet(x[i]) for i in range(len(x))]
     for g, w in zip(got, want):
         assert (g != g and w != w) or g == pytest.approx(w, rel=1e-9), (got, want)
 
 
 @pytest.mark.parametrize("sa,sb", [((1, 1, 1), (5,)), ((), (3, 2)), ((1, 1), ()), ((4,), (1,)), ((0,), (1,)), ((2, 3), (2, 3))])
-def test_broadcast_like_the_kernel(sa, sb):
-    from evoproxy.opkernels import op_mul
-
+def test_broadcast_like_torch_per_item(sa, sb):
     a, b = torch.randn(3, *sa), torch.randn(3, *sb)
     for x, y in ((a, b), (b, a)):
-        want = torch.stack([op_mul(x[i], y[i]) for i in range(3)])
-        got = vectorised.BATCHED["mul"](x, y)
+        want = torch.stack([x[i] * y[i] for i in range(3)])
+        got = OPS["mul"].fn(x, y)
         assert got.shape == want.shape and torch.equal(got, want)
