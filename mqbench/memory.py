@@ -15,7 +15,9 @@ A spec written here names one of the two factories of this module; each table ro
 * ``class`` + ``weights``: an importable ``nn.Module`` class built without arguments, then its saved
   ``state_dict`` (read with ``weights_only=True``) loaded.
 
-The first that works is used. ``weights_digest`` (sha256 of the network's weights and structure) is a
+The first that works is used. With none (a live row read in another process: the search's workers,
+the CLI on a spec that ``fit`` wrote), :class:`Unavailable` stands in: the statistics cache finds the
+network by its row without running it, and running it is a one-line error. ``weights_digest`` (sha256 of the network's weights and structure) is a
 column, so a table row — and the statistics cache key built from it — names the network's content.
 Nothing here is evaluated or unpickled: JSON, CSV, TOML and ``weights_only`` tensor files only.
 """
@@ -126,8 +128,25 @@ def network(row: dict) -> torch.nn.Module:
         return _seeded(fn, int(row["init_seed"]), json.loads(row["description"]))
     if row.get("class") and row.get("weights"):
         return _rebuild(row["class"], json.loads(row.get("python_path") or "[]"), Path(row["weights"]), where)
-    raise ConfigError(f"{where}: its network lives only in the Python session that fitted it; write the benchmark "
-                      f"with evoproxy.Benchmark.save(...) from that session to use it elsewhere")
+    return Unavailable(where)
+
+
+class Unavailable(torch.nn.Module):
+    """Stands for a network that lives only in the session that fitted it (a search worker process, or the CLI
+    on a spec written by ``fit``): enough for the statistics cache, which names networks by their row (a
+    cached network is never run); running it is a one-line error."""
+
+    def __init__(self, where: str):
+        super().__init__()
+        self.where = where
+
+    def named_modules(self, *args, **kwargs):  # what extraction (and parameters()) looks at first
+        self.forward()
+
+    def forward(self, *args):
+        raise ConfigError(f"{self.where}: its network lives only in the Python session that fitted it and its "
+                          "statistics are not in the cache; write the benchmark with evoproxy.Benchmark.save(...) "
+                          "from that session to use it elsewhere")
 
 
 def fp_model(descriptor: str) -> torch.nn.Module:

@@ -206,3 +206,30 @@ def test_settings_checked_at_construction():
     assert est.get_params()["islands"] == 2 and math.isclose(est.get_params()["time_budget"], 300)
     with pytest.raises(ConfigError, match="not fitted"):
         est.predict([TinyNet()])
+
+
+def test_workers_read_cached_statistics_only(tmp_path):
+    """jobs=2: the search's worker processes cannot reach the live networks; they read the statistics fit cached."""
+    x, y = batch()
+    one = evoproxy.ProxySearch(seed=1, out=tmp_path / "one", **TINY).fit(nets(), accs(), inputs=x, targets=y)
+    two = evoproxy.ProxySearch(seed=1, out=tmp_path / "two", jobs=2, **TINY).fit(nets(), accs(), inputs=x, targets=y)
+    assert [e["formula"] for e in two.equations_] == [e["formula"] for e in one.equations_]
+
+
+def test_live_rows_outside_the_session_are_a_one_line_error(tmp_path):
+    import gc
+
+    from mqbench.benchmarks import get_benchmark
+    from primitives.core import extract
+
+    x, y = batch()
+    bench = evoproxy.Benchmark.from_models(nets(4), accs(4), inputs=x, targets=y)
+    bench.check(range(4))
+    spec = bench.write(tmp_path, "search", range(4))
+    assert isinstance(get_benchmark(str(spec)).network(0), TinyNet)  # live: the user's network
+    del bench
+    gc.collect()
+    stand_in = get_benchmark(str(spec)).network(0)  # as a worker process or the CLI sees it
+    with pytest.raises(ConfigError, match="lives only in the Python session that fitted it") as info:
+        extract(stand_in, x, y, names=["weight"])
+    assert "\n" not in str(info.value)
