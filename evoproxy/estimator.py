@@ -125,10 +125,15 @@ class ProxySearch:
             raise ConfigError(f"{out} already holds a search; pass resume=True to continue it or choose another out")
         train, hold = self._split(len(bench))
         failed = bench.check(range(len(bench)), progress=progress)  # mq: the one model (an error if it fails)
-        failed.update(self._warm(bench, out, [i for i in train if i not in failed], hold, failed))
-        self._report(failed)
         train = [i for i in train if i not in failed]
         hold = [i for i in hold if i not in failed]
+        if len(train) < 4:
+            i, why = next(iter(failed.items()))
+            raise ConfigError(f"{len(failed)} of {len(bench)} items fail on the batch, {len(train)} left to search "
+                              f"on (need >= 4); item {i}: {why}")
+        failed.update(self._warm(bench, out, train, hold))
+        self._report(failed)
+        train = [i for i in train if i not in failed]
         config = self._config(str(out / "benchmark" / "search.toml"), str(out), **self._sizes(train, bench))
         self.benchmark_, self.failed_, self.train_indices_, self.holdout_indices_ = bench, failed, train, hold
         self.result_ = run_search(config, resume=self.resume)
@@ -160,7 +165,7 @@ class ProxySearch:
         if hold:
             bench.write(folder, "holdout", hold)
 
-    def _warm(self, bench, out: Path, train, hold, failed) -> dict:
+    def _warm(self, bench, out: Path, train, hold) -> dict:
         """Write the specs and extract the search items' statistics one network at a time (disk cache, in this
         process), as the search will ask for them, so that the search (and its workers, which cannot reach
         the live networks) only read them. An item whose extraction fails is reported and left out."""

@@ -63,7 +63,7 @@ def model_digest(model: torch.nn.Module) -> str:
     for key, value in model.state_dict().items():
         t = value.detach().cpu().contiguous()
         h.update(f"{key}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return h.hexdigest()[:16]
 
 

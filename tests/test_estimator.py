@@ -22,7 +22,7 @@ class TinyNet(nn.Module):
         super().__init__()
         layers, c = [], 3
         for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
             c = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c, 4)
@@ -163,6 +163,9 @@ def test_failing_model_is_reported_and_left_out(tmp_path, capsys):
     est = evoproxy.ProxySearch(seed=0, holdout=0, **TINY).fit(models, accs(), inputs=x, targets=y)
     assert list(est.failed_) == [4] and 4 not in est.train_indices_
     assert "item 4" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="9 of 9 items fail on the batch, 0 left") as info:
+        evoproxy.ProxySearch(holdout=0, **TINY).fit([Broken()] * 9, accs(), inputs=x, targets=y)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("call, message", [
