@@ -236,3 +236,17 @@ def test_live_rows_outside_the_session_are_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match="lives only in the Python session that fitted it") as info:
         extract(stand_in, x, y, names=["weight"])
     assert "\n" not in str(info.value)
+
+
+def test_tensors_dataset_kind(tmp_path):
+    from mqbench.datasets import load_batch, save_tensors
+
+    x, y = batch(5)
+    save_tensors(tmp_path / "b.pt", x, y)
+    a, b = load_batch(f"tensors={tmp_path / 'b.pt'}", "train", 4, seed=9)  # the first n, as saved
+    assert torch.equal(a, x[:4]) and torch.equal(b, y[:4])
+    with pytest.raises(ConfigError, match="asked for a batch of 6"):
+        load_batch(f"tensors={tmp_path / 'b.pt'}", "train", 6, seed=0)
+    torch.save({"inputs": x}, tmp_path / "bad.pt")
+    with pytest.raises(evoproxy.DataError, match="not a saved batch"):
+        load_batch(f"tensors={tmp_path / 'bad.pt'}", "train", 2, seed=0)
