@@ -11,12 +11,17 @@ kind            PATH (default: the data-root item)          splits
                 (default ``cifar100/cifar-100-python``)
 ``imagenet``    an ImageFolder root (default ``imagenet/``)   the sub-folders: ``train``, ``val``
 ``imagefolder`` an ImageFolder root (PATH required)           the sub-folders: ``train``, ``val``
+``tensors``     a saved batch (PATH required), written by    any (one batch)
+                :func:`save_tensors`
 =============== ============================================ ====================================
 
 e.g. ``"cifar10"``, ``"cifar100=/data/cifar-100-python"``, ``"imagenet=/data/ILSVRC2012"``,
 ``"imagefolder=~/my-tree"``. ImageFolder trees (``imagenet``/``imagefolder``) get the standard
 ImageNet evaluation preprocessing (see :mod:`mqbench.imagefolder`) and the ImageNet mean/std;
-CIFAR images stay 32x32 and get their dataset's mean/std.
+CIFAR images stay 32x32 and get their dataset's mean/std. A ``tensors`` file is a batch a user already
+holds (``{"inputs": float tensor [N, ...], "targets": int64 [N]}``, read with ``weights_only=True``):
+used as it is (no normalization, no shuffle; ``n`` < N takes the first ``n``); it is how an in-memory
+benchmark (:mod:`mqbench.memory`) hands its batch to the search's worker processes and to the CLI.
 
 Unreadable images of an ImageFolder tree: by default each is skipped and replaced by the next
 image of the same class in the seeded order (the batch keeps its size and balance), and one line on
@@ -61,6 +66,7 @@ DATASETS: dict[str, DatasetKind] = {k.name: k for k in (
                 "ImageNet ImageFolder tree, resize 256 / centre crop 224"),
     DatasetKind("imagefolder", None, None, "imagenet",
                 "any ImageFolder tree root/<split>/<class>/*.jpg|png, resize 256 / centre crop 224"),
+    DatasetKind("tensors", None, None, "imagenet", "a saved batch {inputs, targets} (save_tensors), used as is"),
 )}
 _FOLDER_KINDS = ("imagenet", "imagefolder")
 
@@ -103,6 +109,49 @@ def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
     return DatasetSpec(kind, Path(path.strip()).expanduser() if sep else None)
 
 
+def save_tensors(path: str | Path, inputs: torch.Tensor, targets: torch.Tensor) -> Path:
+    """Write a batch for the ``tensors=PATH`` kind (CPU copies; atomic)."""
+    import os
+    import tempfile
+
+    check_batch(inputs, targets, "batch")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"inputs": inputs.detach().cpu().contiguous(), "targets": targets.detach().cpu().contiguous()}, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_batch(inputs, targets, where: str) -> None:
+    """One-line ConfigError unless ``inputs`` is a floating tensor [N, ...] and ``targets`` int64 [N], N >= 1."""
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise ConfigError(f"{where}: inputs and targets must be torch tensors")
+    if not inputs.is_floating_point() or inputs.dim() < 2:
+        raise ConfigError(f"{where}: inputs must be a floating tensor [N, ...], got {inputs.dtype} {tuple(inputs.shape)}")
+    if targets.dtype != torch.int64 or targets.dim() != 1 or len(targets) != len(inputs) or len(inputs) < 1:
+        raise ConfigError(f"{where}: targets must be int64 [N] with N = len(inputs) = {len(inputs)}, "
+                          f"got {targets.dtype} {tuple(targets.shape)}")
+
+
+def _tensor_batch(spec: DatasetSpec, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    path = spec.source()
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path} is not a saved batch: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(doc, dict) or set(doc) != {"inputs", "targets"}:
+        raise DataError(f"{path} is not a saved batch (expected the keys inputs, targets)")
+    check_batch(doc["inputs"], doc["targets"], str(path))
+    if n > len(doc["targets"]):
+        raise ConfigError(f"asked for a batch of {n} but {path} holds {len(doc['targets'])}")
+    return doc["inputs"][:n], doc["targets"][:n]
+
+
 def _check_split(spec: DatasetSpec, split: str) -> None:
     if spec.kind.splits is not None and split not in spec.kind.splits:
         raise ConfigError(f"unknown {spec.kind.name} split {split!r}; expected one of {', '.join(spec.kind.splits)}")
@@ -133,6 +182,8 @@ def class_names(spec: str | DatasetSpec, split: str = "train") -> tuple[str, ...
         return cifar10.CLASSES
     if spec.kind.name == "cifar100":
         return cifar100.class_names(spec.source())
+    if spec.kind.name == "tensors":
+        raise ConfigError("a tensors=PATH dataset has labels but no class names")
     return imagefolder.list_split(spec.source(), split).classes
 
 
@@ -182,6 +233,8 @@ def load_batch(spec: str | DatasetSpec, split: str, n: int, seed: int, *, balanc
     """
     spec = parse_spec(spec)
     _check_split(spec, split)
+    if spec.kind.name == "tensors":
+        return _tensor_batch(spec, n)
     norm = normalization or spec.kind.normalization
     if norm not in NORMALIZATION:
         raise ConfigError(f"unknown normalization {norm!r}; expected one of {', '.join(NORMALIZATION)}")
@@ -207,6 +260,8 @@ def iterate_split(spec: str | DatasetSpec, split: str, batch_size: int = 250, *,
     """
     spec = parse_spec(spec)
     _check_split(spec, split)
+    if spec.kind.name == "tensors":
+        raise ConfigError("a tensors=PATH dataset is one batch; it has no split to iterate")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     norm = normalization or spec.kind.normalization

@@ -78,7 +78,7 @@ def test_parse_spec(tmp_path):
     assert parse_spec("cifar10").path is None and parse_spec("CIFAR100").kind.name == "cifar100"
     spec = parse_spec(f"imagenet={tmp_path}")
     assert spec.kind.name == "imagenet" and spec.path == tmp_path and spec.text == f"imagenet={tmp_path}"
-    assert set(datasets.DATASETS) == {"cifar10", "cifar100", "imagenet", "imagefolder"}
+    assert set(datasets.DATASETS) == {"cifar10", "cifar100", "imagenet", "imagefolder", "tensors"}
     for bad, part in (("mnist", "unknown dataset"), ("/data/tree", "imagefolder=/data/tree"), ("imagenet=", "empty path")):
         with pytest.raises(ConfigError) as exc:
             parse_spec(bad)
