@@ -122,7 +122,7 @@ class Search:
         from evoproxy.racing import RacePlan, rung_ends
 
         c = self.config
-        rungs = rung_ends(len(self.ids), self.n_screen, c.rungs) if c.multi_fidelity else ()
+        rungs = rung_ends(len(self.ids), self.n_screen, c.rungs) if c.multi_fidelity and c.screening else ()
         margins = tuple(float(m) for m in c.margins[:len(rungs)])
         if c.audit and not rungs:  # audit without multi-fidelity: estimates at the default rungs, no rejection
             rungs = rung_ends(len(self.ids), self.n_screen, c.rungs)
@@ -235,94 +235,10 @@ class Search:
 
     # ------------------------------------------------------------------ scoring
     def _score(self, trees: list[ProxyTree], counts: dict, thresholds=None) -> list[dict]:
-        """Outcome (memo entry) of each tree, in order; updates ``counts``. ``thresholds``: per tree, the fitness it
-        must be able to reach (multi-fidelity rejects a child early below it; None: no threshold)."""
-        from evoproxy.racing import NO_THRESHOLD, race_many, screen_key
-        from evoproxy.screening import LOG_NAME, score_many
+        """Outcome (memo entry) of each tree, in order; updates ``counts`` (:func:`evoproxy.racing.decide`)."""
+        from evoproxy.racing import decide
 
-        c = self.config
-        thresholds = [NO_THRESHOLD if t is None else t for t in (thresholds or [None] * len(trees))]
-        keys = [canonical(t) for t in trees]
-        todo: dict[str, tuple] = {}
-        for k, t, th in zip(keys, trees, thresholds):
-            if k in self.memo:
-                counts["cache_hits"] += 1
-            elif k not in todo:
-                todo[k] = (t, th)
-        names = list(todo)
-        counts["evaluated"] += len(trees)
-
-        def finish(k, scores):
-            fit, orient = oriented_fitness(c.fitness, scores, self.truth, self.size, c.seed)
-            if not math.isfinite(fit):
-                self.memo[k] = {"reason": "nan"}
-            else:
-                self.memo[k] = {"fitness": fit, "orientation": orient, "scores": [float(s) for s in scores]}
-
-        from evoproxy.fitness import oriented_fitness
-
-        if c.screening:
-            known = {sk for sk, v in self.screen_memo.items() if v in self.memo}
-            raced = race_many(self.recipe, [todo[k][0] for k in names], [todo[k][1] for k in names], self.race_plan,
-                              known, c.jobs)
-            for k, r in zip(names, raced):
-                if "screen" not in r:  # rejected by screening
-                    self.memo[k] = {"reason": r["reason"]}
-                    continue
-                skey = screen_key(r["screen"])
-                if skey in self.screen_memo and self.screen_memo[skey] in self.memo:
-                    self.memo[k] = dict(self.memo[self.screen_memo[skey]])
-                    counts["equivalent_hits"] += 1
-                    continue
-                self.screen_memo[skey] = k
-                if r.get("reason"):
-                    self.memo[k] = {"reason": r["reason"]}
-                    continue
-                scores = np.asarray(r["scores"], dtype=float) if "scores" in r else None
-                if scores is not None and np.ptp(scores) <= 1e-12 * max(1.0, float(np.max(np.abs(scores)))):
-                    self.memo[k] = {"reason": "constant"}
-                    continue
-                if "early" in r:
-                    self.memo[k] = {"reason": "early", "rung": r["early"], "estimate": r["estimates"][r["early"]]}
-                    counts["early_rejected"] += 1
-                elif scores is not None:
-                    finish(k, scores)
-                    counts["full_fidelity"] += 1
-                self._note_child(k, todo[k][1], r, scores)
-        else:
-            full = score_many(self.recipe, [todo[k][0] for k in names], 0, None, c.jobs, None)
-            for k, s in zip(names, full):
-                if s.reason:
-                    self.memo[k] = {"reason": s.reason}
-                else:
-                    finish(k, np.asarray(s.scores, dtype=float))
-        outcomes = [self.memo[k] for k in keys]
-        for o in outcomes:
-            if "reason" in o:
-                if o["reason"] == "early":
-                    continue  # counted above when decided (a memo hit is counted in cache_hits)
-                key = f"rejected_{LOG_NAME.get(o['reason'], o['reason'])}"  # the cost bound: rejected_timeout
-                counts[key] = counts.get(key, 0) + 1
-            else:
-                counts["valid"] += 1
-        return outcomes
-
-    def _note_child(self, key: str, threshold: float, raced: dict, scores) -> None:
-        """One row of ``children.csv`` (with ``audit``): a child that passed screening, its threshold, its estimates
-        at the rungs, its full-fidelity fitness (when scored on every sample) and the decision."""
-        if not self.config.audit:
-            return
-        from evoproxy.fitness import oriented_fitness
-
-        full = math.nan
-        if scores is not None:
-            full = oriented_fitness(self.config.fitness, scores, self.truth, self.size, self.config.seed)[0]
-        row = {"generation": self.generation + 1, "key": key, "threshold": threshold, "full_fitness": full,
-               "decision": "early" if "early" in raced else "full",
-               "early_rung": raced.get("early", "")}
-        for end in self.race_plan.rungs:
-            row[f"fitness_at_{end}"] = raced["estimates"].get(end, math.nan)
-        self.children.append(row)
+        return decide(self, trees, counts, thresholds)
 
     # ------------------------------------------------------------------ generations
     def _new_counts(self) -> dict:
@@ -446,6 +362,7 @@ class Search:
         from evoproxy.screening import LOG_REASONS
         from evoproxy.selection import mean_pairwise_distance
 
+        c = self.config
         fit = np.array([i.fitness for i in self.population])
         best = max(self.population, key=lambda i: i.fitness)
         n = max(counts["evaluated"], 1)
@@ -457,7 +374,7 @@ class Search:
                 "unique_formulas": len({i.key for i in self.population}),
                 "mean_pairwise_distance": round(mean_pairwise_distance([i.scores for i in self.population]), 6),
                 "best_formula": render(best.tree), "seconds": round(seconds, 3),
-                **(self._fidelity_columns(counts) if self.race_plan.rungs else {})}
+                **(self._fidelity_columns(counts) if c.multi_fidelity and c.screening else {})}
 
     def _fidelity_columns(self, counts: dict) -> dict:
         """log.csv columns of a multi-fidelity run: children decided on a prefix of the samples (rejected early),

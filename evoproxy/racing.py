@@ -96,7 +96,7 @@ def race_one(tree, stats, plan: RacePlan, threshold: float, known) -> dict:
         scores += part.scores
         est = plan.estimate(scores)
         estimates[end] = est
-        if "early" not in out and not est >= threshold - margin:  # a NaN estimate counts as below
+        if "early" not in out and threshold > NO_THRESHOLD and not est >= threshold - margin:  # NaN: below
             out["early"] = end
             if not plan.audit:
                 return out
@@ -134,3 +134,106 @@ def race_many(recipe, trees, thresholds, plan: RacePlan, known=frozenset(), jobs
     chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     parts = map_items(_race_chunk, chunks, (recipe,), (plan, known), jobs=jobs, progress=False)
     return [o for part in parts for o in part]
+
+
+def decide(search, trees, counts: dict, thresholds=None) -> list[dict]:
+    """The outcome (memo entry) of each of a search's candidate ``trees``, in order, updating ``counts`` and the
+    search's memo, screening memo and audit rows (``search``: an :class:`evoproxy.evolution.Search`). ``thresholds``:
+    per tree, the fitness it must be able to reach (multi-fidelity rejects a child early below it; None: none).
+    Candidates already in the memo are not scored again; the others are raced (:func:`race_many`, screening
+    first), or with screening off scored on every sample."""
+    from evoproxy.fitness import oriented_fitness
+    from evoproxy.screening import LOG_NAME, score_many
+    from evoproxy.tree import canonical
+
+    c = search.config
+    thresholds = [NO_THRESHOLD if t is None else t for t in (thresholds or [None] * len(trees))]
+    keys = [canonical(t) for t in trees]
+    todo: dict[str, tuple] = {}
+    for k, t, th in zip(keys, trees, thresholds):
+        if k in search.memo and not _stale(search.memo[k], th):
+            counts["cache_hits"] += 1
+        elif k not in todo:
+            todo[k] = (t, th)
+        else:  # the same formula from two islands: raced against the lower threshold
+            todo[k] = (t, min(th, todo[k][1]))
+    names = list(todo)
+    counts["evaluated"] += len(trees)
+
+    def finish(k, scores):
+        fit, orient = oriented_fitness(c.fitness, scores, search.truth, search.size, c.seed)
+        if not math.isfinite(fit):
+            search.memo[k] = {"reason": "nan"}
+        else:
+            search.memo[k] = {"fitness": fit, "orientation": orient, "scores": [float(s) for s in scores]}
+
+    if c.screening:
+        # equivalent candidates known before this call (an early rejection is not passed on: it depends on the
+        # threshold, so such a child is raced and inherits the rejection below only at a threshold as high)
+        known = {sk for sk, v in search.screen_memo.items() if v in search.memo}
+        raced = race_many(search.recipe, [todo[k][0] for k in names], [todo[k][1] for k in names], search.race_plan,
+                          {sk for sk in known if search.memo[search.screen_memo[sk]].get("reason") != "early"}, c.jobs)
+        for k, r in zip(names, raced):
+            if "screen" not in r:  # rejected by screening
+                search.memo[k] = {"reason": r["reason"]}
+                continue
+            skey = screen_key(r["screen"])
+            if skey in known and not _stale(search.memo[search.screen_memo[skey]], todo[k][1]):
+                search.memo[k] = dict(search.memo[search.screen_memo[skey]])
+                counts["equivalent_hits"] += 1
+                continue
+            search.screen_memo[skey] = k
+            scores = np.asarray(r["scores"], dtype=float) if "scores" in r else None
+            if "early" in r:  # decided on a prefix (with audit, what the later samples gave is only recorded)
+                search.memo[k] = {"reason": "early", "rung": r["early"], "estimate": r["estimates"][r["early"]],
+                                  "threshold": todo[k][1]}
+                counts["early_rejected"] += 1
+            elif r.get("reason"):
+                search.memo[k] = {"reason": r["reason"]}
+                continue
+            elif np.ptp(scores) <= 1e-12 * max(1.0, float(np.max(np.abs(scores)))):
+                search.memo[k] = {"reason": "constant"}
+                continue
+            else:
+                finish(k, scores)
+                counts["full_fidelity"] += 1
+            _note_child(search, k, todo[k][1], r, None if r.get("reason") else scores)
+    else:
+        full = score_many(search.recipe, [todo[k][0] for k in names], 0, None, c.jobs, None)
+        for k, s in zip(names, full):
+            if s.reason:
+                search.memo[k] = {"reason": s.reason}
+            else:
+                finish(k, np.asarray(s.scores, dtype=float))
+    outcomes = [search.memo[k] for k in keys]
+    for o in outcomes:
+        if "reason" in o:
+            if o["reason"] == "early":
+                continue  # counted above when decided (a memo hit is counted in cache_hits)
+            key = f"rejected_{LOG_NAME.get(o['reason'], o['reason'])}"  # the cost bound: rejected_timeout
+            counts[key] = counts.get(key, 0) + 1
+        else:
+            counts["valid"] += 1
+    return outcomes
+
+def _stale(outcome: dict, threshold: float) -> bool:
+    """Whether a remembered early rejection does not hold at ``threshold`` (it was decided against a higher one)."""
+    return outcome.get("reason") == "early" and threshold < outcome.get("threshold", -math.inf)
+
+
+def _note_child(search, key: str, threshold: float, raced: dict, scores) -> None:
+    """One row of ``children.csv`` (with ``audit``): a child that passed screening, its threshold, its estimates
+    at the rungs, its full-fidelity fitness (when scored on every sample) and the decision."""
+    if not search.config.audit:
+        return
+    from evoproxy.fitness import oriented_fitness
+
+    full = math.nan
+    if scores is not None:
+        full = oriented_fitness(search.config.fitness, scores, search.truth, search.size, search.config.seed)[0]
+    row = {"generation": search.generation + 1, "key": key, "threshold": threshold, "full_fitness": full,
+           "decision": "early" if "early" in raced else "full",
+           "early_rung": raced.get("early", "")}
+    for end in search.race_plan.rungs:
+        row[f"fitness_at_{end}"] = raced["estimates"].get(end, math.nan)
+    search.children.append(row)

@@ -70,7 +70,9 @@ def agree(a, b) -> bool:
 def _one_at_a_time(recipe, trees_json):
     """:func:`evoproxy.screening.score_range` of each tree on each sample separately (the scorer as a single model's
     evaluation calls it), joined per tree like one call on all samples (the first rejection wins)."""
-    from evoproxy.screening import Scored, score_range
+    import numpy as np
+
+    from evoproxy.screening import Scored, _is_constant, score_range
     from evoproxy.searchdata import load_stats
     from evoproxy.tree import parse_tree
     from primitives.core import fixed_threads
@@ -86,7 +88,7 @@ def _one_at_a_time(recipe, trees_json):
                     bad = r
                     break
                 scores += r.scores
-            if bad is None and len(scores) > 1 and len(set(scores)) == 1:
+            if bad is None and len(scores) > 1 and _is_constant(np.asarray(scores)):  # the scorer's own rule
                 bad = Scored(None, "constant")
             out.append(bad if bad is not None else Scored(scores))
     return out

@@ -190,6 +190,7 @@ class SearchConfig:
         settings = {k: v for k, v in self.portable().items()
                     if k not in RUNTIME_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])}
         if not (self.multi_fidelity and self.screening):  # the rungs and margins matter only to multi-fidelity
+            settings.pop("multi_fidelity", None)  # without screening there is no multi-fidelity
             settings.pop("rungs", None)
             settings.pop("margins", None)
             settings.pop("entry_quantile", None)

@@ -56,7 +56,8 @@ def main(argv=None) -> int:
             log(f"{label}, seed {s} -> {run}")
             config = SearchConfig(bench=args.bench, out=str(run), samples=args.samples, population=args.population,
                                   generations=args.generations, seed=s, fitness=args.fitness, diversity=diversity,
-                                  screening=screening, jobs=args.jobs, progress=False)
+                                  screening=screening, jobs=args.jobs, progress=False,
+                                  multi_fidelity=False)  # the committed ablation: before multi-fidelity
             if args.from_logs and not finished_run(config):
                 raise DataError(f"--from-logs: {run} holds no finished run of these settings; "
                                 "run the ablation without --from-logs to search")

@@ -15,7 +15,8 @@ import argparse
 from experiments.common import announce, evolved_rows, results_dir, score_with_cache, seeded_searches, write_table
 
 BENCH = "nb201-cifar10"
-SEARCH = dict(samples=100, population=64, generations=40, structure="emq", fitness="spearman")
+# the committed runs: one population scored at full fidelity (before multi-fidelity existed)
+SEARCH = dict(samples=100, population=64, generations=40, structure="emq", fitness="spearman", multi_fidelity=False)
 COLUMNS = ["proxy", "spearman", "kendall", "pearson", "spearman_top20", "spearman_top50", "spearman_top100",
            "partial_spearman", "n", "failed", "seconds_per_sample", "formula"]
 HEADERS = {"spearman": "ρ", "kendall": "τ", "pearson": "r", "spearman_top20": "ρ@20%", "spearman_top50": "ρ@50%",

@@ -21,6 +21,9 @@ from evoproxy.tree import evaluate_tree, parse_tree
 
 TINY = dict(bench="nb201-cifar10", samples=8, population=6, generations=3, batch=8, seed=3, progress=False)
 ISLANDS = dict(islands=2, migration_interval=1, migrants=1, restart_after=1)
+# multi-fidelity with a rung at half the samples (margin 0), so that children are rejected early on both islands
+FIDELITY = {False: dict(multi_fidelity=False),
+            True: dict(multi_fidelity=True, screen_samples=2, rungs=[0.5], margins=[0.0])}
 
 
 def _outputs(run) -> tuple:
@@ -34,18 +37,24 @@ class Interrupted(Exception):
     pass
 
 
-def test_islands_equal_for_any_jobs_and_after_an_interruption(search_root, tmp_path, monkeypatch):
-    ref = run_search(SearchConfig(out=str(tmp_path / "ref"), jobs=1, **TINY, **ISLANDS))
+@pytest.mark.parametrize("fidelity", [False, True])
+def test_islands_equal_for_any_jobs_and_after_an_interruption(search_root, tmp_path, monkeypatch, fidelity):
+    settings = {**TINY, **ISLANDS, **FIDELITY[fidelity]}
+    ref = run_search(SearchConfig(out=str(tmp_path / "ref"), jobs=1, **settings))
     want = _outputs(tmp_path / "ref")
     isl = list(csv.DictReader(open(tmp_path / "ref" / "islands.csv")))
     assert [(int(r["generation"]), int(r["island"])) for r in isl] == [(g, i) for g in range(4) for i in range(2)]
-    assert any(int(r["migrants_in"]) for r in isl) and any(int(r["restarted"]) for r in isl)  # both happened
-    assert ref.best.formula
+    assert any(int(r["migrants_in"]) for r in isl)
     log = list(csv.DictReader(open(tmp_path / "ref" / "log.csv")))
+    if fidelity:  # children decided early, on both islands' thresholds
+        assert sum(int(r["early_rejected"]) for r in log) > 0
+    else:
+        assert any(int(r["restarted"]) for r in isl)  # a restart happened too
+    assert ref.best.formula
     for row in log:  # log.csv: best over the islands
         assert float(row["best_fitness"]) == max(float(r["best_fitness"]) for r in isl if r["generation"] == row["generation"])
 
-    run_search(SearchConfig(out=str(tmp_path / "jobs2"), jobs=2, **TINY, **ISLANDS))
+    run_search(SearchConfig(out=str(tmp_path / "jobs2"), jobs=2, **settings))
     assert _outputs(tmp_path / "jobs2") == want
 
     original = Search._checkpoint
@@ -57,10 +66,10 @@ def test_islands_equal_for_any_jobs_and_after_an_interruption(search_root, tmp_p
 
     monkeypatch.setattr(Search, "_checkpoint", checkpoint_then_stop)
     with pytest.raises(Interrupted):
-        run_search(SearchConfig(out=str(tmp_path / "cut"), jobs=1, **TINY, **ISLANDS))
+        run_search(SearchConfig(out=str(tmp_path / "cut"), jobs=1, **settings))
     monkeypatch.setattr(Search, "_checkpoint", original)
     assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["generation"] == 2
-    run_search(SearchConfig(out=str(tmp_path / "cut"), jobs=1, **TINY, **ISLANDS), resume=True)
+    run_search(SearchConfig(out=str(tmp_path / "cut"), jobs=1, **settings), resume=True)
     assert _outputs(tmp_path / "cut") == want
 
 

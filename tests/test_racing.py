@@ -114,3 +114,13 @@ def test_margin_replay_counts_wrong_rejections(tmp_path):
     best = choose(cols, ends, 0.0)
     assert best[0]["choose"]["wrong"] == 0 and best[0]["choose"]["early"] == 2
     assert np.isclose(best[0]["choose"]["work"], (20 + 50 + 100) / 300)
+
+
+def test_an_early_rejection_holds_only_at_a_threshold_as_high():
+    from evoproxy.racing import _stale
+
+    early = {"reason": "early", "rung": 4, "estimate": 0.1, "threshold": 0.6}
+    assert not _stale(early, 0.6) and not _stale(early, 0.7)
+    assert _stale(early, 0.5)  # a lower threshold (a restarted island, another island): raced again
+    assert not _stale({"fitness": 0.3, "orientation": 1, "scores": []}, -math.inf)
+    assert not _stale({"reason": "shape"}, -math.inf)
