@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,11 +282,33 @@ def load_proxy(path: str | Path) -> Proxy:
         raise ConfigError(f"proxy file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read proxy file {path}: {exc}") from None
+    too_deep = (f"{path}: nested deeper than a proxy file may be (its tree at most {MAX_DEPTH} levels, "
+                f"the file at most {MAX_JSON_DEPTH})")
+    if json_depth(text) > MAX_JSON_DEPTH:  # json.loads would recurse past Python's limit before the parser's check
+        raise ProxyFileError(too_deep)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProxyFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:  # deep nesting the scan missed (it cannot: kept as the last line of defence)
+        raise ProxyFileError(too_deep) from None
     return parse_proxy(obj, str(path))
+
+
+MAX_JSON_DEPTH = MAX_DEPTH + 10  # the tree's lists, with room for the objects around it (search, layer_weights)
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of JSON arrays and objects in ``text`` (brackets inside strings do not count)."""
+    depth = peak = 0
+    for token in _JSON_TOKENS.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            peak = max(peak, depth)
+        elif token in ("]", "}"):
+            depth -= 1
+    return peak
 
 
 # ------------------------------------------------------------------------------------- evaluation

@@ -160,6 +160,38 @@ def test_proxy_files_are_parsed_never_executed(tmp_path):
         load_proxy(tmp_path / "missing.json")
 
 
+def _nested(depth: int) -> str:
+    """A proxy file whose tree is a chain of ``depth`` operators over one terminal (at the parser's depth ``depth``)."""
+    inner = '"weight"'
+    for _ in range(depth - 2):
+        inner = f'["abs", {inner}]'
+    return '{"format": "evoproxy.proxy/1", "orientation": 1, "tree": ["layer_sum", ["l1", ' + inner + ']]}'
+
+
+def test_deeply_nested_proxy_file_is_one_line_naming_the_limit(search_root, tmp_path, capsys):
+    """Issue 22 item 8: a file nested 1000 deep ended in a RecursionError traceback from json.loads, before the
+    parser's own depth check; now every command that reads it gives one line naming the limit, exit 2."""
+    from evoproxy.cli import main
+    from evoproxy.tree import MAX_DEPTH
+
+    ok, over, deep = tmp_path / "ok.json", tmp_path / "over.json", tmp_path / "deep.json"
+    ok.write_text(_nested(MAX_DEPTH))
+    over.write_text(_nested(MAX_DEPTH + 1))
+    deep.write_text(_nested(1000))
+    assert load_proxy(ok).tree.size() == MAX_DEPTH + 1  # the deepest tree the parser takes
+    with pytest.raises(ProxyFileError, match=f"nested deeper than {MAX_DEPTH}"):
+        load_proxy(over)
+    for argv in (["show", str(deep)], ["export", str(deep)],
+                 ["evaluate", "--bench", "nb201-cifar10", "--proxy", str(deep), "--samples", "3", "--batch", "4"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"error: {deep}: nested deeper") and f"at most {MAX_DEPTH} levels" in err
+    brackets = tmp_path / "brackets.json"  # brackets inside strings are no nesting
+    brackets.write_text(json.dumps({"format": "evoproxy.proxy/1", "tree": SNIP, "search": {"note": "[" * 5000}}))
+    assert load_proxy(brackets).tree == parse_tree(SNIP)
+
+
 # ------------------------------------------------------------------------------------------- search space
 
 TERMS = ["weight", "weight_grad", "act_out", "fisher"]
