@@ -223,11 +223,12 @@ def parse_proxy(obj, source: str = "proxy") -> Proxy:
         if key not in PRIMITIVE_SETTINGS:
             raise ProxyFileError(f"{source}: unknown primitives setting {key!r}; known: {', '.join(PRIMITIVE_SETTINGS)}")
         kind = PRIMITIVE_SETTINGS[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ProxyFileError(f"{source}: primitives.{key} must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0 or (kind is int and value != int(value)):  # JSON allows NaN
+            what = "an integer" if kind is int else "a finite number"
+            raise ProxyFileError(f"{source}: primitives.{key} must be {what} >= 0, got {value!r}")
         settings[key] = kind(value)
-    if settings.get("hutchinson_probes", 0) < 0:
-        raise ProxyFileError(f"{source}: primitives.hutchinson_probes must be >= 0")
     needs_probes = any(t.startswith("hessian") for t in tree.terminals())
     if needs_probes and settings.get("hutchinson_probes", 0) <= 0:
         raise ProxyFileError(f"{source}: the tree uses the Hessian but primitives.hutchinson_probes is not > 0")

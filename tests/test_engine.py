@@ -192,6 +192,25 @@ def test_deeply_nested_proxy_file_is_one_line_naming_the_limit(search_root, tmp_
     assert load_proxy(brackets).tree == parse_tree(SNIP)
 
 
+@pytest.mark.parametrize("setting, value", [("noise_std", "NaN"), ("noise_std", "Infinity"), ("noise_std", "-0.5"),
+                                            ("hutchinson_probes", "NaN"), ("hutchinson_probes", "-1")])
+@pytest.mark.parametrize("terminal", ["weight_grad", "weight_grad@perturb"])
+def test_bad_primitive_setting_is_one_line_naming_it(search_root, tmp_path, capsys, setting, value, terminal):
+    """Issue 22 item 8: noise_std NaN was accepted (exit 0 when the tree does not use it, else a late "non-finite
+    score" not naming the setting), NaN probes a ValueError traceback; now the parser names the setting, exit 2."""
+    from evoproxy.cli import main
+
+    path = tmp_path / "p.json"
+    path.write_text('{"format": "evoproxy.proxy/1", "orientation": 1, "tree": ["layer_sum", ["l1", "%s"]], '
+                    '"primitives": {"%s": %s}}' % (terminal, setting, value))
+    code = main(["evaluate", "--bench", "nb201-cifar10", "--proxy", str(path), "--samples", "3", "--batch", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {path}: primitives.{setting} must be ") and ">= 0, got " in err, err
+    zero = {"format": "evoproxy.proxy/1", "tree": ["layer_sum", ["l1", terminal]], "primitives": {"noise_std": 0}}
+    assert parse_proxy(zero).primitives == {"noise_std": 0.0}  # no noise is a setting, not an error
+
+
 # ------------------------------------------------------------------------------------------- search space
 
 TERMS = ["weight", "weight_grad", "act_out", "fisher"]

@@ -140,3 +140,12 @@ def test_search_out_that_cannot_be_written_is_one_line(search_root, unwritable_f
         assert err.startswith(f"error: --out: {says}"), err
     assert not (unwritable_folder / "run").exists() and not [p for p in unwritable_folder.iterdir()
                                                              if p.name.startswith(".write-probe")]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.01"])
+def test_noise_std_that_is_not_a_finite_non_negative_number_is_one_line(tmp_path, capsys, value):
+    """Issue 22 item 8: --noise-std nan ran the whole search, then failed reading its own best.json back."""
+    code = main(["search", *ARGS, "--out", str(tmp_path / "run"), f"--noise-std={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: --noise-std must be a finite number >= 0, got ") and not (tmp_path / "run").exists()
