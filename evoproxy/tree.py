@@ -326,7 +326,19 @@ def evaluate_tree(node, stats, layer_weights: dict | None = None) -> float:
     lw = layer_weights or {}
     weights = lw.get("weights")
     st = stack([stats], names=node.terminals(), positions=weights is not None)
+    if weights is not None:
+        check_positions_occur(weights, st.positions[0])
     result = evaluate(node.to_json(), st, 0, 1, weights=weights, default=lw.get("default", 1.0))
     if result.error is not None:
         raise result.error[1]
     return float(result.values[0])
+
+
+def check_positions_occur(weights: dict, found: list) -> None:
+    """ConfigError (one line) when none of the calibrated layer positions ``weights`` occurs among a network's
+    ``found`` ones (:func:`evoproxy.opkernels.layer_position` keys): the weights were fit on another network, and
+    every layer taking the default weight would silently give the uncalibrated proxy."""
+    if found and not any(key in weights for key in found):
+        raise ConfigError(f"none of the proxy's {len(weights)} calibrated layer positions occur in the network (expected "
+                          f"e.g. {next(iter(weights))!r}, found e.g. {found[0]!r}): its layer_weights were fit on "
+                          "another network")
