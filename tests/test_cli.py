@@ -84,3 +84,22 @@ def test_table_build_out_that_cannot_be_written_is_one_line(tiny_data_root, unwr
         assert err.startswith("error: --out: ") and f"{unwritable_folder} cannot be written" in err, err
     with pytest.raises(DataError, match=f"folder {unwritable_folder} cannot be written"):  # the library answers too
         build_table("resnet8", 1, 0, unwritable_folder / "t.csv", checkpoint=ckpt, progress=False)
+
+
+def test_scheduler_with_one_job_is_a_one_line_warning(search_root, capsys):
+    """Issue 22 item 8: --scheduler was silently ignored with --jobs 1 (every item runs in this process)."""
+    from evoproxy.cli import build_parser
+    from evoproxy.preflight import scheduler_warning
+
+    args = ["evaluate", "--bench", "nb201-cifar10", "--proxy", "params", "--samples", "3", "--batch", "4",
+            "--backend", "dask", "--scheduler", "tcp://127.0.0.1:9"]
+    assert main(args + ["--jobs", "1"]) == 0  # no scheduler listens there: nothing connects to it
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not [line for line in err.splitlines() if line.startswith("error:")]
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warning.startswith("warning: --scheduler tcp://127.0.0.1:9 is not used with --jobs 1"), warning
+    parser = build_parser()
+    assert scheduler_warning(parser.parse_args(args + ["--jobs", "2"])) is None
+    assert scheduler_warning(parser.parse_args(["search", "--bench", "b", "--out", "o", "--backend", "dask",
+                                                "--scheduler", "tcp://h:8786"])).startswith("warning: --scheduler")
+    assert scheduler_warning(parser.parse_args(["search", "--bench", "b", "--out", "o", "--backend", "dask"])) is None
