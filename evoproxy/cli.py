@@ -10,6 +10,7 @@ import sys
 from typing import Callable
 
 from evoproxy.errors import EvoproxyError
+from evoproxy.preflight import preflight
 
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 _ALIASES: dict[str, tuple[str, ...]] = {}
@@ -473,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        preflight(args)  # an --out that cannot be written: one line now, not a traceback later; --scheduler unused
         if getattr(args, "backend", None) is None:
             return int(args._fn(args) or 0)
         from mqbench.parallel import use_backend

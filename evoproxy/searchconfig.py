@@ -175,6 +175,8 @@ class SearchConfig:
             raise ConfigError("--time-budget must be > 0 seconds")
         if self.hutchinson_probes is not None and self.hutchinson_probes < 0:
             raise ConfigError("--hutchinson-probes must be >= 0")
+        if not 0 <= self.noise_std < float("inf"):  # also NaN: the search's proxy files would not load
+            raise ConfigError(f"--noise-std must be a finite number >= 0, got {self.noise_std!r}")
         check_fitness(self.fitness)
         check_backend(self.backend, self.scheduler)
         from mqbench.devices import resolve_device

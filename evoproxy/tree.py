@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,11 +223,12 @@ def parse_proxy(obj, source: str = "proxy") -> Proxy:
         if key not in PRIMITIVE_SETTINGS:
             raise ProxyFileError(f"{source}: unknown primitives setting {key!r}; known: {', '.join(PRIMITIVE_SETTINGS)}")
         kind = PRIMITIVE_SETTINGS[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ProxyFileError(f"{source}: primitives.{key} must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0 or (kind is int and value != int(value)):  # JSON allows NaN
+            what = "an integer" if kind is int else "a finite number"
+            raise ProxyFileError(f"{source}: primitives.{key} must be {what} >= 0, got {value!r}")
         settings[key] = kind(value)
-    if settings.get("hutchinson_probes", 0) < 0:
-        raise ProxyFileError(f"{source}: primitives.hutchinson_probes must be >= 0")
     needs_probes = any(t.startswith("hessian") for t in tree.terminals())
     if needs_probes and settings.get("hutchinson_probes", 0) <= 0:
         raise ProxyFileError(f"{source}: the tree uses the Hessian but primitives.hutchinson_probes is not > 0")
@@ -281,11 +283,33 @@ def load_proxy(path: str | Path) -> Proxy:
         raise ConfigError(f"proxy file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read proxy file {path}: {exc}") from None
+    too_deep = (f"{path}: nested deeper than a proxy file may be (its tree at most {MAX_DEPTH} levels, "
+                f"the file at most {MAX_JSON_DEPTH})")
+    if json_depth(text) > MAX_JSON_DEPTH:  # json.loads would recurse past Python's limit before the parser's check
+        raise ProxyFileError(too_deep)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProxyFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:  # deep nesting the scan missed (it cannot: kept as the last line of defence)
+        raise ProxyFileError(too_deep) from None
     return parse_proxy(obj, str(path))
+
+
+MAX_JSON_DEPTH = MAX_DEPTH + 10  # the tree's lists, with room for the objects around it (search, layer_weights)
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of JSON arrays and objects in ``text`` (brackets inside strings do not count)."""
+    depth = peak = 0
+    for token in _JSON_TOKENS.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            peak = max(peak, depth)
+        elif token in ("]", "}"):
+            depth -= 1
+    return peak
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -302,7 +326,19 @@ def evaluate_tree(node, stats, layer_weights: dict | None = None) -> float:
     lw = layer_weights or {}
     weights = lw.get("weights")
     st = stack([stats], names=node.terminals(), positions=weights is not None)
+    if weights is not None:
+        check_positions_occur(weights, st.positions[0])
     result = evaluate(node.to_json(), st, 0, 1, weights=weights, default=lw.get("default", 1.0))
     if result.error is not None:
         raise result.error[1]
     return float(result.values[0])
+
+
+def check_positions_occur(weights: dict, found: list) -> None:
+    """ConfigError (one line) when none of the calibrated layer positions ``weights`` occurs among a network's
+    ``found`` ones (:func:`evoproxy.opkernels.layer_position` keys): the weights were fit on another network, and
+    every layer taking the default weight would silently give the uncalibrated proxy."""
+    if found and not any(key in weights for key in found):
+        raise ConfigError(f"none of the proxy's {len(weights)} calibrated layer positions occur in the network (expected "
+                          f"e.g. {next(iter(weights))!r}, found e.g. {found[0]!r}): its layer_weights were fit on "
+                          "another network")

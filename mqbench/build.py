@@ -31,7 +31,7 @@ from mqbench.buildcontext import (FOLDER_KINDS, Images, check_data, data_kind, f
                                   load_model, model_entry, ptq_accuracy)
 from mqbench.devices import device_tag, resolve_device
 from mqbench.errors import ConfigError, DataError
-from mqbench.fileio import FileLock, append_line, atomic_write_text, complete_lines, has_torn_tail
+from mqbench.fileio import FileLock, append_line, atomic_write_text, complete_lines, has_torn_tail, make_folder
 from mqbench.imagefolder import Preprocess
 from mqbench.ptq import PTQSettings, fp_top1
 from mqbench.quant import BitSpec, bops, default_bit_spec, layer_macs, model_size_mb, quantizable_layers
@@ -208,7 +208,7 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
         preprocess = Preprocess()
     check_data(data)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent, f"table {out}")
     with FileLock(out.with_name(out.name + ".lock"), f"table {out}"):
         return _build_locked(model, configs, seed, out, jobs, checkpoint, ptq, data_source, keep_first_last,
                              allowed, progress, limit, data, device, preprocess, anchors)

@@ -76,6 +76,37 @@ def complete_lines(path: str | Path) -> list[str]:
     return data.decode("utf-8").splitlines()
 
 
+def check_writable_folder(folder: str | Path, what: str) -> None:
+    """A one-line :class:`DataError` naming the place unless ``folder`` is, or can be created as, a folder this
+    process may write in: a probe file of its own is created in (and removed from) the nearest existing
+    ancestor, so that permissions, read-only file systems and folders even root cannot write (``/sys``) all
+    answer as they will when the command writes. Leaves nothing behind."""
+    folder = Path(folder).absolute()
+    probe = folder
+    while not os.path.exists(probe) and probe != probe.parent:  # (False also for a folder it cannot search)
+        probe = probe.parent
+    if not os.path.isdir(probe):
+        raise DataError(f"{what}: cannot create folder {folder}: {probe} is not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        where = f"folder {folder}" if probe == folder else f"cannot create folder {folder}: {probe}"
+        raise DataError(f"{what}: {where} cannot be written ({exc.strerror or exc})") from None
+
+
+def make_folder(folder: str | Path, what: str) -> Path:
+    """``folder.mkdir(parents=True, exist_ok=True)``, a failure as one line naming it (:class:`DataError`)."""
+    folder = Path(folder)
+    check_writable_folder(folder, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{what}: cannot create folder {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
 # ------------------------------------------------------------------------------------------ lock file
 
 class LockHeld(DataError):
@@ -147,6 +178,9 @@ class FileLock:
                 if holder is None or self._break_if_stale(holder):
                     continue  # released or stale: try again
                 raise LockHeld(self._busy(holder)) from None
+            except OSError as exc:  # e.g. a folder this user cannot write, or a read-only file system
+                raise DataError(f"cannot write the lock file for {self.what}: folder {self.path.parent} cannot be "
+                                f"written ({exc.strerror or exc})") from None
             with os.fdopen(fd, "w") as fh:
                 fh.write(json.dumps(me) + "\n")
                 fh.flush()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,33 @@ def write_mq_table(tmp_path, meta: dict, bits_and_top1, name: str = "mq.csv"):
     path.write_text("\n".join(lines) + "\n")
     (tmp_path / f"{name}.meta.json").write_text(json.dumps(meta))
     return path
+
+
+def _cannot_write(folder) -> bool:
+    import os
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder)
+    except OSError:
+        return True
+    os.close(fd)
+    os.unlink(name)
+    return False
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """An existing folder this process cannot write in: a read-only (0555) folder of its own, or for a root user
+    (whom permissions do not stop) /sys, where even root cannot create files; skipped where neither holds."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        for cand in (folder, Path("/sys")):
+            if cand.is_dir() and _cannot_write(cand):
+                yield cand
+                return
+        pytest.skip("no folder this process cannot write in (root without /sys)")
+    finally:
+        folder.chmod(0o755)

@@ -164,3 +164,27 @@ def test_allocate_uses_the_layer_weights(tiny_data_root, tmp_path, capsys):
     assert len(chosen["weighted"]) == len(searchable)
     assert chosen["weighted"][large] == "4" and chosen["weighted"][small] == "2"
     assert chosen["plain"] != chosen["weighted"], chosen
+
+
+def test_layer_weights_of_another_network_are_one_line(tiny_data_root, tmp_path, capsys):
+    """Issue 22 item 8: layer_weights whose positions match no layer of the benchmark's network silently gave the
+    uncalibrated proxy (exit 0); evaluate and allocate now say so in one line naming an expected and a found key."""
+    table = _mq_table(tiny_data_root, tmp_path, rows=12)
+    nb201 = {"cells.0.edges.1_0.1:16x16x3x3": 2.0, "stem.0:16x3x3x3": 0.5}  # NAS-Bench-201 positions
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(_doc(layer_weights={"key": "layer_position", "weights": nb201})))
+    found = layer_position("conv1", CifarResNet(8).conv1.weight.shape)
+    runs = [["evaluate", "--bench", "mq-resnet20-cifar10", "--table", str(table), "--proxy", str(path),
+             "--samples", "4", "--split", "all", "--batch", "4"],
+            ["allocate", "--proxy", str(path), "--model", "resnet8", "--budget", "uniform-3", "--table", str(table),
+             "--batch", "4", "--json"]]
+    for argv in runs:
+        assert main(argv) == 2, argv
+        stderr = capsys.readouterr().err  # (evaluate's progress bars go there too)
+        assert "Traceback" not in stderr
+        (err,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert "none of the proxy's 2 calibrated layer positions occur in the network" in err
+        assert "'cells.0.edges.1_0.1:16x16x3x3'" in err and f"found e.g. {found!r}" in err, err
+    partly = {**nb201, found: 3.0}  # one position of the network is enough: the others take the default
+    path.write_text(json.dumps(_doc(layer_weights={"key": "layer_position", "weights": partly})))
+    assert main(runs[1]) == 0

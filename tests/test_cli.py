@@ -65,3 +65,41 @@ def test_every_search_setting_is_a_cli_option():
         (0.3, 0.6, 5, 2.5, 1, 0.05)
     assert args.diversity is False and args.progress is False and args.weights == {"log": 2.0}
     assert args.terminals == ["weight", "act_out"]
+
+
+def test_table_build_out_that_cannot_be_written_is_one_line(tiny_data_root, unwritable_folder, capsys):
+    """Issue 22 item 8: table/bench build --out in a folder that cannot be written ended in an OSError traceback
+    from the table's lock file (or the mkdir of a new subfolder); now one line naming the folder, exit 2."""
+    import pytest
+
+    from mqbench.build import build_table
+    from mqbench.errors import DataError
+
+    ckpt = tiny_data_root / "pretrained" / "resnet8-test.th"
+    for command, out in (("table", unwritable_folder / "t.csv"), ("bench", unwritable_folder / "sub" / "t.csv")):
+        code = main([command, "build", "--model", "resnet8", "--configs", "1", "--jobs", "1", "--calib-images", "20",
+                     "--checkpoint", str(ckpt), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("error: --out: ") and f"{unwritable_folder} cannot be written" in err, err
+    with pytest.raises(DataError, match=f"folder {unwritable_folder} cannot be written"):  # the library answers too
+        build_table("resnet8", 1, 0, unwritable_folder / "t.csv", checkpoint=ckpt, progress=False)
+
+
+def test_scheduler_with_one_job_is_a_one_line_warning(search_root, capsys):
+    """Issue 22 item 8: --scheduler was silently ignored with --jobs 1 (every item runs in this process)."""
+    from evoproxy.cli import build_parser
+    from evoproxy.preflight import scheduler_warning
+
+    args = ["evaluate", "--bench", "nb201-cifar10", "--proxy", "params", "--samples", "3", "--batch", "4",
+            "--backend", "dask", "--scheduler", "tcp://127.0.0.1:9"]
+    assert main(args + ["--jobs", "1"]) == 0  # no scheduler listens there: nothing connects to it
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not [line for line in err.splitlines() if line.startswith("error:")]
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warning.startswith("warning: --scheduler tcp://127.0.0.1:9 is not used with --jobs 1"), warning
+    parser = build_parser()
+    assert scheduler_warning(parser.parse_args(args + ["--jobs", "2"])) is None
+    assert scheduler_warning(parser.parse_args(["search", "--bench", "b", "--out", "o", "--backend", "dask",
+                                                "--scheduler", "tcp://h:8786"])).startswith("warning: --scheduler")
+    assert scheduler_warning(parser.parse_args(["search", "--bench", "b", "--out", "o", "--backend", "dask"])) is None

@@ -160,6 +160,57 @@ def test_proxy_files_are_parsed_never_executed(tmp_path):
         load_proxy(tmp_path / "missing.json")
 
 
+def _nested(depth: int) -> str:
+    """A proxy file whose tree is a chain of ``depth`` operators over one terminal (at the parser's depth ``depth``)."""
+    inner = '"weight"'
+    for _ in range(depth - 2):
+        inner = f'["abs", {inner}]'
+    return '{"format": "evoproxy.proxy/1", "orientation": 1, "tree": ["layer_sum", ["l1", ' + inner + ']]}'
+
+
+def test_deeply_nested_proxy_file_is_one_line_naming_the_limit(search_root, tmp_path, capsys):
+    """Issue 22 item 8: a file nested 1000 deep ended in a RecursionError traceback from json.loads, before the
+    parser's own depth check; now every command that reads it gives one line naming the limit, exit 2."""
+    from evoproxy.cli import main
+    from evoproxy.tree import MAX_DEPTH
+
+    ok, over, deep = tmp_path / "ok.json", tmp_path / "over.json", tmp_path / "deep.json"
+    ok.write_text(_nested(MAX_DEPTH))
+    over.write_text(_nested(MAX_DEPTH + 1))
+    deep.write_text(_nested(1000))
+    assert load_proxy(ok).tree.size() == MAX_DEPTH + 1  # the deepest tree the parser takes
+    with pytest.raises(ProxyFileError, match=f"nested deeper than {MAX_DEPTH}"):
+        load_proxy(over)
+    for argv in (["show", str(deep)], ["export", str(deep)],
+                 ["evaluate", "--bench", "nb201-cifar10", "--proxy", str(deep), "--samples", "3", "--batch", "4"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"error: {deep}: nested deeper") and f"at most {MAX_DEPTH} levels" in err
+    brackets = tmp_path / "brackets.json"  # brackets inside strings are no nesting
+    brackets.write_text(json.dumps({"format": "evoproxy.proxy/1", "tree": SNIP, "search": {"note": "[" * 5000}}))
+    assert load_proxy(brackets).tree == parse_tree(SNIP)
+
+
+@pytest.mark.parametrize("setting, value", [("noise_std", "NaN"), ("noise_std", "Infinity"), ("noise_std", "-0.5"),
+                                            ("hutchinson_probes", "NaN"), ("hutchinson_probes", "-1")])
+@pytest.mark.parametrize("terminal", ["weight_grad", "weight_grad@perturb"])
+def test_bad_primitive_setting_is_one_line_naming_it(search_root, tmp_path, capsys, setting, value, terminal):
+    """Issue 22 item 8: noise_std NaN was accepted (exit 0 when the tree does not use it, else a late "non-finite
+    score" not naming the setting), NaN probes a ValueError traceback; now the parser names the setting, exit 2."""
+    from evoproxy.cli import main
+
+    path = tmp_path / "p.json"
+    path.write_text('{"format": "evoproxy.proxy/1", "orientation": 1, "tree": ["layer_sum", ["l1", "%s"]], '
+                    '"primitives": {"%s": %s}}' % (terminal, setting, value))
+    code = main(["evaluate", "--bench", "nb201-cifar10", "--proxy", str(path), "--samples", "3", "--batch", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {path}: primitives.{setting} must be ") and ">= 0, got " in err, err
+    zero = {"format": "evoproxy.proxy/1", "tree": ["layer_sum", ["l1", terminal]], "primitives": {"noise_std": 0}}
+    assert parse_proxy(zero).primitives == {"noise_std": 0.0}  # no noise is a setting, not an error
+
+
 # ------------------------------------------------------------------------------------------- search space
 
 TERMS = ["weight", "weight_grad", "act_out", "fisher"]

@@ -136,3 +136,16 @@ def test_cache_entries_are_replaced_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         many._save(path, stats[0])
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["entry.pt"]
+
+
+def test_lock_in_a_folder_that_cannot_be_written_is_one_line(unwritable_folder):
+    """Issue 22 item 8: creating the lock file in such a folder was an OSError traceback; now one line naming it
+    (a DataError, not LockHeld: nobody holds the lock)."""
+    from mqbench.errors import DataError
+
+    with pytest.raises(DataError) as exc:
+        FileLock(unwritable_folder / ".lock", f"run folder {unwritable_folder}").acquire()
+    msg = str(exc.value)
+    assert not isinstance(exc.value, LockHeld) and "\n" not in msg
+    assert msg.startswith(f"cannot write the lock file for run folder {unwritable_folder}: folder {unwritable_folder} "
+                          "cannot be written")

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,36 +159,97 @@ def _tracked_files():
     return [REPO_ROOT / p for p in out.decode().split("\0") if p]
 
 
-def _absolute_strings(obj):
+# a value that is an absolute path on some machine: /a/b... (two components or more) or a Windows drive path
+_ABSOLUTE = re.compile(r"^(?:(/[^/\s]+){2,}|[A-Za-z]:[\\/]\S)")
+DATA_SUFFIXES = (".json", ".csv", ".toml")
+
+
+def _strings(obj):
+    """Every string of a decoded JSON/TOML document, keys included."""
     if isinstance(obj, str):
-        if re.match(r"^(/[^/\s]+){2,}", obj):
-            yield obj
+        yield obj
     elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _absolute_strings(v)
+        for k, v in obj.items():
+            yield from _strings(k)
+            yield from _strings(v)
     elif isinstance(obj, list):
         for v in obj:
-            yield from _absolute_strings(v)
+            yield from _strings(v)
 
 
-def test_no_committed_file_holds_a_machine_path():
-    """Neither the project's nor the data root's parent folder appears in a committed file, and no
-    committed JSON file stores an absolute path (on any machine: the check does not depend on where
-    this clone lives)."""
-    parents = {str(REPO_ROOT.parent) + "/", str(data_root().parent) + "/"} - {"/"}
+def _data_values(path, text):
+    """The string values of a data file (JSON/TOML strings, CSV cells)."""
+    if path.suffix == ".json":
+        yield from _strings(json.loads(text))
+    elif path.suffix == ".toml":
+        import tomllib
+
+        yield from _strings(tomllib.loads(text))
+    elif path.suffix == ".csv":
+        import csv
+        import io
+
+        for row in csv.reader(io.StringIO(text)):
+            yield from row
+
+
+def _repo_location(text, repo_root):
+    """Places where ``text`` names a file of this checkout by its absolute path (``<repo root>/<existing entry>``;
+    a command quoting some other folder that merely shares the prefix is no hit)."""
+    pattern = re.escape(str(repo_root).rstrip("/")) + r"/([^/\s\"'`,;:)\]]+)"
+    return [m.group(0) for m in re.finditer(pattern, text) if (repo_root / m.group(1)).exists()]
+
+
+def machine_paths(files, repo_root) -> list[str]:
+    """``file: value`` for every absolute machine path in ``files``: any absolute path stored as a value of a data
+    file (JSON, CSV, TOML), and the checkout's own absolute location in any text file. Judged by content only:
+    where the user's data root lives plays no part."""
     offenders = []
-    for path in _tracked_files():
+    for path in files:
         if not path.is_file() or path.suffix in (".png", ".jpg", ".th", ".pth", ".gz"):
             continue
         try:
             text = path.read_text()
         except UnicodeDecodeError:
             continue
-        rel = path.relative_to(REPO_ROOT)
-        offenders += [f"{rel}: {p}" for p in parents if p in text]
-        if path.suffix == ".json":
-            offenders += [f"{rel}: {s}" for s in _absolute_strings(json.loads(text))]
+        rel = path.relative_to(repo_root) if path.is_relative_to(repo_root) else path
+        offenders += [f"{rel}: {hit}" for hit in _repo_location(text, repo_root)]
+        if path.suffix in DATA_SUFFIXES:
+            offenders += [f"{rel}: {v}" for v in _data_values(path, text) if _ABSOLUTE.match(v.strip())]
+    return offenders
+
+
+def test_no_committed_file_holds_a_machine_path():
+    """No committed data file stores an absolute path, and no committed file names this checkout by its absolute
+    location (on any machine: the check does not depend on where this clone or the data root lives)."""
+    offenders = machine_paths(_tracked_files(), REPO_ROOT)
     assert not offenders, offenders[:10]
+
+
+def test_machine_path_check_bites_and_ignores_the_data_root(tmp_path, monkeypatch):
+    """The check finds absolute paths in JSON, CSV and TOML values and the checkout's location in any text file,
+    and passes a README that quotes a command under /tmp while the data root sits directly under /tmp (issue 22
+    item 7: the former check matched the data root's parent, /tmp/, in mqbench/tables/README.md)."""
+    repo = tmp_path / "clone"
+    (repo / "results").mkdir(parents=True)
+    files = {
+        "a.json": json.dumps({"checkpoint": "/home/alice/data/pretrained/r.th", "out": "results/x"}),
+        "b.csv": "id,path\n0,results/x\n1,/srv/tables/t.csv\n",
+        "c.toml": 'table = "D:\\\\tables\\\\t.csv"\nname = "x"\n',
+        "notes.md": f"see {repo}/results/run for the run\n",
+        "README.md": "time it: `evoproxy table build --out /tmp/speed/t.csv`; a/b ratio, 1/2 of it\n",
+        "ok.json": json.dumps({"table": "mqbench/tables/t.csv", "ckpt": "$EVOPROXY_DATA/pretrained/r.th",
+                               "formula": "G / W", "ratio": "1/2"}),
+    }
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    found = machine_paths([repo / name for name in files], repo)
+    assert found == ["a.json: /home/alice/data/pretrained/r.th", "b.csv: /srv/tables/t.csv", "c.toml: D:\\tables\\t.csv",
+                     f"notes.md: {repo}/results"], found
+    monkeypatch.setenv("EVOPROXY_DATA", "/tmp/data")  # a data root directly under /tmp: nothing changes
+    assert machine_paths([repo / "README.md", repo / "ok.json"], repo) == []
+    assert data_root() == Path("/tmp/data") and "/tmp/" in (REPO_ROOT / "mqbench" / "tables" / "README.md").read_text()
+    assert not machine_paths([REPO_ROOT / "mqbench" / "tables" / "README.md"], REPO_ROOT)
 
 
 def test_search_whose_samples_all_fail_exits_non_zero_with_one_line(search_root, tmp_path, monkeypatch, capsys):

@@ -122,3 +122,30 @@ def test_short_search_log_is_pinned(search_root, tmp_path):
     got_best = (best["formula"], round(best["search"]["fitness_value"], 6))
     assert rows == PINNED_LOG
     assert got_best == PINNED_BEST
+
+
+def test_search_out_that_cannot_be_written_is_one_line(search_root, unwritable_folder, tmp_path, capsys):
+    """Issue 22 item 8: --out in a folder that cannot be written ended in an OSError traceback (the run folder's
+    mkdir or its lock file); now one line naming the folder, exit 2, before any work and leaving nothing."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [(unwritable_folder, f"folder {unwritable_folder} cannot be written"),
+             (unwritable_folder / "run", f"cannot create folder {unwritable_folder / 'run'}: {unwritable_folder} "
+                                         "cannot be written"),
+             (afile / "run", f"cannot create folder {afile / 'run'}: {afile} is not a folder")]
+    for out, says in cases:
+        code = main(["search", *ARGS, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"error: --out: {says}"), err
+    assert not (unwritable_folder / "run").exists() and not [p for p in unwritable_folder.iterdir()
+                                                             if p.name.startswith(".write-probe")]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.01"])
+def test_noise_std_that_is_not_a_finite_non_negative_number_is_one_line(tmp_path, capsys, value):
+    """Issue 22 item 8: --noise-std nan ran the whole search, then failed reading its own best.json back."""
+    code = main(["search", *ARGS, "--out", str(tmp_path / "run"), f"--noise-std={value}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: --noise-std must be a finite number >= 0, got ") and not (tmp_path / "run").exists()
