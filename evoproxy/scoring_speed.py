@@ -1,26 +1,26 @@
-"""Formulas per second of the per-sample and the vectorised scoring paths, measured in one run.
+"""Scoring speed of the one batched scorer, and children decided per second by real multi-fidelity searches.
 
-    python -m evoproxy.scoring_speed [--jobs 2] [--trees 200] [--seed 0]
+    python -m evoproxy.scoring_speed [--jobs 2] [--trees 200] [--seed 0] [--generations G]
 
-For each benchmark, the search's statistics (the search's recipe: default terminals and probes,
-batch 64; extracted or read from the disk cache first) of 100 NAS-Bench-201 search samples and
-50 MQ (ResNet-20) search samples; the same ``--trees`` random trees (half of each structure, seeded)
-are scored on all samples with :func:`evoproxy.screening.score_many` at ``--jobs``, once per path,
-after a warm-up call on other trees that loads the statistics (and builds the stacked copy) in the workers (other
-trees: the vectorised path memoises subtrees' layer values per process, up to evoproxy.vectorised.MEMO_BYTES). Rejected
-trees count: they are part of what a search scores. Prints one line per benchmark and, last, one
-JSON object: ``nb201_per_sample``, ``nb201_vectorised``, ``mq_per_sample``, ``mq_vectorised``
-(formulas/s), ``trees``, the stacked copies' sizes (``*_stacked_mb``: the stacked tensors plus the items gathered
-for the whole sample range, per process; the memo adds at most 64 MB) and the rejection reasons;
-whether both paths agreed on every tree (reason, scores within 1e-5 relative) is ``agree``.
-Timings depend on the machine and its load. Measured with the current code (the 2-core AMD EPYC machine, idle, 200
-trees, seed 0, jobs 2; 2 min 44 s wall): NB201 10.8 (per-sample) vs 21.5 (vectorised) formulas/s, MQ 27.0 vs 395.0,
-both paths agreeing on every tree. Earlier (2 shared cores, load 5-11, 200 trees, jobs 2), before the
-Sylvester logdet / per-range plans / memo: NB201 7.1 (per-sample) vs 8.6 (vectorised) formulas/s, stacked copy
-808 MB per worker; MQ 15.8 vs 135.8, 12 MB. CPU time of one process on the same 200 random trees (seed 0) after
-them: NB201 13.5 formulas/s vectorised (was 10.5) vs 7.2 per-sample (first 40 trees); MQ 272 (was 129) vs 17.3.
-NB201 is compute-bound in both paths (float64 Gram/slogdet of 64 x 576 weight and 64 x 64 activation items, and
-elementwise ops over 32M-element weight stacks), not overhead-bound.
+For each benchmark (100 NAS-Bench-201 search samples, 50 MQ ResNet-20 search samples; the search's recipe:
+default terminals and probes, batch 64; statistics extracted or read from the disk cache first):
+
+* ``*_per_sample``: formulas/s of the scorer called one sample at a time (:func:`evoproxy.screening.score_range`
+  on each sample alone, as a single model's evaluation calls it) on ``--trees`` random trees (half per structure,
+  seeded), in ``--jobs`` worker processes; ``*_vectorised``: the same trees scored on all samples at once
+  (:func:`evoproxy.screening.score_many`, the search's call). Rejected trees count; both run after a warm-up call
+  on other trees (workers load and stack the statistics). ``*_agree``: same rejection reason and scores within
+  1e-5 relative on every tree.
+* ``*_decided``: children decided per second in generations 1.. of a real search with the committed settings
+  (NB201 population 64, fitness spearman; MQ population 32, fitness spearman_partial; ``--generations``, default
+  NB201 10, MQ 20; seed ``--seed``) with multi-fidelity on (every candidate a generation draws counts, memo hits
+  included; ``*_decided_scored`` leaves memo hits out); ``*_full_decided``: the same run with
+  ``--no-multi-fidelity``. ``*_early_reject_error``: the same multi-fidelity run once more with ``--audit`` (the
+  same decisions, ``*_audit.same_decisions`` checks the logs), the share of its early-rejected children whose
+  fitness on every sample reaches the threshold they were rejected against; ``early_reject_error``: over both
+  benchmarks.
+
+Prints one line per benchmark and, last, one JSON object. Timings depend on the machine and its load.
 """
 from __future__ import annotations
 

@@ -14,6 +14,13 @@ seeds, never used for choosing) is then reported once. Work is the samples a chi
 of scoring every child on every sample (screening included; children rejected by screening are not counted).
 
 Writes ``margins.md`` and ``margins.csv`` (every schedule's choice) under ``--out``.
+
+    python -m experiments.race_margins --set nb201 CHOOSE_RUN CHECK_RUN median --set mq CHOOSE_RUN CHECK_RUN used \
+        --out results/racing
+
+chooses one setting for several benchmarks at once (the search's defaults are one setting): schedules as fractions
+of each benchmark's samples (``FRACTIONS``), margins from the grid, the least mean work whose error on every
+benchmark's choose run is within ``--target``; each benchmark's check run is then reported (``joint.md``).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 GRID = tuple(round(0.05 * i, 2) for i in range(0, 13))  # candidate margins 0 .. 0.6
+FRACTIONS = ((0.2,), (0.3,), (0.5,), (0.2, 0.5), (0.3, 0.5), (0.2, 0.3), (0.2, 0.3, 0.5))  # joint schedules
 
 
 def read_children(run: Path, threshold: str = "used") -> tuple[dict, list[int]]:
@@ -102,15 +110,76 @@ def choose(cols: dict, ends: list, target: float) -> list[dict]:
     return sorted(out, key=lambda d: d["choose"]["work"])
 
 
+def _ends(cols: dict, fractions) -> tuple:
+    return tuple(int(round(f * cols["n_samples"])) for f in fractions)
+
+
+def choose_joint(sets: dict, target: float) -> list[dict]:
+    """``sets``: {name: (choose columns, check columns)}; for every schedule of ``FRACTIONS`` present in every run,
+    the least mean work margins within ``target`` on every choose run, with the check runs replayed."""
+    out = []
+    for fractions in FRACTIONS:
+        if not all(set(_ends(c, fractions)) <= set(k for k in c if isinstance(k, int)) for pair in sets.values()
+                   for c in pair):
+            continue
+        best = None
+        for margins in itertools.product(GRID, repeat=len(fractions)):
+            chosen = {n: replay(ch, _ends(ch, fractions), margins) for n, (ch, _) in sets.items()}
+            if max(r["error"] for r in chosen.values()) > target:
+                continue
+            work = sum(r["work"] for r in chosen.values()) / len(chosen)
+            if best is None or work < best[0] - 1e-12:
+                best = (work, margins, chosen)
+        if best is not None:
+            checked = {n: replay(ck, _ends(ck, fractions), best[1]) for n, (_, ck) in sets.items()}
+            out.append({"fractions": fractions, "margins": best[1], "work": best[0], "choose": best[2],
+                        "check": checked})
+    return sorted(out, key=lambda d: d["work"])
+
+
+def main_joint(args, argv) -> int:
+    sets = {name: (merge(choose.split(","), threshold)[0], merge(check.split(","), threshold)[0])
+            for name, choose, check, threshold in args.set}
+    rows = choose_joint(sets, args.target)
+    lines = [f"One multi-fidelity setting for every benchmark (`python -m experiments.race_margins "
+             f"{' '.join(argv if argv is not None else sys.argv[1:])}`): margins chosen so that the early-reject "
+             f"error is <= {args.target:g} on every benchmark's choose run, least mean work first; the check runs (other "
+             "seeds) are replayed once. Work: samples scored / scoring every child that passed screening on every "
+             "sample.", "",
+             "| fractions | margins | mean work (choose) | " + " | ".join(
+                 f"{n}: choose error | {n}: check early / children | {n}: check wrong | {n}: check error | "
+                 f"{n}: check work" for n in sets) + " |",
+             "|" + "---|" * (3 + 5 * len(sets))]
+    for r in rows:
+        cells = []
+        for n in sets:
+            ch, ck = r["choose"][n], r["check"][n]
+            cells.append(f"{ch['error']:.4f} | {ck['early']} / {ck['children']} | {ck['wrong']} | {ck['error']:.4f} | "
+                         f"{ck['work']:.3f}")
+        lines.append(f"| {' '.join(f'{f:g}' for f in r['fractions'])} | {' '.join(f'{m:g}' for m in r['margins'])} | "
+                     f"{r['work']:.3f} | " + " | ".join(cells) + " |")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "joint.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:8]))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.race_margins", description=__doc__.splitlines()[0])
-    p.add_argument("--choose", nargs="+", required=True, help="audited run folders the margins are chosen on")
-    p.add_argument("--check", nargs="+", required=True, help="audited run folders (other seeds) the choice is checked on")
+    p.add_argument("--choose", nargs="+", help="audited run folders the margins are chosen on")
+    p.add_argument("--check", nargs="+", help="audited run folders (other seeds) the choice is checked on")
+    p.add_argument("--set", nargs=4, action="append", metavar=("NAME", "CHOOSE", "CHECK", "THRESHOLD"),
+                   help="joint mode: a benchmark's choose and check runs (comma-separated) and its threshold rule")
     p.add_argument("--target", type=float, default=0.01, help="largest early-reject error allowed on --choose runs")
     p.add_argument("--threshold", choices=("used", "median"), default="used",
                    help="the entry threshold replayed: the runs' own, or the parents' median (from log.csv)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.set:
+        return main_joint(args, argv)
+    if not args.choose or not args.check:
+        p.error("--choose and --check (or --set) are required")
     train, ends = merge(args.choose, args.threshold)
     test, test_ends = merge(args.check, args.threshold)
     ends = [e for e in ends if e in test_ends]
