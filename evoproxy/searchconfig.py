@@ -30,7 +30,6 @@ MARGINS = [0.5, 0.25, 0.15]
 # the quantile of the parents' fitness a child must reach: in the audited NB201 run (seed 0, generations 1-9), 6% of
 # the children that passed screening were below the parents' worst, 59% below their median
 ENTRY_QUANTILE = 0.5
-MARGINS = [0.25, 0.15]
 LATER_KEYS = {"screen_cost": SCREEN_COST, "islands": 1, "migration_interval": 5, "migrants": 2, "restart_after": 0,
               "multi_fidelity": False}
 DEFAULT_POPULATION, DEFAULT_GENERATIONS = 32, 20  # without --time-budget; with it, unset sizes are measured
