@@ -20,8 +20,8 @@ Protocol
 * Candidates already scored (same canonical formula) are never re-scored (a memo); with screening
   on, a candidate whose screening scores equal those of an earlier one inherits its outcome.
 * Multi-fidelity (``multi_fidelity``, on by default; :mod:`evoproxy.racing`): a child enters the population only
-  if its fitness reaches the ``entry_quantile`` of its parents' fitness (up to ``FIDELITY_ROUNDS`` rounds of
-  children); it is raced on growing prefixes of the search samples (``rungs``) and rejected early when its fitness
+  if its fitness reaches the ``entry_quantile`` of its parents' fitness (places still open after ``MAX_ROUNDS``
+  rounds of children go to the best former members, as without it); it is raced on growing prefixes of the search samples (``rungs``) and rejected early when its fitness
   there is below that threshold minus the rung's ``margins``. ``audit`` also scores early-rejected children on
   every sample (decisions unchanged) and writes ``children.csv``.
 * Randomness: Python's ``random`` (used by DEAP and :mod:`evoproxy.space`) is re-seeded at the start of
@@ -60,7 +60,6 @@ from evoproxy.tree import Proxy, ProxyTree, canonical, render
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
 MAX_ROUNDS = 5
-FIDELITY_ROUNDS = 10  # with multi-fidelity, children below the entry threshold do not enter: more rounds may be needed
 HALL_OF_FAME = 10
 
 
@@ -299,7 +298,7 @@ class Search:
         need = c.population - len(elites)
         children: list[Individual] = []
         taken = {i.key for i in elites}
-        for _ in range(MAX_ROUNDS if threshold is None else FIDELITY_ROUNDS):
+        for _ in range(MAX_ROUNDS):
             short = need - len(children)
             if short <= 0:
                 break
