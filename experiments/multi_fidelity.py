@@ -5,7 +5,7 @@
 For each benchmark and search seed, the committed search (``results/nb201_correlation/runs/seed<S>``:
 NB201 population 64 x 40 generations on 100 search architectures; ``results/mq_correlation/runs/seed<S>``:
 MQ ResNet-20 population 32 x 20 on 50 search configurations, fitness spearman_partial) is run again with
-today's defaults (one batched scorer, multi-fidelity on) into ``results/multi_fidelity/runs/<bench>-seed<S>``
+the batched scorer and multi-fidelity on (its default rungs, margins and entry quantile) into ``results/multi_fidelity/runs/<bench>-seed<S>``
 (a finished run is reused, an interrupted one resumed: each run is kept as soon as it finishes), and its best
 proxy is scored on the same holdout as the committed tables: NB201 1000 architectures (holdout split, sample
 seed 1), MQ all 454 holdout configurations (per-item scores cached in ``items_<bench>.csv``). The committed
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             run = out / "runs" / f"{short}-seed{s}"
             log(f"{short} seed {s} -> {run}")
             run_or_resume_search(SearchConfig(bench=spec["bench"], out=str(run), seed=s, jobs=args.jobs,
-                                              progress=False, **spec["search"]))
+                                              progress=False, multi_fidelity=True, **spec["search"]))
             runs[s] = run
         paths = [str(runs[s] / "best.json") for s in seeds]
         reports = score_with_cache(spec["bench"], paths, spec["samples"], spec["sample_seed"], "holdout",
