@@ -387,20 +387,15 @@ class Search:
         self._write_outputs()
 
     def _write_outputs(self) -> None:
-        if self.log:
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=list(self.log[0]))
-            writer.writeheader()
-            writer.writerows(self.log)
-            atomic_write_text(self.out / "log.csv", buf.getvalue())
+        for name, rows in (("log.csv", self.log), ("children.csv", self.children)):
+            if rows:
+                buf = io.StringIO()
+                writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+                atomic_write_text(self.out / name, buf.getvalue())
         if self.island_log:
             write_island_log(self.out / "islands.csv", self.island_log)
-        if self.children:
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=list(self.children[0]))
-            writer.writeheader()
-            writer.writerows(self.children)
-            atomic_write_text(self.out / "children.csv", buf.getvalue())
         hof = [{"rank": r + 1, "formula": self._proxy(i).formula, "fitness": i.fitness, "generation": i.generation,
                 "tree": i.tree.to_json(), "orientation": i.orientation} for r, i in enumerate(self.hof)]
         atomic_write_text(self.out / "hall_of_fame.json", json.dumps(hof, indent=2, ensure_ascii=False) + "\n")
