@@ -143,7 +143,7 @@ def decide(search, trees, counts: dict, thresholds=None) -> list[dict]:
     Candidates already in the memo are not scored again; the others are raced (:func:`race_many`, screening
     first), or with screening off scored on every sample."""
     from evoproxy.fitness import oriented_fitness
-    from evoproxy.screening import LOG_NAME, score_many
+    from evoproxy.screening import LOG_NAME, _is_constant, score_many
     from evoproxy.tree import canonical
 
     c = search.config
@@ -191,7 +191,7 @@ def decide(search, trees, counts: dict, thresholds=None) -> list[dict]:
             elif r.get("reason"):
                 search.memo[k] = {"reason": r["reason"]}
                 continue
-            elif np.ptp(scores) <= 1e-12 * max(1.0, float(np.max(np.abs(scores)))):
+            elif _is_constant(scores):
                 search.memo[k] = {"reason": "constant"}
                 continue
             else:
@@ -216,6 +216,7 @@ def decide(search, trees, counts: dict, thresholds=None) -> list[dict]:
             counts["valid"] += 1
     return outcomes
 
+
 def _stale(outcome: dict, threshold: float) -> bool:
     """Whether a remembered early rejection does not hold at ``threshold`` (it was decided against a higher one)."""
     return outcome.get("reason") == "early" and threshold < outcome.get("threshold", -math.inf)
@@ -228,8 +229,8 @@ def _note_child(search, key: str, threshold: float, raced: dict, scores) -> None
         return
     from evoproxy.fitness import oriented_fitness
 
-    full = math.nan
-    if scores is not None:
+    full = search.memo[key].get("fitness", math.nan)  # scored on every sample: the fitness already computed
+    if scores is not None and "early" in raced:  # audited early rejection: what full fidelity gives
         full = oriented_fitness(search.config.fitness, scores, search.truth, search.size, search.config.seed)[0]
     row = {"generation": search.generation + 1, "key": key, "threshold": threshold, "full_fitness": full,
            "decision": "early" if "early" in raced else "full",
