@@ -204,6 +204,7 @@ class ProxySearch:
         ``load_stats`` a memo hit. If the two ever drift apart the search still runs (it extracts what it
         is missing itself, in this process with ``jobs=1``)."""
         from evoproxy.searchdata import DataRecipe
+        from evoproxy.searchsample import search_items
         from evoproxy.space import SearchSpace
         from mqbench.benchmarks import BenchSpec
         from primitives.core import REGISTRY
@@ -214,8 +215,9 @@ class ProxySearch:
         available = [n for n in available_names(bench) if probes > 0 or not uses_hessian([n])]
         terminals = list(c.terminals) if c.terminals else [n for n in available if getattr(REGISTRY[n], "default", True)]
         space = SearchSpace(terminals, c.structure, dict(c.weights), c.max_chain, c.max_depth, c.max_size)
-        ids = bench.sample(c.samples, c.seed, "search")
-        return spec, ids, DataRecipe.for_bench(spec, ids, space.terminals, probes, c.noise_std, c.batch,
+        fit, val = search_items(bench, c.samples, c.validation, c.seed, c.sampling)
+        # ids: the validation items' too (extracted here as well); the recipe: the search samples', as the search's
+        return spec, fit + val, DataRecipe.for_bench(spec, fit, space.terminals, probes, c.noise_std, c.batch,
                                                device=c.device)
 
     @staticmethod

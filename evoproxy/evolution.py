@@ -41,7 +41,6 @@ Protocol
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import random
@@ -53,7 +52,7 @@ import numpy as np
 
 from evoproxy.errors import ConfigError, EvoproxyError
 from mqbench.fileio import atomic_write_text
-from evoproxy.islands import Individual, Island, interleave, island_row, island_seed, migrate, write_island_log
+from evoproxy.islands import Individual, Island, interleave, island_row, island_seed, migrate
 from evoproxy.results import SearchResult
 from evoproxy.searchconfig import SearchConfig
 from evoproxy.tree import Proxy, ProxyTree, canonical, render
@@ -83,7 +82,9 @@ class Search:
     def _prepare(self) -> None:
         from evoproxy.scoring import reason
         from evoproxy.searchdata import DataRecipe, load_stats
+        from evoproxy.searchsample import search_items
         from evoproxy.space import SearchSpace
+        from evoproxy.validation import Validation
         from mqbench.benchmarks import BenchSpec
         from primitives.core import REGISTRY
         from primitives.items import available_names, uses_hessian
@@ -101,7 +102,7 @@ class Search:
         if bad:
             raise ConfigError(f"terminal(s) {', '.join(bad)} not available here (available: {', '.join(available)})")
         self.space = SearchSpace(terminals, c.structure, dict(c.weights), c.max_chain, c.max_depth, c.max_size)
-        self.ids = bench.sample(c.samples, c.seed, "search")
+        self.ids, self.val_ids = search_items(bench, c.samples, c.validation, c.seed, c.sampling)
         self.truth = np.asarray(bench.ground_truth(self.ids), dtype=float)
         self.size = np.asarray(bench.size(self.ids), dtype=float)
         self.recipe = DataRecipe.for_bench(spec, self.ids, self.space.terminals, probes, c.noise_std, c.batch,
@@ -112,6 +113,9 @@ class Search:
             raise
         except Exception as exc:  # nothing can be searched without the samples' primitives
             raise ConfigError(f"extracting the primitives of the {len(self.ids)} search samples failed: {reason(exc)}") from None
+        self.validation = None if not self.val_ids else Validation(
+            DataRecipe.for_bench(spec, self.val_ids, self.space.terminals, probes, c.noise_std, c.batch, device=c.device),
+            bench.ground_truth(self.val_ids), bench.size(self.val_ids), c.fitness, c.seed, jobs=c.jobs, progress=c.progress)
         self.n_screen = min(c.screen_samples, len(self.ids))
         self.race_plan = self._race_plan()
 
@@ -139,6 +143,7 @@ class Search:
         self.screen_memo: dict[tuple, str] = {}
         self.log: list[dict] = []
         self.hof: list[Individual] = []
+        self.val_memo: dict[str, float] = {}  # hall-of-fame key -> fitness on the validation items (--validation)
         self.children: list[dict] = []  # children.csv rows (audit)
         self.elapsed = 0.0
         self.prep_seconds = 0.0  # extraction of the search samples' statistics (part of elapsed)
@@ -151,7 +156,7 @@ class Search:
                 "sizing": self.sizing, "population": [i.to_json() for i in self.population],
                 "islands": [i.to_json() for i in self.islands], "island_log": self.island_log,
                 "memo": self.memo, "screen_memo": [[list(k), v] for k, v in self.screen_memo.items()],
-                "log": self.log, "hall_of_fame": [i.to_json() for i in self.hof]}
+                "log": self.log, "hall_of_fame": [i.to_json() for i in self.hof], "validation": self.val_memo}
 
     def _load_state(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -180,6 +185,7 @@ class Search:
         self.screen_memo = {tuple(k): v for k, v in state["screen_memo"]}
         self.log = list(state["log"])
         self.hof = [Individual.from_json(d) for d in state["hall_of_fame"]]
+        self.val_memo = {k: float(v) for k, v in state.get("validation", {}).items()}
         self.children = self._read_children(self.generation)
 
     def _lock_run_dir(self):
@@ -224,6 +230,7 @@ class Search:
             raise ConfigError(f"the checkpoint in {self.out} has no population/generations; pass them")
         self.out.mkdir(parents=True, exist_ok=True)
         config = {**self.config.portable(), "search_ids": [int(i) for i in self.ids],
+                  **({"validation_ids": [int(i) for i in self.val_ids]} if self.val_ids else {}),
                   "hutchinson_probes_used": self.probes, "terminals_used": self.space.terminals,
                   "benchmark": self.bench.name}
         if self.config.time_budget is not None:
@@ -356,6 +363,16 @@ class Search:
             if ind.key not in merged or merged[ind.key].generation > ind.generation:
                 merged[ind.key] = ind
         self.hof = sorted(merged.values(), key=lambda i: (-i.fitness, i.generation, i.key))[:HALL_OF_FAME]
+        if self.validation is not None:
+            for ind in self.hof:
+                if ind.key not in self.val_memo:
+                    self.val_memo[ind.key] = self.validation.fitness(ind)
+
+    def best(self) -> Individual:
+        """The answer: the hall of fame's best on the validation items (``--validation``), else its first."""
+        from evoproxy.validation import choose
+
+        return choose(self.hof, self.val_memo) if self.validation is not None else self.hof[0]
 
     def _log_row(self, generation: int, counts: dict, seconds: float) -> dict:
         from evoproxy.screening import LOG_REASONS
@@ -387,21 +404,9 @@ class Search:
         self._write_outputs()
 
     def _write_outputs(self) -> None:
-        for name, rows in (("log.csv", self.log), ("children.csv", self.children)):
-            if rows:
-                buf = io.StringIO()
-                writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-                atomic_write_text(self.out / name, buf.getvalue())
-        if self.island_log:
-            write_island_log(self.out / "islands.csv", self.island_log)
-        hof = [{"rank": r + 1, "formula": self._proxy(i).formula, "fitness": i.fitness, "generation": i.generation,
-                "tree": i.tree.to_json(), "orientation": i.orientation} for r, i in enumerate(self.hof)]
-        atomic_write_text(self.out / "hall_of_fame.json", json.dumps(hof, indent=2, ensure_ascii=False) + "\n")
-        if self.hof:
-            text = json.dumps(self._proxy(self.hof[0]).to_json(), indent=2, ensure_ascii=False) + "\n"
-            atomic_write_text(self.out / "best.json", text)
+        from evoproxy.runfiles import write_outputs
+
+        write_outputs(self)
 
     def _read_children(self, generation: int) -> list[dict]:
         """The rows of ``children.csv`` up to ``generation`` (a resumed audited run drops the unfinished one's)."""
@@ -412,23 +417,9 @@ class Search:
             return [row for row in csv.DictReader(f) if int(row["generation"]) <= generation]
 
     def _proxy(self, ind: Individual) -> Proxy:
-        from evoproxy.metrics import partial_spearman, spearman
+        from evoproxy.runfiles import proxy_of
 
-        c = self.config
-        s = ind.orientation * np.asarray(ind.scores, dtype=float)
-        prims = {"noise_std": c.noise_std}
-        from primitives.items import uses_hessian
-
-        if uses_hessian(ind.tree.terminals()):
-            prims["hutchinson_probes"] = self.probes
-        from mqbench.dataroot import portable_path
-
-        search = {"bench": self.bench.name, "table": portable_path(c.table), "gt_column": c.gt_column, "samples": len(self.ids),
-                  "split": "search", "seed": c.seed, "structure": c.structure, "fitness": c.fitness,
-                  "fitness_value": ind.fitness, "search_spearman": spearman(s, self.truth),
-                  "search_partial_spearman": partial_spearman(s, self.truth, self.size),
-                  "generation_found": ind.generation, "batch": c.batch}
-        return Proxy(ind.tree, ind.orientation, prims, search)
+        return proxy_of(self, ind)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> SearchResult:
@@ -447,6 +438,8 @@ class Search:
     def _run(self) -> SearchResult:
         from tqdm import tqdm
 
+        from evoproxy.budget import MAX_GENERATIONS, stop_reason
+
         t_prep = time.perf_counter()
         self._prepare()
         self._open_run_dir(t_prep)
@@ -454,7 +447,7 @@ class Search:
         if self.generation < 0:
             self.prep_seconds = time.perf_counter() - t_prep
             self.elapsed += self.prep_seconds
-        bar = tqdm(total=c.generations + 1, initial=self.generation + 1, desc="search", unit="gen",
+        bar = tqdm(total=None if c.generations >= MAX_GENERATIONS else c.generations + 1, initial=self.generation + 1, desc="search", unit="gen",
                    file=sys.stderr, disable=not c.progress, dynamic_ncols=True)
         try:
             while self.generation < c.generations and self.stopped is None:
@@ -467,9 +460,7 @@ class Search:
                 self.elapsed += seconds
                 self.generation = g
                 self.log.append(self._log_row(g, counts, seconds))
-                mean_gen = (self.elapsed - self.prep_seconds) / (g + 1)  # a generation's time, extraction excluded
-                if c.time_budget is not None and g < c.generations and self.elapsed + mean_gen > c.time_budget:
-                    self.stopped = f"time budget {c.time_budget:g} s reached after generation {g}"
+                self.stopped = stop_reason(c, self.log, self.elapsed)
                 self._checkpoint()
                 bar.set_postfix(best=f"{self.hof[0].fitness:.4f}", valid=f"{self.log[-1]['valid_rate']:.2f}")
                 bar.update(1)

@@ -91,13 +91,18 @@ def f_spearman_partial(s, y, size, seed):
     return 0.5 * (f_spearman(s, y, size, seed) + f_partial(s, y, size, seed))
 
 
+def fitness_value(name: str, scores, truth, size=None, seed: int = 0) -> float:
+    """The fitness ``name`` of ``scores`` as they are (no re-orientation); NaN or None -> -inf."""
+    v = _FITNESS[check_fitness(name)](np.asarray(scores, dtype=float), truth, size, seed)
+    return float(v) if v is not None and math.isfinite(v) else -math.inf
+
+
 def oriented_fitness(name: str, scores, truth, size=None, seed: int = 0) -> tuple[float, int]:
     """(fitness, orientation): the better of the fitness of ``scores`` and of ``-scores``; NaN -> -inf."""
-    fn = _FITNESS[check_fitness(name)]
     s = np.asarray(scores, dtype=float)
     best, orient = -math.inf, 1
     for o in (1, -1):
-        v = fn(o * s, truth, size, seed)
-        if v is not None and math.isfinite(v) and v > best:
-            best, orient = float(v), o
+        v = fitness_value(name, o * s, truth, size, seed)
+        if v > best:
+            best, orient = v, o
     return best, orient

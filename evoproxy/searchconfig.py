@@ -31,7 +31,7 @@ MARGINS = [0.5, 0.25, 0.15]
 # the children that passed screening were below the parents' worst, 59% below their median
 ENTRY_QUANTILE = 0.5
 LATER_KEYS = {"screen_cost": SCREEN_COST, "islands": 1, "migration_interval": 5, "migrants": 2, "restart_after": 0,
-              "multi_fidelity": False}
+              "multi_fidelity": False, "sampling": "random", "validation": 0.0, "patience": 0}
 DEFAULT_POPULATION, DEFAULT_GENERATIONS = 32, 20  # without --time-budget; with it, unset sizes are measured
 PATH_KEYS = ("out", "table", "checkpoint")  # stored portably (repository- or data-root-relative)
 
@@ -69,6 +69,12 @@ class SearchConfig:
     out: str | None = _opt(None, "run folder (config.json, log.csv, hall_of_fame.json, best.json, checkpoint.json)",
                            required=True)
     samples: int = _opt(64, "search-split items scored per candidate")
+    sampling: str = _opt("random", "how the search samples are drawn from the search split: random (a seeded "
+                                 "permutation) or stratified (one per ground-truth stratum; evoproxy.searchsample)",
+                       choices=("random", "stratified"))
+    validation: float = _opt(0.0, "extra search-split items, as a fraction of --samples, never used by the fitness: "
+                                  "best.json is the hall-of-fame member with the best fitness on them (0: the best "
+                                  "fitness)")
     population: int | None = _opt(None, f"candidates per generation and island (default {DEFAULT_POPULATION}; with "
                                         "--time-budget: sized from a measured scoring rate)")
     generations: int | None = _opt(None, f"generations after the initial population (default {DEFAULT_GENERATIONS}; "
@@ -110,6 +116,8 @@ class SearchConfig:
     audit: bool = _opt(False, "score children rejected early on every sample too (decisions unchanged, slower) and "
                               "write children.csv: each child's fitness at every rung and at full fidelity",
                        flag="--audit")
+    patience: int = _opt(0, "stop when the best fitness has not improved for this many generations (0: never; "
+                            "the log says so)")
     islands: int = _opt(1, "populations evolved side by side (1: one population)")
     migration_interval: int = _opt(5, "islands: every this many generations the best of each island migrate")
     migrants: int = _opt(2, "islands: best candidates of an island copied to the next one (a ring), replacing its worst")
@@ -144,7 +152,7 @@ class SearchConfig:
             raise ConfigError("a search needs a run folder (--out)")
         ints = {"samples": 4, "population": 4, "generations": 0, "batch": 2, "tournament": 1, "elites": 0,
                 "screen_samples": 2, "jobs": 1, "max_depth": 4, "max_size": 4, "max_chain": 0, "islands": 1,
-                "migration_interval": 1, "migrants": 0, "restart_after": 0}
+                "migration_interval": 1, "migrants": 0, "restart_after": 0, "patience": 0}
         for key, low in ints.items():
             v = getattr(self, key)
             if v is None and key in ("population", "generations"):
@@ -163,6 +171,10 @@ class SearchConfig:
             raise ConfigError(f"--entry-quantile must be in [0, 1], got {self.entry_quantile}")
         if any(not m >= 0 for m in self.margins):
             raise ConfigError(f"--margins must be >= 0, got {self.margins}")
+        if not 0 <= self.validation <= 4:
+            raise ConfigError(f"--validation must be a fraction of --samples in [0, 4], got {self.validation!r}")
+        if self.sampling not in ("random", "stratified"):
+            raise ConfigError(f"--sampling must be random or stratified, got {self.sampling!r}")
         if not self.screen_cost > 0:
             raise ConfigError(f"--screen-cost must be > 0 tensor elements, got {self.screen_cost!r}")
         for key in ("cx_prob", "mut_prob"):

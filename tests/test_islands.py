@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from evoproxy.budget import MIN_POPULATION, choose_sizes
+from evoproxy.budget import MAX_GENERATIONS, MIN_POPULATION, POPULATIONS, choose_sizes
 from evoproxy.evolution import Search, run_search
 from evoproxy.fuzz import synthetic_stats
 from evoproxy.islands import Individual, Island, migrate
@@ -128,13 +128,32 @@ def test_cost_bound_rejects_deterministically(stats):
 
 
 def test_time_budget_sizes_follow_the_rule():
-    # neither size given: square schedule, total population sqrt(F / 2)
-    assert choose_sizes(10.0, 600.0, 1, None, None) == (55, 53)  # F = 6000: P = 54.8, G = 6000 / 110 - 1
-    assert choose_sizes(10.0, 600.0, 4, None, None) == (14, 52)
-    assert choose_sizes(10.0, 600.0, 1, 32, None) == (32, 92)
-    assert choose_sizes(10.0, 600.0, 1, None, 29) == (100, 29)
-    assert choose_sizes(0.0, 600.0, 1, None, None) == (MIN_POPULATION, 1)  # nothing affordable: the smallest run
-    assert choose_sizes(1e9, 1e9, 1, None, None)[1] == 10_000
+    # neither size given: square schedule, total population sqrt(F / 4.5) rounded down to the ladder; generations open
+    assert choose_sizes(10.0, 600.0, 1, None, None) == (32, MAX_GENERATIONS)  # F = 6000: sqrt(1333) = 36.5 -> 32
+    assert choose_sizes(10.0, 600.0, 4, None, None) == (8, MAX_GENERATIONS)  # 36.5 / 4 = 9.1 -> 8
+    assert choose_sizes(10.0, 600.0, 1, 32, None) == (32, MAX_GENERATIONS)
+    assert choose_sizes(10.0, 600.0, 1, None, 29) == (32, 29)  # 6000 / (4.5 * 30) = 44.4 -> 32
+    assert choose_sizes(0.0, 600.0, 1, None, None) == (MIN_POPULATION, MAX_GENERATIONS)  # nothing affordable
+    assert choose_sizes(1e9, 1e9, 1, None, None)[0] == POPULATIONS[-1]
+    assert choose_sizes(10.0, 600.0, 1, None, None, smallest=40) == (40, MAX_GENERATIONS)  # above elites/migrants
+    # a run of the same command a few percent faster or slower gets the same population
+    assert {choose_sizes(10.0 * f, 600.0, 1, None, None)[0] for f in (0.9, 0.95, 1.0, 1.05)} == {32}
+
+
+def test_stop_rule_learns_the_pace_and_patience():
+    from types import SimpleNamespace
+
+    from evoproxy.budget import next_generation_seconds, stalled_for, stop_reason
+
+    log = [{"generation": g, "seconds": s, "best_fitness": f}
+           for g, (s, f) in enumerate([(60, 0.5), (10, 0.6), (20, 0.6), (30, 0.6), (30, 0.6)])]
+    assert next_generation_seconds(log[:1]) == 60 and next_generation_seconds(log) == (20 + 30 + 30) / 3
+    assert stalled_for(log) == 3 and stalled_for(log[:2]) == 0
+    c = SimpleNamespace(generations=MAX_GENERATIONS, patience=0, time_budget=200.0)
+    assert stop_reason(c, log, 140.0) is None  # 140 + 26.7 < 200
+    assert "time budget" in stop_reason(c, log, 180.0)
+    assert "converged" in stop_reason(SimpleNamespace(generations=100, patience=3, time_budget=None), log, 0.0)
+    assert stop_reason(SimpleNamespace(generations=4, patience=3, time_budget=1.0), log, 1e9) is None  # the last one
 
 
 def test_time_budget_run_records_its_sizes(search_root, tmp_path):

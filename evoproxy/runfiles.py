@@ -1,0 +1,62 @@
+"""What a search run folder holds besides its checkpoint: log.csv, children.csv, islands.csv, hall_of_fame.json and
+best.json, regenerated from the search's state after every generation (see :mod:`evoproxy.evolution`)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+
+from evoproxy.islands import write_island_log
+from evoproxy.tree import Proxy
+from mqbench.fileio import atomic_write_text
+
+
+def _finite(v):
+    return v if v is not None and math.isfinite(v) else None
+
+
+def write_outputs(search) -> None:
+    """log.csv, children.csv, islands.csv, hall_of_fame.json and best.json of ``search`` (an evolution.Search)."""
+    for name, rows in (("log.csv", search.log), ("children.csv", search.children)):
+        if rows:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(search.out / name, buf.getvalue())
+    if search.island_log:
+        write_island_log(search.out / "islands.csv", search.island_log)
+    hof = [{"rank": r + 1, "formula": proxy_of(search, i).formula, "fitness": i.fitness, "generation": i.generation,
+            "tree": i.tree.to_json(), "orientation": i.orientation,
+            **({"validation_fitness": _finite(search.val_memo.get(i.key))} if search.validation is not None else {})}
+           for r, i in enumerate(search.hof)]
+    atomic_write_text(search.out / "hall_of_fame.json", json.dumps(hof, indent=2, ensure_ascii=False) + "\n")
+    if search.hof:
+        text = json.dumps(proxy_of(search, search.best()).to_json(), indent=2, ensure_ascii=False) + "\n"
+        atomic_write_text(search.out / "best.json", text)
+
+
+def proxy_of(search, ind) -> Proxy:
+    """The proxy file content of hall-of-fame member ``ind`` of ``search``."""
+    from evoproxy.metrics import partial_spearman, spearman
+    from mqbench.dataroot import portable_path
+    from primitives.items import uses_hessian
+
+    c = search.config
+    s = ind.orientation * np.asarray(ind.scores, dtype=float)
+    prims = {"noise_std": c.noise_std}
+    if uses_hessian(ind.tree.terminals()):
+        prims["hutchinson_probes"] = search.probes
+
+    info = {"bench": search.bench.name, "table": portable_path(c.table), "gt_column": c.gt_column,
+            "samples": len(search.ids), "split": "search", "seed": c.seed, "structure": c.structure, "fitness": c.fitness,
+            "fitness_value": ind.fitness, "search_spearman": spearman(s, search.truth),
+            "search_partial_spearman": partial_spearman(s, search.truth, search.size),
+            "generation_found": ind.generation, "batch": c.batch,
+            **({"sampling": c.sampling} if c.sampling != "random" else {}),
+            **({"validation_items": len(search.val_ids), "validation_fitness": _finite(search.val_memo.get(ind.key))}
+               if search.validation is not None else {})}
+    return Proxy(ind.tree, ind.orientation, prims, info)
