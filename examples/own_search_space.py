@@ -1,6 +1,6 @@
 """Your own search space from Python: fit a proxy to networks you trained, compare it on the held-out ones.
 
-    EVOPROXY_DATA=/path/to/data python examples/own_search_space.py            # the full run (see README)
+    EVOPROXY_DATA=/path/to/data python examples/own_search_space.py            # the full run (see docs/python.md)
     EVOPROXY_SMOKE=1 EVOPROXY_DATA=... python examples/own_search_space.py     # 6 networks, 1 epoch: a check
 
 The space is not a built-in one: a small CNN of ``depth`` conv blocks of ``width`` channels and kernel
