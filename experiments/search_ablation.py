@@ -6,7 +6,9 @@
 Every run is one ``evoproxy search`` with an equal time budget (NAS-Bench-201 300 s: 100 search
 architectures, fitness spearman; MQ ResNet-20 W{2,3,4}A8 120 s: 50 search configurations, fitness
 spearman_partial), population and generations sized by the budget (:mod:`evoproxy.budget`),
-multi-fidelity on, ``validation`` 0.5 (50 / 25 more search-split items that only choose ``best.json``).
+multi-fidelity on; NB201 ``validation`` 0.5 (50 more search-split architectures that only choose ``best.json``;
+the MQ table's search split holds just the 50 search configurations, so MQ runs have no validation items and
+``random`` / ``stratified`` differ there only in the order of the same 50, which multi-fidelity's prefixes see).
 The search samples' and validation items' statistics are extracted *before* the run starts (disk cache),
 so that no run's budget pays for an extraction another run got from the cache.
 
@@ -39,12 +41,13 @@ import numpy as np
 from experiments.common import dump_json, log, results_dir
 
 BENCHES = {
-    "nb201": dict(bench="nb201-cifar10", samples=100, fitness="spearman", time_budget=300.0,
+    "nb201": dict(bench="nb201-cifar10", samples=100, fitness="spearman", time_budget=300.0, validation=0.5,
                   holdout=dict(samples=1000, seed=1)),
-    "mq": dict(bench="mq-resnet20-cifar10", samples=50, fitness="spearman_partial", time_budget=120.0,
+    # the MQ table's search split is 50 configurations: all of them are the search sample, none is left to validate
+    "mq": dict(bench="mq-resnet20-cifar10", samples=50, fitness="spearman_partial", time_budget=120.0, validation=0.0,
                holdout=dict(samples=None, seed=0)),
 }
-COMMON = dict(structure="emq", validation=0.5, multi_fidelity=True)
+COMMON = dict(structure="emq", multi_fidelity=True)
 SETTINGS = {
     "random": dict(sampling="random"),
     "stratified": dict(sampling="stratified"),
@@ -60,7 +63,7 @@ def config_for(short: str, setting: str, seed: int, out: Path, jobs: int):
 
     b = BENCHES[short]
     return SearchConfig(bench=b["bench"], out=str(out), samples=b["samples"], fitness=b["fitness"],
-                        time_budget=b["time_budget"], seed=seed, jobs=jobs, progress=False,
+                        time_budget=b["time_budget"], validation=b["validation"], seed=seed, jobs=jobs, progress=False,
                         **COMMON, **SETTINGS[setting])
 
 

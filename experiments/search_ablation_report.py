@@ -66,10 +66,10 @@ def write_report(out: Path, benches: dict, settings: dict, common: dict) -> None
     nb, mq = benches["nb201"], benches["mq"]
     caption = (f"Search settings on an equal time budget per run, one idle 2-core machine, statistics of the search "
                f"and validation items extracted before each run. NAS-Bench-201 (nb201): {nb['samples']} search "
-               f"architectures + {int(nb['samples'] * common['validation'])} validation, fitness {nb['fitness']}, "
+               f"architectures + {int(nb['samples'] * nb['validation'])} validation, fitness {nb['fitness']}, "
                f"--time-budget {nb['time_budget']:g}; holdout n = 1000 (holdout split, sample seed 1), ground truth "
-               f"CIFAR10TestAccuracy200Epochs. MQ ResNet-20 W{{2,3,4}}A8 (mq): {mq['samples']} search configurations + "
-               f"{int(mq['samples'] * common['validation'])} validation, fitness {mq['fitness']}, --time-budget "
+               f"CIFAR10TestAccuracy200Epochs. MQ ResNet-20 W{{2,3,4}}A8 (mq): {mq['samples']} search configurations (the whole search split; "
+               f"no validation items: best = top), fitness {mq['fitness']}, --time-budget "
                f"{mq['time_budget']:g}; holdout all 454 configurations, ground truth PTQ top-1, partial ρ given the "
                "model size. Population sized by the budget, generations until the budget; multi-fidelity on. "
                "Settings: random / stratified search sample; -nodiv: plain tournament; islands: 4 islands, ring "
