@@ -82,7 +82,7 @@ class Search:
     def _prepare(self) -> None:
         from evoproxy.scoring import reason
         from evoproxy.searchdata import DataRecipe, load_stats
-        from evoproxy.searchsample import search_items
+        from evoproxy.searchsample import search_items, validation_count
         from evoproxy.space import SearchSpace
         from evoproxy.validation import Validation
         from mqbench.benchmarks import BenchSpec
@@ -103,6 +103,11 @@ class Search:
             raise ConfigError(f"terminal(s) {', '.join(bad)} not available here (available: {', '.join(available)})")
         self.space = SearchSpace(terminals, c.structure, dict(c.weights), c.max_chain, c.max_depth, c.max_size)
         self.ids, self.val_ids = search_items(bench, c.samples, c.validation, c.seed, c.sampling)
+        if len(self.val_ids) < validation_count(c.samples, c.validation):
+            print(f"note: the search split has {len(self.val_ids)} items besides the {c.samples} search samples: "
+                  f"{len(self.val_ids) or 'no'} validation items (--validation {c.validation:g} asked for "
+                  f"{validation_count(c.samples, c.validation)}){'' if self.val_ids else '; best.json is the best fitness'}",
+                  file=sys.stderr)
         self.truth = np.asarray(bench.ground_truth(self.ids), dtype=float)
         self.size = np.asarray(bench.size(self.ids), dtype=float)
         self.recipe = DataRecipe.for_bench(spec, self.ids, self.space.terminals, probes, c.noise_std, c.batch,

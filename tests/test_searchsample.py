@@ -62,8 +62,11 @@ def test_spread_order_is_a_permutation_and_bad_settings_say_so():
     assert sorted(order.tolist()) == list(range(37))
     with pytest.raises(ConfigError, match="sampling"):
         search_items(Pool(), 10, 0.0, seed=0, strategy="quantile")
-    with pytest.raises(ConfigError, match="validation items"):
-        search_items(Pool(n=40), 18, 0.5, seed=0, strategy="stratified")
+    fit, val = search_items(Pool(n=40), 18, 0.5, seed=0, strategy="stratified")  # 20 in the split: 2 are left
+    assert len(fit) == 18 and len(val) == 2
+    assert search_items(Pool(n=40), 20, 0.5, seed=0, strategy="random")[1] == []
+    with pytest.raises(ConfigError, match="search split has only 20"):
+        search_items(Pool(n=40), 21, 0.0, seed=0, strategy="random")
     assert stratified([5, 6, 7], np.array([3.0, 1.0, 2.0]), 3, seed=0) != []
 
 
