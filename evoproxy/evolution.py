@@ -273,8 +273,16 @@ class Search:
             k = canonical(t)
             if self.config.diversity and k in taken:
                 continue
+            ind = Individual(t, k, o["fitness"], o["orientation"], o["scores"], generation)
+            if self._ranking_taken(ind, taken):
+                continue
             taken.add(k)
-            into.append(Individual(t, k, o["fitness"], o["orientation"], o["scores"], generation))
+            into.append(ind)
+
+    def _ranking_taken(self, ind: Individual, taken: set) -> bool:
+        from evoproxy.selection import ranking_taken
+
+        return self.config.diversity and self.config.distinct_rankings and ranking_taken(ind, taken)
 
     def _initial(self, counts, generation: int = 0):
         """A random population (a generator for :func:`evoproxy.islands.interleave`: yields trees, gets outcomes)."""
@@ -310,6 +318,8 @@ class Search:
         need = c.population - len(elites)
         children: list[Individual] = []
         taken = {i.key for i in elites}
+        for ind in elites:
+            self._ranking_taken(ind, taken)
         for _ in range(MAX_ROUNDS):
             short = need - len(children)
             if short <= 0:
@@ -338,7 +348,13 @@ class Search:
         for ind in ranked[c.elites:]:  # still short: keep the best former members
             if len(children) >= need:
                 break
-            if not c.diversity or ind.key not in taken:
+            if not c.diversity or (ind.key not in taken and not self._ranking_taken(ind, taken)):
+                taken.add(ind.key)
+                children.append(ind)
+        for ind in ranked[c.elites:]:  # distinct_rankings left places open: formulas that rank alike fill them
+            if len(children) >= need:
+                break
+            if ind.key not in taken:
                 taken.add(ind.key)
                 children.append(ind)
         return elites + children
