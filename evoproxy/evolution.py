@@ -234,6 +234,9 @@ class Search:
         if self.config.population is None or self.config.generations is None:
             raise ConfigError(f"the checkpoint in {self.out} has no population/generations; pass them")
         self.out.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+
+    def _write_config(self) -> None:
         config = {**self.config.portable(), "search_ids": [int(i) for i in self.ids],
                   **({"validation_ids": [int(i) for i in self.val_ids]} if self.val_ids else {}),
                   "hutchinson_probes_used": self.probes, "terminals_used": self.space.terminals,
@@ -459,7 +462,7 @@ class Search:
     def _run(self) -> SearchResult:
         from tqdm import tqdm
 
-        from evoproxy.budget import MAX_GENERATIONS, stop_reason
+        from evoproxy.budget import MAX_GENERATIONS, resize_for_budget, stop_reason
 
         t_prep = time.perf_counter()
         self._prepare()
@@ -482,6 +485,8 @@ class Search:
                 self.generation = g
                 self.log.append(self._log_row(g, counts, seconds))
                 self.stopped = stop_reason(c, self.log, self.elapsed)
+                if self.stopped is None and resize_for_budget(self):
+                    c = self.config
                 self._checkpoint()
                 bar.set_postfix(best=f"{self.hof[0].fitness:.4f}", valid=f"{self.log[-1]['valid_rate']:.2f}")
                 bar.update(1)
