@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_import_contracts_hold(monkeypatch):
-    """0 import circles between sibling modules, 0 upward imports between mqbench <- primitives <- evoproxy <- experiments."""
+    """0 import circles between sibling modules, 0 upward imports between mqbench <- primitives <- evoproxy <- experiments, and the kernels copied into exports import no third-party package but torch."""
     cli = pytest.importorskip("importlinter.cli")
     monkeypatch.chdir(ROOT)
     assert cli.lint_imports(config_filename=str(ROOT / "setup.cfg"), no_cache=True) == 0
