@@ -116,7 +116,7 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     b = sub.add_parser("build", help="build (or resume) an MQ-Bench table: bit configurations -> PTQ top-1")
     b.add_argument("--model", default="resnet20", help="CIFAR ResNet with a checkpoint in the data root (resnet20, resnet32, ...) "
                                                      "or an ImageNet network (resnet18, resnet50, mobilenet_v2; needs --checkpoint)")
-    b.add_argument("--data", default=None, help="dataset spec: cifar10 (default), cifar100=PATH, imagenet=PATH, "
+    b.add_argument("--data", default=None, help="dataset: cifar10 (default), cifar100=PATH, imagenet=PATH, "
                                                 "imagefolder=PATH (train/ and val/ class folders)")
     b.add_argument("--resize", type=int, default=None, help="ImageFolder: shorter side resized to this (default 256)")
     b.add_argument("--crop", type=int, default=None, help="ImageFolder: centre crop size (default 224)")
@@ -266,7 +266,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from evoproxy.baselines import describe, proxy_names
     from evoproxy.errors import ConfigError
     from evoproxy.evaluation import evaluate, human_table, write_baselines
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from evoproxy.metrics import json_safe
 
     if args.list:
@@ -279,7 +279,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     if args.proxies:
         names = [n.strip() for n in args.proxies.split(",") if n.strip()]
     else:
-        _, bench = BenchSpec.resolve(args.bench, args.table, args.gt_column, args.checkpoint)
+        _, bench = BenchRef.resolve(args.bench, args.table, args.gt_column, args.checkpoint)
         names = proxy_names(bench.kind)
     reports = evaluate(args.bench, names, args.samples, args.seed, args.split, table=args.table,
                        gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint,

@@ -71,14 +71,14 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     for every proxy; partial failures are counted in the reports. ``device``: cpu (default), cuda or auto
     (:mod:`mqbench.devices`): where statistics are extracted and baselines run."""
     from evoproxy.scoring import check_compatible, resolve_scorers, score_items
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from mqbench.dataroot import portable_path
 
     from mqbench.devices import resolve_device
 
     device = resolve_device(device)
     scorers = resolve_scorers(proxies)
-    spec, b = BenchSpec.resolve(bench, table, gt_column_name, checkpoint)
+    ref, b = BenchRef.resolve(bench, table, gt_column_name, checkpoint)
     check_compatible(scorers, b)
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
         raise ConfigError(f"--samples must be an integer >= 2, got {samples!r}")
@@ -90,7 +90,7 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     size = np.asarray(b.size(ids), dtype=float)
     labels = [sc.label for sc in scorers]
     desc = labels[0] if len(labels) == 1 else f"{len(labels)} proxies"
-    results = score_items(spec, ids, scorers, batch, jobs=jobs, progress=progress, desc=desc, device=device)
+    results = score_items(ref, ids, scorers, batch, jobs=jobs, progress=progress, desc=desc, device=device)
     check_not_all_failed(results, labels)
     settings = {"bench": bench, "split": split, "seed": seed, "samples": len(ids), "batch": batch,
                 "gt_column": b.gt_column, "table": portable_path(b.source)}

@@ -85,12 +85,12 @@ class Search:
         from evoproxy.searchsample import search_items
         from evoproxy.space import SearchSpace
         from evoproxy.validation import Validation
-        from mqbench.benchmarks import BenchSpec
+        from mqbench.benchmarks import BenchRef
         from primitives.core import REGISTRY
         from primitives.items import available_names, uses_hessian
 
         c = self.config
-        spec, bench = BenchSpec.resolve(c.bench, c.table, c.gt_column, c.checkpoint)
+        ref, bench = BenchRef.resolve(c.bench, c.table, c.gt_column, c.checkpoint)
         bench.verify()
         self.bench = bench
         probes = c.hutchinson_probes if c.hutchinson_probes is not None else bench.default_probes
@@ -105,7 +105,7 @@ class Search:
         self.ids, self.val_ids = search_items(bench, c.samples, c.validation, c.seed, c.sampling)
         self.truth = np.asarray(bench.ground_truth(self.ids), dtype=float)
         self.size = np.asarray(bench.size(self.ids), dtype=float)
-        self.recipe = DataRecipe.for_bench(spec, self.ids, self.space.terminals, probes, c.noise_std, c.batch,
+        self.recipe = DataRecipe.for_bench(ref, self.ids, self.space.terminals, probes, c.noise_std, c.batch,
                                            device=c.device)
         try:
             self.stats = load_stats(self.recipe, jobs=c.jobs, progress=c.progress)
@@ -114,7 +114,7 @@ class Search:
         except Exception as exc:  # nothing can be searched without the samples' primitives
             raise ConfigError(f"extracting the primitives of the {len(self.ids)} search samples failed: {reason(exc)}") from None
         self.validation = None if not self.val_ids else Validation(
-            DataRecipe.for_bench(spec, self.val_ids, self.space.terminals, probes, c.noise_std, c.batch, device=c.device),
+            DataRecipe.for_bench(ref, self.val_ids, self.space.terminals, probes, c.noise_std, c.batch, device=c.device),
             bench.ground_truth(self.val_ids), bench.size(self.val_ids), c.fitness, c.seed, jobs=c.jobs, progress=c.progress)
         self.n_screen = min(c.screen_samples, len(self.ids))
         self.race_plan = self._race_plan()

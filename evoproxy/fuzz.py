@@ -65,14 +65,14 @@ def synthetic_stats(seed: int = 0, networks: int = 4, batch: int = 8, probes: in
 def bench_stats(bench: str, items: int, seed: int = 0, batch: int = 64, probes: int | None = None):
     """(primitives of ``items`` search-split items, terminal names), as the search computes them."""
     from evoproxy.searchdata import DataRecipe, load_stats
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from primitives.items import available_names, uses_hessian
 
-    spec, b = BenchSpec.resolve(bench)
+    ref, b = BenchRef.resolve(bench)
     probes = b.default_probes if probes is None else probes
     names = [n for n in available_names(b) if probes > 0 or not uses_hessian([n])]
     ids = b.sample(items, seed, "search")
-    recipe = DataRecipe.for_bench(spec, ids, names, probes, batch=batch)
+    recipe = DataRecipe.for_bench(ref, ids, names, probes, batch=batch)
     return load_stats(recipe, progress=False), names
 
 

@@ -121,9 +121,9 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
     import numpy as np
 
     from evoproxy.evaluation import evaluate, report
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
 
-    _, b = BenchSpec.resolve(bench, table)
+    _, b = BenchRef.resolve(bench, table)
     ids = [int(i) for i in b.sample(samples, seed, split)]
     cached: dict[str, dict[int, dict]] = {}
     if cache_csv.exists():
@@ -152,7 +152,7 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
                 "seconds": {p: float(cached[keys[p]][i]["seconds"]) for p in proxies}} for i in ids]
     out = {}
     for column in gt_columns:
-        _, bc = BenchSpec.resolve(bench, table, column)
+        _, bc = BenchRef.resolve(bench, table, column)
         truth = np.asarray(bc.ground_truth(ids), dtype=float)
         size = np.asarray(bc.size(ids), dtype=float)
         out[column] = {p: {**report(p, results, truth, size, bc.size_label), "gt_column": bc.gt_column,

@@ -30,14 +30,14 @@ import torch
 
 def _stats(ids, names, device: str, cache_dir: Path) -> tuple[list, float]:
     import primitives.items as items
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from primitives.items import StatsRequest, items_statistics
 
-    spec, _ = BenchSpec.resolve("nb201-cifar10")
+    ref, _ = BenchRef.resolve("nb201-cifar10")
     items._NETWORKS.clear()  # measure extraction, not the per-process memo
     request = StatsRequest.of(names, 0, 0.01, 64, device)
     start = time.perf_counter()
-    out = items_statistics(spec, ids, request, jobs=1, progress=False, cache_dir=cache_dir)
+    out = items_statistics(ref, ids, request, jobs=1, progress=False, cache_dir=cache_dir)
     return out, time.perf_counter() - start
 
 

@@ -42,12 +42,12 @@ def _log(run: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def _committed_spearman(spec: dict, seed: int) -> float:
-    with open(REPO / "results" / spec["committed"] / spec["table"], newline="") as fh:
+def _committed_spearman(setting: dict, seed: int) -> float:
+    with open(REPO / "results" / setting["committed"] / setting["table"], newline="") as fh:
         for row in csv.DictReader(fh):
             if row["proxy"] == f"evolved (seed {seed})":
                 return float(row["spearman"])
-    raise SystemExit(f"error: no committed row for seed {seed} in {spec['table']}")
+    raise SystemExit(f"error: no committed row for seed {seed} in {setting['table']}")
 
 
 def _summary(run: Path) -> dict:
@@ -71,22 +71,22 @@ def main(argv=None) -> int:
     out = results_dir("multi_fidelity")
     rows = []
     for short in [b.strip() for b in args.benches.split(",") if b.strip()]:
-        spec = BENCHES[short]
+        setting = BENCHES[short]
         runs = {}
         for s in seeds:
             run = out / "runs" / f"{short}-seed{s}"
             log(f"{short} seed {s} -> {run}")
-            run_or_resume_search(SearchConfig(bench=spec["bench"], out=str(run), seed=s, jobs=args.jobs,
-                                              progress=False, multi_fidelity=True, **spec["search"]))
+            run_or_resume_search(SearchConfig(bench=setting["bench"], out=str(run), seed=s, jobs=args.jobs,
+                                              progress=False, multi_fidelity=True, **setting["search"]))
             runs[s] = run
         paths = [str(runs[s] / "best.json") for s in seeds]
-        reports = score_with_cache(spec["bench"], paths, spec["samples"], spec["sample_seed"], "holdout",
+        reports = score_with_cache(setting["bench"], paths, setting["samples"], setting["sample_seed"], "holdout",
                                    out / f"items_{short}.csv", jobs=args.jobs)[None]
         for s in seeds:
-            old_run = REPO / "results" / spec["committed"] / "runs" / f"seed{s}"
+            old_run = REPO / "results" / setting["committed"] / "runs" / f"seed{s}"
             old, new = _summary(old_run), _summary(runs[s])
             rep = reports[str(runs[s] / "best.json")]
-            rows.append({"benchmark": spec["bench"], "seed": s, "old_holdout_spearman": _committed_spearman(spec, s),
+            rows.append({"benchmark": setting["bench"], "seed": s, "old_holdout_spearman": _committed_spearman(setting, s),
                          "new_holdout_spearman": rep["spearman"], "old_search_fitness": old["fitness"],
                          "new_search_fitness": new["fitness"], "old_search_seconds": round(old["seconds"], 1),
                          "new_search_seconds": round(new["seconds"], 1), "old_children": old["children"],
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                          "old_formula": load_proxy(old_run / "best.json").formula,
                          "new_formula": load_proxy(runs[s] / "best.json").formula})
         for key in ("old_holdout_spearman", "new_holdout_spearman"):
-            vals = [r[key] for r in rows if r["benchmark"] == spec["bench"]]
+            vals = [r[key] for r in rows if r["benchmark"] == setting["bench"]]
             log(f"{short} {key}: mean {statistics.mean(vals):.3f}")
     caption = (f"Committed searches (old: one population, every child scored on every search sample, the "
                f"per-sample scorer, on the machine that made them) vs the same settings re-run with today's defaults "

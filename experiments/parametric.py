@@ -65,7 +65,7 @@ def features(bench: str, ids, parzc_proxies: dict, evolved: dict, jobs: int) -> 
     the feature file when it holds these items and proxies, else by extracting the statistics (in chunks)."""
     from evoproxy.calibrate import term_rows
     from evoproxy.parzc import item_rows, union_request
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from mqbench.dataroot import cache_root
     from primitives.core import fixed_threads
     from primitives.items import items_statistics
@@ -80,12 +80,12 @@ def features(bench: str, ids, parzc_proxies: dict, evolved: dict, jobs: int) -> 
                 "terms": {int(s): {int(i): None if t is None else tuple(t) for i, t in v} for s, v in data["terms"].items()},
                 "seconds": data["seconds"]}
     log(f"{bench}: statistics of {len(ids)} items ({request})")
-    spec, _ = BenchSpec.resolve(bench)
+    ref, _ = BenchRef.resolve(bench)
     rows, terms, t0 = {}, {s: {} for s in evolved}, time.time()
     for start in range(0, len(ids), CHUNK):
         chunk = list(ids[start:start + CHUNK])
         with fixed_threads(1):  # small tensors: on a shared CPU, more threads made the terms ~40x slower
-            stats = items_statistics(spec, chunk, request, jobs=jobs, progress=False)
+            stats = items_statistics(ref, chunk, request, jobs=jobs, progress=False)
             rows.update(zip(chunk, item_rows(parzc_proxies, stats)))
             for s, proxy in evolved.items():
                 terms[s].update(zip(chunk, term_rows(proxy, stats)))
