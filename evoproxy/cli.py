@@ -60,7 +60,7 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probes", type=int, default=4, help="Hutchinson probes for the Hessian (0: skip)")
 
 
-@command("demo", "extract the per-layer primitives of one NAS-Bench-201 network and print a summary", _demo_options)
+@command("demo", "extract the per-layer statistics of one NAS-Bench-201 network and print a summary", _demo_options)
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -94,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{layer.params:>10}  {layer.flops:>10}  {t['weight'].norm():10.3g}  {t['weight_grad'].norm():10.3g}  "
               f"{t['act_out'].mean():10.3g}  {t['fisher'].sum():10.3g}  {trace}")
     print(f"{len(stats.layers)} layers, {stats.total_params} parameters, {stats.total_flops / 1e6:.1f} M MACs per image; "
-          f"{len(stats.layers[0].tensors)} primitives per layer extracted in {seconds:.2f} s")
+          f"{len(stats.layers[0].tensors)} statistics per layer extracted in {seconds:.2f} s")
     return 0
 
 
@@ -344,7 +344,7 @@ def _show_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latex", action="store_true", help="also print the formula as LaTeX")
 
 
-@command("show", "print a proxy file's formula, orientation, primitive settings and search info", _show_options)
+@command("show", "print a proxy file's formula, orientation, statistics, extraction settings and search info", _show_options)
 def cmd_show(args: argparse.Namespace) -> int:
     import json
 
@@ -356,8 +356,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"latex:       {proxy.latex()}")
     print(f"orientation: {proxy.orientation:+d} (score = {'' if proxy.orientation == 1 else '-'}value of the tree)")
     terminals = sorted(proxy.tree.terminals())
-    settings = ", ".join(f"{k} {v}" for k, v in proxy.primitives.items())
-    print(f"primitives:  {', '.join(terminals)}" + (f"  ({settings})" if settings else ""))
+    settings = ", ".join(f"{k} {v}" for k, v in proxy.extraction.items())
+    print(f"statistics:  {', '.join(terminals)}" + (f"  ({settings})" if settings else ""))
     print(f"size:        {proxy.tree.size()} nodes, depth {proxy.tree.depth()}")
     if proxy.search:
         print("search:")

@@ -6,11 +6,11 @@
     my_proxy.score(model, inputs, targets, bit_config=[8, 4, ...])  # MQ proxy: weight bits per layer
 
 The generated module is the library's own code: the source of the torch-only kernel modules
-(``KERNELS``: the PTQ quantizer and size formula, the extraction passes and primitive functions, the
+(``KERNELS``: the PTQ quantizer and size formula, the extraction passes and statistic functions, the
 operators and the tree evaluator), reduced to the top-level definitions the proxy reaches, their
-intra-project imports dropped; plus the source of any registered operator or primitive function
-defined elsewhere; plus a short template (the tree, its orientation, the primitives' passes and
-settings, ``score``). Nothing numeric is written here, so adding an operator or a primitive never
+intra-project imports dropped; plus the source of any registered operator or statistic function
+defined elsewhere; plus a short template (the tree, its orientation, the statistics' passes and
+extraction settings, ``score``). Nothing numeric is written here, so adding an operator or a statistic never
 touches this file, and the generated module computes what ``primitives.extract`` and
 ``Proxy.score`` compute (same passes, seeds, layouts, one torch thread, float32 terminals).
 """
@@ -184,7 +184,7 @@ Usage::
 
 {textwrap.fill(args, 100)}
 
-Primitives (per Conv2d/Linear layer, forward order, as primitives.extract computes them; settings:
+Statistics (per Conv2d/Linear layer, forward order, as primitives.extract computes them; settings:
 {", ".join(settings)}):
 {prims}
 
@@ -199,19 +199,19 @@ TEMPLATE = '''
 
 
 def score(model, inputs, targets, bit_config=None, *, seed=SEED):
-    """ORIENTATION * formula(...) on the model's primitives: higher predicts a more accurate {what}."""
+    """ORIENTATION * formula(...) on the model's statistics: higher predicts a more accurate {what}."""
     layers, counts, names = primitives(model, inputs, targets, bit_config, seed=seed, with_names=True)
     return ORIENTATION * formula(layers, counts, names)
 
 
 def formula(layers, counts, names=None):
-    """The tree's value (before the orientation). ``layers``: one dict {{primitive name: tensor}} per layer,
+    """The tree's value (before the orientation). ``layers``: one dict {{statistic name: tensor}} per layer,
     ``counts``: each layer's weight count, ``names``: each layer's position key (needed with LAYER_WEIGHTS)."""
     return evaluate_proxy(TREE, layers, counts, OPERATORS, names, LAYER_WEIGHTS, LAYER_WEIGHT_DEFAULT)
 
 
 def primitives(model, inputs, targets, bit_config=None, *, seed=SEED, with_names=False):
-    """(per layer {{primitive: tensor}} for PRIMITIVES, per layer weight count[, position keys]), forward order."""
+    """(per layer {{statistic: tensor}} for PRIMITIVES, per layer weight count[, position keys]), forward order."""
     if NEEDS_BITS and bit_config is None:
         raise ValueError("this proxy scores a bit configuration: pass bit_config (weight bits per Conv2d/Linear "
                          "in forward order, or a dict layer name -> bits)")
@@ -237,10 +237,10 @@ def export_source(proxy: Proxy, module_name: str = "proxy") -> str:
     needs_bits = any(REGISTRY[n].pass_ == QUANT for n in names)
     passes = {p: sorted(needs) for p, needs in pass_needs(names).items()}
     outside: dict = {}
-    prims = {n: (REGISTRY[n].pass_, _function_ref(REGISTRY[n].fn, f"primitive {n!r}", outside)) for n in names}
+    prims = {n: (REGISTRY[n].pass_, _function_ref(REGISTRY[n].fn, f"statistic {n!r}", outside)) for n in names}
     ops = {n: _function_ref(OPS[n].fn, f"operator {n!r}", outside) for n in _operator_names(tree)}
-    probes = int(proxy.primitives.get("hutchinson_probes", 0))
-    noise = float(proxy.primitives.get("noise_std", 0.01))
+    probes = int(proxy.extraction.get("hutchinson_probes", 0))
+    noise = float(proxy.extraction.get("noise_std", 0.01))
     settings = ["seed 0", "one torch thread", "channels_last inputs for the input passes"]
     if any(p in passes for p in INPUT_PASSES[1:]):
         settings.append(f"noise_std {noise}")

@@ -105,7 +105,7 @@ class ParZC:
         return out
 
     def value(self, stats) -> float:
-        """The score of one item's ``NetworkStats`` (needs the primitives of :meth:`statistics_request`)."""
+        """The score of one item's ``NetworkStats`` (needs the statistics of :meth:`statistics_request`)."""
         return float(self.scores([nodewise(self.proxies, stats)])[0])
 
     def statistics_request(self, batch: int = 64):
@@ -313,11 +313,11 @@ def union_request(proxies, batch: int = 64):
     from primitives.items import StatsRequest
 
     proxies = list(proxies)
-    noise = {float(p.primitives.get("noise_std", 0.01)) for p in proxies}
+    noise = {float(p.extraction.get("noise_std", 0.01)) for p in proxies}
     if len(noise) > 1:
         raise ConfigError(f"the proxies use different noise_std values {sorted(noise)}")
     names = sorted({t for p in proxies for t in p.tree.terminals()})
-    probes = max(int(p.primitives.get("hutchinson_probes", 0)) for p in proxies)
+    probes = max(int(p.extraction.get("hutchinson_probes", 0)) for p in proxies)
     return StatsRequest.of(names, probes, noise.pop(), batch)
 
 

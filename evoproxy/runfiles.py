@@ -47,9 +47,9 @@ def proxy_of(search, ind) -> Proxy:
 
     c = search.config
     s = ind.orientation * np.asarray(ind.scores, dtype=float)
-    prims = {"noise_std": c.noise_std}
+    extraction = {"noise_std": c.noise_std}
     if uses_hessian(ind.tree.terminals()):
-        prims["hutchinson_probes"] = search.probes
+        extraction["hutchinson_probes"] = search.probes
 
     info = {"bench": search.bench.name, "table": portable_path(c.table), "gt_column": c.gt_column,
             "samples": len(search.ids), "split": "search", "seed": c.seed, "structure": c.structure, "fitness": c.fitness,
@@ -59,4 +59,4 @@ def proxy_of(search, ind) -> Proxy:
             **({"sampling": c.sampling} if c.sampling != "random" else {}),
             **({"validation_items": len(search.val_ids), "validation_fitness": _finite(search.val_memo.get(ind.key))}
                if search.validation is not None else {})}
-    return Proxy(ind.tree, ind.orientation, prims, info)
+    return Proxy(ind.tree, ind.orientation, extraction, info)

@@ -38,7 +38,7 @@ class Scorer:
     label: str
     kind: str
     payload: object  # baseline name | proxy JSON document | callable
-    needs: tuple[str, ...] = ()  # primitives it reads (prefetched together for the whole run)
+    needs: tuple[str, ...] = ()  # statistics it reads (prefetched together for the whole run)
     probes: int = 0
     noise_std: float = 0.01
     bench_kind: str | None = None  # "nas"/"mq" when it applies to one kind of benchmark only
@@ -46,9 +46,9 @@ class Scorer:
 
 def _tree_scorer(proxy, label: str) -> Scorer:
     terminals = tuple(sorted(proxy.tree.terminals()))
-    probes = int(proxy.primitives.get("hutchinson_probes", 0)) if uses_hessian(terminals) else 0
+    probes = int(proxy.extraction.get("hutchinson_probes", 0)) if uses_hessian(terminals) else 0
     kind = "mq" if set(terminals) & set(QUANT_NAMES) else None
-    return Scorer(label, "tree", proxy.to_json(), terminals, probes, float(proxy.primitives.get("noise_std", 0.01)), kind)
+    return Scorer(label, "tree", proxy.to_json(), terminals, probes, float(proxy.extraction.get("noise_std", 0.01)), kind)
 
 
 def as_scorer(obj, label: str | None = None) -> Scorer:
