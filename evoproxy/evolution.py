@@ -9,7 +9,7 @@
 Protocol
 --------
 * Search samples: ``bench.sample(samples, seed, "search")`` — the benchmark's search split only.
-  Their primitives are extracted once (``searchdata.load_stats``, disk-cached).
+  Their statistics are extracted once (``searchdata.load_stats``, disk-cached).
 * Generation 0: random trees until ``population`` valid, distinct candidates.
 * Generation g >= 1: the ``elites`` best survive; the rest of the population is refilled with
   children (parents by :func:`evoproxy.selection.select_parents`; crossover with probability
@@ -111,8 +111,8 @@ class Search:
             self.stats = load_stats(self.recipe, jobs=c.jobs, progress=c.progress)
         except EvoproxyError:
             raise
-        except Exception as exc:  # nothing can be searched without the samples' primitives
-            raise ConfigError(f"extracting the primitives of the {len(self.ids)} search samples failed: {reason(exc)}") from None
+        except Exception as exc:  # nothing can be searched without the samples' statistics
+            raise ConfigError(f"extracting the statistics of the {len(self.ids)} search samples failed: {reason(exc)}") from None
         self.validation = None if not self.val_ids else Validation(
             DataRecipe.for_bench(ref, self.val_ids, self.space.terminals, probes, c.noise_std, c.batch, device=c.device),
             bench.ground_truth(self.val_ids), bench.size(self.val_ids), c.fitness, c.seed, jobs=c.jobs, progress=c.progress)
@@ -164,7 +164,7 @@ class Search:
         theirs, ours = state["settings"], self.config.result_settings()
         diff = [k for k in ours if json.dumps(theirs.get(k)) != json.dumps(ours[k])]
         if state.get("terminals", self.space.terminals) != self.space.terminals:
-            diff.append("terminals (the primitives available here changed: "
+            diff.append("terminals (the statistics available here changed: "
                         f"{', '.join(sorted(set(state['terminals']) ^ set(self.space.terminals)))})")
         if state.get("hutchinson_probes", self.probes) != self.probes:
             diff.append("hutchinson_probes")

@@ -149,7 +149,7 @@ def _prune(statements, roots: set) -> tuple[list[str], list[str]]:
 def _check_exportable(proxy: Proxy) -> None:
     unknown = sorted(proxy.tree.terminals() - set(REGISTRY))
     if unknown:
-        raise ConfigError(f"{proxy.source or 'proxy'}: cannot export unknown primitive(s) {', '.join(unknown)}")
+        raise ConfigError(f"{proxy.source or 'proxy'}: cannot export unknown statistic(s) {', '.join(unknown)}")
 
 
 def _operator_names(tree) -> list[str]:

@@ -376,7 +376,7 @@ def s_div(a, b):
 
 
 # ------------------------------------------------------------------------------------- one network
-# A tree is an operator list [name, child, ...] or a terminal (a primitive name). The typed language fixes each
+# A tree is an operator list [name, child, ...] or a terminal (a statistic's name). The typed language fixes each
 # node's level: at the root (net) an operator of one argument aggregates over layers and one of two combines net
 # scalars; below an aggregation (layer) one argument is a reduction of a tensor and two combine layer scalars;
 # below a reduction everything is a tensor operator. One network is a batch of one: each layer's tensors go
@@ -385,7 +385,7 @@ def s_div(a, b):
 def evaluate_tree(tree, layers, counts, functions, layer_names=None) -> float:
     """The value of ``tree`` on one network.
 
-    ``layers``: one mapping {primitive name: tensor} per layer (forward order); ``counts``: each
+    ``layers``: one mapping {statistic name: tensor} per layer (forward order); ``counts``: each
     layer's weight count; ``functions``: {operator name: function}; ``layer_names`` name the layers in
     errors. Raises :class:`OpError` when an operator cannot be applied; may return nan/inf."""
     with torch.no_grad():
@@ -411,7 +411,7 @@ def layer_matrix(tree, layers, counts, functions, layer_names=None):
 
 
 def layer_value(tree, layer, functions, layer_name="?"):
-    """[1] float64: the layer-level ``tree`` on one layer ({primitive name: tensor})."""
+    """[1] float64: the layer-level ``tree`` on one layer ({statistic name: tensor})."""
     if len(tree) == 2:
         return functions[tree[0]](tensor_value(tree[1], layer, functions, layer_name))
     return functions[tree[0]](layer_value(tree[1], layer, functions, layer_name),
@@ -424,7 +424,7 @@ def tensor_value(tree, layer, functions, layer_name="?"):
         try:
             t = layer[tree]
         except KeyError:
-            raise OpError("missing", f"primitive {tree!r} not extracted for layer {layer_name}") from None
+            raise OpError("missing", f"statistic {tree!r} not extracted for layer {layer_name}") from None
         return (t if t.dtype == torch.float32 else t.float())[None]
     return functions[tree[0]](*(tensor_value(c, layer, functions, layer_name) for c in tree[1:]))
 

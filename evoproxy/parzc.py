@@ -15,7 +15,7 @@ reading, written from the paper's description (not its code):
   ``fisher``, ``l2_norm``, ``params`` (the registered hand-made NAS proxies whose tree is a sum over layers);
   on MQ tables also ``bit_sum``, ``model_size`` and ``hawq_v2`` (the snip-like terms do not depend on the
   bit configuration). ``synflow`` is not in the set: its saliency needs |W| and a network without BatchNorm,
-  which no primitive provides (``virtual_grad`` uses the network as it is).
+  which no statistic provides (``virtual_grad`` uses the network as it is).
 * **scale-free features**, fitted on the training items per proxy p: x = sign(t) log1p(|t| / s_p) with s_p
   the median non-zero |t|, then standardised (mean, std over the training items' present positions); one
   more feature channel marks whether the position is present in the item (NAS-Bench-201 edges without a

@@ -1,10 +1,10 @@
-"""Scoring candidate trees on cached primitives: compatibility screening and full score vectors.
+"""Scoring candidate trees on cached statistics: compatibility screening and full score vectors.
 
-A candidate is scored on the search samples' primitives (``searchdata.load_stats``) in two stages:
+A candidate is scored on the search samples' statistics (``searchdata.load_stats``) in two stages:
 
 1. **screening**: the first ``screen_samples`` samples. Rejected, with the reason
    recorded, on: ``exception`` (an operator raised something unexpected), ``shape`` (incompatible
-   shapes, an op on a tensor it cannot take, a missing primitive), ``size`` (a Gram-type op on a
+   shapes, an op on a tensor it cannot take, a missing statistic), ``size`` (a Gram-type op on a
    too-large tensor), ``nan`` (a NaN or infinite score), ``constant`` (the same score on every
    screening sample), ``cost`` (evaluating the screening samples processes more than ``cost_bound``
    tensor elements, see below).
@@ -25,7 +25,7 @@ rejection) remains for tools such as :mod:`evoproxy.fuzz`; the search does not u
 
 Work is split into contiguous chunks of candidates and run in joblib (loky) processes when
 ``jobs`` > 1; every score is computed on one torch thread, so the vectors do not depend on
-``jobs``. Workers load the primitives from the disk cache once per process.
+``jobs``. Workers load the statistics from the disk cache once per process.
 
 There is one scorer: the stacked evaluator (:mod:`evoproxy.vectorised`), all samples of the range
 at once on the samples' statistics stacked per shape group (built once per process and statistics

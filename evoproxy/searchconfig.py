@@ -87,8 +87,8 @@ class SearchConfig:
     batch: int = _opt(64, "CIFAR-10 training images in the batch")
     hutchinson_probes: int | None = _opt(None, "Hessian probes (default: the benchmark's, 0 on NAS-Bench-201: no "
                                                "Hessian terminals; 8 on MQ tables)")
-    noise_std: float = _opt(0.01, "std of the perturbation of the @perturb primitives (EZNAS)")
-    terminals: list | None = _opt(None, "comma-separated primitive names (default: all the benchmark offers)", parse=_names)
+    noise_std: float = _opt(0.01, "std of the perturbation of the @perturb statistics (EZNAS)")
+    terminals: list | None = _opt(None, "comma-separated statistic names (default: all the benchmark offers)", parse=_names)
     weights: dict = _opt({}, "sampling weights, e.g. 'log=2,matmul=0' (0 removes an op/terminal)", parse=_weights)
     screening: bool = _opt(True, "ablation: no compatibility screening", flag="--no-screening")
     diversity: bool = _opt(True, "ablation: plain tournament, duplicates allowed", flag="--no-diversity")

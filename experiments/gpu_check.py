@@ -3,11 +3,11 @@
     EVOPROXY_DATA=/data python -m experiments.gpu_check --device cuda --n 1000 --configs 100
     python -m experiments.gpu_check --device cpu --n 3 --configs 1        # smoke run on any machine
 
-1. NAS-Bench-201 statistics (the search's default network primitives, no Hessian, batch 64, seed
+1. NAS-Bench-201 statistics (the search's default network statistics, no Hessian, batch 64, seed
    ``PROXY_SEED``) of ``--n`` architectures (a seeded sample of the whole table) on ``--device``, and
    of the first ``--cpu-n`` of them on the CPU (one worker, one torch thread, as the CPU default):
    seconds per architecture each, and the relative difference of every statistic tensor,
-   max |device - cpu| / max |cpu| per (architecture, layer, primitive), reported as its maximum and median.
+   max |device - cpu| / max |cpu| per (architecture, layer, statistic), reported as its maximum and median.
 2. A ResNet-20 CIFAR-10 table (``--configs`` sampled configurations, no anchors, the committed
    tables' PTQ settings) built on ``--device``, and its first ``--cpu-configs`` on the CPU: seconds
    per configuration each and the largest top-1 difference (points) on the common rows.
