@@ -13,17 +13,14 @@ from evoproxy.errors import EvoproxyError
 from evoproxy.preflight import preflight
 
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
-_ALIASES: dict[str, tuple[str, ...]] = {}
+OLD_NAMES = {"bench": "table"}  # a command's former name -> its name ("bench" is what --bench names: a benchmark)
 
 
-def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None,
-            aliases: tuple[str, ...] = ()):
-    """Register ``fn(args) -> int|None`` as subcommand ``name`` (also reachable as ``aliases``);
-    ``configure`` adds its options."""
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    """Register ``fn(args) -> int|None`` as subcommand ``name``; ``configure`` adds its options."""
 
     def wrap(fn: Callable) -> Callable:
         _COMMANDS[name] = (help, configure, fn)
-        _ALIASES[name] = tuple(aliases)
         return fn
 
     return wrap
@@ -142,7 +139,7 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--json", action="store_true")
 
 
-@command("table", "build and compare MQ-Bench tables", _table_options, aliases=("bench",))
+@command("table", "build and compare MQ-Bench tables (a benchmark's table of accuracies)", _table_options)
 def cmd_table(args: argparse.Namespace) -> int:
     if args.table_command == "build":
         from mqbench.build import build_table, parse_anchors
@@ -212,7 +209,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from evoproxy.evaluation import caption, evaluate, human_table
+    from evoproxy.evaluation import caption, evaluate, human_report
     from evoproxy.metrics import json_safe
 
     items = None
@@ -242,7 +239,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(rep)))
     else:
         print(caption(reports))
-        print(human_table(reports))
+        print(human_report(reports))
         for f in rep["failures"]:
             print(f"  failed: id {f['id']}: {f['reason']}")
         if args.plot:
@@ -258,14 +255,14 @@ def _baselines_options(p: argparse.ArgumentParser) -> None:
     _proxy_run_options(p, bench_required=False)
 
 
-@command("baselines", "score several proxies on the same benchmark sample and write a CSV + markdown table", _baselines_options)
+@command("baselines", "score several proxies on the same benchmark sample and write the report as CSV + markdown", _baselines_options)
 def cmd_baselines(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
     from evoproxy.baselines import describe, proxy_names
     from evoproxy.errors import ConfigError
-    from evoproxy.evaluation import evaluate, human_table, write_baselines
+    from evoproxy.evaluation import evaluate, human_report, write_baselines
     from mqbench.benchmarks import BenchRef
     from evoproxy.metrics import json_safe
 
@@ -292,7 +289,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         print(f"wrote {csv_path} and {md_path}")
         print(json.dumps(json_safe(reports)))
     else:
-        print(human_table(reports))
+        print(human_report(reports))
         print(f"wrote {csv_path} and {md_path}")
     return 0
 
@@ -465,13 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (help_text, configure, fn) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, aliases=_ALIASES.get(name, ()))
+        p = sub.add_parser(name, help=help_text, description=help_text)
         configure(p)
         p.set_defaults(_fn=fn)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in OLD_NAMES:  # still accepted, not listed: one word, one meaning
+        print(f"note: 'evoproxy {argv[0]}' is now 'evoproxy {OLD_NAMES[argv[0]]}'", file=sys.stderr)
+        argv[0] = OLD_NAMES[argv[0]]
     args = build_parser().parse_args(argv)
     try:
         preflight(args)  # an --out that cannot be written: one line now, not a traceback later; --scheduler unused

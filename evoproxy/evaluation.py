@@ -120,8 +120,8 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def human_table(reports: dict) -> str:
-    """A short fixed-width table: one row per proxy."""
+def human_report(reports: dict) -> str:
+    """The reports as short fixed-width text: one row per proxy."""
     head = ["proxy", "spearman", "kendall", "pearson", "rho@20%", "rho@50%", "partial", "n", "failed", "s/sample"]
     rows = [[name, *(_fmt(r[k]) for k in ("spearman", "kendall", "pearson", "spearman_top20", "spearman_top50",
                                            "partial_spearman", "n", "failed")), f"{r['seconds_per_sample']:.3f}"]
@@ -130,6 +130,9 @@ def human_table(reports: dict) -> str:
     lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))]
     lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
     return "\n".join(lines)
+
+
+human_table = human_report  # deprecated name
 
 
 def caption(reports: dict) -> str:
@@ -163,7 +166,7 @@ def write_csv(reports: dict, path: str | Path) -> Path:
 
 
 def markdown(reports: dict, title: str = "Baselines") -> str:
-    """A markdown table, one row per proxy, under a caption line that states n, split, seed and ground truth."""
+    """The reports in markdown, one row per proxy, under a caption line that states n, split, seed and ground truth."""
     first = next(iter(reports.values()))
     lines = [f"{title} — {caption(reports)}.", "",
              "| proxy | Spearman | Kendall | Pearson | ρ@20% | ρ@50% | partial Spearman | n | failed | s/sample |",
@@ -178,7 +181,7 @@ def markdown(reports: dict, title: str = "Baselines") -> str:
 
 
 def write_baselines(reports: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """``out_dir/baselines.csv`` (one row per proxy) and ``out_dir/baselines.md`` (table + caption line)."""
+    """``out_dir/baselines.csv`` (one row per proxy) and ``out_dir/baselines.md`` (the report in markdown)."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,9 @@
     result.log[-1]["best_fitness"]             # one dict per generation (log.csv)
     result.export("my_proxy.py"); result.plot("progress.png")
 
-    table = Evaluation(reports, items)         # what evoproxy.evaluate(...) returns
-    table.to_markdown(); table.to_csv("t.csv"); table.plot("scatter.png"); table["hawq_v1"]["spearman"]
+    evaluation = Evaluation(reports, items)    # what evoproxy.evaluate(...) returns: a report per proxy
+    evaluation.to_markdown(); evaluation.to_csv("t.csv"); evaluation.plot("scatter.png")
+    evaluation["hawq_v1"]["spearman"]
 """
 from __future__ import annotations
 
@@ -151,6 +152,6 @@ class Evaluation:
                        caption=f"{first['split']} split, sample seed {first['seed']}, batch {first['batch']}.")
 
     def __repr__(self) -> str:
-        from evoproxy.evaluation import caption, human_table
+        from evoproxy.evaluation import caption, human_report
 
-        return caption(self.reports) + "\n" + human_table(self.reports)
+        return caption(self.reports) + "\n" + human_report(self.reports)

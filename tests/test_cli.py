@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 from evoproxy.cli import main
 
@@ -40,8 +41,12 @@ def test_table_build_resume_and_compare(tiny_data_root, tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 1 + 3 + 4
     assert main(["table", "compare", str(out), str(out)]) == 0
     assert "Spearman 1.0000" in capsys.readouterr().out
-    assert main(["bench", "compare", str(out), str(out)]) == 0  # the old name still works
-    assert "Spearman 1.0000" in capsys.readouterr().out
+    assert main(["bench", "compare", str(out), str(out)]) == 0  # the old name still works, with a note
+    got = capsys.readouterr()
+    assert "Spearman 1.0000" in got.out and "'evoproxy bench' is now 'evoproxy table'" in got.err
+    from evoproxy.cli import build_parser
+
+    assert not re.search(r"\bbench\b", build_parser().format_help())  # not listed: --bench names a benchmark
     assert main(args[:-1] + [str(tmp_path / "missing" / "x.csv"), "--model", "resnet7"]) == 2
 
 
@@ -68,7 +73,7 @@ def test_every_search_setting_is_a_cli_option():
 
 
 def test_table_build_out_that_cannot_be_written_is_one_line(tiny_data_root, unwritable_folder, capsys):
-    """Issue 22 item 8: table/bench build --out in a folder that cannot be written ended in an OSError traceback
+    """Issue 22 item 8: table build --out in a folder that cannot be written ended in an OSError traceback
     from the table's lock file (or the mkdir of a new subfolder); now one line naming the folder, exit 2."""
     import pytest
 
@@ -76,7 +81,7 @@ def test_table_build_out_that_cannot_be_written_is_one_line(tiny_data_root, unwr
     from mqbench.errors import DataError
 
     ckpt = tiny_data_root / "pretrained" / "resnet8-test.th"
-    for command, out in (("table", unwritable_folder / "t.csv"), ("bench", unwritable_folder / "sub" / "t.csv")):
+    for command, out in (("table", unwritable_folder / "t.csv"), ("table", unwritable_folder / "sub" / "t.csv")):
         code = main([command, "build", "--model", "resnet8", "--configs", "1", "--jobs", "1", "--calib-images", "20",
                      "--checkpoint", str(ckpt), "--out", str(out)])
         err = capsys.readouterr().err

@@ -47,7 +47,7 @@ def imagenet_like(tmp_path):
 
 
 def _build_args(tree, ckpt, out, *extra):
-    return ["bench", "build", "--model", "resnet18", "--data", f"imagefolder={tree}", "--checkpoint", str(ckpt),
+    return ["table", "build", "--model", "resnet18", "--data", f"imagefolder={tree}", "--checkpoint", str(ckpt),
             "--configs", str(CONFIGS), "--calib-images", "10", "--jobs", "1", "--out", str(out), *SIZE, *extra]
 
 
