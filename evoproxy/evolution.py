@@ -159,6 +159,8 @@ class Search:
                 "log": self.log, "hall_of_fame": [i.to_json() for i in self.hof], "validation": self.val_memo}
 
     def _load_state(self, state: dict) -> None:
+        from evoproxy.runfiles import renamed
+
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"{self.out / 'checkpoint.json'} is not a search checkpoint")
         theirs, ours = state["settings"], self.config.result_settings()
@@ -183,7 +185,7 @@ class Search:
         self.island_log = list(state.get("island_log", []))
         self.memo = dict(state["memo"])
         self.screen_memo = {tuple(k): v for k, v in state["screen_memo"]}
-        self.log = list(state["log"])
+        self.log = [renamed(row) for row in state["log"]]  # a checkpoint's log: columns' current names
         self.hof = [Individual.from_json(d) for d in state["hall_of_fame"]]
         self.val_memo = {k: float(v) for k, v in state.get("validation", {}).items()}
         self.children = self._read_children(self.generation)

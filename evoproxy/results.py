@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,9 +67,10 @@ class SearchResult:
             except ConfigError:  # e.g. a Hessian terminal with other settings: keep what parses
                 continue
         log = []
-        if (out / "log.csv").exists():
-            with open(out / "log.csv", newline="") as fh:
-                log = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        if (out / "log.csv").exists():  # old logs' columns under their current names (rejected_timeout -> _cost)
+            from evoproxy.runfiles import read_log
+
+            log = [{k: _number(v) for k, v in row.items()} for row in read_log(out / "log.csv")]
         return cls(out, config, best, hof, log, stopped)
 
     @property

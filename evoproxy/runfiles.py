@@ -1,17 +1,38 @@
 """What a search run folder holds besides its checkpoint: log.csv, children.csv, islands.csv, hall_of_fame.json and
-best.json, regenerated from the search's state after every generation (see :mod:`evoproxy.evolution`)."""
+best.json, regenerated from the search's state after every generation (see :mod:`evoproxy.evolution`); and
+:func:`read_log`, the one reader of a log.csv, which gives old logs' renamed columns their current names.
+
+Heavier imports (the tree and island modules) are made inside the writers, so that readers of a run folder
+(:mod:`evoproxy.plot`, :mod:`evoproxy.results`, the experiments) stay light."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
-from evoproxy.islands import write_island_log
-from evoproxy.tree import Proxy
 from mqbench.fileio import atomic_write_text
+
+# log.csv columns renamed since runs were committed: old name -> current name. The search counts its
+# cost-bound rejections (evoproxy.screening) in rejected_cost; logs written before the rename call it
+# rejected_timeout (the wall-clock time-out the cost bound replaced), with the same values.
+LOG_RENAMED = {"rejected_timeout": "rejected_cost"}
+
+
+def renamed(row: dict) -> dict:
+    """``row`` of a log (log.csv or a checkpoint's) with old column names replaced (the order kept)."""
+    return {LOG_RENAMED.get(k, k): v for k, v in row.items()}
+
+
+def read_log(path) -> list[dict]:
+    """The rows of a search's ``log.csv`` (``path``: the file or its run folder), one dict per generation,
+    values as strings, columns under their current names (``LOG_RENAMED``)."""
+    path = Path(path)
+    with open(path / "log.csv" if path.is_dir() else path, newline="") as fh:
+        return [renamed(row) for row in csv.DictReader(fh)]
 
 
 def _finite(v):
@@ -20,6 +41,8 @@ def _finite(v):
 
 def write_outputs(search) -> None:
     """log.csv, children.csv, islands.csv, hall_of_fame.json and best.json of ``search`` (an evolution.Search)."""
+    from evoproxy.islands import write_island_log
+
     for name, rows in (("log.csv", search.log), ("children.csv", search.children)):
         if rows:
             buf = io.StringIO()
@@ -42,6 +65,7 @@ def write_outputs(search) -> None:
 def proxy_of(search, ind) -> Proxy:
     """The proxy file content of hall-of-fame member ``ind`` of ``search``."""
     from evoproxy.metrics import partial_spearman, spearman
+    from evoproxy.tree import Proxy
     from mqbench.dataroot import portable_path
     from primitives.items import uses_hessian
 

@@ -19,7 +19,7 @@ RUNTIME_KEYS = ("out", "jobs", "backend", "scheduler", "time_budget", "progress"
 # settings added after runs were committed: left out of result_settings() at their default (the behaviour of
 # those runs), so committed config.json files and older checkpoints still match a run of the same settings
 # Default --screen-cost (tensor elements on the screening samples): far above every candidate of the committed
-# runs, none of which ever rejected one on the former 10 s time-out (every rejected_timeout of results/ is 0).
+# runs, none of which ever rejected one on the former 10 s time-out (every rejected_timeout, now rejected_cost, of results/ is 0).
 SCREEN_COST = 2e10
 # Multi-fidelity (evoproxy.racing): rung ends as fractions of the search samples and the fitness margin of each, one
 # setting for both benchmarks, chosen from the children of audited runs (results/racing/joint.md: the least work with

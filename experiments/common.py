@@ -53,10 +53,12 @@ def finished_run(config) -> bool:
 
     Checkpoints are not committed (several MB each); a committed run folder keeps config.json,
     log.csv, hall_of_fame.json and best.json, which is all an experiment needs."""
+    from evoproxy.runfiles import read_log
+
     out = Path(config.out)
     try:
         saved = json.loads((out / "config.json").read_text())
-        rows = list(csv.DictReader(open(out / "log.csv")))
+        rows = read_log(out)
     except (OSError, ValueError):
         return False
     if not (out / "best.json").exists() or not rows:

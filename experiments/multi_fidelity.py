@@ -38,8 +38,9 @@ COLUMNS = ["benchmark", "seed", "old_holdout_spearman", "new_holdout_spearman", 
 
 
 def _log(run: Path) -> list[dict]:
-    with open(run / "log.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
+    from evoproxy.runfiles import read_log
+
+    return read_log(run)
 
 
 def _committed_spearman(setting: dict, seed: int) -> float:

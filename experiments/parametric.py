@@ -140,7 +140,9 @@ def best_handmade(bench: str, ids) -> tuple[str, list]:
 def search_seconds(bench: str, seed: int) -> float:
     """Wall seconds of the committed search (sum of its log's per-generation seconds; extraction excluded)."""
     path = REPO / "results" / SETTINGS[bench]["experiment"] / "runs" / f"seed{seed}" / "log.csv"
-    return math.fsum(float(r["seconds"]) for r in csv.DictReader(open(path)))
+    from evoproxy.runfiles import read_log
+
+    return math.fsum(float(r["seconds"]) for r in read_log(path))
 
 
 def run_bench(bench: str, seeds, sizes, jobs: int, holdout: int | None = None) -> list[dict]:

@@ -1,11 +1,11 @@
 """Tables and the progress plot of :mod:`experiments.search_ablation` from its finished run folders."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 
+from evoproxy.runfiles import read_log
 from experiments.common import announce, mean_std, write_table
 
 RUN_COLUMNS = ["bench", "setting", "seed", "top_holdout", "best_holdout", "best_rank", "top_fitness",
@@ -93,8 +93,7 @@ def _plot(out: Path, rows: list[dict], benches: dict, settings: dict) -> Path:
         for k, setting in enumerate(settings):
             rs = [r for r in rows if r["bench"] == bench and r["setting"] == setting]
             for j, r in enumerate(rs):
-                with open(out / "runs" / f"{bench}-{setting}-s{r['seed']}" / "log.csv", newline="") as fh:
-                    log = list(csv.DictReader(fh))
+                log = read_log(out / "runs" / f"{bench}-{setting}-s{r['seed']}")
                 t, best, acc = [], [], 0.0
                 for row in log:
                     acc += float(row["seconds"])
