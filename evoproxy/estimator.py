@@ -82,13 +82,13 @@ class ProxySearch:
             raise ConfigError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
 
     def _config(self, bench: str, out: str, **more):
-        from evoproxy.searchconfig import SearchConfig
+        from evoproxy.searchconfig import RETIRED_KEYS, SearchConfig
 
         fixed = [k for k in self.settings if k in FIXED]
         if fixed:
             raise ConfigError(f"setting {fixed[0]!r} is set by fit ({FIXED[fixed[0]]})")
         known = {f.name for f in dataclasses.fields(SearchConfig)}
-        unknown = [k for k in self.settings if k not in known]
+        unknown = [k for k in self.settings if k not in known and k not in RETIRED_KEYS]  # retired: accepted, ignored
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(known - set(FIXED)))}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

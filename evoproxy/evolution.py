@@ -29,7 +29,8 @@ Protocol
   several populations, ring migration, restarts of stagnant islands) — so a resumed run draws exactly
   what an uninterrupted one would.
 * Screening rejects a candidate past a deterministic cost bound (``screen_cost``, tensor elements;
-  :mod:`evoproxy.screening`); the former wall-clock time-out is gone (``screen_time`` is ignored).
+  :mod:`evoproxy.screening`); the former wall-clock time-out is gone (its ``screen_time`` setting is
+  retired: accepted, ignored, see ``searchconfig.RETIRED_KEYS``).
 * After every generation ``checkpoint.json`` (every island's population, memo, log, hall of fame) is
   written atomically, then ``log.csv``, ``hall_of_fame.json``, ``best.json`` (and ``islands.csv``) are
   regenerated from it. ``--resume`` continues from the checkpoint; apart from the ``seconds`` column of
