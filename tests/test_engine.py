@@ -200,7 +200,7 @@ def test_deeply_nested_proxy_file_is_one_line_naming_the_limit(search_root, tmp_
 @pytest.mark.parametrize("setting, value", [("noise_std", "NaN"), ("noise_std", "Infinity"), ("noise_std", "-0.5"),
                                             ("hutchinson_probes", "NaN"), ("hutchinson_probes", "-1")])
 @pytest.mark.parametrize("terminal", ["weight_grad", "weight_grad@perturb"])
-def test_bad_primitive_setting_is_one_line_naming_it(search_root, tmp_path, capsys, setting, value, terminal):
+def test_bad_extraction_setting_is_one_line_naming_it(search_root, tmp_path, capsys, setting, value, terminal):
     """Issue 22 item 8: noise_std NaN was accepted (exit 0 when the tree does not use it, else a late "non-finite
     score" not naming the setting), NaN probes a ValueError traceback; now the parser names the setting, exit 2."""
     from evoproxy.cli import main

@@ -90,7 +90,7 @@ def _arch(rng: random.Random) -> str:
 
 
 def _engine_stats(proxy, model, x, y, bit_configs=None):
-    """Primitives as the scoring path computes them (seed 0, one thread)."""
+    """Statistics as the scoring path computes them (seed 0, one thread)."""
     return model_statistics(proxy, model, x, y, bit_configs, quantizer=quantize_weight)
 
 
@@ -200,7 +200,7 @@ def test_module_is_standalone_readable_and_leaves_the_model_alone(tmp_path, nas_
                        "torch.nn.functional"}
     doc = ast.get_docstring(ast.parse(source))
     assert proxy.formula in doc and proxy.latex() in doc
-    # only what the formula reaches: no quantizer, no unused operator or primitive function
+    # only what the formula reaches: no quantizer, no unused operator or statistic function
     assert "def quantize_weight" not in source and "def op_gram" not in source and "def p_fisher" not in source
     model = nas_nets[0]
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -227,7 +227,7 @@ def test_module_runs_without_the_project(tmp_path):
     assert math.isfinite(float(out.stdout.strip()))
 
 
-def test_every_operator_and_primitive_function_is_a_kernel():
+def test_every_operator_and_statistic_function_is_a_kernel():
     """Exported modules carry these functions' own source: each registered one lives in a kernel module."""
     for name, op in OPS.items():
         assert op.fn.__module__ in KERNELS, name
@@ -236,7 +236,7 @@ def test_every_operator_and_primitive_function_is_a_kernel():
 
 
 def test_export_does_not_retype_kernels():
-    """export.py assembles modules from the kernels' source: no operator, primitive or pass is written in it."""
+    """export.py assembles modules from the kernels' source: no operator, statistic or pass is written in it."""
     text = (Path(__file__).resolve().parent.parent / "evoproxy" / "export.py").read_text()
     defined = {node.name for node in ast.walk(ast.parse(text)) if isinstance(node, ast.FunctionDef)}
     kernel_functions = {op.fn.__name__ for op in OPS.values()} | {p.fn.__name__ for p in REGISTRY.values()}
