@@ -19,7 +19,7 @@ import numpy as np
 
 from evoproxy.errors import DataError
 from evoproxy.runfiles import read_log
-from experiments.common import announce, finished_run, log, mean_std, results_dir, run_or_resume_search, write_table
+from experiments.common import announce, finished_run, log, mean_std, results_dir, run_or_resume_search, write_report
 
 SETTINGS = [("diversity + screening", True, True), ("diversity only", True, False),
             ("screening only", False, True), ("neither", False, False)]
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     if same:
         caption += (" Identical mean best-fitness curves (the plot marks them in its legend): "
                     + "; ".join(f"'{a}' and '{b}'" for b, a in same.items()) + ".")
-    paths = write_table(out, "table", rows, COLUMNS, caption, HEADERS, digits=3)
+    paths = write_report(out, "table", rows, COLUMNS, caption, HEADERS, digits=3)
     announce(*paths, png)
     return 0
 

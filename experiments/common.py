@@ -25,9 +25,10 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def write_table(folder: Path, stem: str, rows: list[dict], columns: list[str], caption: str,
-                headers: dict | None = None, digits: int = 3) -> tuple[Path, Path]:
-    """``folder/stem.csv`` (all columns, full precision) and ``folder/stem.md`` (caption + table)."""
+def write_report(folder: Path, stem: str, rows: list[dict], columns: list[str], caption: str,
+                 headers: dict | None = None, digits: int = 3) -> tuple[Path, Path]:
+    """A result report: ``folder/stem.csv`` (all columns, full precision) and ``folder/stem.md`` (caption + rows in
+    markdown). The committed reports keep their file names (``table.md``, ``table_resnet20.md``, ...)."""
     headers = headers or {}
     csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
     with open(csv_path, "w", newline="") as fh:
@@ -41,6 +42,9 @@ def write_table(folder: Path, stem: str, rows: list[dict], columns: list[str], c
         lines.append("| " + " | ".join(fmt(row.get(c), digits).replace("|", "\\|") for c in columns) + " |")
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+write_table = write_report  # deprecated name
 
 
 def announce(*paths) -> None:

@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from experiments.common import (REPO, announce, log, results_dir, run_or_resume_search, score_with_cache,
-                                write_table)
+                                write_report)
 
 BENCHES = {
     "nb201": dict(bench="nb201-cifar10", committed="nb201_correlation", table="table_CIFAR10TestAccuracy200Epochs.csv",
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                "W{2,3,4}A8: 50 search configurations, population 32 x 20, fitness spearman_partial; holdout all 454 "
                "configurations, ground truth PTQ top-1. Seconds: the search's generations (log.csv), statistics "
                "extraction excluded; children: candidates of generations 1.. (memo hits included).")
-    announce(*write_table(out, "table", rows, COLUMNS, caption))
+    announce(*write_report(out, "table", rows, COLUMNS, caption))
     return 0
 
 

@@ -30,7 +30,7 @@ import json
 import math
 import time
 
-from experiments.common import REPO, announce, fmt, log, mean_std, results_dir, write_table
+from experiments.common import REPO, announce, fmt, log, mean_std, results_dir, write_report
 
 PROXIES = REPO / "examples" / "proxies"
 NB201, MQ = "nb201-cifar10", "mq-resnet20-cifar10"
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
             r["bench_wall_seconds"] = time.time() - t1
         rows += new
     if benches:
-        write_table(out, "runs", rows, list(rows[-1]), "One row per fit (see table.md).")
+        write_report(out, "runs", rows, list(rows[-1]), "One row per fit (see table.md).")
     walls = {r["bench"]: float(r.get("bench_wall_seconds") or math.nan) for r in rows}
     seeds_of = {b: sorted({int(r["seed"]) for r in rows if r["bench"] == b}) for b in walls}
     n_hold = {r["bench"]: int(r["n"]) + int(r["failed"]) for r in rows if r["method"] == "evolved"}
@@ -342,8 +342,8 @@ def main(argv=None) -> int:
             "train_seconds", "note"]
     headers = {"n_search": "n train", "n_holdout": "n holdout", "spearman": "holdout ρ", "kendall": "holdout τ",
                "search_kendall": "search τ (in-sample)", "train_seconds": "train s"}
-    announce(*write_table(out, "table", summary_rows(rows), cols, caption + "\n\n" + findings(rows), headers))
-    announce(*write_table(out, "sizes", summary_rows(rows, sizes_only=True), cols,
+    announce(*write_report(out, "table", summary_rows(rows), cols, caption + "\n\n" + findings(rows), headers))
+    announce(*write_report(out, "sizes", summary_rows(rows, sizes_only=True), cols,
                           "Effect of the number of labelled search items. " + caption, headers))
     plot(rows, out / "sizes.png")
     announce(out / "sizes.png")

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from evoproxy.runfiles import read_log
-from experiments.common import announce, mean_std, write_table
+from experiments.common import announce, mean_std, write_report
 
 RUN_COLUMNS = ["bench", "setting", "seed", "top_holdout", "best_holdout", "best_rank", "top_fitness",
                "top_validation", "best_validation", "top_partial", "best_partial", "generations", "population",
@@ -46,7 +46,7 @@ def write_report(out: Path, benches: dict, settings: dict, common: dict) -> None
     rows.sort(key=lambda r: (r["bench"], order.get(r["setting"], 99), r["seed"]))
     cap_runs = ("One row per search run (see experiments/search_ablation.py): top = the hall-of-fame member with the "
                 "best search fitness, best = the one chosen on the validation items (best.json).")
-    paths = list(write_table(out, "runs", rows, RUN_COLUMNS, cap_runs))
+    paths = list(write_report(out, "runs", rows, RUN_COLUMNS, cap_runs))
     table = []
     for bench in benches:
         for setting in settings:
@@ -74,7 +74,7 @@ def write_report(out: Path, benches: dict, settings: dict, common: dict) -> None
                "model size. Population sized by the budget, generations until the budget; multi-fidelity on. "
                "Settings: random / stratified search sample; -nodiv: plain tournament; islands: 4 islands, ring "
                "migration every 5 generations, restart after 8 stagnant generations. Std over seeds (ddof 1).")
-    paths += write_table(out, "table", table, TABLE_COLUMNS, caption, headers=HEADERS)
+    paths += write_report(out, "table", table, TABLE_COLUMNS, caption, headers=HEADERS)
     paths.append(_plot(out, rows, benches, settings))
     announce(*paths)
 
