@@ -2,7 +2,7 @@
 
     import evoproxy
     result = evoproxy.search("nb201-cifar10", samples=100, time_budget=600)
-    table = evoproxy.evaluate("nb201-cifar10", ["synflow", result.best], samples=200)
+    evaluation = evoproxy.evaluate("nb201-cifar10", ["synflow", result.best], samples=200)
 
 The API names are loaded on first use, so ``import evoproxy`` (and the CLI's start) stays light.
 """

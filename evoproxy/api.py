@@ -4,8 +4,8 @@
     result = evoproxy.search("nb201-cifar10", samples=100, time_budget=600, seed=0)
     result.best, result.hall_of_fame, result.log          # Proxy objects, per-generation rows
     result.export("my_proxy.py"); result.plot("progress.png")     # or evoproxy.export_proxy(proxy, path)
-    table = evoproxy.evaluate("nb201-cifar10", ["synflow", result.best, my_callable], samples=200, seed=1)
-    table.to_markdown(); table.plot("scatter.png")
+    evaluation = evoproxy.evaluate("nb201-cifar10", ["synflow", result.best, my_callable], samples=200, seed=1)
+    evaluation.to_markdown(); evaluation.plot("scatter.png")     # a report per proxy
     result.best.score(model, inputs, targets)               # any network you hold
     evoproxy.allocate("hawq_v2", "resnet20", "uniform-3")   # bits under a size budget
 

@@ -95,7 +95,7 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
     of ``bench``'s search split (sample ``seed``); see the module docstring."""
     from evoproxy.ops import OPS
     from evoproxy.tree import Proxy, load_proxy
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from primitives.items import items_statistics
 
     proxy = load_proxy(proxy) if not isinstance(proxy, Proxy) else proxy
@@ -104,11 +104,11 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
                           f"is not an aggregation over layers (layer_sum, layer_mean, ...)")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ConfigError(f"--samples must be an integer >= 2, got {samples!r}")
-    spec, b = BenchSpec.resolve(bench, table, gt_column_name, checkpoint)
+    ref, b = BenchRef.resolve(bench, table, gt_column_name, checkpoint)
     b.verify()
     ids = b.sample(samples, seed, "search")
     truth = [float(v) for v in b.ground_truth(ids)]
-    stats = items_statistics(spec, ids, proxy.statistics_request(batch), progress=progress)
+    stats = items_statistics(ref, ids, proxy.statistics_request(batch), progress=progress)
     out = calibrate_on(proxy, stats, truth, weight_decay=weight_decay, temperature=temperature, steps=steps)
     out.layer_weights["fit"].update({"bench": bench, "split": "search", "samples": len(ids), "seed": seed,
                                      "batch": batch})

@@ -13,17 +13,14 @@ from evoproxy.errors import EvoproxyError
 from evoproxy.preflight import preflight
 
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
-_ALIASES: dict[str, tuple[str, ...]] = {}
+OLD_NAMES = {"bench": "table"}  # a command's former name -> its name ("bench" is what --bench names: a benchmark)
 
 
-def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None,
-            aliases: tuple[str, ...] = ()):
-    """Register ``fn(args) -> int|None`` as subcommand ``name`` (also reachable as ``aliases``);
-    ``configure`` adds its options."""
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    """Register ``fn(args) -> int|None`` as subcommand ``name``; ``configure`` adds its options."""
 
     def wrap(fn: Callable) -> Callable:
         _COMMANDS[name] = (help, configure, fn)
-        _ALIASES[name] = tuple(aliases)
         return fn
 
     return wrap
@@ -60,7 +57,7 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probes", type=int, default=4, help="Hutchinson probes for the Hessian (0: skip)")
 
 
-@command("demo", "extract the per-layer primitives of one NAS-Bench-201 network and print a summary", _demo_options)
+@command("demo", "extract the per-layer statistics of one NAS-Bench-201 network and print a summary", _demo_options)
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -94,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{layer.params:>10}  {layer.flops:>10}  {t['weight'].norm():10.3g}  {t['weight_grad'].norm():10.3g}  "
               f"{t['act_out'].mean():10.3g}  {t['fisher'].sum():10.3g}  {trace}")
     print(f"{len(stats.layers)} layers, {stats.total_params} parameters, {stats.total_flops / 1e6:.1f} M MACs per image; "
-          f"{len(stats.layers[0].tensors)} primitives per layer extracted in {seconds:.2f} s")
+          f"{len(stats.layers[0].tensors)} statistics per layer extracted in {seconds:.2f} s")
     return 0
 
 
@@ -116,7 +113,7 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     b = sub.add_parser("build", help="build (or resume) an MQ-Bench table: bit configurations -> PTQ top-1")
     b.add_argument("--model", default="resnet20", help="CIFAR ResNet with a checkpoint in the data root (resnet20, resnet32, ...) "
                                                      "or an ImageNet network (resnet18, resnet50, mobilenet_v2; needs --checkpoint)")
-    b.add_argument("--data", default=None, help="dataset spec: cifar10 (default), cifar100=PATH, imagenet=PATH, "
+    b.add_argument("--data", default=None, help="dataset: cifar10 (default), cifar100=PATH, imagenet=PATH, "
                                                 "imagefolder=PATH (train/ and val/ class folders)")
     b.add_argument("--resize", type=int, default=None, help="ImageFolder: shorter side resized to this (default 256)")
     b.add_argument("--crop", type=int, default=None, help="ImageFolder: centre crop size (default 224)")
@@ -142,7 +139,7 @@ def _table_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--json", action="store_true")
 
 
-@command("table", "build and compare MQ-Bench tables", _table_options, aliases=("bench",))
+@command("table", "build and compare MQ-Bench tables (a benchmark's table of accuracies)", _table_options)
 def cmd_table(args: argparse.Namespace) -> int:
     if args.table_command == "build":
         from mqbench.build import build_table, parse_anchors
@@ -212,7 +209,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from evoproxy.evaluation import caption, evaluate, human_table
+    from evoproxy.evaluation import caption, evaluate, human_report
     from evoproxy.metrics import json_safe
 
     items = None
@@ -242,7 +239,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(rep)))
     else:
         print(caption(reports))
-        print(human_table(reports))
+        print(human_report(reports))
         for f in rep["failures"]:
             print(f"  failed: id {f['id']}: {f['reason']}")
         if args.plot:
@@ -258,15 +255,15 @@ def _baselines_options(p: argparse.ArgumentParser) -> None:
     _proxy_run_options(p, bench_required=False)
 
 
-@command("baselines", "score several proxies on the same benchmark sample and write a CSV + markdown table", _baselines_options)
+@command("baselines", "score several proxies on the same benchmark sample and write the report as CSV + markdown", _baselines_options)
 def cmd_baselines(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
     from evoproxy.baselines import describe, proxy_names
     from evoproxy.errors import ConfigError
-    from evoproxy.evaluation import evaluate, human_table, write_baselines
-    from mqbench.benchmarks import BenchSpec
+    from evoproxy.evaluation import evaluate, human_report, write_baselines
+    from mqbench.benchmarks import BenchRef
     from evoproxy.metrics import json_safe
 
     if args.list:
@@ -279,7 +276,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     if args.proxies:
         names = [n.strip() for n in args.proxies.split(",") if n.strip()]
     else:
-        _, bench = BenchSpec.resolve(args.bench, args.table, args.gt_column, args.checkpoint)
+        _, bench = BenchRef.resolve(args.bench, args.table, args.gt_column, args.checkpoint)
         names = proxy_names(bench.kind)
     reports = evaluate(args.bench, names, args.samples, args.seed, args.split, table=args.table,
                        gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint,
@@ -292,7 +289,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         print(f"wrote {csv_path} and {md_path}")
         print(json.dumps(json_safe(reports)))
     else:
-        print(human_table(reports))
+        print(human_report(reports))
         print(f"wrote {csv_path} and {md_path}")
     return 0
 
@@ -344,7 +341,7 @@ def _show_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latex", action="store_true", help="also print the formula as LaTeX")
 
 
-@command("show", "print a proxy file's formula, orientation, primitive settings and search info", _show_options)
+@command("show", "print a proxy file's formula, orientation, statistics, extraction settings and search info", _show_options)
 def cmd_show(args: argparse.Namespace) -> int:
     import json
 
@@ -356,8 +353,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"latex:       {proxy.latex()}")
     print(f"orientation: {proxy.orientation:+d} (score = {'' if proxy.orientation == 1 else '-'}value of the tree)")
     terminals = sorted(proxy.tree.terminals())
-    settings = ", ".join(f"{k} {v}" for k, v in proxy.primitives.items())
-    print(f"primitives:  {', '.join(terminals)}" + (f"  ({settings})" if settings else ""))
+    settings = ", ".join(f"{k} {v}" for k, v in proxy.extraction.items())
+    print(f"statistics:  {', '.join(terminals)}" + (f"  ({settings})" if settings else ""))
     print(f"size:        {proxy.tree.size()} nodes, depth {proxy.tree.depth()}")
     if proxy.search:
         print("search:")
@@ -465,13 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (help_text, configure, fn) in _COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, aliases=_ALIASES.get(name, ()))
+        p = sub.add_parser(name, help=help_text, description=help_text)
         configure(p)
         p.set_defaults(_fn=fn)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in OLD_NAMES:  # still accepted, not listed: one word, one meaning
+        print(f"note: 'evoproxy {argv[0]}' is now 'evoproxy {OLD_NAMES[argv[0]]}'", file=sys.stderr)
+        argv[0] = OLD_NAMES[argv[0]]
     args = build_parser().parse_args(argv)
     try:
         preflight(args)  # an --out that cannot be written: one line now, not a traceback later; --scheduler unused

@@ -82,13 +82,13 @@ class ProxySearch:
             raise ConfigError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
 
     def _config(self, bench: str, out: str, **more):
-        from evoproxy.searchconfig import SearchConfig
+        from evoproxy.searchconfig import RETIRED_KEYS, SearchConfig
 
         fixed = [k for k in self.settings if k in FIXED]
         if fixed:
             raise ConfigError(f"setting {fixed[0]!r} is set by fit ({FIXED[fixed[0]]})")
         known = {f.name for f in dataclasses.fields(SearchConfig)}
-        unknown = [k for k in self.settings if k not in known]
+        unknown = [k for k in self.settings if k not in known and k not in RETIRED_KEYS]  # retired: accepted, ignored
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(known - set(FIXED)))}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -178,12 +178,12 @@ class ProxySearch:
         self._write(bench, folder, train, hold)
         if bench.kind == "mq":
             return {}  # one network: the search extracts it once, in this process
-        spec, ids, recipe = self._recipe(self._config(str(folder / "search.toml"), str(out), **self._sizes(train, bench)))
+        ref, ids, recipe = self._recipe(self._config(str(folder / "search.toml"), str(out), **self._sizes(train, bench)))
         new = {}
         progress = self.settings.get("progress", True)
         for item in tqdm(ids, desc="statistics", unit="net", file=sys.stderr, disable=not progress):
             try:
-                items_statistics(spec, [item], recipe.request, jobs=1, progress=False, cache_dir=recipe.cache_dir)
+                items_statistics(ref, [item], recipe.request, jobs=1, progress=False, cache_dir=recipe.cache_dir)
             except Exception as exc:
                 new[int(item)] = f"statistics extraction failed: {one_line(exc)}"
         if new:
@@ -191,7 +191,7 @@ class ProxySearch:
             if len(train) < 4:
                 raise ConfigError(f"only {len(train)} items extract; need >= 4 (first failure: {next(iter(new.values()))})")
             self._write(bench, folder, train, hold)
-            spec, ids, recipe = self._recipe(self._config(str(folder / "search.toml"), str(out), **self._sizes(train, bench)))
+            ref, ids, recipe = self._recipe(self._config(str(folder / "search.toml"), str(out), **self._sizes(train, bench)))
         from evoproxy.searchdata import load_stats
 
         load_stats(recipe, jobs=1, progress=False)  # from the cache; memoised for the search in this process
@@ -206,18 +206,18 @@ class ProxySearch:
         from evoproxy.searchdata import DataRecipe
         from evoproxy.searchsample import search_items
         from evoproxy.space import SearchSpace
-        from mqbench.benchmarks import BenchSpec
+        from mqbench.benchmarks import BenchRef
         from primitives.core import REGISTRY
         from primitives.items import available_names, uses_hessian
 
-        spec, bench = BenchSpec.resolve(c.bench, c.table, c.gt_column, c.checkpoint)
+        ref, bench = BenchRef.resolve(c.bench, c.table, c.gt_column, c.checkpoint)
         probes = c.hutchinson_probes if c.hutchinson_probes is not None else bench.default_probes
         available = [n for n in available_names(bench) if probes > 0 or not uses_hessian([n])]
         terminals = list(c.terminals) if c.terminals else [n for n in available if getattr(REGISTRY[n], "default", True)]
         space = SearchSpace(terminals, c.structure, dict(c.weights), c.max_chain, c.max_depth, c.max_size)
         fit, val = search_items(bench, c.samples, c.validation, c.seed, c.sampling)
         # ids: the validation items' too (extracted here as well); the recipe: the search samples', as the search's
-        return spec, fit + val, DataRecipe.for_bench(spec, fit, space.terminals, probes, c.noise_std, c.batch,
+        return ref, fit + val, DataRecipe.for_bench(ref, fit, space.terminals, probes, c.noise_std, c.batch,
                                                device=c.device)
 
     @staticmethod

@@ -71,14 +71,14 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     for every proxy; partial failures are counted in the reports. ``device``: cpu (default), cuda or auto
     (:mod:`mqbench.devices`): where statistics are extracted and baselines run."""
     from evoproxy.scoring import check_compatible, resolve_scorers, score_items
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from mqbench.dataroot import portable_path
 
     from mqbench.devices import resolve_device
 
     device = resolve_device(device)
     scorers = resolve_scorers(proxies)
-    spec, b = BenchSpec.resolve(bench, table, gt_column_name, checkpoint)
+    ref, b = BenchRef.resolve(bench, table, gt_column_name, checkpoint)
     check_compatible(scorers, b)
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
         raise ConfigError(f"--samples must be an integer >= 2, got {samples!r}")
@@ -90,7 +90,7 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     size = np.asarray(b.size(ids), dtype=float)
     labels = [sc.label for sc in scorers]
     desc = labels[0] if len(labels) == 1 else f"{len(labels)} proxies"
-    results = score_items(spec, ids, scorers, batch, jobs=jobs, progress=progress, desc=desc, device=device)
+    results = score_items(ref, ids, scorers, batch, jobs=jobs, progress=progress, desc=desc, device=device)
     check_not_all_failed(results, labels)
     settings = {"bench": bench, "split": split, "seed": seed, "samples": len(ids), "batch": batch,
                 "gt_column": b.gt_column, "table": portable_path(b.source)}
@@ -120,8 +120,8 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def human_table(reports: dict) -> str:
-    """A short fixed-width table: one row per proxy."""
+def human_report(reports: dict) -> str:
+    """The reports as short fixed-width text: one row per proxy."""
     head = ["proxy", "spearman", "kendall", "pearson", "rho@20%", "rho@50%", "partial", "n", "failed", "s/sample"]
     rows = [[name, *(_fmt(r[k]) for k in ("spearman", "kendall", "pearson", "spearman_top20", "spearman_top50",
                                            "partial_spearman", "n", "failed")), f"{r['seconds_per_sample']:.3f}"]
@@ -130,6 +130,9 @@ def human_table(reports: dict) -> str:
     lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))]
     lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
     return "\n".join(lines)
+
+
+human_table = human_report  # deprecated name
 
 
 def caption(reports: dict) -> str:
@@ -163,7 +166,7 @@ def write_csv(reports: dict, path: str | Path) -> Path:
 
 
 def markdown(reports: dict, title: str = "Baselines") -> str:
-    """A markdown table, one row per proxy, under a caption line that states n, split, seed and ground truth."""
+    """The reports in markdown, one row per proxy, under a caption line that states n, split, seed and ground truth."""
     first = next(iter(reports.values()))
     lines = [f"{title} — {caption(reports)}.", "",
              "| proxy | Spearman | Kendall | Pearson | ρ@20% | ρ@50% | partial Spearman | n | failed | s/sample |",
@@ -178,7 +181,7 @@ def markdown(reports: dict, title: str = "Baselines") -> str:
 
 
 def write_baselines(reports: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """``out_dir/baselines.csv`` (one row per proxy) and ``out_dir/baselines.md`` (table + caption line)."""
+    """``out_dir/baselines.csv`` (one row per proxy) and ``out_dir/baselines.md`` (the report in markdown)."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@
 Protocol
 --------
 * Search samples: ``bench.sample(samples, seed, "search")`` — the benchmark's search split only.
-  Their primitives are extracted once (``searchdata.load_stats``, disk-cached).
+  Their statistics are extracted once (``searchdata.load_stats``, disk-cached).
 * Generation 0: random trees until ``population`` valid, distinct candidates.
 * Generation g >= 1: the ``elites`` best survive; the rest of the population is refilled with
   children (parents by :func:`evoproxy.selection.select_parents`; crossover with probability
@@ -29,7 +29,8 @@ Protocol
   several populations, ring migration, restarts of stagnant islands) — so a resumed run draws exactly
   what an uninterrupted one would.
 * Screening rejects a candidate past a deterministic cost bound (``screen_cost``, tensor elements;
-  :mod:`evoproxy.screening`); the former wall-clock time-out is gone (``screen_time`` is ignored).
+  :mod:`evoproxy.screening`); the former wall-clock time-out is gone (its ``screen_time`` setting is
+  retired: accepted, ignored, see ``searchconfig.RETIRED_KEYS``).
 * After every generation ``checkpoint.json`` (every island's population, memo, log, hall of fame) is
   written atomically, then ``log.csv``, ``hall_of_fame.json``, ``best.json`` (and ``islands.csv``) are
   regenerated from it. ``--resume`` continues from the checkpoint; apart from the ``seconds`` column of
@@ -85,12 +86,12 @@ class Search:
         from evoproxy.searchsample import search_items, validation_count
         from evoproxy.space import SearchSpace
         from evoproxy.validation import Validation
-        from mqbench.benchmarks import BenchSpec
+        from mqbench.benchmarks import BenchRef
         from primitives.core import REGISTRY
         from primitives.items import available_names, uses_hessian
 
         c = self.config
-        spec, bench = BenchSpec.resolve(c.bench, c.table, c.gt_column, c.checkpoint)
+        ref, bench = BenchRef.resolve(c.bench, c.table, c.gt_column, c.checkpoint)
         bench.verify()
         self.bench = bench
         probes = c.hutchinson_probes if c.hutchinson_probes is not None else bench.default_probes
@@ -110,16 +111,16 @@ class Search:
                   file=sys.stderr)
         self.truth = np.asarray(bench.ground_truth(self.ids), dtype=float)
         self.size = np.asarray(bench.size(self.ids), dtype=float)
-        self.recipe = DataRecipe.for_bench(spec, self.ids, self.space.terminals, probes, c.noise_std, c.batch,
+        self.recipe = DataRecipe.for_bench(ref, self.ids, self.space.terminals, probes, c.noise_std, c.batch,
                                            device=c.device)
         try:
             self.stats = load_stats(self.recipe, jobs=c.jobs, progress=c.progress)
         except EvoproxyError:
             raise
-        except Exception as exc:  # nothing can be searched without the samples' primitives
-            raise ConfigError(f"extracting the primitives of the {len(self.ids)} search samples failed: {reason(exc)}") from None
+        except Exception as exc:  # nothing can be searched without the samples' statistics
+            raise ConfigError(f"extracting the statistics of the {len(self.ids)} search samples failed: {reason(exc)}") from None
         self.validation = None if not self.val_ids else Validation(
-            DataRecipe.for_bench(spec, self.val_ids, self.space.terminals, probes, c.noise_std, c.batch, device=c.device),
+            DataRecipe.for_bench(ref, self.val_ids, self.space.terminals, probes, c.noise_std, c.batch, device=c.device),
             bench.ground_truth(self.val_ids), bench.size(self.val_ids), c.fitness, c.seed, jobs=c.jobs, progress=c.progress)
         self.n_screen = min(c.screen_samples, len(self.ids))
         self.race_plan = self._race_plan()
@@ -164,12 +165,14 @@ class Search:
                 "log": self.log, "hall_of_fame": [i.to_json() for i in self.hof], "validation": self.val_memo}
 
     def _load_state(self, state: dict) -> None:
+        from evoproxy.runfiles import renamed
+
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"{self.out / 'checkpoint.json'} is not a search checkpoint")
         theirs, ours = state["settings"], self.config.result_settings()
         diff = [k for k in ours if json.dumps(theirs.get(k)) != json.dumps(ours[k])]
         if state.get("terminals", self.space.terminals) != self.space.terminals:
-            diff.append("terminals (the primitives available here changed: "
+            diff.append("terminals (the statistics available here changed: "
                         f"{', '.join(sorted(set(state['terminals']) ^ set(self.space.terminals)))})")
         if state.get("hutchinson_probes", self.probes) != self.probes:
             diff.append("hutchinson_probes")
@@ -188,7 +191,7 @@ class Search:
         self.island_log = list(state.get("island_log", []))
         self.memo = dict(state["memo"])
         self.screen_memo = {tuple(k): v for k, v in state["screen_memo"]}
-        self.log = list(state["log"])
+        self.log = [renamed(row) for row in state["log"]]  # a checkpoint's log: columns' current names
         self.hof = [Individual.from_json(d) for d in state["hall_of_fame"]]
         self.val_memo = {k: float(v) for k, v in state.get("validation", {}).items()}
         self.children = self._read_children(self.generation)

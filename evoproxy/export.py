@@ -55,9 +55,9 @@ def _docstring(proxy: Proxy, module_name: str, names: list[str], needs_bits: boo
     passes = pass_needs(names)
     settings = ["seed 0", "one torch thread", "channels_last inputs"]
     if any(p in passes for p in INPUT_PASSES[1:]):
-        settings.append(f"noise_std {float(proxy.primitives.get('noise_std', 0.01))}")
+        settings.append(f"noise_std {float(proxy.extraction.get('noise_std', 0.01))}")
     if HESSIAN in passes:
-        settings.append(f"{int(proxy.primitives.get('hutchinson_probes', 0))} Hutchinson probes")
+        settings.append(f"{int(proxy.extraction.get('hutchinson_probes', 0))} Hutchinson probes")
     prims = ", ".join(f"{n} ({REGISTRY[n].pass_})" for n in names)
     how = (f"Primitives per Conv2d/Linear layer in forward order, as primitives.extract computes them: {prims}; "
            f"{', '.join(settings)}; weights, buffers and requires_grad flags are left as they were. Needs only torch.")
@@ -111,8 +111,8 @@ def _settings(proxy: Proxy, passes: dict) -> list[str]:
            "SEED = 0  # seeds the noise / perturbation / Hutchinson generators (the evaluator's PROXY_SEED)",
            "THREADS = 1  # torch intra-op threads while computing (results depend on it at float32 rounding)",
            "CHANNELS_LAST = True  # input passes on channels_last inputs (primitives.extract's default)",
-           f"NOISE_STD = {float(proxy.primitives.get('noise_std', 0.01))!r}",
-           f"HUTCHINSON_PROBES = {int(proxy.primitives.get('hutchinson_probes', 0))}",
+           f"NOISE_STD = {float(proxy.extraction.get('noise_std', 0.01))!r}",
+           f"HUTCHINSON_PROBES = {int(proxy.extraction.get('hutchinson_probes', 0))}",
            f"PASSES = {{{sets}}}  # pass -> what it records"]
     weights = proxy.layer_weights
     if weights:

@@ -6,16 +6,16 @@
 Trees come from the structure's generator as the search uses it (:class:`evoproxy.space.SearchSpace`):
 half fresh ``random_tree()`` draws, a quarter mutants and a quarter crossover children of a pool of
 64 earlier trees (a valid child replaces a random pool member, so variation reaches deep trees).
-Each tree is scored with :func:`evoproxy.screening.score_range` on every item's primitives; the outcome
+Each tree is scored with :func:`evoproxy.screening.score_range` on every item's statistics; the outcome
 is ``valid`` or the rejection reason (``shape``, ``size``, ``nan``, ``constant``, ``exception``,
 ``timeout``). Any exception escaping ``score_range`` is a **crash** (a bug in the operators or the
 screening); the first few crashing trees are printed as JSON and the exit status is 1.
 
-Primitives: ``--synthetic`` (the default without ``--bench``) builds them from 4 tiny seeded
+Statistics: ``--synthetic`` (the default without ``--bench``) builds them from 4 tiny seeded
 NAS-Bench-201 networks (C=4, N=1, train mode) on a batch of 8 random normalised images, no data
-files needed: every registered primitive, 2 Hutchinson probes, a random bit configuration per
+files needed: every registered statistic, 2 Hutchinson probes, a random bit configuration per
 network (``mqbench.quant.quantize_weight``); the last network has a 520-way classifier, so the
-Gram-type size limit is reached too. ``--bench NAME`` uses the benchmark's own primitives of
+Gram-type size limit is reached too. ``--bench NAME`` uses the benchmark's own statistics of
 ``--items`` search-split items, as the search computes them (``evoproxy.searchdata``).
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ POOL = 64
 
 
 def synthetic_stats(seed: int = 0, networks: int = 4, batch: int = 8, probes: int = 2) -> list:
-    """Primitives (all registered names) of ``networks`` tiny seeded NB201 networks; no data files."""
+    """Statistics (all registered names) of ``networks`` tiny seeded NB201 networks; no data files."""
     import torch
 
     from mqbench.cifar10 import normalize
@@ -63,16 +63,16 @@ def synthetic_stats(seed: int = 0, networks: int = 4, batch: int = 8, probes: in
 
 
 def bench_stats(bench: str, items: int, seed: int = 0, batch: int = 64, probes: int | None = None):
-    """(primitives of ``items`` search-split items, terminal names), as the search computes them."""
+    """(statistics of ``items`` search-split items, terminal names), as the search computes them."""
     from evoproxy.searchdata import DataRecipe, load_stats
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from primitives.items import available_names, uses_hessian
 
-    spec, b = BenchSpec.resolve(bench)
+    ref, b = BenchRef.resolve(bench)
     probes = b.default_probes if probes is None else probes
     names = [n for n in available_names(b) if probes > 0 or not uses_hessian([n])]
     ids = b.sample(items, seed, "search")
-    recipe = DataRecipe.for_bench(spec, ids, names, probes, batch=batch)
+    recipe = DataRecipe.for_bench(ref, ids, names, probes, batch=batch)
     return load_stats(recipe, progress=False), names
 
 
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--trees", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0, help="seed of the trees (and of the synthetic networks)")
     p.add_argument("--synthetic", action="store_true", help="4 tiny NB201 networks, no data files (default without --bench)")
-    p.add_argument("--bench", default=None, help="use this benchmark's primitives instead (needs the data files)")
+    p.add_argument("--bench", default=None, help="use this benchmark's statistics instead (needs the data files)")
     p.add_argument("--items", type=int, default=4, help="--bench: search-split items")
     p.add_argument("--batch", type=int, default=64, help="--bench: CIFAR-10 images in the batch")
     p.add_argument("--probes", type=int, default=None, help="--bench: Hutchinson probes (default: the search's)")
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     except EvoproxyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(human(report, where) + f"\n(primitives: {setup:.1f} s)")
+    print(human(report, where) + f"\n(statistics: {setup:.1f} s)")
     if args.json:
         print(json.dumps(report.to_json()))
     return 1 if report.crash_count else 0

@@ -376,7 +376,7 @@ def s_div(a, b):
 
 
 # ------------------------------------------------------------------------------------- one network
-# A tree is an operator list [name, child, ...] or a terminal (a primitive name). The typed language fixes each
+# A tree is an operator list [name, child, ...] or a terminal (a statistic's name). The typed language fixes each
 # node's level: at the root (net) an operator of one argument aggregates over layers and one of two combines net
 # scalars; below an aggregation (layer) one argument is a reduction of a tensor and two combine layer scalars;
 # below a reduction everything is a tensor operator. One network is a batch of one: each layer's tensors go
@@ -384,11 +384,11 @@ def s_div(a, b):
 # proxy module states its tree as straight-line code over ``terminal`` and ``layer_row``).
 
 def terminal(layer, name, layer_name="?"):
-    """[1, *shape] float32: primitive ``name`` of one layer ({primitive name: tensor}) as a batch of one."""
+    """[1, *shape] float32: statistic ``name`` of one layer ({statistic name: tensor}) as a batch of one."""
     try:
         t = layer[name]
     except KeyError:
-        raise OpError("missing", f"primitive {name!r} not extracted for layer {layer_name}") from None
+        raise OpError("missing", f"statistic {name!r} not extracted for layer {layer_name}") from None
     return (t if t.dtype == torch.float32 else t.float())[None]
 
 
@@ -404,7 +404,7 @@ def layer_row(values, counts):
 def evaluate_tree(tree, layers, counts, functions, layer_names=None) -> float:
     """The value of ``tree`` on one network.
 
-    ``layers``: one mapping {primitive name: tensor} per layer (forward order); ``counts``: each
+    ``layers``: one mapping {statistic name: tensor} per layer (forward order); ``counts``: each
     layer's weight count; ``functions``: {operator name: function}; ``layer_names`` name the layers in
     errors. Raises :class:`OpError` when an operator cannot be applied; may return nan/inf."""
     with torch.no_grad():
@@ -425,7 +425,7 @@ def layer_matrix(tree, layers, counts, functions, layer_names=None):
 
 
 def layer_value(tree, layer, functions, layer_name="?"):
-    """[1] float64: the layer-level ``tree`` on one layer ({primitive name: tensor})."""
+    """[1] float64: the layer-level ``tree`` on one layer ({statistic name: tensor})."""
     if len(tree) == 2:
         return functions[tree[0]](tensor_value(tree[1], layer, functions, layer_name))
     return functions[tree[0]](layer_value(tree[1], layer, functions, layer_name),

@@ -4,7 +4,7 @@ result types, plain and LaTeX rendering, commutativity and sampling weight.
 
 Values flow through four types::
 
-    tensor (a primitive of one layer)  --unary/binary tensor ops-->  tensor
+    tensor (a statistic of one layer)  --unary/binary tensor ops-->  tensor
     tensor  --layer reduction-->  layer scalar  (--layer binary ops-->  layer scalar)
     layer scalar  --aggregation over layers-->  net scalar  (--net binary ops-->  net scalar)
 

@@ -15,7 +15,7 @@ reading, written from the paper's description (not its code):
   ``fisher``, ``l2_norm``, ``params`` (the registered hand-made NAS proxies whose tree is a sum over layers);
   on MQ tables also ``bit_sum``, ``model_size`` and ``hawq_v2`` (the snip-like terms do not depend on the
   bit configuration). ``synflow`` is not in the set: its saliency needs |W| and a network without BatchNorm,
-  which no primitive provides (``virtual_grad`` uses the network as it is).
+  which no statistic provides (``virtual_grad`` uses the network as it is).
 * **scale-free features**, fitted on the training items per proxy p: x = sign(t) log1p(|t| / s_p) with s_p
   the median non-zero |t|, then standardised (mean, std over the training items' present positions); one
   more feature channel marks whether the position is present in the item (NAS-Bench-201 edges without a
@@ -105,7 +105,7 @@ class ParZC:
         return out
 
     def value(self, stats) -> float:
-        """The score of one item's ``NetworkStats`` (needs the primitives of :meth:`statistics_request`)."""
+        """The score of one item's ``NetworkStats`` (needs the statistics of :meth:`statistics_request`)."""
         return float(self.scores([nodewise(self.proxies, stats)])[0])
 
     def statistics_request(self, batch: int = 64):
@@ -313,11 +313,11 @@ def union_request(proxies, batch: int = 64):
     from primitives.items import StatsRequest
 
     proxies = list(proxies)
-    noise = {float(p.primitives.get("noise_std", 0.01)) for p in proxies}
+    noise = {float(p.extraction.get("noise_std", 0.01)) for p in proxies}
     if len(noise) > 1:
         raise ConfigError(f"the proxies use different noise_std values {sorted(noise)}")
     names = sorted({t for p in proxies for t in p.tree.terminals()})
-    probes = max(int(p.primitives.get("hutchinson_probes", 0)) for p in proxies)
+    probes = max(int(p.extraction.get("hutchinson_probes", 0)) for p in proxies)
     return StatsRequest.of(names, probes, noise.pop(), batch)
 
 
@@ -342,12 +342,12 @@ def parzc(bench: str, samples: int = 100, seed: int = 0, proxies=None, *, batch:
     """ParZC fitted on ``samples`` items of ``bench``'s search split (sample ``seed``); ``proxies``: proxy files
     or Proxy objects of the node-wise statistics (default: :data:`NAS_PROXIES`, on MQ tables :data:`MQ_PROXIES`)."""
     from evoproxy.tree import Proxy, load_proxy
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from primitives.items import items_statistics
 
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ConfigError(f"--samples must be an integer >= 2, got {samples!r}")
-    spec, b = BenchSpec.resolve(bench, table, gt_column_name, checkpoint)
+    ref, b = BenchRef.resolve(bench, table, gt_column_name, checkpoint)
     b.verify()
     if proxies is None:
         proxies = default_proxies(b.quantizer is not None)
@@ -356,7 +356,7 @@ def parzc(bench: str, samples: int = 100, seed: int = 0, proxies=None, *, batch:
                    (p if isinstance(p, Proxy) else load_proxy(p)) for i, p in enumerate(proxies)}
     ids = b.sample(samples, seed, "search")
     truth = [float(v) for v in b.ground_truth(ids)]
-    rows = item_rows(proxies, items_statistics(spec, ids, union_request(proxies.values(), batch), progress=progress))
+    rows = item_rows(proxies, items_statistics(ref, ids, union_request(proxies.values(), batch), progress=progress))
     kept = [(r, y) for r, y in zip(rows, truth) if r is not None]
     model = fit_parzc([r for r, _ in kept], [y for _, y in kept], proxies, seed=seed, **fit_options)
     model.fit.update({"bench": bench, "split": "search", "samples": len(ids), "failed": len(ids) - len(kept), "batch": batch})

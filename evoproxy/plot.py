@@ -20,7 +20,6 @@ global registry. The pixel size of a PNG is exactly ``size`` (inches) times ``dp
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -110,9 +109,11 @@ def check_path(path) -> Path:
 # ---------------------------------------------------------------------------------- search progress
 
 def read_log(run_dir) -> list[dict]:
-    """The rows of ``run_dir/log.csv`` (one dict per generation, values as strings)."""
-    with open(Path(run_dir) / "log.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
+    """The rows of ``run_dir/log.csv`` (one dict per generation, values as strings; :func:`evoproxy.runfiles.read_log`:
+    old logs' columns under their current names)."""
+    from evoproxy.runfiles import read_log as read
+
+    return read(Path(run_dir) / "log.csv")
 
 
 def search_progress_figure(log_rows: list[dict], title: str | None = None, size=(7.0, 4.5), dpi: int = 150):

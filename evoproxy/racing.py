@@ -210,7 +210,7 @@ def decide(search, trees, counts: dict, thresholds=None) -> list[dict]:
         if "reason" in o:
             if o["reason"] == "early":
                 continue  # counted above when decided (a memo hit is counted in cache_hits)
-            key = f"rejected_{LOG_NAME.get(o['reason'], o['reason'])}"  # the cost bound: rejected_timeout
+            key = f"rejected_{LOG_NAME.get(o['reason'], o['reason'])}"  # the cost bound: rejected_cost
             counts[key] = counts.get(key, 0) + 1
         else:
             counts["valid"] += 1

@@ -5,12 +5,12 @@
     result.log[-1]["best_fitness"]             # one dict per generation (log.csv)
     result.export("my_proxy.py"); result.plot("progress.png")
 
-    table = Evaluation(reports, items)         # what evoproxy.evaluate(...) returns
-    table.to_markdown(); table.to_csv("t.csv"); table.plot("scatter.png"); table["hawq_v1"]["spearman"]
+    evaluation = Evaluation(reports, items)    # what evoproxy.evaluate(...) returns: a report per proxy
+    evaluation.to_markdown(); evaluation.to_csv("t.csv"); evaluation.plot("scatter.png")
+    evaluation["hawq_v1"]["spearman"]
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,9 +67,10 @@ class SearchResult:
             except ConfigError:  # e.g. a Hessian terminal with other settings: keep what parses
                 continue
         log = []
-        if (out / "log.csv").exists():
-            with open(out / "log.csv", newline="") as fh:
-                log = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        if (out / "log.csv").exists():  # old logs' columns under their current names (rejected_timeout -> _cost)
+            from evoproxy.runfiles import read_log
+
+            log = [{k: _number(v) for k, v in row.items()} for row in read_log(out / "log.csv")]
         return cls(out, config, best, hof, log, stopped)
 
     @property
@@ -152,6 +153,6 @@ class Evaluation:
                        caption=f"{first['split']} split, sample seed {first['seed']}, batch {first['batch']}.")
 
     def __repr__(self) -> str:
-        from evoproxy.evaluation import caption, human_table
+        from evoproxy.evaluation import caption, human_report
 
-        return caption(self.reports) + "\n" + human_table(self.reports)
+        return caption(self.reports) + "\n" + human_report(self.reports)

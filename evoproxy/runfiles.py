@@ -1,17 +1,38 @@
 """What a search run folder holds besides its checkpoint: log.csv, children.csv, islands.csv, hall_of_fame.json,
-best.json and run.json, regenerated from the search's state after every generation (see :mod:`evoproxy.evolution`)."""
+best.json and run.json, regenerated from the search's state after every generation (see :mod:`evoproxy.evolution`); and
+:func:`read_log`, the one reader of a log.csv, which gives old logs' renamed columns their current names.
+
+Heavier imports (the tree and island modules) are made inside the writers, so that readers of a run folder
+(:mod:`evoproxy.plot`, :mod:`evoproxy.results`, the experiments) stay light."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
-from evoproxy.islands import write_island_log
-from evoproxy.tree import Proxy, render
 from mqbench.fileio import atomic_write_text
+
+# log.csv columns renamed since runs were committed: old name -> current name. The search counts its
+# cost-bound rejections (evoproxy.screening) in rejected_cost; logs written before the rename call it
+# rejected_timeout (the wall-clock time-out the cost bound replaced), with the same values.
+LOG_RENAMED = {"rejected_timeout": "rejected_cost"}
+
+
+def renamed(row: dict) -> dict:
+    """``row`` of a log (log.csv or a checkpoint's) with old column names replaced (the order kept)."""
+    return {LOG_RENAMED.get(k, k): v for k, v in row.items()}
+
+
+def read_log(path) -> list[dict]:
+    """The rows of a search's ``log.csv`` (``path``: the file or its run folder), one dict per generation,
+    values as strings, columns under their current names (``LOG_RENAMED``)."""
+    path = Path(path)
+    with open(path / "log.csv" if path.is_dir() else path, newline="") as fh:
+        return [renamed(row) for row in csv.DictReader(fh)]
 
 
 def _finite(v):
@@ -20,6 +41,8 @@ def _finite(v):
 
 def write_outputs(search) -> None:
     """log.csv, children.csv, islands.csv, hall_of_fame.json and best.json of ``search`` (an evolution.Search)."""
+    from evoproxy.islands import write_island_log
+
     for name, rows in (("log.csv", search.log), ("children.csv", search.children)):
         if rows:
             buf = io.StringIO()
@@ -50,17 +73,18 @@ def run_status(search) -> dict:
                                           else None)}
 
 
-def proxy_of(search, ind) -> Proxy:
+def proxy_of(search, ind):
     """The proxy file content of hall-of-fame member ``ind`` of ``search``."""
     from evoproxy.metrics import partial_spearman, spearman
+    from evoproxy.tree import Proxy
     from mqbench.dataroot import portable_path
     from primitives.items import uses_hessian
 
     c = search.config
     s = ind.orientation * np.asarray(ind.scores, dtype=float)
-    prims = {"noise_std": c.noise_std}
+    extraction = {"noise_std": c.noise_std}
     if uses_hessian(ind.tree.terminals()):
-        prims["hutchinson_probes"] = search.probes
+        extraction["hutchinson_probes"] = search.probes
 
     info = {"bench": search.bench.name, "table": portable_path(c.table), "gt_column": c.gt_column,
             "samples": len(search.ids), "split": "search", "seed": c.seed, "structure": c.structure, "fitness": c.fitness,
@@ -70,13 +94,14 @@ def proxy_of(search, ind) -> Proxy:
             **({"sampling": c.sampling} if c.sampling != "random" else {}),
             **({"validation_items": len(search.val_ids), "validation_fitness": _finite(search.val_memo.get(ind.key))}
                if search.validation is not None else {})}
-    return Proxy(ind.tree, ind.orientation, prims, info)
+    return Proxy(ind.tree, ind.orientation, extraction, info)
 
 
 def log_row(search, generation: int, counts: dict, seconds: float) -> dict:
     """One row of log.csv for ``generation`` of ``search``."""
     from evoproxy.screening import LOG_REASONS
     from evoproxy.selection import mean_pairwise_distance
+    from evoproxy.tree import render
 
     c = search.config
     fit = np.array([i.fitness for i in search.population])

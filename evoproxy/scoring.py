@@ -1,7 +1,7 @@
 """One scoring path for every kind of proxy, on benchmark items.
 
     scorers = resolve_scorers(["snip", "runs/a/best.json", my_proxy, my_callable])
-    results = score_items(spec, ids, scorers, batch=64, jobs=2)   # one {"id","scores","errors","seconds"} per id
+    results = score_items(ref, ids, scorers, batch=64, jobs=2)   # one {"id","scores","errors","seconds"} per id
 
 A proxy is any of:
 
@@ -38,7 +38,7 @@ class Scorer:
     label: str
     kind: str
     payload: object  # baseline name | proxy JSON document | callable
-    needs: tuple[str, ...] = ()  # primitives it reads (prefetched together for the whole run)
+    needs: tuple[str, ...] = ()  # statistics it reads (prefetched together for the whole run)
     probes: int = 0
     noise_std: float = 0.01
     bench_kind: str | None = None  # "nas"/"mq" when it applies to one kind of benchmark only
@@ -46,9 +46,9 @@ class Scorer:
 
 def _tree_scorer(proxy, label: str) -> Scorer:
     terminals = tuple(sorted(proxy.tree.terminals()))
-    probes = int(proxy.primitives.get("hutchinson_probes", 0)) if uses_hessian(terminals) else 0
+    probes = int(proxy.extraction.get("hutchinson_probes", 0)) if uses_hessian(terminals) else 0
     kind = "mq" if set(terminals) & set(QUANT_NAMES) else None
-    return Scorer(label, "tree", proxy.to_json(), terminals, probes, float(proxy.primitives.get("noise_std", 0.01)), kind)
+    return Scorer(label, "tree", proxy.to_json(), terminals, probes, float(proxy.extraction.get("noise_std", 0.01)), kind)
 
 
 def as_scorer(obj, label: str | None = None) -> Scorer:
@@ -110,7 +110,7 @@ def _tree_value(proxy, stats) -> float:
     return proxy.value(stats)
 
 
-def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = PROXY_SEED, progress: bool = False,
+def score_item(ref, item, scorers: list[Scorer], batch: int = 64, seed: int = PROXY_SEED, progress: bool = False,
                device=None) -> dict:
     """Every scorer on one benchmark item: {"id", "scores", "errors", "seconds"}; ``progress`` shows a bar
     over the scorers and inside long per-network computations (the network phase of :func:`score_items`).
@@ -131,7 +131,7 @@ def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = P
 
     with fixed_threads(1):
         try:
-            bench = load_bench(spec)
+            bench = load_bench(ref)
             inputs, targets = batch_for(bench, batch)
         except Exception as exc:  # the benchmark itself is unusable: every proxy fails on this item
             for s in scorers:
@@ -141,7 +141,7 @@ def score_item(spec, item, scorers: list[Scorer], batch: int = 64, seed: int = P
         def stats(names, hutchinson_probes=0, noise_std=noise):
             t0 = time.perf_counter()
             wanted = set(names) | {n for n in prefetch if not uses_hessian([n]) or hutchinson_probes}
-            st = item_statistics(spec, item, StatsRequest.of(wanted, hutchinson_probes, noise_std, batch, device))
+            st = item_statistics(ref, item, StatsRequest.of(wanted, hutchinson_probes, noise_std, batch, device))
             spent["stats"] += time.perf_counter() - t0
             return st
 
@@ -205,7 +205,7 @@ def _bar(items, desc: str, show: bool):
     return labelled()
 
 
-def score_items(spec, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int = 1, progress: bool = True,
+def score_items(ref, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int = 1, progress: bool = True,
                 desc: str = "proxies", device=None) -> list[dict]:
     """:func:`score_item` for every id, in order (joblib processes when ``jobs`` > 1), with a progress bar.
 
@@ -220,7 +220,7 @@ def score_items(spec, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int 
         raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
     device = resolve_device(device)
     ids = list(ids)
-    bench = load_bench(spec)
+    bench = load_bench(ref)
     by_network: dict = {}
     for i, item in enumerate(ids):
         by_network.setdefault(bench.network_key(item), []).append(i)
@@ -232,9 +232,9 @@ def score_items(spec, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int 
 
             print(f"{desc}: network phase {k}/{len(first)} (work shared by {len(by_network[bench.network_key(ids[pos])])} items)",
                   file=sys.stderr)
-        done[pos] = score_item(spec, ids[pos], scorers, batch, progress=progress, device=device)
+        done[pos] = score_item(ref, ids[pos], scorers, batch, progress=progress, device=device)
     rest = [i for i in range(len(ids)) if i not in done]
-    scored = map_items(score_item, [ids[i] for i in rest], (spec,), (scorers, batch, PROXY_SEED, False, device),
+    scored = map_items(score_item, [ids[i] for i in rest], (ref,), (scorers, batch, PROXY_SEED, False, device),
                        jobs=jobs, progress=progress, desc=desc)
     done.update(zip(rest, scored))
     return [done[i] for i in range(len(ids))]

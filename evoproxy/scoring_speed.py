@@ -37,14 +37,14 @@ BENCHES = (("nb201", "nb201-cifar10", 100, (64, 10, "spearman")), ("mq", "mq-res
 def search_recipe(bench: str, samples: int, seed: int = 0):
     """(recipe, terminals) of a search's samples with the search's defaults (see evoproxy.evolution)."""
     from evoproxy.searchdata import DataRecipe
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from primitives.core import REGISTRY
     from primitives.items import available_names, uses_hessian
 
-    spec, b = BenchSpec.resolve(bench)
+    ref, b = BenchRef.resolve(bench)
     probes = b.default_probes
     names = [n for n in available_names(b) if (probes > 0 or not uses_hessian([n])) and getattr(REGISTRY[n], "default", True)]
-    return DataRecipe.for_bench(spec, b.sample(samples, seed, "search"), names, probes), names
+    return DataRecipe.for_bench(ref, b.sample(samples, seed, "search"), names, probes), names
 
 
 def random_trees(terminals, count: int, seed: int) -> list:

@@ -1,10 +1,10 @@
-"""Scoring candidate trees on cached primitives: compatibility screening and full score vectors.
+"""Scoring candidate trees on cached statistics: compatibility screening and full score vectors.
 
-A candidate is scored on the search samples' primitives (``searchdata.load_stats``) in two stages:
+A candidate is scored on the search samples' statistics (``searchdata.load_stats``) in two stages:
 
 1. **screening**: the first ``screen_samples`` samples. Rejected, with the reason
    recorded, on: ``exception`` (an operator raised something unexpected), ``shape`` (incompatible
-   shapes, an op on a tensor it cannot take, a missing primitive), ``size`` (a Gram-type op on a
+   shapes, an op on a tensor it cannot take, a missing statistic), ``size`` (a Gram-type op on a
    too-large tensor), ``nan`` (a NaN or infinite score), ``constant`` (the same score on every
    screening sample), ``cost`` (evaluating the screening samples processes more than ``cost_bound``
    tensor elements, see below).
@@ -19,13 +19,14 @@ application below an aggregation, of :func:`op_cost` — the elements of a tenso
 reads (``logdet``: d0^2 k + d0^3 for its Gram matrix and determinant). :func:`tree_cost` computes
 the total from one layer per shape signature and aggregation subtree, by running the operators on a
 batch of one item with :class:`CostMeter` wrapping them, before anything is evaluated: a tree over
-the bound is rejected as ``cost`` even when it would also fail another rule. The search's log keeps its ``rejected_timeout`` column (format compatibility
-with committed runs), which counts the ``cost`` rejections. ``time_bound`` (seconds, a ``timeout``
-rejection) remains for tools such as :mod:`evoproxy.fuzz`; the search does not use it.
+the bound is rejected as ``cost`` even when it would also fail another rule. The search's log counts them in
+its ``rejected_cost`` column (named ``rejected_timeout`` in logs written before; :func:`evoproxy.runfiles.read_log`
+reads those as ``rejected_cost``). ``time_bound`` (seconds, a ``timeout`` rejection) remains for tools such as
+:mod:`evoproxy.fuzz`; the search does not use it.
 
 Work is split into contiguous chunks of candidates and run in joblib (loky) processes when
 ``jobs`` > 1; every score is computed on one torch thread, so the vectors do not depend on
-``jobs``. Workers load the primitives from the disk cache once per process.
+``jobs``. Workers load the statistics from the disk cache once per process.
 
 There is one scorer: the stacked evaluator (:mod:`evoproxy.vectorised`), all samples of the range
 at once on the samples' statistics stacked per shape group (built once per process and statistics
@@ -44,9 +45,10 @@ from evoproxy.ops import OpError
 from evoproxy.tree import parse_tree
 
 REASONS = ("exception", "shape", "size", "nan", "constant", "cost", "timeout")
-# the rejection columns of a search's log.csv: the committed logs' header; "timeout" counts the cost bound
-LOG_REASONS = ("exception", "shape", "size", "nan", "constant", "timeout")
-LOG_NAME = {"cost": "timeout"}
+# the rejection columns of a search's log.csv (rejected_<reason>); a "timeout" remembered by a checkpoint written
+# before the cost bound existed is counted as "cost", in the column that counted it then
+LOG_REASONS = ("exception", "shape", "size", "nan", "constant", "cost")
+LOG_NAME = {"timeout": "cost"}
 _STACKED: list = []  # [(stats list, its evoproxy.vectorised.Stacked)]: the last one, per process
 
 

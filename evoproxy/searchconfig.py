@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from mqbench.errors import ConfigError
 from mqbench.parallel import BACKENDS
 
 # settings that do not change the result; everything else must match on --resume
-# (screen_time: accepted for old settings and config.json files, no longer used)
-RUNTIME_KEYS = ("out", "jobs", "backend", "scheduler", "time_budget", "progress", "checkpoint", "screen_time", "audit")
+RUNTIME_KEYS = ("out", "jobs", "backend", "scheduler", "time_budget", "progress", "checkpoint", "audit")
+# retired settings: no longer options or fields, still accepted (and ignored) by SearchConfig(...) so that old
+# settings and the config.json files that carry them load (screen_time: the former wall-clock screening time-out)
+RETIRED_KEYS = ("screen_time",)
 # settings added after runs were committed: left out of result_settings() at their default (the behaviour of
 # those runs), so committed config.json files and older checkpoints still match a run of the same settings
 # Default --screen-cost (tensor elements on the screening samples): far above every candidate of the committed
-# runs, none of which ever rejected one on the former 10 s time-out (every rejected_timeout of results/ is 0).
+# runs, none of which ever rejected one on the former 10 s time-out (every rejected_timeout, now rejected_cost, of results/ is 0).
 SCREEN_COST = 2e10
 # Multi-fidelity (evoproxy.racing): rung ends as fractions of the search samples and the fitness margin of each, one
 # setting for both benchmarks, chosen from the children of audited runs (results/racing/joint.md: the least work with
@@ -87,8 +89,8 @@ class SearchConfig:
     batch: int = _opt(64, "CIFAR-10 training images in the batch")
     hutchinson_probes: int | None = _opt(None, "Hessian probes (default: the benchmark's, 0 on NAS-Bench-201: no "
                                                "Hessian terminals; 8 on MQ tables)")
-    noise_std: float = _opt(0.01, "std of the perturbation of the @perturb primitives (EZNAS)")
-    terminals: list | None = _opt(None, "comma-separated primitive names (default: all the benchmark offers)", parse=_names)
+    noise_std: float = _opt(0.01, "std of the perturbation of the @perturb statistics (EZNAS)")
+    terminals: list | None = _opt(None, "comma-separated statistic names (default: all the benchmark offers)", parse=_names)
     weights: dict = _opt({}, "sampling weights, e.g. 'log=2,matmul=0' (0 removes an op/terminal)", parse=_weights)
     screening: bool = _opt(True, "ablation: no compatibility screening", flag="--no-screening")
     diversity: bool = _opt(True, "ablation: plain tournament, duplicates allowed", flag="--no-diversity")
@@ -100,8 +102,6 @@ class SearchConfig:
     cx_prob: float = _opt(0.5, "crossover probability of a pair of parents")
     mut_prob: float = _opt(0.8, "mutation probability of each child")
     screen_samples: int = _opt(8, "search samples a candidate is screened on before the rest")
-    screen_time: float = _opt(10.0, "no longer used (was a wall-clock screening time-out; see --screen-cost); "
-                                    "accepted so that old settings still parse")
     screen_cost: float = _opt(SCREEN_COST, "screening cost bound: a candidate whose screening samples need more tensor "
                                     "elements processed is rejected (deterministic; see evoproxy.screening)")
     multi_fidelity: bool = _opt(True, "ablation: score every child on every search sample (no early rejection of "
@@ -143,6 +143,10 @@ class SearchConfig:
     device: str = _opt("cpu", "where the search samples' statistics are extracted: cpu (bit-deterministic), cuda "
                               "(or cuda:N) or auto (cuda when available); not a runtime key: CUDA statistics differ "
                               "from CPU ones at the float32-rounding level", metavar="{cpu,cuda,auto}")
+    screen_time: InitVar[float | None] = None  # RETIRED_KEYS: accepted, ignored, not stored
+
+    def __post_init__(self, screen_time) -> None:
+        """Nothing to set up: ``screen_time`` (a retired setting) is dropped here."""
 
     def validate(self) -> None:
         from evoproxy.fitness import check_fitness
@@ -185,8 +189,6 @@ class SearchConfig:
                 raise ConfigError(f"--{key.replace('_', '-')} must be in [0, 1], got {v}")
         if self.novelty_weight < 0:
             raise ConfigError("--novelty-weight must be >= 0")
-        if self.screen_time <= 0:
-            raise ConfigError("--screen-time must be > 0 seconds")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError("--time-budget must be > 0 seconds")
         if self.hutchinson_probes is not None and self.hutchinson_probes < 0:

@@ -1,10 +1,10 @@
 """The DEAP adapter: the proxy language as a DEAP strongly typed set, the one tree type
 (:class:`ProxyTree`, a ``gp.PrimitiveTree``), and the search space (generation and variation).
 
-This is the only module that speaks DEAP's words: a DEAP "primitive" is an *operator* of
+This is the only module that speaks DEAP's words: what DEAP calls a "primitive" is an *operator* of
 :mod:`evoproxy.ops` here (``gp.Primitive`` named after the operator, its callable the operator's
-function), a DEAP "terminal" is one of our *primitives* (a per-layer statistic of
-:mod:`primitives`, ``gp.Terminal`` whose value is its name). Types: ``TensorT`` -> ``LayerT`` ->
+function), a DEAP "terminal" is a *statistic* (a per-layer statistic of :mod:`primitives`,
+``gp.Terminal`` whose value is its name). Types: ``TensorT`` -> ``LayerT`` ->
 ``NetT`` (``evoproxy.ops``' tensor / layer / net); a proxy tree returns ``NetT``. Trees are never
 compiled (``gp.compile`` uses ``eval``): :mod:`evoproxy.tree` evaluates them.
 
@@ -16,7 +16,7 @@ Two structures:
   unary op in one chain; crossover swaps one branch (or the reduction+aggregation head).
   Sampling weights: every operator and terminal has one (``Op.weight``, terminals 1), used whenever
   one is drawn; ``weights={"log": 2, "matmul": 0}`` overrides them (0 removes one).
-* ``tree`` — free typed GP trees built by DEAP's operators: ``gp.cxOnePoint``, ``gp.mutUniform``
+* ``tree`` — free typed GP trees varied by DEAP's crossover and mutation: ``gp.cxOnePoint``, ``gp.mutUniform``
   (expression from :meth:`SearchSpace.generate`) or ``gp.mutNodeReplacement``. Layer and net types
   have no terminals, so DEAP's generators cannot end a branch there: :meth:`SearchSpace.generate`
   draws those levels (an aggregation, sometimes a binary net op; a reduction, sometimes a binary
@@ -62,7 +62,7 @@ MIN_HEIGHT = {TensorT: 0, LayerT: 1, NetT: 2}  # the lowest tree of each type: T
 # ------------------------------------------------------------------------------------- the tree type
 
 class ProxyTree(gp.PrimitiveTree):
-    """A proxy tree: DEAP's prefix list of nodes (operators as ``gp.Primitive``, primitives as
+    """A proxy tree: DEAP's prefix list of nodes (operators as ``gp.Primitive``, statistics as
     ``gp.Terminal``). Its root's ``name``, ``type`` and ``is_terminal`` describe the whole tree's value."""
 
     @property
@@ -106,21 +106,21 @@ class ProxyTree(gp.PrimitiveTree):
 
 def typed_set(operators, terminals) -> gp.PrimitiveSetTyped:
     """A DEAP typed set over the named operators (callables: their :mod:`evoproxy.ops` functions)
-    and terminals (primitive names)."""
+    and terminals (statistic names)."""
     pset = gp.PrimitiveSetTyped("proxy", [], NetT)
     for name in operators:
         op = OPS[name]
         pset.addPrimitive(op.fn, [DEAP_TYPES[t] for t in op.in_types], DEAP_TYPES[op.out_type], name=name)
     for name in terminals:
         if name in OPS:
-            raise ValueError(f"primitive {name!r} has an operator's name")
+            raise ValueError(f"statistic {name!r} has an operator's name")
         pset.addTerminal(name, TensorT)
     return pset
 
 
 def language() -> gp.PrimitiveSetTyped:
-    """The whole language: every operator and every registered primitive (the parser's set); rebuilt
-    when an operator or a primitive is registered (or removed) after the last call."""
+    """The whole language: every operator and every registered statistic (the parser's set); rebuilt
+    when an operator or a statistic is registered (or removed) after the last call."""
     from primitives import PRIMITIVES
 
     return _language(tuple(OPS.items()), tuple(PRIMITIVES))

@@ -1,8 +1,8 @@
 """Proxy trees: the JSON file format and its parser, rendering, canonical form, evaluation.
 
 A tree is a :class:`evoproxy.space.ProxyTree` (DEAP's ``gp.PrimitiveTree``, the one tree type of the
-project): operators of :mod:`evoproxy.ops` over terminals, each a primitive name of :mod:`primitives`
-(e.g. ``"weight_grad"``). Its root has type ``net``.
+project): operators of :mod:`evoproxy.ops` over terminals, each the name of a per-layer statistic of
+:mod:`primitives` (e.g. ``"weight_grad"``). Its root has type ``net``.
 
 JSON proxy file (``evoproxy.proxy/1``), written by the search and read only by :func:`parse_proxy`
 (never eval'd or unpickled)::
@@ -11,11 +11,12 @@ JSON proxy file (``evoproxy.proxy/1``), written by the search and read only by :
      "tree": ["layer_sum", ["l1", ["mul", "weight_grad", "weight"]]],
      "orientation": 1,                      # score = orientation * value of the tree
      "formula": "Σ_l ||(G * W)||_1",        # informative; regenerated from the tree on load
-     "primitives": {"hutchinson_probes": 0, "noise_std": 0.01},
+     "extraction": {"hutchinson_probes": 0, "noise_std": 0.01},   # how statistics are extracted
      "search": {...},                       # optional: benchmark, fitness, seed, ...
      "layer_weights": {...}}                # optional: learned per-layer-position weights (evoproxy calibrate)
 
-An operator node is a list ``[name, child, ...]``; a terminal is a string.
+An operator node is a list ``[name, child, ...]``; a terminal is a string. Files written before the
+``extraction`` key existed call it ``primitives``; :func:`parse_proxy` reads either.
 """
 from __future__ import annotations
 
@@ -117,10 +118,10 @@ def _parse(obj, where: str, depth: int) -> list:
         from primitives import PRIMITIVES
 
         if obj not in PRIMITIVES:
-            raise ProxyFileError(f"{where}: unknown primitive {obj!r}; known: {', '.join(PRIMITIVES)}")
+            raise ProxyFileError(f"{where}: unknown statistic {obj!r}; known: {', '.join(PRIMITIVES)}")
         return [language().mapping[obj]]
     if not isinstance(obj, list) or not obj:
-        raise ProxyFileError(f"{where}: expected an operator list [name, args...] or a primitive name, "
+        raise ProxyFileError(f"{where}: expected an operator list [name, args...] or a statistic's name, "
                              f"got {type(obj).__name__}")
     name = obj[0]
     if not isinstance(name, str):
@@ -142,11 +143,11 @@ def _parse(obj, where: str, depth: int) -> list:
 
 @dataclass
 class Proxy:
-    """A parsed proxy file: the tree, its orientation and the settings of its primitives."""
+    """A parsed proxy file: the tree, its orientation and how its statistics are extracted."""
 
     tree: ProxyTree
     orientation: int = 1
-    primitives: dict = field(default_factory=dict)
+    extraction: dict = field(default_factory=dict)  # EXTRACTION_SETTINGS: hutchinson_probes, noise_std
     search: dict = field(default_factory=dict)
     source: str | None = None
     layer_weights: dict | None = None  # learned by ``evoproxy calibrate`` (see :mod:`evoproxy.calibrate`)
@@ -161,9 +162,14 @@ class Proxy:
         body = render(self.tree, latex=True)
         return body if self.orientation == 1 else rf"-\left({body}\right)"
 
+    @property
+    def primitives(self) -> dict:
+        """Deprecated name of :attr:`extraction`."""
+        return self.extraction
+
     def to_json(self) -> dict:
         out = {"format": FORMAT, "formula": self.formula, "tree": self.tree.to_json(),
-               "orientation": self.orientation, "primitives": dict(self.primitives), "search": dict(self.search)}
+               "orientation": self.orientation, "extraction": dict(self.extraction), "search": dict(self.search)}
         if self.layer_weights is not None:
             out["layer_weights"] = self.layer_weights
         return out
@@ -181,11 +187,11 @@ class Proxy:
         return self.orientation * evaluate_tree(self.tree, stats, self.layer_weights)
 
     def statistics_request(self, batch: int = 64):
-        """What this proxy reads: its primitives and their settings (:class:`primitives.items.StatsRequest`)."""
+        """What this proxy reads: its statistics and their settings (:class:`primitives.items.StatsRequest`)."""
         from primitives.items import StatsRequest
 
-        return StatsRequest.of(self.tree.terminals(), self.primitives.get("hutchinson_probes", 0),
-                               self.primitives.get("noise_std", 0.01), batch)
+        return StatsRequest.of(self.tree.terminals(), self.extraction.get("hutchinson_probes", 0),
+                               self.extraction.get("noise_std", 0.01), batch)
 
     def score(self, model, inputs, targets, bit_config=None) -> float:
         """Score a network (and, for MQ proxies, its bit configuration: bits per Conv2d/Linear in forward order
@@ -197,7 +203,8 @@ class Proxy:
         return self.value(stats)
 
 
-PRIMITIVE_SETTINGS = {"hutchinson_probes": int, "noise_std": float}
+EXTRACTION_SETTINGS = {"hutchinson_probes": int, "noise_std": float}
+PRIMITIVE_SETTINGS = EXTRACTION_SETTINGS  # deprecated name
 
 
 def parse_proxy(obj, source: str = "proxy") -> Proxy:
@@ -215,23 +222,26 @@ def parse_proxy(obj, source: str = "proxy") -> Proxy:
     orientation = obj.get("orientation", 1)
     if orientation not in (1, -1) or isinstance(orientation, bool):
         raise ProxyFileError(f"{source}: orientation must be 1 or -1, got {orientation!r}")
-    prims = obj.get("primitives", {}) or {}
-    if not isinstance(prims, dict):
-        raise ProxyFileError(f"{source}: 'primitives' must be an object")
+    if "extraction" in obj and "primitives" in obj:
+        raise ProxyFileError(f"{source}: both 'extraction' and 'primitives' (its old name); keep 'extraction'")
+    key_name = "primitives" if "primitives" in obj else "extraction"  # files written before the rename
+    given = obj.get(key_name, {}) or {}
+    if not isinstance(given, dict):
+        raise ProxyFileError(f"{source}: '{key_name}' must be an object")
     settings = {}
-    for key, value in prims.items():
-        if key not in PRIMITIVE_SETTINGS:
-            raise ProxyFileError(f"{source}: unknown primitives setting {key!r}; known: {', '.join(PRIMITIVE_SETTINGS)}")
-        kind = PRIMITIVE_SETTINGS[key]
+    for key, value in given.items():
+        if key not in EXTRACTION_SETTINGS:
+            raise ProxyFileError(f"{source}: unknown {key_name} setting {key!r}; known: {', '.join(EXTRACTION_SETTINGS)}")
+        kind = EXTRACTION_SETTINGS[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProxyFileError(f"{source}: primitives.{key} must be a number, got {value!r}")
+            raise ProxyFileError(f"{source}: {key_name}.{key} must be a number, got {value!r}")
         if not math.isfinite(value) or value < 0 or (kind is int and value != int(value)):  # JSON allows NaN
             what = "an integer" if kind is int else "a finite number"
-            raise ProxyFileError(f"{source}: primitives.{key} must be {what} >= 0, got {value!r}")
+            raise ProxyFileError(f"{source}: {key_name}.{key} must be {what} >= 0, got {value!r}")
         settings[key] = kind(value)
     needs_probes = any(t.startswith("hessian") for t in tree.terminals())
     if needs_probes and settings.get("hutchinson_probes", 0) <= 0:
-        raise ProxyFileError(f"{source}: the tree uses the Hessian but primitives.hutchinson_probes is not > 0")
+        raise ProxyFileError(f"{source}: the tree uses the Hessian but {key_name}.hutchinson_probes is not > 0")
     search = obj.get("search", {}) or {}
     if not isinstance(search, dict):
         raise ProxyFileError(f"{source}: 'search' must be an object")
@@ -315,7 +325,7 @@ def json_depth(text: str) -> int:
 # ------------------------------------------------------------------------------------- evaluation
 
 def evaluate_tree(node, stats, layer_weights: dict | None = None) -> float:
-    """The tree's value on one network's primitives (:class:`primitives.NetworkStats`), computed by the
+    """The tree's value on one network's statistics (:class:`primitives.NetworkStats`), computed by the
     search's evaluator (:func:`evoproxy.vectorised.evaluate`) on a stack of one network; with ``layer_weights``
     (a proxy file's, see :func:`parse_layer_weights`) the weighted sum of the root's per-layer terms.
 

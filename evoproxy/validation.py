@@ -23,7 +23,7 @@ class Validation:
 
         self.n = len(recipe.ids)
         # not searchdata.load_stats: its per-process memo holds the search samples' statistics
-        stats = items_statistics(recipe.spec, recipe.ids, recipe.request, jobs=jobs, progress=progress,
+        stats = items_statistics(recipe.ref, recipe.ids, recipe.request, jobs=jobs, progress=progress,
                                  cache_dir=recipe.cache_dir)
         self.stacked = stack(stats)
         self.truth = np.asarray(truth, dtype=float)

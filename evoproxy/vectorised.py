@@ -7,14 +7,14 @@ stack of one), with the operators of :mod:`evoproxy.opkernels` on batches.
     evaluate(tree_json, stack([net], positions=True), 0, 1, weights={position: w})   # a calibrated proxy
 
 **Stacking.** The (sample, layer) pairs of all samples are grouped by their *signature*, the shapes of
-every primitive tensor of the layer (of ``names`` only, when given), so that in one group every primitive
-has one shape and every tensor expression of a tree has one result shape. Per group and primitive the
+every statistic's tensor of the layer (of ``names`` only, when given), so that in one group every statistic
+has one shape and every tensor expression of a tree has one result shape. Per group and statistic the
 distinct tensors (by identity: MQ configurations share the network's FP tensors, and quantized weights per
 bit-width) are stacked once into one ``[U, *shape]`` float32 tensor; each pair keeps its index into it.
 Pairs are ordered by (sample, layer), so a range of samples is a contiguous slice of every group.
 
 **Evaluating** a tree on a sample range: per group, the distinct combinations of the group's
-primitives' tensors are the items (NAS-Bench-201: every pair, as views; MQ: the few distinct bit-widths of a
+statistics' tensors are the items (NAS-Bench-201: every pair, as views; MQ: the few distinct bit-widths of a
 layer, gathered once per range and kept); the tree's tensor part runs once per group on ``[items, *shape]``
 batches with the registered operator functions (:data:`evoproxy.ops.OPS`, the kernels), reduces to float64
 layer scalars, which are scattered into a ``[samples, layers]`` matrix; the aggregations are masked row
@@ -51,8 +51,8 @@ class Group:
 
     sample: np.ndarray  # [pairs] sample index of each pair
     layer: np.ndarray  # [pairs] layer index
-    stores: dict  # primitive name -> [distinct tensors, *shape] float32
-    index: dict  # primitive name -> [pairs] index into stores[name]
+    stores: dict  # statistic name -> [distinct tensors, *shape] float32
+    index: dict  # statistic name -> [pairs] index into stores[name]
 
     def is_identity(self, name: str) -> bool:
         return self.stores[name].shape[0] == len(self.sample)
@@ -77,7 +77,7 @@ class Stacked:
 
 
 def stack(stats, names=None, positions: bool = False) -> Stacked:
-    """Stack ``stats`` (a list of :class:`primitives.NetworkStats`): all primitives, or those in ``names``
+    """Stack ``stats`` (a list of :class:`primitives.NetworkStats`): all statistics, or those in ``names``
     (the terminals of the trees to evaluate); ``positions``: keep the layers' position keys (for layer weights)."""
     members: dict = {}  # signature -> [(sample, layer, tensors)]
     for s, net in enumerate(stats):
@@ -115,7 +115,7 @@ def stack(stats, names=None, positions: bool = False) -> Stacked:
 @dataclass
 class _Part:
     """One group's share of a sample range: its items (the distinct combinations of all of the group's
-    primitives' tensors) and where each pair's layer value goes."""
+    statistics' tensors) and where each pair's layer value goes."""
 
     group: Group
     lo: int
@@ -175,7 +175,7 @@ def _tensor(tree, env: dict) -> torch.Tensor:
     if isinstance(tree, str):
         t = env.get(tree)
         if t is None:
-            raise OpError("missing", f"primitive {tree!r} not extracted for this layer")
+            raise OpError("missing", f"statistic {tree!r} not extracted for this layer")
         return t
     return _fn(tree[0])(*(_tensor(c, env) for c in tree[1:]))
 

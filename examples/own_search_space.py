@@ -89,7 +89,7 @@ def main() -> None:
     est = evoproxy.ProxySearch(seed=0, holdout=HOLDOUT, out=out / "run", progress=False, **SEARCH)
     est.fit(make_cnn, descs, accuracies, inputs=inputs, targets=targets)
     t_fit = time.perf_counter() - t0
-    table = est.score_holdout([est.best_, "synflow", "zico", "params"], progress=False)
+    evaluation = est.score_holdout([est.best_, "synflow", "zico", "params"], progress=False)
     spec = evoproxy.Benchmark.from_models(make_cnn, descs, accuracies, inputs=inputs, targets=targets,
                                           name="own-cnn").save(out / "benchmark", search_fraction=0.75)
 
@@ -99,8 +99,8 @@ def main() -> None:
           f"({SEARCH['population']} x {SEARCH['generations'] + 1} generations)")
     print(est.equations_)
     print(f"holdout Spearman ({len(est.holdout_indices_)} networks):")
-    for label, report in table.reports.items():
-        name = "evolved" if label == next(iter(table.reports)) else label
+    for label, report in evaluation.reports.items():
+        name = "evolved" if label == next(iter(evaluation.reports)) else label
         print(f"  {name:<8} {report['spearman']:+.3f}")
     rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(f"wall time {time.perf_counter() - t_start:.0f} s, peak RSS {rss / 1024:.0f} MB")

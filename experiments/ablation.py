@@ -13,13 +13,13 @@ unique formulas in the population, mean pairwise score distance, candidates scor
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 
 import numpy as np
 
 from evoproxy.errors import DataError
-from experiments.common import announce, finished_run, log, mean_std, results_dir, run_or_resume_search, write_table
+from evoproxy.runfiles import read_log
+from experiments.common import announce, finished_run, log, mean_std, results_dir, run_or_resume_search, write_report
 
 SETTINGS = [("diversity + screening", True, True), ("diversity only", True, False),
             ("screening only", False, True), ("neither", False, False)]
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                                 "run the ablation without --from-logs to search")
             start = time.perf_counter()
             run_or_resume_search(config)
-            rows_log = list(csv.DictReader(open(run / "log.csv")))
+            rows_log = read_log(run)
             logs.append(rows_log)
             walls.append(sum(float(r["seconds"]) for r in rows_log))
             log(f"  {time.perf_counter() - start:.0f} s this call")
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     if same:
         caption += (" Identical mean best-fitness curves (the plot marks them in its legend): "
                     + "; ".join(f"'{a}' and '{b}'" for b, a in same.items()) + ".")
-    paths = write_table(out, "table", rows, COLUMNS, caption, HEADERS, digits=3)
+    paths = write_report(out, "table", rows, COLUMNS, caption, HEADERS, digits=3)
     announce(*paths, png)
     return 0
 

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from evoproxy.allocation.optimise import ADDITIVITY_CHECKS, ADDITIVITY_RTOL, ALLOWED, SEED, config_cost, count_configs_at_cost
-from experiments.common import REPO, announce, dump_json, log, results_dir, write_table
+from experiments.common import REPO, announce, dump_json, log, results_dir, write_report
 
 BUDGET_BITS = (3, 4)
 COLUMNS = ["model", "budget", "method", "optimiser", "top1", "size_mb", "bops_g", "bits"]
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
                     for label, p in proxies.items() if Path(p.source).stem in EMQ_LABELS)
     caption += (f" EMQ's published proxy (tree_genov1 of EMQ-series; EMQ's public code does not show how the bit "
                 f"configuration enters, so two readings): {emq}." if emq else "")
-    paths_written = write_table(out, "table", all_rows, COLUMNS, caption, HEADERS, digits=4)
+    paths_written = write_report(out, "table", all_rows, COLUMNS, caption, HEADERS, digits=4)
     details_path = out / "details.json"
     dump_json(details_path, {"seed": args.seed, "random": args.random, "proxies": {k: _rel(p.source) for k, p in proxies.items()},
                              "wall_s": round(time.perf_counter() - start, 1), "models": details})

@@ -25,9 +25,10 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def write_table(folder: Path, stem: str, rows: list[dict], columns: list[str], caption: str,
-                headers: dict | None = None, digits: int = 3) -> tuple[Path, Path]:
-    """``folder/stem.csv`` (all columns, full precision) and ``folder/stem.md`` (caption + table)."""
+def write_report(folder: Path, stem: str, rows: list[dict], columns: list[str], caption: str,
+                 headers: dict | None = None, digits: int = 3) -> tuple[Path, Path]:
+    """A result report: ``folder/stem.csv`` (all columns, full precision) and ``folder/stem.md`` (caption + rows in
+    markdown). The committed reports keep their file names (``table.md``, ``table_resnet20.md``, ...)."""
     headers = headers or {}
     csv_path, md_path = folder / f"{stem}.csv", folder / f"{stem}.md"
     with open(csv_path, "w", newline="") as fh:
@@ -43,6 +44,9 @@ def write_table(folder: Path, stem: str, rows: list[dict], columns: list[str], c
     return csv_path, md_path
 
 
+write_table = write_report  # deprecated name
+
+
 def announce(*paths) -> None:
     for p in paths:
         print(f"wrote {Path(p).relative_to(REPO) if Path(p).is_relative_to(REPO) else p}")
@@ -53,10 +57,12 @@ def finished_run(config) -> bool:
 
     Checkpoints are not committed (several MB each); a committed run folder keeps config.json,
     log.csv, hall_of_fame.json and best.json, which is all an experiment needs."""
+    from evoproxy.runfiles import read_log
+
     out = Path(config.out)
     try:
         saved = json.loads((out / "config.json").read_text())
-        rows = list(csv.DictReader(open(out / "log.csv")))
+        rows = read_log(out)
     except (OSError, ValueError):
         return False
     if not (out / "best.json").exists() or not rows:
@@ -121,9 +127,9 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
     import numpy as np
 
     from evoproxy.evaluation import evaluate, report
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
 
-    _, b = BenchSpec.resolve(bench, table)
+    _, b = BenchRef.resolve(bench, table)
     ids = [int(i) for i in b.sample(samples, seed, split)]
     cached: dict[str, dict[int, dict]] = {}
     if cache_csv.exists():
@@ -152,7 +158,7 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
                 "seconds": {p: float(cached[keys[p]][i]["seconds"]) for p in proxies}} for i in ids]
     out = {}
     for column in gt_columns:
-        _, bc = BenchSpec.resolve(bench, table, column)
+        _, bc = BenchRef.resolve(bench, table, column)
         truth = np.asarray(bc.ground_truth(ids), dtype=float)
         size = np.asarray(bc.size(ids), dtype=float)
         out[column] = {p: {**report(p, results, truth, size, bc.size_label), "gt_column": bc.gt_column,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import RESULTS, announce, write_table
+from experiments.common import RESULTS, announce, write_report
 
 COLUMNS = ["run", "population", "winner_changed", "bonus_range", "fitness_range", "bonus_median", "fitness_iqr",
            "mean_pairwise_distance"]
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
                "0.2 * (1 - |ρ(scores, elite)|) is added to the fitness; the bonus's range and median vs the fitness's "
                f"range and interquartile range; {args.tournaments} tournaments per population.")
     out = Path(args.runs).parent
-    announce(*write_table(out, "diversity", rows, COLUMNS, caption))
+    announce(*write_report(out, "diversity", rows, COLUMNS, caption))
     return 0
 
 

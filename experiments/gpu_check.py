@@ -3,11 +3,11 @@
     EVOPROXY_DATA=/data python -m experiments.gpu_check --device cuda --n 1000 --configs 100
     python -m experiments.gpu_check --device cpu --n 3 --configs 1        # smoke run on any machine
 
-1. NAS-Bench-201 statistics (the search's default network primitives, no Hessian, batch 64, seed
+1. NAS-Bench-201 statistics (the search's default network statistics, no Hessian, batch 64, seed
    ``PROXY_SEED``) of ``--n`` architectures (a seeded sample of the whole table) on ``--device``, and
    of the first ``--cpu-n`` of them on the CPU (one worker, one torch thread, as the CPU default):
    seconds per architecture each, and the relative difference of every statistic tensor,
-   max |device - cpu| / max |cpu| per (architecture, layer, primitive), reported as its maximum and median.
+   max |device - cpu| / max |cpu| per (architecture, layer, statistic), reported as its maximum and median.
 2. A ResNet-20 CIFAR-10 table (``--configs`` sampled configurations, no anchors, the committed
    tables' PTQ settings) built on ``--device``, and its first ``--cpu-configs`` on the CPU: seconds
    per configuration each and the largest top-1 difference (points) on the common rows.
@@ -30,14 +30,14 @@ import torch
 
 def _stats(ids, names, device: str, cache_dir: Path) -> tuple[list, float]:
     import primitives.items as items
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from primitives.items import StatsRequest, items_statistics
 
-    spec, _ = BenchSpec.resolve("nb201-cifar10")
+    ref, _ = BenchRef.resolve("nb201-cifar10")
     items._NETWORKS.clear()  # measure extraction, not the per-process memo
     request = StatsRequest.of(names, 0, 0.01, 64, device)
     start = time.perf_counter()
-    out = items_statistics(spec, ids, request, jobs=1, progress=False, cache_dir=cache_dir)
+    out = items_statistics(ref, ids, request, jobs=1, progress=False, cache_dir=cache_dir)
     return out, time.perf_counter() - start
 
 

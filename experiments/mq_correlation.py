@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from experiments.common import (announce, evolved_rows, log, results_dir, score_with_cache, seeded_searches,
-                                write_table)
+                                write_report)
 
 # the committed runs: one population scored at full fidelity (before multi-fidelity existed)
 SEARCH = dict(samples=50, population=32, generations=20, structure="emq", fitness="spearman_partial",
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     caption = (f"MQ-Bench-C10, ResNet-20 W{{2,3,4}}A8 table: n = {n} holdout configurations (split seed 0; the "
                f"other 50 are the search split), ground truth PTQ top-1 on the JPEG CIFAR-10 test set. "
                f"Noise ceiling (two calibration seeds, 50 configurations): Spearman 0.996. " + caption_common)
-    announce(*write_table(out, "table_resnet20", rows_for(reports, evolved), COLUMNS, caption, HEADERS))
+    announce(*write_report(out, "table_resnet20", rows_for(reports, evolved), COLUMNS, caption, HEADERS))
     r32 = TABLES / "resnet32_cifar10_w234a8.csv"
     if r32.exists():
         reports = score_with_cache("mq-resnet32-cifar10", proxies, None, 0, "all", out / "items_resnet32.csv",
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         n = next(iter(reports.values()))["n_items"]
         caption = (f"Transfer: MQ-Bench-C10 ResNet-32 W{{2,3,4}}A8 table, all n = {n} configurations, proxies "
                    f"evolved on ResNet-20 (no search on ResNet-32). " + caption_common)
-        announce(*write_table(out, "table_resnet32", rows_for(reports, evolved), COLUMNS, caption, HEADERS))
+        announce(*write_report(out, "table_resnet32", rows_for(reports, evolved), COLUMNS, caption, HEADERS))
     else:
         log(f"no ResNet-32 table at {r32}; build it with 'evoproxy table build --model resnet32 ...' for the transfer table")
     return 0

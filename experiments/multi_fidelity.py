@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from experiments.common import (REPO, announce, log, results_dir, run_or_resume_search, score_with_cache,
-                                write_table)
+                                write_report)
 
 BENCHES = {
     "nb201": dict(bench="nb201-cifar10", committed="nb201_correlation", table="table_CIFAR10TestAccuracy200Epochs.csv",
@@ -38,16 +38,17 @@ COLUMNS = ["benchmark", "seed", "old_holdout_spearman", "new_holdout_spearman", 
 
 
 def _log(run: Path) -> list[dict]:
-    with open(run / "log.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
+    from evoproxy.runfiles import read_log
+
+    return read_log(run)
 
 
-def _committed_spearman(spec: dict, seed: int) -> float:
-    with open(REPO / "results" / spec["committed"] / spec["table"], newline="") as fh:
+def _committed_spearman(setting: dict, seed: int) -> float:
+    with open(REPO / "results" / setting["committed"] / setting["table"], newline="") as fh:
         for row in csv.DictReader(fh):
             if row["proxy"] == f"evolved (seed {seed})":
                 return float(row["spearman"])
-    raise SystemExit(f"error: no committed row for seed {seed} in {spec['table']}")
+    raise SystemExit(f"error: no committed row for seed {seed} in {setting['table']}")
 
 
 def _summary(run: Path) -> dict:
@@ -71,22 +72,22 @@ def main(argv=None) -> int:
     out = results_dir("multi_fidelity")
     rows = []
     for short in [b.strip() for b in args.benches.split(",") if b.strip()]:
-        spec = BENCHES[short]
+        setting = BENCHES[short]
         runs = {}
         for s in seeds:
             run = out / "runs" / f"{short}-seed{s}"
             log(f"{short} seed {s} -> {run}")
-            run_or_resume_search(SearchConfig(bench=spec["bench"], out=str(run), seed=s, jobs=args.jobs,
-                                              progress=False, multi_fidelity=True, **spec["search"]))
+            run_or_resume_search(SearchConfig(bench=setting["bench"], out=str(run), seed=s, jobs=args.jobs,
+                                              progress=False, multi_fidelity=True, **setting["search"]))
             runs[s] = run
         paths = [str(runs[s] / "best.json") for s in seeds]
-        reports = score_with_cache(spec["bench"], paths, spec["samples"], spec["sample_seed"], "holdout",
+        reports = score_with_cache(setting["bench"], paths, setting["samples"], setting["sample_seed"], "holdout",
                                    out / f"items_{short}.csv", jobs=args.jobs)[None]
         for s in seeds:
-            old_run = REPO / "results" / spec["committed"] / "runs" / f"seed{s}"
+            old_run = REPO / "results" / setting["committed"] / "runs" / f"seed{s}"
             old, new = _summary(old_run), _summary(runs[s])
             rep = reports[str(runs[s] / "best.json")]
-            rows.append({"benchmark": spec["bench"], "seed": s, "old_holdout_spearman": _committed_spearman(spec, s),
+            rows.append({"benchmark": setting["bench"], "seed": s, "old_holdout_spearman": _committed_spearman(setting, s),
                          "new_holdout_spearman": rep["spearman"], "old_search_fitness": old["fitness"],
                          "new_search_fitness": new["fitness"], "old_search_seconds": round(old["seconds"], 1),
                          "new_search_seconds": round(new["seconds"], 1), "old_children": old["children"],
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
                          "old_formula": load_proxy(old_run / "best.json").formula,
                          "new_formula": load_proxy(runs[s] / "best.json").formula})
         for key in ("old_holdout_spearman", "new_holdout_spearman"):
-            vals = [r[key] for r in rows if r["benchmark"] == spec["bench"]]
+            vals = [r[key] for r in rows if r["benchmark"] == setting["bench"]]
             log(f"{short} {key}: mean {statistics.mean(vals):.3f}")
     caption = (f"Committed searches (old: one population, every child scored on every search sample, the "
                f"per-sample scorer, on the machine that made them) vs the same settings re-run with today's defaults "
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
                "W{2,3,4}A8: 50 search configurations, population 32 x 20, fitness spearman_partial; holdout all 454 "
                "configurations, ground truth PTQ top-1. Seconds: the search's generations (log.csv), statistics "
                "extraction excluded; children: candidates of generations 1.. (memo hits included).")
-    announce(*write_table(out, "table", rows, COLUMNS, caption))
+    announce(*write_report(out, "table", rows, COLUMNS, caption))
     return 0
 
 

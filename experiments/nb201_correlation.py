@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.common import announce, evolved_rows, results_dir, score_with_cache, seeded_searches, write_table
+from experiments.common import announce, evolved_rows, results_dir, score_with_cache, seeded_searches, write_report
 
 BENCH = "nb201-cifar10"
 # the committed runs: one population scored at full fidelity (before multi-fidelity existed)
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
                    f"{SEARCH['population']}, {SEARCH['generations']} generations, structure {SEARCH['structure']}, "
                    f"fitness {SEARCH['fitness']}, search seeds {', '.join(map(str, seeds))}. Partial ρ controls for "
                    f"parameter count; s/arch is the worker time per architecture (one thread).")
-        announce(*write_table(out, f"table_{column}", rows, COLUMNS, caption, HEADERS))
+        announce(*write_report(out, f"table_{column}", rows, COLUMNS, caption, HEADERS))
     return 0
 
 

@@ -30,7 +30,7 @@ import json
 import math
 import time
 
-from experiments.common import REPO, announce, fmt, log, mean_std, results_dir, write_table
+from experiments.common import REPO, announce, fmt, log, mean_std, results_dir, write_report
 
 PROXIES = REPO / "examples" / "proxies"
 NB201, MQ = "nb201-cifar10", "mq-resnet20-cifar10"
@@ -65,7 +65,7 @@ def features(bench: str, ids, parzc_proxies: dict, evolved: dict, jobs: int) -> 
     the feature file when it holds these items and proxies, else by extracting the statistics (in chunks)."""
     from evoproxy.calibrate import term_rows
     from evoproxy.parzc import item_rows, union_request
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from mqbench.dataroot import cache_root
     from primitives.core import fixed_threads
     from primitives.items import items_statistics
@@ -80,12 +80,12 @@ def features(bench: str, ids, parzc_proxies: dict, evolved: dict, jobs: int) -> 
                 "terms": {int(s): {int(i): None if t is None else tuple(t) for i, t in v} for s, v in data["terms"].items()},
                 "seconds": data["seconds"]}
     log(f"{bench}: statistics of {len(ids)} items ({request})")
-    spec, _ = BenchSpec.resolve(bench)
+    ref, _ = BenchRef.resolve(bench)
     rows, terms, t0 = {}, {s: {} for s in evolved}, time.time()
     for start in range(0, len(ids), CHUNK):
         chunk = list(ids[start:start + CHUNK])
         with fixed_threads(1):  # small tensors: on a shared CPU, more threads made the terms ~40x slower
-            stats = items_statistics(spec, chunk, request, jobs=jobs, progress=False)
+            stats = items_statistics(ref, chunk, request, jobs=jobs, progress=False)
             rows.update(zip(chunk, item_rows(parzc_proxies, stats)))
             for s, proxy in evolved.items():
                 terms[s].update(zip(chunk, term_rows(proxy, stats)))
@@ -140,7 +140,9 @@ def best_handmade(bench: str, ids) -> tuple[str, list]:
 def search_seconds(bench: str, seed: int) -> float:
     """Wall seconds of the committed search (sum of its log's per-generation seconds; extraction excluded)."""
     path = REPO / "results" / SETTINGS[bench]["experiment"] / "runs" / f"seed{seed}" / "log.csv"
-    return math.fsum(float(r["seconds"]) for r in csv.DictReader(open(path)))
+    from evoproxy.runfiles import read_log
+
+    return math.fsum(float(r["seconds"]) for r in read_log(path))
 
 
 def run_bench(bench: str, seeds, sizes, jobs: int, holdout: int | None = None) -> list[dict]:
@@ -313,7 +315,7 @@ def main(argv=None) -> int:
             r["bench_wall_seconds"] = time.time() - t1
         rows += new
     if benches:
-        write_table(out, "runs", rows, list(rows[-1]), "One row per fit (see table.md).")
+        write_report(out, "runs", rows, list(rows[-1]), "One row per fit (see table.md).")
     walls = {r["bench"]: float(r.get("bench_wall_seconds") or math.nan) for r in rows}
     seeds_of = {b: sorted({int(r["seed"]) for r in rows if r["bench"] == b}) for b in walls}
     n_hold = {r["bench"]: int(r["n"]) + int(r["failed"]) for r in rows if r["method"] == "evolved"}
@@ -340,8 +342,8 @@ def main(argv=None) -> int:
             "train_seconds", "note"]
     headers = {"n_search": "n train", "n_holdout": "n holdout", "spearman": "holdout ρ", "kendall": "holdout τ",
                "search_kendall": "search τ (in-sample)", "train_seconds": "train s"}
-    announce(*write_table(out, "table", summary_rows(rows), cols, caption + "\n\n" + findings(rows), headers))
-    announce(*write_table(out, "sizes", summary_rows(rows, sizes_only=True), cols,
+    announce(*write_report(out, "table", summary_rows(rows), cols, caption + "\n\n" + findings(rows), headers))
+    announce(*write_report(out, "sizes", summary_rows(rows, sizes_only=True), cols,
                           "Effect of the number of labelled search items. " + caption, headers))
     plot(rows, out / "sizes.png")
     announce(out / "sizes.png")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import REPO, announce, log, results_dir, write_table
+from experiments.common import REPO, announce, log, results_dir, write_report
 
 BENCH = "mq-resnet20-cifar10"
 COLUMNS = ["config", "kind", "method", "bits", "top1", "table_top1", "seconds", "iters"]
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
            f"; this run's PTQ wall time {time.perf_counter() - wall:.0f} s (resumed pairs not counted).")
         + (f" Report of a partial run: {len(measured)} of the {len(spec_ids)} sampled configurations have AdaRound results."
            if len(measured) < len(spec_ids) else ""))
-    u_md = write_table(out, "uniform", uniform_rows, ["setting", "rtn_top1", "table_top1", "adaround_top1", "gain", "rtn_s", "adaround_s"],
+    u_md = write_report(out, "uniform", uniform_rows, ["setting", "rtn_top1", "table_top1", "adaround_top1", "gain", "rtn_s", "adaround_s"],
                        "Uniform settings. " + caption,
                        {"rtn_top1": "RTN top-1 (re-measured)", "table_top1": "RTN top-1 (table)", "adaround_top1": "AdaRound top-1",
                         "gain": "AdaRound − RTN", "rtn_s": "RTN s/config", "adaround_s": "AdaRound s/config"}, digits=2)
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         f"Spearman: {best['rho_rtn']} under RTN, {best['rho_adaround']} under AdaRound. RTN re-measured on "
         f"{len(checks)} sampled configurations: " + ", ".join(f"{r['config']} {float(r['top1']):.2f} (table {float(r['table_top1']):.2f})" for r in checks)
         + f". Mean s/config: RTN {np.mean(rtn_s):.1f} (n={len(rtn_s)}), AdaRound {np.mean(ada_s):.1f} (n={len(ada_s)}). " + caption)
-    p_md = write_table(out, "proxies", proxy_rows, ["proxy", "rho_rtn", "tau_rtn", "rho_adaround", "tau_adaround", "failed"],
+    p_md = write_report(out, "proxies", proxy_rows, ["proxy", "rho_rtn", "tau_rtn", "rho_adaround", "tau_adaround", "failed"],
                        p_caption, {"rho_rtn": "ρ vs RTN", "tau_rtn": "τ vs RTN", "rho_adaround": "ρ vs AdaRound",
                                    "tau_adaround": "τ vs AdaRound"})
     announce(per_config, *u_md, *p_md)

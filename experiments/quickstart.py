@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from experiments.common import REPO, log, results_dir, write_table
+from experiments.common import REPO, log, results_dir, write_report
 
 FIELDS = ["run", "seed", "wall_s", "formula", "holdout_spearman", "stopped", "returncode"]
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
                f"machine, one run at a time: `{command}`. Holdout: 200 NAS-Bench-201 architectures (holdout split, "
                f"sample seed 1), ground truth CIFAR10TestAccuracy200Epochs. Same formula on every repeat: "
                f"{'yes' if len(repeats) == 1 else 'no'}.")
-    write_table(out, "table", current, FIELDS, caption)
+    write_report(out, "table", current, FIELDS, caption)
     return 0
 
 

@@ -48,8 +48,9 @@ def read_children(run: Path, threshold: str = "used") -> tuple[dict, list[int]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if threshold == "median":
-        with open(Path(run) / "log.csv", newline="") as f:
-            median = {int(r["generation"]): r["median_fitness"] for r in csv.DictReader(f)}
+        from evoproxy.runfiles import read_log
+
+        median = {int(r["generation"]): r["median_fitness"] for r in read_log(run)}
         rows = [{**r, "threshold": median[int(r["generation"]) - 1] if int(r["generation"]) > 0 else "-inf"}
                 for r in rows]
     ends = sorted(int(k.rsplit("_", 1)[1]) for k in rows[0] if k.startswith("fitness_at_")) if rows else []

@@ -73,18 +73,18 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
     """(scores [proxy, item], truth, size, ids) of ``proxies`` on the benchmark's holdout sample."""
     from evoproxy.searchdata import DataRecipe
     from evoproxy.vectorised import evaluate, stack
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from primitives.items import items_statistics
 
-    spec, bench = BenchSpec.resolve(config.bench, config.table, config.gt_column, config.checkpoint)
+    ref, bench = BenchRef.resolve(config.bench, config.table, config.gt_column, config.checkpoint)
     saved = json.loads((Path(config.out) / "config.json").read_text())
     h = [v for k, v in BENCHES.items() if v["bench"] == config.bench][0]["holdout"]
     ids = bench.sample(h["samples"], h["seed"], "holdout")
-    recipe = DataRecipe.for_bench(spec, ids, saved["terminals_used"], saved["hutchinson_probes_used"], config.noise_std,
+    recipe = DataRecipe.for_bench(ref, ids, saved["terminals_used"], saved["hutchinson_probes_used"], config.noise_std,
                                   config.batch)
     scores = np.full((len(proxies), len(ids)), np.nan)
     for a in range(0, len(ids), CHUNK):
-        stats = items_statistics(spec, ids[a:a + CHUNK], recipe.request, jobs=jobs, progress=True,
+        stats = items_statistics(ref, ids[a:a + CHUNK], recipe.request, jobs=jobs, progress=True,
                                  cache_dir=recipe.cache_dir)
         for k, p in enumerate(proxies):
             st = stack(stats, names=sorted(set(p.tree.terminals())))
@@ -165,9 +165,9 @@ def _seeds(text: str) -> list[int]:
 
 
 def report(out: Path) -> None:
-    from experiments.search_ablation_report import write_report
+    from experiments.search_ablation_report import write_ablation_report
 
-    write_report(out, BENCHES, SETTINGS, COMMON)
+    write_ablation_report(out, BENCHES, SETTINGS, COMMON)
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,12 @@
 """Tables and the progress plot of :mod:`experiments.search_ablation` from its finished run folders."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 
-from experiments.common import announce, mean_std, write_table
+from evoproxy.runfiles import read_log
+from experiments.common import announce, mean_std, write_report
 
 RUN_COLUMNS = ["bench", "setting", "seed", "top_holdout", "best_holdout", "best_rank", "top_fitness",
                "top_validation", "best_validation", "top_partial", "best_partial", "generations", "population",
@@ -38,7 +38,7 @@ def _pm(values) -> str:
     return f"{m:.3f} ± {s:.3f}" if math.isfinite(m) else "-"
 
 
-def write_report(out: Path, benches: dict, settings: dict, common: dict) -> None:
+def write_ablation_report(out: Path, benches: dict, settings: dict, common: dict) -> None:
     rows = _runs(out)
     if not rows:
         return
@@ -46,7 +46,7 @@ def write_report(out: Path, benches: dict, settings: dict, common: dict) -> None
     rows.sort(key=lambda r: (r["bench"], order.get(r["setting"], 99), r["seed"]))
     cap_runs = ("One row per search run (see experiments/search_ablation.py): top = the hall-of-fame member with the "
                 "best search fitness, best = the one chosen on the validation items (best.json).")
-    paths = list(write_table(out, "runs", rows, RUN_COLUMNS, cap_runs))
+    paths = list(write_report(out, "runs", rows, RUN_COLUMNS, cap_runs))
     table = []
     for bench in benches:
         for setting in settings:
@@ -74,7 +74,7 @@ def write_report(out: Path, benches: dict, settings: dict, common: dict) -> None
                "model size. Population sized by the budget, generations until the budget; multi-fidelity on. "
                "Settings: random / stratified search sample; -distinct: --distinct-rankings; -nodiv: plain tournament; islands: 4 islands, ring "
                "migration every 5 generations, restart after 8 stagnant generations. Std over seeds (ddof 1).")
-    paths += write_table(out, "table", table, TABLE_COLUMNS, caption, headers=HEADERS)
+    paths += write_report(out, "table", table, TABLE_COLUMNS, caption, headers=HEADERS)
     paths.append(_plot(out, rows, benches, settings))
     announce(*paths)
 
@@ -93,8 +93,7 @@ def _plot(out: Path, rows: list[dict], benches: dict, settings: dict) -> Path:
         for k, setting in enumerate(settings):
             rs = [r for r in rows if r["bench"] == bench and r["setting"] == setting]
             for j, r in enumerate(rs):
-                with open(out / "runs" / f"{bench}-{setting}-s{r['seed']}" / "log.csv", newline="") as fh:
-                    log = list(csv.DictReader(fh))
+                log = read_log(out / "runs" / f"{bench}-{setting}-s{r['seed']}")
                 t, best, acc = [], [], 0.0
                 for row in log:
                     acc += float(row["seconds"])

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from experiments.common import dump_json, log, mean_std, results_dir, write_table
+from experiments.common import dump_json, log, mean_std, results_dir, write_report
 
 BENCHES = {
     "nb201": dict(search="--bench nb201-cifar10 --samples 100 --time-budget 600",
@@ -109,7 +109,7 @@ def report(extra: str) -> None:
                "configurations, ground truth PTQ top-1, partial ρ given the model size; ResNet-32: every row of its "
                "table; targets: every seed ρ >= 0.93 and partial >= 0.85. Every other setting at its default"
                + (f"; searches also given `{extra}`" if extra else "") + ".")
-    write_table(out, "table", rows, COLUMNS, caption)
+    write_report(out, "table", rows, COLUMNS, caption)
 
 
 def _seeds(text: str) -> list[int]:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from experiments.common import REPO, announce, log, results_dir, write_table
+from experiments.common import REPO, announce, log, results_dir, write_report
 
 BENCHES = {
     "nb201-cifar10": dict(samples=100, population=64, generations=40, fitness="spearman"),
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
                          "what": f"best proxy on {n or 454} holdout items (primitives it needs, per item)"})
     caption = (f"Search cost on this 2-core machine, --jobs {args.jobs}, batch 64, one child process per phase "
                f"with a fresh primitives cache; peak RSS from os.wait4 (max over the process and its reaped workers).")
-    announce(*write_table(out, "table", rows, COLUMNS, caption, HEADERS, digits=1))
+    announce(*write_report(out, "table", rows, COLUMNS, caption, HEADERS, digits=1))
     return 0
 
 

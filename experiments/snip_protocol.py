@@ -21,7 +21,7 @@ import argparse
 import numpy as np
 import torch
 
-from experiments.common import announce, log, results_dir, write_table
+from experiments.common import announce, log, results_dir, write_report
 
 VARIANTS = ("ours", "batch128", "noise-input", "bn-eval", "init-seed+1")
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     caption = (f"snip and grad_norm on n = {args.samples} NAS-Bench-201 holdout architectures (sample seed {args.seed}), "
                f"ground truth CIFAR10TestAccuracy200Epochs, under protocol variants; 95% bootstrap intervals "
                f"(1000 resamples). Published (NAS-Bench-Suite-Zero): snip .58, grad_norm .58.")
-    announce(*write_table(out, "table", rows, ["proxy", "variant", "spearman", "ci95_low", "ci95_high", "n"], caption))
+    announce(*write_report(out, "table", rows, ["proxy", "variant", "spearman", "ci95_low", "ci95_high", "n"], caption))
     return 0
 
 

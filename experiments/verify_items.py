@@ -54,14 +54,14 @@ def verify(path: Path, bench: str, items: str, seed: int, jobs: int, table: str 
     data: dict = {}
     # score exactly these ids: a one-off "all" split of the chosen ids through the evaluator's protocol
     from evoproxy.scoring import resolve_scorers, score_items
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from primitives.items import batch_for
     from primitives.many import batch_hash
 
-    spec, b = BenchSpec.resolve(bench, table)
+    ref, b = BenchRef.resolve(bench, table)
     b.verify()
     scorers = resolve_scorers(list(labels.values()))
-    results = score_items(spec, ids, scorers, batch, jobs=jobs, desc=f"{len(scorers)} proxies")
+    results = score_items(ref, ids, scorers, batch, jobs=jobs, desc=f"{len(scorers)} proxies")
     data["seconds"] = time.perf_counter() - start
     out = {"file": str(path), "bench": bench, "items": len(ids), "proxies": {},
            "batch_sha256": batch_hash(*batch_for(b, batch))}

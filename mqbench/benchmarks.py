@@ -6,10 +6,9 @@
     model, bit_config = bench.build(ids[0])               # network ready for primitives.extract
     y = bench.ground_truth(ids)                           # accuracies, aligned with ids
 
-Proxies are computed on one seeded batch of ``bench.dataset`` (CIFAR-10 for the built-ins; a spec's
-``[data] dataset``: cifar100=PATH, imagefolder=PATH) in ``bench.normalization``, whatever the ground-truth
-column, with the model in ``bench.model_mode`` ("train" for freshly initialised NAS networks, "eval"
-for pretrained quantized ones).
+Proxies are computed on one seeded batch of ``bench.dataset`` (CIFAR-10 for the built-ins; a spec's ``[data]
+dataset``: cifar100=PATH, imagefolder=PATH) in ``bench.normalization``, whatever the ground-truth column, with
+the model in ``bench.model_mode`` ("train" for freshly initialised NAS networks, "eval" for pretrained quantized ones).
 """
 from __future__ import annotations
 
@@ -64,8 +63,8 @@ def get_benchmark(name, table: str | Path | None = None, gt_column: str | None =
 
 
 @dataclass(frozen=True)
-class BenchSpec:
-    """A picklable handle on a benchmark (worker processes rebuild it once each, see :func:`load_bench`)."""
+class BenchRef:
+    """A picklable reference that resolves a benchmark (workers rebuild it once each, :func:`load_bench`)."""
 
     name: str | BenchmarkSpec  # a registered name, a spec file's absolute path or a BenchmarkSpec
     table: str | None = None
@@ -74,31 +73,34 @@ class BenchSpec:
     checkpoint: str | None = None  # MQ tables: read the FP checkpoint here instead of the data root
 
     @classmethod
-    def resolve(cls, name: str, table=None, gt_column: str | None = None, checkpoint=None) -> tuple["BenchSpec", "Benchmark"]:
-        """(spec naming the table's resolved file, benchmark): workers then never depend on their environment."""
+    def resolve(cls, name: str, table=None, gt_column: str | None = None, checkpoint=None) -> tuple["BenchRef", "Benchmark"]:
+        """(reference naming the table's resolved file, benchmark): workers then never depend on their environment."""
         ckpt = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
         bench = load_bench(cls(name, None if table is None else str(table), gt_column, checkpoint=ckpt))
-        spec = cls(bench.handle, str(bench.source), gt_column, bench.stamp(), ckpt)
-        remember(spec, bench)
-        return spec, bench
+        ref = cls(bench.handle, str(bench.source), gt_column, bench.stamp(), ckpt)
+        remember(ref, bench)
+        return ref, bench
 
 
-def load_bench(spec: BenchSpec) -> "Benchmark":
-    """The benchmark of ``spec``; cached per process when its table is an explicit path (a default
+BenchSpec = BenchRef  # deprecated name of BenchRef
+
+
+def load_bench(ref: BenchRef) -> "Benchmark":
+    """The benchmark of ``ref``; cached per process when its table is an explicit path (a default
     table depends on the environment's data root, so it is resolved afresh)."""
-    if spec.table is None:
-        return get_benchmark(spec.name, gt_column=spec.gt_column, checkpoint=spec.checkpoint)
-    if spec not in _LOADED:
-        remember(spec, get_benchmark(spec.name, table=spec.table, gt_column=spec.gt_column, checkpoint=spec.checkpoint))
-    return _LOADED[spec]
+    if ref.table is None:
+        return get_benchmark(ref.name, gt_column=ref.gt_column, checkpoint=ref.checkpoint)
+    if ref not in _LOADED:
+        remember(ref, get_benchmark(ref.name, table=ref.table, gt_column=ref.gt_column, checkpoint=ref.checkpoint))
+    return _LOADED[ref]
 
 
-def remember(spec: BenchSpec, bench: "Benchmark") -> None:
-    """Cache ``bench`` under ``spec``, forgetting older versions of the same table."""
-    same = (spec.name, spec.table, spec.gt_column, spec.checkpoint)
+def remember(ref: BenchRef, bench: "Benchmark") -> None:
+    """Cache ``bench`` under ``ref``, forgetting older versions of the same table."""
+    same = (ref.name, ref.table, ref.gt_column, ref.checkpoint)
     for old in [k for k in _LOADED if (k.name, k.table, k.gt_column, k.checkpoint) == same]:
         del _LOADED[old]
-    _LOADED[spec] = bench
+    _LOADED[ref] = bench
 
 
 class Benchmark(ABC):
@@ -114,19 +116,18 @@ class Benchmark(ABC):
     name: str
     kind: str = "nas"
     normalization: str = "cifar10"
-    dataset: str = "cifar10"  # the images statistics are taken on (a mqbench.datasets spec)
+    dataset: str = "cifar10"  # the images statistics are taken on (a mqbench.datasets reference)
     model_mode: str = "train"
     size_label: str = "params"
     gt_column: str = ""
     quantizer: Callable | None = None
     act_bits: int = 8
     default_probes: int = 0
-    dataset: str = "cifar10"
     default_batch: int = 64
 
     @property
     def handle(self):
-        """What names this benchmark to a worker process (``BenchSpec.name``)."""
+        """What names this benchmark to a worker process (``BenchRef.name``)."""
         return self.name
 
     def stamp(self) -> str:
@@ -283,7 +284,6 @@ class NB201Benchmark(Benchmark):
 
 # ---------------------------------------------------------------------------------------- MQ-Bench
 
-
 class MQBenchmark(Benchmark):
     """An MQ-Bench table: id = configuration index; build = pretrained FP network + its bit configuration."""
 
@@ -362,7 +362,6 @@ for _model in ("resnet20", "resnet32"):
 
 
 # ---------------------------------------------------------------------------------------- your own
-
 
 class SpecBenchmark(Benchmark):
     """A benchmark from a :class:`mqbench.spec.BenchmarkSpec`: the user's table and model factory.

@@ -12,7 +12,7 @@ build of the same table while one runs (:class:`mqbench.fileio.FileLock`).
 
 Models and data (:mod:`mqbench.buildcontext`): the CIFAR ResNets on CIFAR-10 (the committed tables),
 and the ImageNet networks (``resnet18``, ``resnet50``, ``mobilenet_v2``, torchvision checkpoints) on
-any dataset spec, e.g. ``imagenet=/data/ILSVRC2012`` for an MQ-Bench-101-style table (W{2,3,4}A8,
+any dataset reference, e.g. ``imagenet=/data/ILSVRC2012`` for an MQ-Bench-101-style table (W{2,3,4}A8,
 first and last layer at 8 bit). Settings the committed tables lack (``dataset`` other than CIFAR-10,
 ImageFolder ``preprocess``, a non-CPU ``device``) enter the identity only when set, so those tables
 resume and verify unchanged.
@@ -34,7 +34,7 @@ from mqbench.errors import ConfigError, DataError
 from mqbench.fileio import FileLock, append_line, atomic_write_text, complete_lines, has_torn_tail, make_folder
 from mqbench.imagefolder import Preprocess
 from mqbench.ptq import PTQSettings, fp_top1
-from mqbench.quant import BitSpec, bops, default_bit_spec, layer_macs, model_size_mb, quantizable_layers
+from mqbench.quant import BitLayout, bops, default_bit_layout, layer_macs, model_size_mb, quantizable_layers
 
 TABLE_COLUMNS = ("index", "kind", "bits", "top1", "size_mb", "bops_g", "calib_seed", "fp_sha256", "seconds")
 ANCHOR_BITS = (2, 3, 4, 8)
@@ -88,13 +88,13 @@ def parse_anchors(text: str) -> tuple[int, ...]:
         raise ConfigError(f"--anchors must be bit-widths joined by commas (e.g. 2,3,4,8) or 'none', got {text!r}") from None
 
 
-def planned_rows(spec: BitSpec, configs: int, seed: int,
+def planned_rows(layout: BitLayout, configs: int, seed: int,
                  anchors: tuple[int, ...] = ANCHOR_BITS) -> list[tuple[int, str, tuple[int, ...]]]:
     """(index, kind, searchable bits) for the anchors (uniform 2/3/4/8 by default) then the sampled configs."""
-    n_layers = len(spec.searchable)
+    n_layers = len(layout.searchable)
     rows = [(i, "anchor", (int(b),) * n_layers) for i, b in enumerate(anchors)]
     start = len(rows)
-    rows += [(start + i, "sample", cfg) for i, cfg in enumerate(sample_configs(configs, n_layers, spec.allowed, seed))]
+    rows += [(start + i, "sample", cfg) for i, cfg in enumerate(sample_configs(configs, n_layers, layout.allowed, seed))]
     return rows
 
 
@@ -108,7 +108,7 @@ class BuildJob:
     data_source: str | None  # CIFAR-10 source when ``data`` is None
     ptq: PTQSettings
     threads: int | None  # torch threads in a worker process; None: leave the caller's setting
-    data: str | None = None  # dataset spec (mqbench.datasets) other than CIFAR-10
+    data: str | None = None  # dataset reference (mqbench.datasets) other than CIFAR-10
     device: str | None = None  # None: the CPU, as before devices existed
     preprocess: Preprocess | None = None  # ImageFolder resize/crop (None: 256/224)
 
@@ -184,7 +184,7 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
     """Build (or resume) the table at ``out``; returns its path. ``limit`` stops after that many new rows.
 
     ``model``: a name of :mod:`mqbench.buildcontext`'s registry (CIFAR ResNets, ``resnet18``,
-    ``resnet50``, ``mobilenet_v2``; ``checkpoint`` defaults to the data root's file). ``data``: a dataset spec
+    ``resnet50``, ``mobilenet_v2``; ``checkpoint`` defaults to the data root's file). ``data``: a dataset reference
     (:mod:`mqbench.datasets`, e.g. ``"imagenet=/data/ILSVRC2012"``; None: CIFAR-10 from ``data_source``).
     ``preprocess``: resize/crop of ImageFolder images (default 256/224). ``device``: cpu (default),
     cuda or auto (:mod:`mqbench.devices`; a non-CPU device enters the table's identity). ``anchors``: the
@@ -198,9 +198,9 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
         raise ConfigError(f"anchors must be distinct bit-widths in 2..8, got {','.join(map(str, anchors))}")
     device = None if resolve_device(device) == "cpu" else resolve_device(device)
     if data is not None and data_kind(data) == "cifar10":  # the pre-datasets path reads CIFAR-10 exactly so
-        from mqbench.datasets import parse_spec
+        from mqbench.datasets import parse_dataset
 
-        path = parse_spec(data).path
+        path = parse_dataset(data).path
         data, data_source = None, (str(path) if path is not None else data_source)
     if preprocess is not None and (data is None or data_kind(data) not in FOLDER_KINDS):
         raise ConfigError("--resize/--crop apply to ImageFolder datasets only")
@@ -214,14 +214,14 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
                              allowed, progress, limit, data, device, preprocess, anchors)
 
 
-def _identity(model: str, fp_model, spec: BitSpec, seed: int, ptq: PTQSettings, data, device, preprocess,
+def _identity(model: str, fp_model, layout: BitLayout, seed: int, ptq: PTQSettings, data, device, preprocess,
               anchors=ANCHOR_BITS) -> dict:
     """The metadata that must agree to resume; keys absent from the committed CIFAR-10 CPU tables are added
     only when they differ from those tables' settings (so their identity is unchanged)."""
     identity = {
         "format": FORMAT, "model": model, "checkpoint_sha256": fp_model.checkpoint_sha256,
-        "layer_names": list(spec.layer_names), "searchable": list(spec.searchable),
-        "fixed_bits": spec.fixed_bits, "act_bits": spec.act_bits, "allowed": list(spec.allowed),
+        "layer_names": list(layout.layer_names), "searchable": list(layout.searchable),
+        "fixed_bits": layout.fixed_bits, "act_bits": layout.act_bits, "allowed": list(layout.allowed),
         "seed": seed, "ptq": ptq.as_dict(), "normalization": fp_model.normalization,
     }
     if data is not None:
@@ -247,10 +247,10 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
     fp_model = load_model(model, checkpoint, data)
     checkpoint = Path(fp_model.checkpoint_path)
     normalization = fp_model.normalization
-    spec = default_bit_spec(fp_model, keep_first_last=keep_first_last, allowed=tuple(allowed), act_bits=ptq.act_bits)
+    layout = default_bit_layout(fp_model, keep_first_last=keep_first_last, allowed=tuple(allowed), act_bits=ptq.act_bits)
     meta_path = out.with_name(out.name + META_SUFFIX)
     layers = quantizable_layers(fp_model)
-    identity = _identity(model, fp_model, spec, seed, ptq, data, device, preprocess, anchors)
+    identity = _identity(model, fp_model, layout, seed, ptq, data, device, preprocess, anchors)
     if meta_path.exists():
         try:
             old = json.loads(meta_path.read_text())
@@ -273,7 +273,7 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
             "layer_bias": [m.bias.numel() if m.bias is not None else 0 for _, m in layers],
             "layer_macs": layer_macs(fp_model, image_shape(data, preprocess)),
         })
-    plan = planned_rows(spec, configs, seed, anchors)
+    plan = planned_rows(layout, configs, seed, anchors)
     rows = read_rows(out, repair=True)
     planned = {i: (kind, cfg) for i, kind, cfg in plan}
     for row in rows:
@@ -306,7 +306,7 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
     job = BuildJob(model, str(checkpoint), normalization, data_source, ptq,
                    threads=current_backend().worker_threads(jobs) if jobs > 1 else None,
                    data=data, device=device, preprocess=preprocess)
-    tasks = [(job, i, kind, spec.full_config(cfg)) for i, kind, cfg in todo]
+    tasks = [(job, i, kind, layout.full_config(cfg)) for i, kind, cfg in todo]
     by_index = {i: cfg for i, _, cfg in todo}
     wall = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"PTQ {model}", unit="cfg", disable=not progress, dynamic_ncols=True)
@@ -315,9 +315,9 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
             cfg = by_index.pop(index, None)
             if cfg is None:  # never twice, whatever a backend delivers
                 continue
-            full = spec.full_config(cfg)
+            full = layout.full_config(cfg)
             size = model_size_mb(meta["layer_params"], meta["layer_bias"], full)
-            bop = bops(meta["layer_macs"], full, spec.act_bits) / 1e9
+            bop = bops(meta["layer_macs"], full, layout.act_bits) / 1e9
             append_line(out, f"{index},{kind},{bits_to_str(cfg)},{acc:.2f},{size:.6f},{bop:.6f},{ptq.calib_seed},{fp_model.checkpoint_sha256[:16]},{seconds:.3f}\n")
             bar.update(1)
     finally:

@@ -7,12 +7,12 @@ through :func:`~mqbench.networks.imagenet.load_imagenet_checkpoint` (a torchvisi
 ``--checkpoint`` or the data root's ``pretrained/<torchvision file>``, never random weights; its
 classifier must have as many outputs as the dataset has classes; any dataset).
 
-Data: a dataset spec of :mod:`mqbench.datasets` (``cifar10``, ``cifar100=PATH``, ``imagenet=PATH``,
+Data: a dataset reference of :mod:`mqbench.datasets` (``cifar10``, ``cifar100=PATH``, ``imagenet=PATH``,
 ``imagefolder=PATH``). Calibration images are a seeded class-balanced sample of the train split
 (:func:`mqbench.datasets.load_batch`); top-1 is measured on the whole evaluation split (``test`` for
 CIFAR, ``val`` for ImageFolder trees). CIFAR splits sit in memory; ImageFolder splits are read batch
 by batch (:func:`mqbench.datasets.iterate_split`, through the decoded-image cache), never all at once.
-CIFAR-10 without a spec (``data=None``) reads exactly what builds before datasets existed read
+CIFAR-10 without a reference (``data=None``) reads exactly what builds before datasets existed read
 (``mqbench.cifar10``), so the committed tables resume unchanged.
 """
 from __future__ import annotations
@@ -59,12 +59,12 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def data_kind(data: str | None) -> str:
-    """The dataset kind of a spec (``cifar10`` when None)."""
+    """The dataset kind of a dataset reference (``cifar10`` when None)."""
     if data is None:
         return "cifar10"
-    from mqbench.datasets import parse_spec
+    from mqbench.datasets import parse_dataset
 
-    return parse_spec(data).kind.name
+    return parse_dataset(data).kind.name
 
 
 def eval_split(data: str | None) -> str:
@@ -106,9 +106,9 @@ def check_data(data: str | None) -> None:
     if data is None or data_kind(data) not in FOLDER_KINDS:
         return
     from mqbench import imagefolder
-    from mqbench.datasets import parse_spec
+    from mqbench.datasets import parse_dataset
 
-    root = parse_spec(data).source()
+    root = parse_dataset(data).source()
     for split in ("train", "val"):
         imagefolder.list_split(root, split)
 

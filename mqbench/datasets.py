@@ -1,6 +1,6 @@
-"""One entry point for every image dataset: a spec string -> seeded, class-balanced batches.
+"""One entry point for every image dataset: a dataset reference -> seeded, class-balanced batches.
 
-Dataset spec syntax: ``KIND`` or ``KIND=PATH``.
+A dataset reference (:class:`DatasetRef`, written as a string): ``KIND`` or ``KIND=PATH``.
 
 =============== ============================================ ====================================
 kind            PATH (default: the data-root item)          splits
@@ -72,7 +72,9 @@ _FOLDER_KINDS = ("imagenet", "imagefolder")
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
+class DatasetRef:
+    """A reference that resolves a dataset: its kind and, when given, its path (``KIND`` or ``KIND=PATH``)."""
+
     kind: DatasetKind
     path: Path | None  # None: the data root's item
 
@@ -93,20 +95,23 @@ class DatasetSpec:
         return require(self.kind.item)
 
 
-def parse_spec(spec: str | DatasetSpec) -> DatasetSpec:
-    """``KIND`` or ``KIND=PATH`` (see the module doc) as a :class:`DatasetSpec`."""
-    if isinstance(spec, DatasetSpec):
-        return spec
-    name, sep, path = str(spec).partition("=")
+def parse_dataset(ref: str | DatasetRef) -> DatasetRef:
+    """``KIND`` or ``KIND=PATH`` (see the module doc) as a :class:`DatasetRef`."""
+    if isinstance(ref, DatasetRef):
+        return ref
+    name, sep, path = str(ref).partition("=")
     name = name.strip().lower()
     if name not in DATASETS:
-        hint = f" (for a folder tree write imagefolder={spec})" if not sep and ("/" in name or "\\" in name) else ""
-        raise ConfigError(f"unknown dataset {spec!r}{hint}; expected KIND or KIND=PATH with KIND one of "
+        hint = f" (for a folder tree write imagefolder={ref})" if not sep and ("/" in name or "\\" in name) else ""
+        raise ConfigError(f"unknown dataset {ref!r}{hint}; expected KIND or KIND=PATH with KIND one of "
                           f"{', '.join(DATASETS)}")
     if sep and not path.strip():
-        raise ConfigError(f"empty path in dataset spec {spec!r}; write {name}=PATH or just {name}")
+        raise ConfigError(f"empty path in dataset {ref!r}; write {name}=PATH or just {name}")
     kind = DATASETS[name]
-    return DatasetSpec(kind, Path(path.strip()).expanduser() if sep else None)
+    return DatasetRef(kind, Path(path.strip()).expanduser() if sep else None)
+
+
+DatasetSpec, parse_spec = DatasetRef, parse_dataset  # deprecated names
 
 
 def save_tensors(path: str | Path, inputs: torch.Tensor, targets: torch.Tensor) -> Path:
@@ -138,8 +143,8 @@ def check_batch(inputs, targets, where: str) -> None:
                           f"got {targets.dtype} {tuple(targets.shape)}")
 
 
-def _tensor_batch(spec: DatasetSpec, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    path = spec.source()
+def _tensor_batch(ref: DatasetRef, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    path = ref.source()
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -152,9 +157,9 @@ def _tensor_batch(spec: DatasetSpec, n: int) -> tuple[torch.Tensor, torch.Tensor
     return doc["inputs"][:n], doc["targets"][:n]
 
 
-def _check_split(spec: DatasetSpec, split: str) -> None:
-    if spec.kind.splits is not None and split not in spec.kind.splits:
-        raise ConfigError(f"unknown {spec.kind.name} split {split!r}; expected one of {', '.join(spec.kind.splits)}")
+def _check_split(ref: DatasetRef, split: str) -> None:
+    if ref.kind.splits is not None and split not in ref.kind.splits:
+        raise ConfigError(f"unknown {ref.kind.name} split {split!r}; expected one of {', '.join(ref.kind.splits)}")
 
 
 def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
@@ -168,23 +173,23 @@ def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
     return images.to(torch.float32).div_(255).sub_(mean).div_(std)
 
 
-def _in_memory_split(spec: DatasetSpec, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if spec.kind.name == "cifar10":
-        return cifar10.load_split(split, spec.source())
-    return cifar100.load_split(spec.source(), split)
+def _in_memory_split(ref: DatasetRef, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if ref.kind.name == "cifar10":
+        return cifar10.load_split(split, ref.source())
+    return cifar100.load_split(ref.source(), split)
 
 
-def class_names(spec: str | DatasetSpec, split: str = "train") -> tuple[str, ...]:
+def class_names(ref: str | DatasetRef, split: str = "train") -> tuple[str, ...]:
     """The class names, in label order."""
-    spec = parse_spec(spec)
-    _check_split(spec, split)
-    if spec.kind.name == "cifar10":
+    ref = parse_dataset(ref)
+    _check_split(ref, split)
+    if ref.kind.name == "cifar10":
         return cifar10.CLASSES
-    if spec.kind.name == "cifar100":
-        return cifar100.class_names(spec.source())
-    if spec.kind.name == "tensors":
+    if ref.kind.name == "cifar100":
+        return cifar100.class_names(ref.source())
+    if ref.kind.name == "tensors":
         raise ConfigError("a tensors=PATH dataset has labels but no class names")
-    return imagefolder.list_split(spec.source(), split).classes
+    return imagefolder.list_split(ref.source(), split).classes
 
 
 def _report_skips(errors: list[str], where: str) -> None:
@@ -193,9 +198,9 @@ def _report_skips(errors: list[str], where: str) -> None:
               f"of its class in the seeded order (first: {errors[0]})", file=sys.stderr, flush=True)
 
 
-def _folder_batch(spec: DatasetSpec, split: str, n: int, seed: int, balanced: bool, jobs: int, strict: bool,
+def _folder_batch(ref: DatasetRef, split: str, n: int, seed: int, balanced: bool, jobs: int, strict: bool,
                   progress: bool, pre: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
-    listing = imagefolder.list_split(spec.source(), split)
+    listing = imagefolder.list_split(ref.source(), split)
     arrays: dict[int, np.ndarray] = {}
     errors: list[str] = []
 
@@ -217,7 +222,7 @@ def _folder_batch(spec: DatasetSpec, split: str, n: int, seed: int, balanced: bo
     return torch.from_numpy(images), torch.from_numpy(listing.labels[index])
 
 
-def load_batch(spec: str | DatasetSpec, split: str, n: int, seed: int, *, balanced: bool = True,
+def load_batch(ref: str | DatasetRef, split: str, n: int, seed: int, *, balanced: bool = True,
                normalization: str | None = None, jobs: int = 1, strict: bool = False, progress: bool = True,
                preprocess: Preprocess = Preprocess()) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded sample of ``n`` images of ``split``: normalized float32 ``[n, 3, H, W]`` and int64 labels ``[n]``.
@@ -228,28 +233,28 @@ def load_batch(spec: str | DatasetSpec, split: str, n: int, seed: int, *, balanc
     ``cifar100`` or ``imagenet``). For ImageFolder trees only the sampled files are decoded (in
     ``jobs`` processes, the same pixels for any ``jobs``) and cached on disk; ``strict`` and the
     handling of unreadable images are described in the module doc; ``preprocess`` changes the
-    resize/crop sizes. The result depends only on the spec's data, ``split``, ``n``, ``seed``,
+    resize/crop sizes. The result depends only on the dataset's data, ``split``, ``n``, ``seed``,
     ``balanced`` and the preprocessing.
     """
-    spec = parse_spec(spec)
-    _check_split(spec, split)
-    if spec.kind.name == "tensors":
-        return _tensor_batch(spec, n)
-    norm = normalization or spec.kind.normalization
+    ref = parse_dataset(ref)
+    _check_split(ref, split)
+    if ref.kind.name == "tensors":
+        return _tensor_batch(ref, n)
+    norm = normalization or ref.kind.normalization
     if norm not in NORMALIZATION:
         raise ConfigError(f"unknown normalization {norm!r}; expected one of {', '.join(NORMALIZATION)}")
-    if spec.kind.name in _FOLDER_KINDS:
-        images, labels = _folder_batch(spec, split, n, seed, balanced, jobs, strict, progress, preprocess)
+    if ref.kind.name in _FOLDER_KINDS:
+        images, labels = _folder_batch(ref, split, n, seed, balanced, jobs, strict, progress, preprocess)
     else:
-        all_images, all_labels = _in_memory_split(spec, split)
-        names = cifar10.CLASSES if spec.kind.name == "cifar10" else None
+        all_images, all_labels = _in_memory_split(ref, split)
+        names = cifar10.CLASSES if ref.kind.name == "cifar10" else None
         index = select(plan_sample(all_labels, n, seed, balanced),
                        class_name=(lambda label: names[label]) if names else str)
         images, labels = all_images[index], all_labels[index]
     return normalize(images, norm), labels
 
 
-def iterate_split(spec: str | DatasetSpec, split: str, batch_size: int = 250, *, normalization: str | None = None,
+def iterate_split(ref: str | DatasetRef, split: str, batch_size: int = 250, *, normalization: str | None = None,
                   jobs: int = 1, strict: bool = False, progress: bool = True,
                   preprocess: Preprocess = Preprocess()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalized (x, y) batches covering the whole split in its fixed order (sorted paths for trees).
@@ -258,20 +263,20 @@ def iterate_split(spec: str | DatasetSpec, split: str, batch_size: int = 250, *,
     sits in memory at once; unreadable images are skipped (counted on stderr at the end) or, with
     ``strict``, a one-line DataError. Arguments are checked when called, not when iterated.
     """
-    spec = parse_spec(spec)
-    _check_split(spec, split)
-    if spec.kind.name == "tensors":
+    ref = parse_dataset(ref)
+    _check_split(ref, split)
+    if ref.kind.name == "tensors":
         raise ConfigError("a tensors=PATH dataset is one batch; it has no split to iterate")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
-    norm = normalization or spec.kind.normalization
+    norm = normalization or ref.kind.normalization
     if norm not in NORMALIZATION:
         raise ConfigError(f"unknown normalization {norm!r}; expected one of {', '.join(NORMALIZATION)}")
-    if spec.kind.name not in _FOLDER_KINDS:
-        images, labels = _in_memory_split(spec, split)
+    if ref.kind.name not in _FOLDER_KINDS:
+        images, labels = _in_memory_split(ref, split)
         return ((normalize(images[s: s + batch_size], norm), labels[s: s + batch_size])
                 for s in range(0, labels.numel(), batch_size))
-    listing = imagefolder.list_split(spec.source(), split)
+    listing = imagefolder.list_split(ref.source(), split)
 
     def batches():
         errors: list[str] = []

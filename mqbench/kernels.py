@@ -2,7 +2,7 @@
 
 Torch, math and the standard library only: ``evoproxy export`` copies this module's source into
 standalone proxy modules, and ``mqbench.quant``, ``primitives`` and the MQ baselines import these
-functions, so the tables, the primitives and exported proxies share one implementation.
+functions, so the tables, the statistics and exported proxies share one implementation.
 """
 from __future__ import annotations
 

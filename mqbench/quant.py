@@ -73,7 +73,7 @@ def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @dataclass(frozen=True)
-class BitSpec:
+class BitLayout:
     """Which layers of a model are searchable and what the fixed ones get."""
 
     layer_names: tuple[str, ...]
@@ -101,10 +101,13 @@ class BitSpec:
         return out
 
 
-def default_bit_spec(model: nn.Module, keep_first_last: bool = True, **kw) -> BitSpec:
+def default_bit_layout(model: nn.Module, keep_first_last: bool = True, **kw) -> BitLayout:
     names = tuple(n for n, _ in quantizable_layers(model))
     fixed = (0, len(names) - 1) if keep_first_last else ()
-    return BitSpec(names, fixed, **kw)
+    return BitLayout(names, fixed, **kw)
+
+
+BitSpec, default_bit_spec = BitLayout, default_bit_layout  # deprecated names
 
 
 def quantize_model(model: nn.Module, full_bits: list[int], act_bits: int = 8, mse_clip: bool = True) -> nn.Module:
@@ -169,7 +172,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 __all__ = [
-    "ALLOWED_WEIGHT_BITS", "BitSpec", "QuantLayer", "activation_scale", "bops", "default_bit_spec",
+    "ALLOWED_WEIGHT_BITS", "BitLayout", "QuantLayer", "activation_scale", "bops", "default_bit_layout",
     "fold_batchnorm", "layer_macs", "model_size_mb", "quant_layers", "quantizable_layers",
     "quantize_model", "quantize_weight",
 ]

@@ -121,10 +121,10 @@ class BenchmarkSpec:
         for name in ("fixed_bits", "act_bits", "batch", "split_seed"):
             _want(where, name, getattr(self, name), int)
         _choice(where, "kind", self.kind, KINDS)
-        from mqbench.datasets import parse_spec
+        from mqbench.datasets import parse_dataset
 
         try:
-            parse_spec(self.dataset)
+            parse_dataset(self.dataset)
         except ConfigError as exc:
             raise ConfigError(f"{where}: dataset: {exc}") from None
         if self.mode is not None:

@@ -1,5 +1,9 @@
 """Network + batch -> per-layer tensors (weights, gradients, activations, Hessian, quantization).
 
+In this package a *primitive* is a per-layer statistic, the word the rest of the project uses (a proxy
+tree's terminals; DEAP's own "primitives" are the proxy language's *operators*, see :mod:`evoproxy.space`);
+the package keeps its name.
+
 Public API: :func:`extract`, :func:`extract_many`, :class:`LayerStats`, :class:`NetworkStats`,
 ``PRIMITIVES`` (name -> one-line description) and :func:`simple_quantize`. See ``primitives.core``
 for the conventions and ``primitives.many`` for the disk cache.

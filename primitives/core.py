@@ -343,7 +343,7 @@ def resolve_names(names, hutchinson_probes: int = 0, bit_config=None) -> list[st
     names = list(names)
     bad = [n for n in names if n not in REGISTRY]
     if bad:
-        raise ConfigError(f"unknown primitive name(s) {', '.join(map(repr, bad))}; valid: {', '.join(REGISTRY)}")
+        raise ConfigError(f"unknown statistic name(s) {', '.join(map(repr, bad))}; valid: {', '.join(REGISTRY)}")
     wanted = set(names)
     if hutchinson_probes <= 0 and any(REGISTRY[n].pass_ == HESSIAN for n in wanted):
         raise ConfigError("hessian_diag/hessian_trace/hessian_block_trace need hutchinson_probes > 0")

@@ -1,8 +1,8 @@
 """Benchmark items -> per-layer statistics, the one way every scorer gets them.
 
     request = StatsRequest(("weight", "weight_grad", "quant_error"), hutchinson_probes=0)
-    stats = items_statistics(spec, ids, request, jobs=2)      # one NetworkStats per id, in order
-    one = item_statistics(spec, ids[0], request)               # the same for one item (a worker's view)
+    stats = items_statistics(ref, ids, request, jobs=2)      # one NetworkStats per id, in order
+    one = item_statistics(ref, ids[0], request)               # the same for one item (a worker's view)
 
 Protocol: one batch ``sample_batch("train", batch, seed=BATCH_SEED, normalization=bench.normalization)``,
 extraction seed ``PROXY_SEED``, one torch thread, full tensors, on the CPU unless ``StatsRequest.device``
@@ -108,20 +108,20 @@ def _check(bench, request: StatsRequest) -> None:
         raise ConfigError(f"{', '.join(quant)} need a benchmark with bit configurations; {bench.name} has none")
 
 
-def _build_network(spec, reps: dict, network_key):
+def _build_network(ref, reps: dict, network_key):
     from mqbench.benchmarks import load_bench
 
-    bench = load_bench(spec)
+    bench = load_bench(ref)
     return bench.network(reps[network_key]), network_key
 
 
-def _networks(spec, bench, reps: dict, request: StatsRequest, jobs: int, progress: bool, cache_dir) -> dict:
+def _networks(ref, bench, reps: dict, request: StatsRequest, jobs: int, progress: bool, cache_dir) -> dict:
     """{network_key: NetworkStats without quantization primitives}, from the memo, the disk cache or extraction."""
     from primitives.many import extract_many
 
     out, todo = {}, []
     for key in reps:
-        memo_key = (spec, key, request)
+        memo_key = (ref, key, request)
         if memo_key in _NETWORKS:
             _NETWORKS.move_to_end(memo_key)
             out[key] = _NETWORKS[memo_key]
@@ -133,38 +133,38 @@ def _networks(spec, bench, reps: dict, request: StatsRequest, jobs: int, progres
             from mqbench.dataroot import cache_root
 
             cache_dir = cache_root() / "primitives"
-        found = extract_many(todo, functools.partial(_build_network, spec, reps), (inputs, targets, BATCH_SEED),
+        found = extract_many(todo, functools.partial(_build_network, ref, reps), (inputs, targets, BATCH_SEED),
                              jobs=jobs, cache_dir=cache_dir, progress=progress, **request.network_kwargs())
         for key, st in zip(todo, found):
             out[key] = st
             if len(todo) <= NETWORK_MEMO_SIZE:
-                _NETWORKS[(spec, key, request)] = st
+                _NETWORKS[(ref, key, request)] = st
                 while len(_NETWORKS) > NETWORK_MEMO_SIZE:
                     _NETWORKS.popitem(last=False)
     return out
 
 
-def items_statistics(spec, ids, request: StatsRequest, *, jobs: int = 1, progress: bool = True,
+def items_statistics(ref, ids, request: StatsRequest, *, jobs: int = 1, progress: bool = True,
                      cache_dir=None) -> list[NetworkStats]:
-    """One ``NetworkStats`` per id of benchmark ``spec`` (a :class:`mqbench.benchmarks.BenchSpec`), in order."""
+    """One ``NetworkStats`` per id of benchmark ``ref`` (a :class:`mqbench.benchmarks.BenchRef`), in order."""
     from mqbench.benchmarks import load_bench
 
-    bench = load_bench(spec)
+    bench = load_bench(ref)
     _check(bench, request)
     ids = list(ids)
     reps: dict = {}
     for item in ids:
         reps.setdefault(bench.network_key(item), item)
-    networks = _networks(spec, bench, reps, request, jobs, progress, cache_dir)
+    networks = _networks(ref, bench, reps, request, jobs, progress, cache_dir)
     _, quant = split_names(request.names)
     quantized: dict = {}
     return [with_bit_config(networks[bench.network_key(i)], bench.bit_config(i), quant, bench.quantizer, quantized)
             for i in ids]
 
 
-def item_statistics(spec, item, request: StatsRequest, cache_dir=None) -> NetworkStats:
+def item_statistics(ref, item, request: StatsRequest, cache_dir=None) -> NetworkStats:
     """``items_statistics`` of one item, in this process (no progress bar)."""
-    return items_statistics(spec, [item], request, progress=False, cache_dir=cache_dir)[0]
+    return items_statistics(ref, [item], request, progress=False, cache_dir=cache_dir)[0]
 
 
 def with_bit_config(fp: NetworkStats, bits, quant_names, quantizer, quantized: dict | None = None) -> NetworkStats:

@@ -159,5 +159,5 @@ def extract_many(items: Sequence[Hashable], build: Callable, batch, *, jobs: int
     inputs = inputs.detach().cpu().contiguous()
     targets = targets.detach().cpu().contiguous()
     return map_items(_one, items, (), (build, inputs, targets, batch_seed, digest, cache_dir, extract_kwargs),
-                     jobs=jobs, progress=progress, desc="primitives", unit="net")
+                     jobs=jobs, progress=progress, desc="statistics", unit="net")
 

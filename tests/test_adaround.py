@@ -14,7 +14,7 @@ from mqbench.errors import ConfigError
 from mqbench.kernels import quantize_weight, weight_levels
 from mqbench.networks.resnet_cifar import cifar_resnet
 from mqbench.ptq import ROUNDING, PTQSettings, ptq_top1, quantize_and_calibrate
-from mqbench.quant import default_bit_spec, quant_layers, quantize_model
+from mqbench.quant import default_bit_layout, quant_layers, quantize_model
 
 TABLES = Path(__file__).resolve().parents[1] / "mqbench" / "tables"
 CFG = AdaRoundConfig(iters=30, batch=16, lr=5e-2, reg=0.01, warmup=0.2, seed=0)
@@ -34,7 +34,7 @@ def _tiny(seed: int = 0):
 
 
 def _quantized(model, bits=2):
-    spec = default_bit_spec(model)
+    spec = default_bit_layout(model)
     return quantize_model(copy.deepcopy(model), spec.full_config([bits] * len(spec.searchable)))
 
 
@@ -122,7 +122,7 @@ def test_rounding_variable_starts_at_the_fp_weight():
 def test_adaround_is_deterministic():
     model, images = _tiny()
     settings = PTQSettings(calib_images=48, act_calib_images=16, bn_batch=16, method="adaround", adaround_iters=10)
-    bits = default_bit_spec(model).full_config([2, 3, 4, 2, 3, 4])
+    bits = default_bit_layout(model).full_config([2, 3, 4, 2, 3, 4])
     runs = [quantize_and_calibrate(model, bits, images, settings) for _ in range(2)]
     for a, b in zip(quant_layers(runs[0]), quant_layers(runs[1])):
         assert torch.equal(a.layer.weight, b.layer.weight) and a.act_quant == b.act_quant

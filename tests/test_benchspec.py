@@ -159,14 +159,14 @@ def test_mq_spec_scores_equal_the_builtin(tiny_data_root, plugin):
 
 def test_a_spec_object_works_in_python_and_travels_to_workers(search_root, plugin):
     from evoproxy.evaluation import evaluate
-    from mqbench.benchmarks import BenchSpec, load_bench
+    from mqbench.benchmarks import BenchRef, load_bench
     from mqbench.spec import BenchmarkSpec, load_spec
 
     obj = BenchmarkSpec(name="in-python", kind="nas", table="$EVOPROXY_DATA/nats-bench/nats_tss_cifar10.csv",
                         gt_column="CIFAR10TestAccuracy200Epochs", factory="tiny_factories:nb201",
                         python_path=[str(plugin)])
     assert obj.python_path == (str(plugin),) and obj.mode == "train" and obj.normalization == "cifar10"
-    handle, bench = BenchSpec.resolve(obj)
+    handle, bench = BenchRef.resolve(obj)
     assert pickle.loads(pickle.dumps(handle)) == handle and handle.name == obj
     assert load_bench(pickle.loads(pickle.dumps(handle))).ids == bench.ids
     d1, d2 = {}, {}
@@ -174,7 +174,7 @@ def test_a_spec_object_works_in_python_and_travels_to_workers(search_root, plugi
     spec = _write(plugin, NB201_SPEC.format(factory="nb201"))
     evaluate(str(spec), ["synflow", "examples/proxies/snip.json"], 2, 0, batch=10, progress=False, items=d2)
     assert _scores(d1) == _scores(d2) and not any(r["errors"] for r in d1["results"])  # workers rebuilt the object
-    file_handle, _ = BenchSpec.resolve(str(plugin / "spec.toml"))
+    file_handle, _ = BenchRef.resolve(str(plugin / "spec.toml"))
     assert file_handle.name == str((plugin / "spec.toml").resolve()) and ";" in file_handle.stamp
     assert load_spec(plugin / "spec.toml").python_path == (str(plugin.resolve()),)
 
@@ -341,3 +341,13 @@ def test_unknown_names_and_missing_spec_files(capsys):
     assert err.startswith("error: benchmark spec not found: ") and err.endswith("no/such/spec.toml")
     err = _error(capsys, "evaluate", "--bench", "nb999", "--proxy", "params")
     assert "unknown benchmark 'nb999'" in err and "or a spec file (*.toml)" in err
+
+
+def test_renamed_names_still_import():
+    """Issue 22 item 4: one word per meaning; the old names stay importable as aliases."""
+    from mqbench.benchmarks import BenchRef, BenchSpec
+    from mqbench.datasets import DatasetRef, DatasetSpec, parse_dataset, parse_spec
+    from mqbench.quant import BitLayout, BitSpec, default_bit_layout, default_bit_spec
+
+    assert BenchSpec is BenchRef and DatasetSpec is DatasetRef and parse_spec is parse_dataset
+    assert BitSpec is BitLayout and default_bit_spec is default_bit_layout

@@ -134,26 +134,26 @@ def test_ptq_cache_cuts_a_torn_line(tmp_path):
 
 # ------------------------------------------------------------------------------------- budgets
 
-@pytest.mark.parametrize("spec, kind, value", [
+@pytest.mark.parametrize("budget, kind, value", [
     ("uniform-3", "uniform", 3), ("UNIFORM-4", "uniform", 4), ("0.1MB", "size", 0.1 * 2**20),
     ("0.1 mb", "size", 0.1 * 2**20), ("98KB", "size", 98 * 1024), ("0.25", "size", 0.25 * 2**20),
     (0.2, "size", 0.2 * 2**20), (1, "size", 2**20), ("1.2GBOPs", "bops", 1.2e9), ("950MBOPs", "bops", 9.5e8),
     ("3e8BOPs", "bops", 3e8), ("2.5 gbops", "bops", 2.5e9)])
-def test_budgets_parse(spec, kind, value):
+def test_budgets_parse(budget, kind, value):
     from evoproxy.allocation import parse_budget
 
-    b = parse_budget(spec)
+    b = parse_budget(budget)
     assert b.kind == kind and b.value == pytest.approx(value, rel=1e-12)
     assert b.metric == ("bops" if kind == "bops" else "size")
 
 
-@pytest.mark.parametrize("spec", ["3GB", "uniform-0", "uniform-x", "uniform-33", "-1MB", "0MB", "0", -0.5,
+@pytest.mark.parametrize("budget", ["3GB", "uniform-0", "uniform-x", "uniform-33", "-1MB", "0MB", "0", -0.5,
                                   math.inf, "nanMB", "1.2 GOPs", "", "MB", True, None, [1]])
-def test_bad_budgets_are_one_line_errors(spec):
+def test_bad_budgets_are_one_line_errors(budget):
     from evoproxy.allocation import parse_budget
 
     with pytest.raises(ConfigError) as err:
-        parse_budget(spec)
+        parse_budget(budget)
     assert "\n" not in str(err.value) and "budget" in str(err.value)
 
 

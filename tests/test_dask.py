@@ -133,10 +133,10 @@ def test_worker_killed_mid_build_loses_and_duplicates_nothing(tiny_data_root, tm
 
 def planned_rows_of(root, configs):
     from mqbench.networks.resnet_cifar import load_pretrained
-    from mqbench.quant import default_bit_spec
+    from mqbench.quant import default_bit_layout
 
     model = load_pretrained(8, root / "pretrained" / "resnet8-test.th")
-    return planned_rows(default_bit_spec(model, keep_first_last=True, allowed=(2, 3, 4), act_bits=TINY_PTQ.act_bits),
+    return planned_rows(default_bit_layout(model, keep_first_last=True, allowed=(2, 3, 4), act_bits=TINY_PTQ.act_bits),
                         configs, 0)
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mqbench import cifar10, datasets, imagefolder
-from mqbench.datasets import NORMALIZATION, class_names, iterate_split, load_batch, parse_spec
+from mqbench.datasets import NORMALIZATION, class_names, iterate_split, load_batch, parse_dataset
 from mqbench.errors import ConfigError, DataError
 from mqbench.sampling import balanced_indices, plan_sample
 
@@ -74,14 +74,15 @@ def _seed_with_corrupt(root, n: int, wanted: bool) -> int:
 # Spec syntax and registry
 # --------------------------------------------------------------------------------------------
 
-def test_parse_spec(tmp_path):
-    assert parse_spec("cifar10").path is None and parse_spec("CIFAR100").kind.name == "cifar100"
-    spec = parse_spec(f"imagenet={tmp_path}")
-    assert spec.kind.name == "imagenet" and spec.path == tmp_path and spec.text == f"imagenet={tmp_path}"
+def test_parse_dataset(tmp_path):
+    assert parse_dataset("cifar10").path is None and parse_dataset("CIFAR100").kind.name == "cifar100"
+    ref = parse_dataset(f"imagenet={tmp_path}")
+    assert ref.kind.name == "imagenet" and ref.path == tmp_path and ref.text == f"imagenet={tmp_path}"
+    assert datasets.parse_spec is parse_dataset and datasets.DatasetSpec is datasets.DatasetRef  # deprecated names
     assert set(datasets.DATASETS) == {"cifar10", "cifar100", "imagenet", "imagefolder", "tensors"}
     for bad, part in (("mnist", "unknown dataset"), ("/data/tree", "imagefolder=/data/tree"), ("imagenet=", "empty path")):
         with pytest.raises(ConfigError) as exc:
-            parse_spec(bad)
+            parse_dataset(bad)
         assert part in _one_line(exc)
     with pytest.raises(ConfigError) as exc:
         load_batch("imagefolder", "train", 2, 0)

@@ -35,7 +35,7 @@ def test_cuda_without_gpu_is_one_line(capsys, tiny_data_root, tmp_path):
     with pytest.raises(ConfigError, match="no CUDA GPU") as info:
         resolve_device("cuda")
     assert "\n" not in str(info.value)
-    assert main(["bench", "build", "--model", "resnet8", "--configs", "2", "--out", str(tmp_path / "t.csv"),
+    assert main(["table", "build", "--model", "resnet8", "--configs", "2", "--out", str(tmp_path / "t.csv"),
                  "--checkpoint", str(tiny_data_root / "pretrained" / "resnet8-test.th"), "--device", "cuda"]) == 2
     assert "no CUDA GPU" in _one_line_error(capsys)
     assert not (tmp_path / "t.csv").exists()

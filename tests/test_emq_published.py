@@ -1,4 +1,4 @@
-"""EMQ's published proxy (issue 15 item 1): the virtual_grad primitive, the softmax0 operator, the two
+"""EMQ's published proxy (issue 15 item 1): the virtual_grad statistic, the softmax0 operator, the two
 proxy files (readings R1 / R2 of docs/emq_published_proxy.md), their closed forms, export and scoring."""
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from evoproxy.ops import OPS, OpError
 from evoproxy.space import ProxyTree, SearchSpace, is_emq_shaped
 from evoproxy.tree import ProxyFileError, canonical, evaluate_tree, load_proxy, parse_proxy, parse_tree, render
 from primitives.core import LayerStats, NetworkStats
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _net(seed: int = 0, layers: int = 3, bits=None) -> NetworkStats:
@@ -128,7 +131,7 @@ def test_json_round_trip_canonical_and_render():
 @pytest.mark.parametrize("tree, message", [
     (["layer_sum", ["l1", ["bogus", "weight"]]], "unknown operator 'bogus'"),
     (["layer_sum", ["l1", ["mul", "weight"]]], "takes 2 argument(s), got 1"),
-    (["layer_sum", ["l1", "nonsense"]], "unknown primitive 'nonsense'"),
+    (["layer_sum", ["l1", "nonsense"]], "unknown statistic 'nonsense'"),
     (["layer_sum", ["mul", "weight", "weight"]], "needs a layer argument"),
     (["l1", "weight"], "root must be a network-level operator"),
     (["layer_sum", ["l1", 3]], "expected an operator list"),
@@ -151,9 +154,11 @@ def test_proxy_files_are_parsed_never_executed(tmp_path):
     with pytest.raises(ProxyFileError, match="not valid JSON"):
         load_proxy(tmp_path / "bad.json")
     for doc, msg in [({"tree": SNIP}, "format must be"), ({**good, "orientation": 2}, "orientation"),
-                     ({**good, "primitives": {"evil": 1}}, "unknown primitives setting"),
+                     ({**good, "extraction": {"evil": 1}}, "unknown extraction setting"),
+                     ({**good, "primitives": {"evil": 1}}, "unknown primitives setting"),  # the key's old name
+                     ({**good, "extraction": {}, "primitives": {}}, "both 'extraction' and 'primitives'"),
                      ({**good, "tree": ["layer_sum", ["l1", "hessian_diag"]]}, "hutchinson_probes"),
-                     ({**good, "tree": "__import__('os').system('x')"}, "unknown primitive")]:
+                     ({**good, "tree": "__import__('os').system('x')"}, "unknown statistic")]:
         with pytest.raises(ProxyFileError, match=msg):
             parse_proxy(doc)
     with pytest.raises(Exception, match="not found"):
@@ -195,20 +200,39 @@ def test_deeply_nested_proxy_file_is_one_line_naming_the_limit(search_root, tmp_
 @pytest.mark.parametrize("setting, value", [("noise_std", "NaN"), ("noise_std", "Infinity"), ("noise_std", "-0.5"),
                                             ("hutchinson_probes", "NaN"), ("hutchinson_probes", "-1")])
 @pytest.mark.parametrize("terminal", ["weight_grad", "weight_grad@perturb"])
-def test_bad_primitive_setting_is_one_line_naming_it(search_root, tmp_path, capsys, setting, value, terminal):
+def test_bad_extraction_setting_is_one_line_naming_it(search_root, tmp_path, capsys, setting, value, terminal):
     """Issue 22 item 8: noise_std NaN was accepted (exit 0 when the tree does not use it, else a late "non-finite
     score" not naming the setting), NaN probes a ValueError traceback; now the parser names the setting, exit 2."""
     from evoproxy.cli import main
 
     path = tmp_path / "p.json"
     path.write_text('{"format": "evoproxy.proxy/1", "orientation": 1, "tree": ["layer_sum", ["l1", "%s"]], '
-                    '"primitives": {"%s": %s}}' % (terminal, setting, value))
+                    '"extraction": {"%s": %s}}' % (terminal, setting, value))
     code = main(["evaluate", "--bench", "nb201-cifar10", "--proxy", str(path), "--samples", "3", "--batch", "4"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith(f"error: {path}: primitives.{setting} must be ") and ">= 0, got " in err, err
-    zero = {"format": "evoproxy.proxy/1", "tree": ["layer_sum", ["l1", terminal]], "primitives": {"noise_std": 0}}
-    assert parse_proxy(zero).primitives == {"noise_std": 0.0}  # no noise is a setting, not an error
+    assert err.startswith(f"error: {path}: extraction.{setting} must be ") and ">= 0, got " in err, err
+    zero = {"format": "evoproxy.proxy/1", "tree": ["layer_sum", ["l1", terminal]], "extraction": {"noise_std": 0}}
+    assert parse_proxy(zero).extraction == {"noise_std": 0.0}  # no noise is a setting, not an error
+
+
+def test_proxy_files_with_the_old_primitives_key_still_load():
+    """Issue 22 item 4: a proxy file's extraction settings were under "primitives" (a word that also names the
+    per-layer statistics and DEAP's operators); files are written with "extraction" now and old ones still load."""
+    from evoproxy.tree import Proxy
+
+    files = sorted((ROOT / "examples" / "proxies").glob("*.json")) + sorted((ROOT / "results").rglob("best.json"))
+    old = [f for f in files if "primitives" in json.loads(f.read_text())]
+    assert old, "no committed proxy file with the old key left to check"
+    for f in old:
+        doc = json.loads(f.read_text())
+        proxy = load_proxy(f)
+        assert proxy.extraction == doc["primitives"] and proxy.primitives is proxy.extraction  # deprecated alias
+        written = proxy.to_json()
+        assert "primitives" not in written and written["extraction"] == doc["primitives"]
+        again = parse_proxy(written)
+        assert (again.tree, again.orientation, again.extraction) == (proxy.tree, proxy.orientation, proxy.extraction)
+    assert Proxy(parse_tree(SNIP), 1, {"noise_std": 0.5}).extraction == {"noise_std": 0.5}  # positional as before
 
 
 # ------------------------------------------------------------------------------------------- search space

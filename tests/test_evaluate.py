@@ -145,7 +145,7 @@ def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_r
     from evoproxy import baselines
     from evoproxy.evaluation import evaluate
     from evoproxy.scoring import resolve_scorers, score_items
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
 
     def flaky(ctx):
         """flaky = a test proxy: NaN on one architecture, an exception on another."""
@@ -163,10 +163,10 @@ def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_r
     reasons = sorted(f["reason"] for f in rep["failures"])
     assert reasons == ["RuntimeError: boom second line", "non-finite score (nan)"]
 
-    spec = BenchSpec("nb201-cifar10")
+    ref = BenchRef("nb201-cifar10")
     snip = resolve_scorers(["snip"])
-    one = score_items(spec, [0, 5], snip, 10, jobs=1, progress=False)
-    two = score_items(spec, [0, 5], snip, 10, jobs=2, progress=False)
+    one = score_items(ref, [0, 5], snip, 10, jobs=1, progress=False)
+    two = score_items(ref, [0, 5], snip, 10, jobs=2, progress=False)
     assert [r["scores"] for r in one] == [r["scores"] for r in two]
 
 

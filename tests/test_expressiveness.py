@@ -59,7 +59,7 @@ def mq_setup():
 
 
 def _mq_stats(proxy, model, x, y, configs):
-    """As the scoring path does on MQ benchmarks: FP primitives once, quantization ones per configuration."""
+    """As the scoring path does on MQ benchmarks: FP statistics once, quantization ones per configuration."""
     return model_statistics(proxy, model, x, y, configs, quantizer=quantize_weight)
 
 

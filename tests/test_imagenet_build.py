@@ -47,7 +47,7 @@ def imagenet_like(tmp_path):
 
 
 def _build_args(tree, ckpt, out, *extra):
-    return ["bench", "build", "--model", "resnet18", "--data", f"imagefolder={tree}", "--checkpoint", str(ckpt),
+    return ["table", "build", "--model", "resnet18", "--data", f"imagefolder={tree}", "--checkpoint", str(ckpt),
             "--configs", str(CONFIGS), "--calib-images", "10", "--jobs", "1", "--out", str(out), *SIZE, *extra]
 
 
@@ -109,13 +109,13 @@ hutchinson_probes = 0
     assert reports["bit_sum"]["n"] == len(rows) and reports["qe"]["failed"] == 0
 
     # the spec's own images for the statistics batch: a seeded, class-balanced draw of the tree's train split
-    from mqbench.benchmarks import BenchSpec
+    from mqbench.benchmarks import BenchRef
     from mqbench.errors import ConfigError
     from primitives.items import batch_for
 
     on_tree = tmp_path / "tiny_tree.toml"
     on_tree.write_text(spec.read_text() + f'[data]\ndataset = "imagefolder={tree}"\n')
-    _, bench = BenchSpec.resolve(str(on_tree), None, None, None)
+    _, bench = BenchRef.resolve(str(on_tree), None, None, None)
     inputs, targets = batch_for(bench, 4)
     assert bench.dataset.startswith("imagefolder=") and tuple(inputs.shape) == (4, 3, 224, 224)
     assert len(set(targets.tolist())) == 4 and torch.equal(batch_for(bench, 4)[0], inputs)
@@ -124,7 +124,7 @@ hutchinson_probes = 0
     bad = tmp_path / "bad_data.toml"
     bad.write_text(spec.read_text() + '[data]\ndataset = "imagenett"\n')
     with pytest.raises(ConfigError, match="dataset: unknown dataset 'imagenett'"):
-        BenchSpec.resolve(str(bad), None, None, None)
+        BenchRef.resolve(str(bad), None, None, None)
 
 
 def test_build_errors_are_one_line(imagenet_like, tmp_path, capsys, monkeypatch):

@@ -13,7 +13,7 @@ from mqbench.benchmarks import NB201Benchmark, get_benchmark
 from mqbench.build import bits_to_str, build_table, planned_rows, read_rows, sample_configs
 from mqbench.networks.resnet_cifar import CifarResNet
 from mqbench.ptq import PTQSettings, quantize_and_calibrate
-from mqbench.quant import default_bit_spec, fold_batchnorm, quant_layers, quantize_weight
+from mqbench.quant import default_bit_layout, fold_batchnorm, quant_layers, quantize_weight
 from mqbench.table import MQTable, compare_tables
 
 TINY_PTQ = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10)
@@ -39,7 +39,7 @@ def test_8bit_model_close_to_fp():
     x = torch.randn(20, 3, 32, 32)
     with torch.no_grad():
         ref = fp(x)
-    spec = default_bit_spec(fp)
+    spec = default_bit_layout(fp)
     settings = PTQSettings(calib_images=20, act_calib_images=20, bn_batch=20)
     q8 = quantize_and_calibrate(fp, spec.full_config([8] * len(spec.searchable)), x, settings)
     q2 = quantize_and_calibrate(fp, spec.full_config([2] * len(spec.searchable)), x, settings)
@@ -67,7 +67,7 @@ def test_8bit_model_close_to_fp():
     ([4, 4, 4, 4, 4, 9], "not allowed"), ([4, 4, 4, 4, 4, "4"], "not allowed"), ([4, 4, 4, 4, 4, 4.0], "not allowed"),
 ])
 def test_bit_configuration_validation(bits, message):
-    spec = default_bit_spec(CifarResNet(8))
+    spec = default_bit_layout(CifarResNet(8))
     assert len(spec.searchable) == 6
     with pytest.raises(ConfigError, match=message) as exc:
         spec.full_config(bits)
@@ -75,7 +75,7 @@ def test_bit_configuration_validation(bits, message):
 
 
 def test_resnet20_has_18_searchable_layers():
-    spec = default_bit_spec(CifarResNet(20))
+    spec = default_bit_layout(CifarResNet(20))
     assert len(spec.searchable) == 18 and spec.full_config([3] * 18)[0] == 8 and spec.full_config([3] * 18)[-1] == 8
 
 
@@ -151,7 +151,7 @@ def test_build_refuses_other_settings_and_grows(tiny_data_root, tmp_path):
     _build(tiny_data_root, out, configs=5)  # same seed, more configurations: the prefix is kept
     table = MQTable.load(out)
     assert len(table.ids) == 9
-    planned = planned_rows(default_bit_spec(CifarResNet(8)), 5, 0)
+    planned = planned_rows(default_bit_layout(CifarResNet(8)), 5, 0)
     assert [table.bits(i) for i, _, _ in planned] == [cfg for _, _, cfg in planned]
 
 
@@ -198,7 +198,7 @@ def test_mq_benchmark_interface(tiny_data_root, tmp_path):
     bench = get_benchmark("mq-resnet20-cifar10", table=out)  # any table built by the builder
     ids = bench.sample(4, seed=0, split="holdout")
     model, bits = bench.build(ids[0])
-    assert len(bits) == len(default_bit_spec(model).layer_names) and not model.training
+    assert len(bits) == len(default_bit_layout(model).layer_names) and not model.training
     assert np.array_equal(bench.ground_truth(ids), [MQTable.load(out).accuracy(index=i) for i in ids])
     assert (bench.size(ids) > 0).all()
     with pytest.raises(ConfigError):

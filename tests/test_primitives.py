@@ -98,7 +98,7 @@ def test_registry_and_unknown_name():
                  "act_out@perturb", "act_grad@perturb", "weight_q", "quant_error", "bitwidth"):
         assert name in PRIMITIVES and PRIMITIVES[name]
     model, x, y = make()
-    with pytest.raises(ConfigError, match="unknown primitive") as err:
+    with pytest.raises(ConfigError, match="unknown statistic") as err:
         extract(model, x, y, names=["weight", "nonsense"])
     assert "\n" not in str(err.value) and "weight_grad" in str(err.value)
     with pytest.raises(ConfigError, match="hutchinson_probes"):

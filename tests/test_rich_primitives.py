@@ -220,7 +220,7 @@ TREES = [
 
 @pytest.mark.parametrize("k", range(len(TREES)))
 def test_exported_rich_proxy_equals_the_library(k, tmp_path):
-    proxy = parse_proxy({"format": "evoproxy.proxy/1", "tree": TREES[k], "orientation": 1, "primitives": {},
+    proxy = parse_proxy({"format": "evoproxy.proxy/1", "tree": TREES[k], "orientation": 1, "extraction": {},
                          "search": {"bench": "test"}}, "test")
     path = tmp_path / f"rich{k}.py"
     path.write_text(export_source(proxy, f"rich{k}"))

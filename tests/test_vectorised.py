@@ -205,8 +205,8 @@ def test_mq_style_shared_tensors_are_stacked_once(stats):
             assert same(score_range(tree, items, 0, len(items)), reference(tree, items, 0, len(items))), tree.to_json()
 
 
-def test_stack_of_named_primitives(stats):
-    """stack(names=...) keeps only those primitives; a tree over them scores the same."""
+def test_stack_of_named_statistics(stats):
+    """stack(names=...) keeps only those statistics; a tree over them scores the same."""
     tree = ["layer_mean", ["l1", ["mul", "weight", "weight_grad"]]]
     part = vectorised.stack(stats, names={"weight", "weight_grad"})
     assert all(set(g.stores) <= {"weight", "weight_grad"} for g in part.groups)

@@ -49,20 +49,20 @@ class Budget:
         return "bops" if self.kind == "bops" else "size"
 
 
-def parse_budget(spec) -> Budget:
+def parse_budget(budget) -> Budget:
     """A :class:`Budget` from ``"uniform-3"``, ``"0.1MB"``, ``"98KB"``, ``"1.2GBOPs"`` or a number (MB)."""
-    if isinstance(spec, Budget):
-        return spec
-    if isinstance(spec, bool) or not isinstance(spec, (int, float, str)):
-        raise ConfigError(f"budget must be a string or a number of MB, got {type(spec).__name__}")
-    if isinstance(spec, (int, float)):
-        return _size_budget(float(spec), "mb", f"{spec:g}MB")
-    text = spec.strip()
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, str)):
+        raise ConfigError(f"budget must be a string or a number of MB, got {type(budget).__name__}")
+    if isinstance(budget, (int, float)):
+        return _size_budget(float(budget), "mb", f"{budget:g}MB")
+    text = budget.strip()
     m = _UNIFORM_RE.match(text)
     if m:
         k = int(m.group(1))
         if not 1 <= k <= 32:
-            raise ConfigError(f"budget {spec!r}: uniform bit-width must be between 1 and 32")
+            raise ConfigError(f"budget {budget!r}: uniform bit-width must be between 1 and 32")
         return Budget("uniform", k, f"uniform-{k}")
     m = _SIZE_RE.match(text)
     if m:
@@ -71,9 +71,9 @@ def parse_budget(spec) -> Budget:
     if m:
         value = float(m.group(1)) * BOPS_PREFIXES[m.group(2).lower()]
         if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"budget {spec!r} must be positive")
+            raise ConfigError(f"budget {budget!r} must be positive")
         return Budget("bops", value, text)
-    raise ConfigError(f"bad budget {spec!r}: expected {BUDGET_HELP}")
+    raise ConfigError(f"bad budget {budget!r}: expected {BUDGET_HELP}")
 
 
 def _size_budget(value: float, unit: str, text: str) -> Budget:

@@ -6,8 +6,8 @@
 * a registered MQ baseline name (``hawq_v2``, ``bit_sum``, ...): the baseline on a
   :class:`~evoproxy.baselines.ProxyContext` of the FP network with the configuration's bits, as
   ``evoproxy.scoring.score_item`` builds it (per-network caches such as Hessian traces are paid once);
-* a parsed :class:`~evoproxy.tree.Proxy` (or a proxy file's path): FP primitives extracted once,
-  quantization primitives (``weight_q``, ``quant_error``, ``bitwidth``, ``size_mb``) added per
+* a parsed :class:`~evoproxy.tree.Proxy` (or a proxy file's path): FP statistics extracted once,
+  quantization statistics (``weight_q``, ``quant_error``, ``bitwidth``, ``size_mb``) added per
   configuration (:func:`primitives.items.with_bit_config`, one quantization per layer and bit-width);
 * a callable ``fn(config) -> float`` (a custom objective), used as is.
 

@@ -43,7 +43,7 @@ NETWORK_CACHE_SIZE = 256
 def register(name: str, kind: str = "nas", needs=()):
     """Register ``fn(ctx) -> float`` as baseline ``name``.
 
-    ``needs``: the primitive names the function will ask ``ctx.stats`` for (without Hessian
+    ``needs``: the statistic names the function will ask ``ctx.stats`` for (without Hessian
     probes); the evaluator prefetches the union over the proxies of a run in one extraction.
     """
     if kind not in KINDS:

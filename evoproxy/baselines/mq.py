@@ -89,7 +89,7 @@ def bit_sum(ctx: ProxyContext) -> float:
 def model_size(ctx: ProxyContext) -> float:
     """model_size = sum_l (n_W,l * b_l + n_bias,l * 32) / 8 / 2^20: weights at their bits, 32-bit biases, in MB.
 
-    The MQ-Bench tables' size_mb formula (mqbench.kernels.model_size_mb, also behind the size_mb primitive).
+    The MQ-Bench tables' size_mb formula (mqbench.kernels.model_size_mb, also behind the size_mb statistic).
     """
     from mqbench.kernels import model_size_mb
 
