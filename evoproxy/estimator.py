@@ -247,8 +247,8 @@ class ProxySearch:
         return evaluate(str(spec), list(proxies), samples=None, seed=self.seed, split="all",
                         batch=len(self.benchmark_.targets), jobs=1, **options)
 
-    def predict(self, items, which: int = 0) -> np.ndarray:
-        """Scores of hall-of-fame entry ``which`` (0: the best) for ``items``: networks (``nn.Module``), descriptions
+    def predict(self, items, which: int | None = None) -> np.ndarray:
+        """Scores of ``best_`` (or of hall-of-fame entry ``which``, 0: the best search fitness) for ``items``: networks (``nn.Module``), descriptions
         for the fitted factory, or bit configurations of the fitted model; NaN (with a warning) for one that fails."""
         from mqbench.spec import one_line
         from primitives.items import model_statistics
@@ -256,7 +256,7 @@ class ProxySearch:
         import torch
 
         self._fitted()
-        bench, proxy = self.benchmark_, self.hall_of_fame_[which]
+        bench, proxy = self.benchmark_, self.best_ if which is None else self.hall_of_fame_[which]
         request = proxy.statistics_request(len(bench.targets))
         if bench.kind == "mq":
             configs = [bench.check_bits(b, i) for i, b in enumerate(list(items))]
@@ -296,13 +296,13 @@ class ProxySearch:
             raise ConfigError(f"item {i} is a {type(item).__name__}; predict takes networks (nn.Module)")
         return net.train() if bench.mode == "train" else net.eval()
 
-    def rank(self, items, which: int = 0) -> list[int]:
+    def rank(self, items, which: int | None = None) -> list[int]:
         """Indices of ``items`` best first by :meth:`predict` (NaN last)."""
         scores = self.predict(items, which)
         return [int(i) for i in np.argsort(np.where(np.isnan(scores), -np.inf, -scores), kind="stable")]
 
-    def export(self, path: str | Path, which: int = 0) -> Path:
-        """Hall-of-fame entry ``which`` as a standalone torch-only module (:meth:`SearchResult.export`)."""
+    def export(self, path: str | Path, which: int | None = None) -> Path:
+        """``best_`` (or hall-of-fame entry ``which``) as a standalone torch-only module (:meth:`SearchResult.export`)."""
         self._fitted()
         return self.result_.export(path, which)
 

@@ -82,7 +82,7 @@ class Search:
     def _prepare(self) -> None:
         from evoproxy.scoring import reason
         from evoproxy.searchdata import DataRecipe, load_stats
-        from evoproxy.searchsample import search_items
+        from evoproxy.searchsample import search_items, validation_count
         from evoproxy.space import SearchSpace
         from evoproxy.validation import Validation
         from mqbench.benchmarks import BenchSpec
@@ -103,6 +103,11 @@ class Search:
             raise ConfigError(f"terminal(s) {', '.join(bad)} not available here (available: {', '.join(available)})")
         self.space = SearchSpace(terminals, c.structure, dict(c.weights), c.max_chain, c.max_depth, c.max_size)
         self.ids, self.val_ids = search_items(bench, c.samples, c.validation, c.seed, c.sampling)
+        if len(self.val_ids) < validation_count(c.samples, c.validation):
+            print(f"note: the search split has {len(self.val_ids)} items besides the {c.samples} search samples: "
+                  f"{len(self.val_ids) or 'no'} validation items (--validation {c.validation:g} asked for "
+                  f"{validation_count(c.samples, c.validation)}){'' if self.val_ids else '; best.json is the best fitness'}",
+                  file=sys.stderr)
         self.truth = np.asarray(bench.ground_truth(self.ids), dtype=float)
         self.size = np.asarray(bench.size(self.ids), dtype=float)
         self.recipe = DataRecipe.for_bench(spec, self.ids, self.space.terminals, probes, c.noise_std, c.batch,
@@ -268,8 +273,16 @@ class Search:
             k = canonical(t)
             if self.config.diversity and k in taken:
                 continue
+            ind = Individual(t, k, o["fitness"], o["orientation"], o["scores"], generation)
+            if self._ranking_taken(ind, taken):
+                continue
             taken.add(k)
-            into.append(Individual(t, k, o["fitness"], o["orientation"], o["scores"], generation))
+            into.append(ind)
+
+    def _ranking_taken(self, ind: Individual, taken: set) -> bool:
+        from evoproxy.selection import ranking_taken
+
+        return self.config.diversity and self.config.distinct_rankings and ranking_taken(ind, taken)
 
     def _initial(self, counts, generation: int = 0):
         """A random population (a generator for :func:`evoproxy.islands.interleave`: yields trees, gets outcomes)."""
@@ -305,6 +318,8 @@ class Search:
         need = c.population - len(elites)
         children: list[Individual] = []
         taken = {i.key for i in elites}
+        for ind in elites:
+            self._ranking_taken(ind, taken)
         for _ in range(MAX_ROUNDS):
             short = need - len(children)
             if short <= 0:
@@ -333,7 +348,13 @@ class Search:
         for ind in ranked[c.elites:]:  # still short: keep the best former members
             if len(children) >= need:
                 break
-            if not c.diversity or ind.key not in taken:
+            if not c.diversity or (ind.key not in taken and not self._ranking_taken(ind, taken)):
+                taken.add(ind.key)
+                children.append(ind)
+        for ind in ranked[c.elites:]:  # distinct_rankings left places open: formulas that rank alike fill them
+            if len(children) >= need:
+                break
+            if ind.key not in taken:
                 taken.add(ind.key)
                 children.append(ind)
         return elites + children

@@ -82,12 +82,13 @@ class SearchResult:
                  "generation": p.search.get("generation_found"), "size": p.tree.size()}
                 for r, p in enumerate(self.hall_of_fame)]
 
-    def export(self, path: str | Path, which: int = 0) -> Path:
-        """Write hall-of-fame entry ``which`` (0 = best) as a standalone torch-only module."""
+    def export(self, path: str | Path, which: int | None = None) -> Path:
+        """Write the run's answer (``best.json``; with ``--validation`` the member chosen on the validation items),
+        or hall-of-fame entry ``which`` (0 = the best search fitness), as a standalone torch-only module."""
         from evoproxy.export import export_source
 
         path = Path(path)
-        proxy = self.hall_of_fame[which] if self.hall_of_fame else self.best
+        proxy = self.best if which is None or not self.hall_of_fame else self.hall_of_fame[which]
         path.write_text(export_source(proxy, path.stem if path.stem.isidentifier() else "proxy"))
         return path
 

@@ -1,5 +1,5 @@
-"""What a search run folder holds besides its checkpoint: log.csv, children.csv, islands.csv, hall_of_fame.json and
-best.json, regenerated from the search's state after every generation (see :mod:`evoproxy.evolution`)."""
+"""What a search run folder holds besides its checkpoint: log.csv, children.csv, islands.csv, hall_of_fame.json,
+best.json and run.json, regenerated from the search's state after every generation (see :mod:`evoproxy.evolution`)."""
 from __future__ import annotations
 
 import csv
@@ -37,6 +37,17 @@ def write_outputs(search) -> None:
     if search.hof:
         text = json.dumps(proxy_of(search, search.best()).to_json(), indent=2, ensure_ascii=False) + "\n"
         atomic_write_text(search.out / "best.json", text)
+    atomic_write_text(search.out / "run.json", json.dumps(run_status(search), indent=2) + "\n")
+
+
+def run_status(search) -> dict:
+    """``run.json``: how far the run got and why it stopped (the time budget, --patience, or not yet)."""
+    budget = search.config.time_budget
+    return {"generation": search.generation, "elapsed_seconds": round(search.elapsed, 3),
+            "extraction_seconds": round(search.prep_seconds, 3), "time_budget": budget,
+            "budget_used": None if not budget else round(search.elapsed / budget, 4),
+            "stopped": search.stopped or ("finished: --generations reached" if search.generation >= search.config.generations
+                                          else None)}
 
 
 def proxy_of(search, ind) -> Proxy:

@@ -31,7 +31,7 @@ MARGINS = [0.5, 0.25, 0.15]
 # the children that passed screening were below the parents' worst, 59% below their median
 ENTRY_QUANTILE = 0.5
 LATER_KEYS = {"screen_cost": SCREEN_COST, "islands": 1, "migration_interval": 5, "migrants": 2, "restart_after": 0,
-              "multi_fidelity": False, "sampling": "random", "validation": 0.0, "patience": 0}
+              "multi_fidelity": False, "sampling": "random", "validation": 0.0, "patience": 0, "distinct_rankings": False}
 DEFAULT_POPULATION, DEFAULT_GENERATIONS = 32, 20  # without --time-budget; with it, unset sizes are measured
 PATH_KEYS = ("out", "table", "checkpoint")  # stored portably (repository- or data-root-relative)
 
@@ -92,6 +92,8 @@ class SearchConfig:
     weights: dict = _opt({}, "sampling weights, e.g. 'log=2,matmul=0' (0 removes an op/terminal)", parse=_weights)
     screening: bool = _opt(True, "ablation: no compatibility screening", flag="--no-screening")
     diversity: bool = _opt(True, "ablation: plain tournament, duplicates allowed", flag="--no-diversity")
+    distinct_rankings: bool = _opt(False, "with diversity: also refuse a child that ranks the search samples exactly "
+                                          "like a member (e.g. a monotone transform of it)", flag="--distinct-rankings")
     novelty_weight: float = _opt(0.2, "weight of 1 - |rho to the elite| in diversity-prompting selection")
     tournament: int = _opt(3, "tournament size")
     elites: int = _opt(2, "best candidates kept unchanged each generation")

@@ -4,6 +4,10 @@
 
 Both come from the benchmark's search split only (disjoint from every holdout sample).
 
+The validation items are what the search split holds beyond the search sample, up to
+``round(validation * samples)``: none when the sample is the whole split (the MQ tables' 50 search
+configurations), and the search says so.
+
 * ``random``: a seeded permutation of the search split; the fitness sample is its first ``samples`` items
   (exactly ``bench.sample(samples, seed, "search")``), the validation items the next ones.
 * ``stratified``: the search split is sorted by ground truth and cut into ``samples + validation items``
@@ -48,11 +52,10 @@ def search_items(bench, samples: int, validation: float, seed: int, strategy: st
     """(fitness ids, validation ids) of the search split (see the module docstring)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"--sampling must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    m = validation_count(samples, validation)
     pool = bench.split()[0]
-    if samples + m > len(pool):
-        raise ConfigError(f"asked for {samples} search samples + {m} validation items but the search split has only "
-                          f"{len(pool)}")
+    if samples > len(pool):
+        raise ConfigError(f"asked for {samples} search samples but the search split has only {len(pool)}")
+    m = min(validation_count(samples, validation), len(pool) - samples)  # what the split has left
     if strategy == "random":
         ids = sample_ids(pool, samples + m, seed)
     else:

@@ -1,7 +1,9 @@
 """Diversity-prompting parent selection and the population's diversity measures.
 
 With diversity on, the population never holds two candidates with the same canonical formula
-(the search refuses duplicates), and parents are drawn by tournament on
+(the search refuses duplicates) and, with ``distinct_rankings``, never two that rank the search samples
+identically (:func:`ranking_key`: a population of monotone transforms of one formula has no novelty left
+to reward), and parents are drawn by tournament on
 
     fitness + novelty_weight * (1 - |Spearman(scores, elite scores)|)
 
@@ -29,6 +31,21 @@ def novelty(vectors, elite) -> np.ndarray:
     """1 - |Spearman(v, elite)| for each score vector v."""
     rows = rank_rows(list(vectors) + [elite])
     return 1.0 - np.abs(rows[:-1] @ rows[-1])
+
+
+def ranking_key(scores, orientation: int = 1) -> tuple:
+    """How a candidate ranks the search samples (integer ranks, ties shared): equal for formulas that are monotone
+    transforms of one another, which a canonical form cannot see."""
+    return tuple(int(r) for r in rankdata(orientation * np.asarray(scores, dtype=float), method="min"))
+
+
+def ranking_taken(ind, taken: set) -> bool:
+    """Whether ``taken`` already holds ``ind``'s ranking (:func:`ranking_key`); if not, it is added."""
+    r = ("ranking", ranking_key(ind.scores, ind.orientation))
+    if r in taken:
+        return True
+    taken.add(r)
+    return False
 
 
 def mean_pairwise_distance(vectors) -> float:

@@ -13,7 +13,8 @@ The search samples' and validation items' statistics are extracted *before* the 
 so that no run's budget pays for an extraction another run got from the cache.
 
 Settings (``SETTINGS``): ``random`` and ``stratified`` (the search sample, :mod:`evoproxy.searchsample`;
-one population with diversity-prompting selection); ``stratified-nodiv`` (plain tournament);
+one population with diversity-prompting selection); ``stratified-distinct`` (also refusing children that
+rank the samples exactly like a member: ``--distinct-rankings``); ``stratified-nodiv`` (plain tournament);
 ``islands`` / ``islands-nodiv`` (4 islands, ring migration, restart after 8 stagnant generations).
 
 Each run folder ``results/search_ablation/runs/<bench>-<setting>-s<seed>/`` keeps config.json, log.csv,
@@ -51,6 +52,7 @@ COMMON = dict(structure="emq", multi_fidelity=True)
 SETTINGS = {
     "random": dict(sampling="random"),
     "stratified": dict(sampling="stratified"),
+    "stratified-distinct": dict(sampling="stratified", distinct_rankings=True),
     "stratified-nodiv": dict(sampling="stratified", diversity=False),
     "islands": dict(sampling="stratified", islands=4, restart_after=8),
     "islands-nodiv": dict(sampling="stratified", islands=4, restart_after=8, diversity=False),

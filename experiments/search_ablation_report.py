@@ -72,7 +72,7 @@ def write_report(out: Path, benches: dict, settings: dict, common: dict) -> None
                f"no validation items: best = top), fitness {mq['fitness']}, --time-budget "
                f"{mq['time_budget']:g}; holdout all 454 configurations, ground truth PTQ top-1, partial ρ given the "
                "model size. Population sized by the budget, generations until the budget; multi-fidelity on. "
-               "Settings: random / stratified search sample; -nodiv: plain tournament; islands: 4 islands, ring "
+               "Settings: random / stratified search sample; -distinct: --distinct-rankings; -nodiv: plain tournament; islands: 4 islands, ring "
                "migration every 5 generations, restart after 8 stagnant generations. Std over seeds (ddof 1).")
     paths += write_table(out, "table", table, TABLE_COLUMNS, caption, headers=HEADERS)
     paths.append(_plot(out, rows, benches, settings))

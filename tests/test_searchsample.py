@@ -62,8 +62,11 @@ def test_spread_order_is_a_permutation_and_bad_settings_say_so():
     assert sorted(order.tolist()) == list(range(37))
     with pytest.raises(ConfigError, match="sampling"):
         search_items(Pool(), 10, 0.0, seed=0, strategy="quantile")
-    with pytest.raises(ConfigError, match="validation items"):
-        search_items(Pool(n=40), 18, 0.5, seed=0, strategy="stratified")
+    fit, val = search_items(Pool(n=40), 18, 0.5, seed=0, strategy="stratified")  # 20 in the split: 2 are left
+    assert len(fit) == 18 and len(val) == 2
+    assert search_items(Pool(n=40), 20, 0.5, seed=0, strategy="random")[1] == []
+    with pytest.raises(ConfigError, match="search split has only 20"):
+        search_items(Pool(n=40), 21, 0.0, seed=0, strategy="random")
     assert stratified([5, 6, 7], np.array([3.0, 1.0, 2.0]), 3, seed=0) != []
 
 
@@ -84,3 +87,22 @@ def test_validation_chooses_best_json_from_the_hall_of_fame(search_root, tmp_pat
     # resuming the finished run changes nothing
     again = run_search(SearchConfig(out=str(run), **kw), resume=True)
     assert json.loads((run / "best.json").read_text()) == best and again.best.formula == result.best.formula
+
+
+def test_ranking_key_sees_monotone_transforms_and_distinct_rankings_keeps_one_each(search_root, tmp_path):
+    from evoproxy.selection import ranking_key
+
+    s = np.array([0.3, -1.0, 2.0, 2.0, 5.0])
+    assert ranking_key(s) == ranking_key(np.exp(s)) == ranking_key(-s, -1) != ranking_key(-s)
+    kw = dict(bench="nb201-cifar10", samples=6, batch=8, seed=1, population=6, generations=2, screen_samples=2,
+              progress=False, multi_fidelity=False)
+    distinct = {}
+    for on in (False, True):
+        run_search(SearchConfig(out=str(tmp_path / str(on)), distinct_rankings=on, **kw))
+        pop = json.loads((tmp_path / str(on) / "checkpoint.json").read_text())["population"]
+        assert len(pop) == 6
+        distinct[on] = len({ranking_key(i["scores"], i["orientation"]) for i in pop})
+    assert distinct[True] == 6 and distinct[False] < 6
+    from evoproxy.searchconfig import SearchConfig as C
+
+    assert "distinct_rankings" not in C(bench="x", out="y").result_settings()  # the old runs' behaviour: off
