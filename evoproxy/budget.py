@@ -4,8 +4,8 @@ generations learned from the run's real pace.
 A search given ``time_budget`` but no ``population`` and/or no ``generations`` sizes them before
 generation 0 from the rate it measures on this machine:
 
-1. **Measure at steady state**: score ``WARMUP_TREES`` random trees (their own random stream, derived
-   from the seed) untimed, which starts the ``--jobs`` workers and loads the statistics in them, then
+1. **Measure at steady state**: score ``WARMUP_TREES`` random trees (their own random stream, the same
+   for every seed, so that runs of several seeds on one machine get the same sizes) untimed, which starts the ``--jobs`` workers and loads the statistics in them, then
    time ``CALIBRATION_TREES`` more: ``rate`` = trees / seconds. (Timing the first trees measured the
    start-up: a 600 s NB201 run measured 1.8 trees/s and then evolved at about 20.) Every scored tree
    stays in the memo.
@@ -16,7 +16,11 @@ generation 0 from the rate it measures on this machine:
    differences between runs of one command on one machine give the same population. A generation with
    multi-fidelity scores ``TREES_PER_SLOT`` = 4.5 trees per population slot (the committed
    multi-fidelity runs, ``results/multi_fidelity/runs``: 4.1-4.9 in evolved generations).
-4. **Generations** (when not given): open. The run goes on until the next generation would pass the
+4. **Re-sized once at its real pace**: random calibration trees are rejected more often (hence are
+   cheaper) than children, so after generation ``RESIZE_AFTER`` the population is sized again, by the same
+   rule, from the trees per second of the evolved generations so far and the seconds left (``sizing.resized``
+   in ``config.json``); from the next generation on, the population has that size.
+5. **Generations** (when not given): open. The run goes on until the next generation would pass the
    budget, predicted from the mean of the last ``PACE_WINDOW`` generations (the run learns its real
    pace, which differs from the calibration's: random trees are rejected more often than children),
    or until ``--patience`` generations without a better fitness: whichever comes first, and the log
@@ -38,6 +42,7 @@ POPULATIONS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 MIN_POPULATION, MAX_POPULATION = POPULATIONS[0], POPULATIONS[-1]
 MAX_GENERATIONS = 10_000  # "open": the budget or --patience ends the run
 PACE_WINDOW = 3
+RESIZE_AFTER = 2
 
 
 def on_ladder(total: float, lo: int) -> int:
@@ -113,7 +118,7 @@ def size_for_budget(search, t_prep: float) -> None:
     from primitives.core import derive_seed
 
     c = search.config
-    random.seed(derive_seed("search-calibration", int(c.seed)))
+    random.seed(derive_seed("search-calibration", 0))  # the same trees for every seed: the sizes follow the machine
     warmup = [search.space.random_tree() for _ in range(WARMUP_TREES)]
     search._score(warmup, search._new_counts())  # starts the workers, loads the statistics in them (untimed)
     t0 = time.perf_counter()
@@ -127,3 +132,28 @@ def size_for_budget(search, t_prep: float) -> None:
                                            smallest=max(c.elites, c.migrants if c.islands > 1 else 0) + 1)
     search.config = dataclasses.replace(c, population=population, generations=generations)
     search.sizing = sizing_record(rate, CALIBRATION_TREES, seconds, left, population, generations, given)
+
+
+def resize_for_budget(search) -> bool:
+    """After generation ``RESIZE_AFTER`` of a run whose population the budget sized: size it again from the real
+    pace (step 4 of the module docstring); True when the population changed."""
+    import dataclasses
+
+    c, sizing = search.config, search.sizing
+    if not sizing or sizing.get("given", {}).get("population") is not None or "resized" in sizing \
+            or search.generation != RESIZE_AFTER:
+        return False
+    evolved = search.log[1:]
+    seconds = sum(float(r["seconds"]) for r in evolved)
+    rate = sum(int(r["evaluated"]) for r in evolved) / max(seconds, 1e-6)
+    left = c.time_budget - search.elapsed
+    given = sizing.get("given", {}).get("generations")
+    remaining = None if given is None else max(given - search.generation - 1, 0)
+    population, _ = choose_sizes(rate, left, c.islands, None, remaining,
+                                 smallest=max(c.elites, c.migrants if c.islands > 1 else 0) + 1)
+    sizing["resized"] = {"after_generation": RESIZE_AFTER, "trees_per_second": round(rate, 3),
+                         "seconds_left": round(left, 3), "population": population, "was": c.population}
+    changed = population != c.population
+    search.config = dataclasses.replace(c, population=population)
+    search._write_config()
+    return changed

@@ -55,7 +55,7 @@ from mqbench.fileio import atomic_write_text
 from evoproxy.islands import Individual, Island, interleave, island_row, island_seed, migrate
 from evoproxy.results import SearchResult
 from evoproxy.searchconfig import SearchConfig
-from evoproxy.tree import Proxy, ProxyTree, canonical, render
+from evoproxy.tree import Proxy, ProxyTree, canonical
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
 MAX_ROUNDS = 5
@@ -234,6 +234,9 @@ class Search:
         if self.config.population is None or self.config.generations is None:
             raise ConfigError(f"the checkpoint in {self.out} has no population/generations; pass them")
         self.out.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+
+    def _write_config(self) -> None:
         config = {**self.config.portable(), "search_ids": [int(i) for i in self.ids],
                   **({"validation_ids": [int(i) for i in self.val_ids]} if self.val_ids else {}),
                   "hutchinson_probes_used": self.probes, "terminals_used": self.space.terminals,
@@ -396,28 +399,9 @@ class Search:
         return choose(self.hof, self.val_memo) if self.validation is not None else self.hof[0]
 
     def _log_row(self, generation: int, counts: dict, seconds: float) -> dict:
-        from evoproxy.screening import LOG_REASONS
-        from evoproxy.selection import mean_pairwise_distance
+        from evoproxy.runfiles import log_row
 
-        c = self.config
-        fit = np.array([i.fitness for i in self.population])
-        best = max(self.population, key=lambda i: i.fitness)
-        n = max(counts["evaluated"], 1)
-        return {"generation": generation, "evaluated": counts["evaluated"], "valid": counts["valid"],
-                "valid_rate": round(counts["valid"] / n, 6), "cache_hits": counts["cache_hits"],
-                "equivalent_hits": counts["equivalent_hits"],
-                **{f"rejected_{r}": round(counts.get(f"rejected_{r}", 0) / n, 6) for r in LOG_REASONS},
-                "best_fitness": round(float(fit.max()), 6), "median_fitness": round(float(np.median(fit)), 6),
-                "unique_formulas": len({i.key for i in self.population}),
-                "mean_pairwise_distance": round(mean_pairwise_distance([i.scores for i in self.population]), 6),
-                "best_formula": render(best.tree), "seconds": round(seconds, 3),
-                **(self._fidelity_columns(counts) if c.multi_fidelity and c.screening else {})}
-
-    def _fidelity_columns(self, counts: dict) -> dict:
-        """log.csv columns of a multi-fidelity run: children decided on a prefix of the samples (rejected early),
-        scored on every sample, and of those, the ones below the entry threshold (they do not enter)."""
-        return {"early_rejected": counts["early_rejected"], "full_fidelity": counts["full_fidelity"],
-                "below_population": counts["below_population"]}
+        return log_row(self, generation, counts, seconds)
 
     # ------------------------------------------------------------------ outputs
     def _checkpoint(self) -> None:
@@ -459,7 +443,7 @@ class Search:
     def _run(self) -> SearchResult:
         from tqdm import tqdm
 
-        from evoproxy.budget import MAX_GENERATIONS, stop_reason
+        from evoproxy.budget import MAX_GENERATIONS, resize_for_budget, stop_reason
 
         t_prep = time.perf_counter()
         self._prepare()
@@ -471,6 +455,7 @@ class Search:
         bar = tqdm(total=None if c.generations >= MAX_GENERATIONS else c.generations + 1, initial=self.generation + 1, desc="search", unit="gen",
                    file=sys.stderr, disable=not c.progress, dynamic_ncols=True)
         try:
+            writing = 0.0  # the last checkpoint's writing time (its successor's is about the same)
             while self.generation < c.generations and self.stopped is None:
                 g = self.generation + 1
                 t0 = time.perf_counter()
@@ -481,8 +466,13 @@ class Search:
                 self.elapsed += seconds
                 self.generation = g
                 self.log.append(self._log_row(g, counts, seconds))
-                self.stopped = stop_reason(c, self.log, self.elapsed)
+                self.stopped = stop_reason(c, self.log, self.elapsed + writing)
+                if self.stopped is None and resize_for_budget(self):
+                    c = self.config
+                t1 = time.perf_counter()
                 self._checkpoint()
+                writing = time.perf_counter() - t1  # writing the run folder counts against the budget too
+                self.elapsed += writing
                 bar.set_postfix(best=f"{self.hof[0].fitness:.4f}", valid=f"{self.log[-1]['valid_rate']:.2f}")
                 bar.update(1)
         finally:

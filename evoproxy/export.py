@@ -5,145 +5,29 @@
     my_proxy.score(model, inputs, targets)                     # NAS proxy
     my_proxy.score(model, inputs, targets, bit_config=[8, 4, ...])  # MQ proxy: weight bits per layer
 
-The generated module is the library's own code: the source of the torch-only kernel modules
-(``KERNELS``: the PTQ quantizer and size formula, the extraction passes and primitive functions, the
-operators and the tree evaluator), reduced to the top-level definitions the proxy reaches, their
-intra-project imports dropped; plus the source of any registered operator or primitive function
-defined elsewhere; plus a short template (the tree, its orientation, the primitives' passes and
-settings, ``score``). Nothing numeric is written here, so adding an operator or a primitive never
-touches this file, and the generated module computes what ``primitives.extract`` and
-``Proxy.score`` compute (same passes, seeds, layouts, one torch thread, float32 terminals).
+The generated module states the proxy first: its settings, ``score``, ``formula`` (the tree as straight-line
+torch code, one assignment per node: :func:`evoproxy.codegen.formula_lines`) and ``primitives`` (the pass steps
+its primitives need, :func:`primitives.passes.pass_steps`, and their primitive functions). Below follows the
+library's own code that these reach (:func:`evoproxy.codegen.pick`) from the torch-only kernel modules
+(``KERNELS``: passes, primitive functions, operator kernels, the PTQ quantizer), plus the source of any
+registered operator defined elsewhere. Nothing numeric is written here, so the generated module computes what
+``primitives.extract`` and ``Proxy.score`` compute (same passes, seeds, layouts, one torch thread, float32
+terminals, the same kernels).
 """
 from __future__ import annotations
 
-import ast
-import functools
-import importlib
-import inspect
-import json
 import re
 import textwrap
 from pathlib import Path
 
+from evoproxy.codegen import KERNELS, formula_lines, function_ref, names_used, pick, render
 from evoproxy.errors import ConfigError
 from evoproxy.ops import OPS
+from evoproxy.opkernels import LAYER_TERMS
 from evoproxy.tree import Proxy, load_proxy
 from primitives.core import HESSIAN, INPUT_PASSES, QUANT, REGISTRY, pass_needs
-
-KERNELS = ("mqbench.kernels", "primitives.kernels", "primitives.richkernels", "primitives.passes",
-           "evoproxy.opkernels")  # dependency order
-PROJECT = ("mqbench", "primitives", "evoproxy")
-CARRIED_MODULES = {"math", "torch"}  # modules an outside function may use (the generated module imports them)
-
-
-def _statements(source: str, where: str) -> list[tuple[set, set, str, bool]]:
-    """Top-level statements of ``source``: (names bound, names used, code, is an import), without the module
-    docstring, ``from __future__`` and imports of the project's own modules."""
-    tree, lines = ast.parse(source), source.splitlines()
-    out = []
-    for i, node in enumerate(tree.body):
-        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            continue
-        if isinstance(node, ast.ImportFrom) and (node.module == "__future__" or (node.module or "").split(".")[0] in PROJECT):
-            continue
-        if isinstance(node, ast.Import) and any(a.name.split(".")[0] in PROJECT for a in node.names):
-            continue
-        start = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
-        code = "\n".join(lines[start - 1:node.end_lineno])
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            bound = {(a.asname or a.name).split(".")[0] for a in node.names}
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound = {node.name}
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            bound = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-        else:
-            raise ConfigError(f"{where}: cannot export a top-level {type(node).__name__} statement")
-        used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} - bound
-        out.append((bound, used, code, isinstance(node, (ast.Import, ast.ImportFrom))))
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def _kernel_statements() -> tuple[tuple[set, set, str, bool], ...]:
-    """The statements of all KERNELS, which share one namespace in a generated module."""
-    out, owner = [], {}
-    for module in KERNELS:
-        for bound, used, code, is_import in _statements(inspect.getsource(importlib.import_module(module)), module):
-            for name in () if is_import else bound:
-                if name in owner:
-                    raise RuntimeError(f"{module} and {owner[name]} both define {name!r}: kernel modules share a namespace")
-                owner[name] = module
-            out.append((bound, used, code, is_import))
-    return tuple(out)
-
-
-def _kernel_names() -> set:
-    return {name for bound, _, _, is_import in _kernel_statements() if not is_import for name in bound}
-
-
-def _outside_function(fn, what: str) -> tuple[str, set, list[str]]:
-    """(source without decorators, kernel names it uses, extra lines it needs) of a function defined outside
-    the kernel modules (e.g. an operator registered by a user or a test)."""
-    name = getattr(fn, "__name__", "?")
-    try:
-        source = textwrap.dedent(inspect.getsource(fn))
-        node = ast.parse(source).body[0]
-    except (OSError, TypeError, SyntaxError, IndexError):
-        raise ConfigError(f"cannot export {what}: the source of its function {name!r} is not available") from None
-    if not isinstance(node, ast.FunctionDef) or node.name != name:
-        raise ConfigError(f"cannot export {what}: its function must be a plain def (got {name!r})")
-    closure = inspect.getclosurevars(fn)
-    if closure.nonlocals:
-        raise ConfigError(f"cannot export {what}: its function {name!r} uses enclosing variables {sorted(closure.nonlocals)}")
-    kernel_names, names = _kernel_names(), {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-    extra, uses = [], set()
-    for var, value in sorted((k, v) for k, v in closure.globals.items() if k in names):
-        if var in kernel_names:
-            uses.add(var)
-        elif inspect.ismodule(value) and value.__name__ in CARRIED_MODULES:
-            extra.append(f"import {value.__name__}" + ("" if var == value.__name__ else f" as {var}"))
-        elif isinstance(value, (bool, int, float, str)) and not isinstance(value, type):
-            extra.append(f"{var} = {value!r}")
-        else:
-            raise ConfigError(f"cannot export {what}: its function {name!r} uses {var!r}, which is not a torch/math "
-                              f"module, a plain constant or a kernel of {', '.join(KERNELS)}")
-    body = "\n".join(source.splitlines()[node.lineno - 1:node.end_lineno])
-    return body, uses, extra
-
-
-def _function_ref(fn, what: str, outside: dict) -> str:
-    """The name ``fn`` has in the generated module (registering its source in ``outside`` when it is not a kernel)."""
-    if getattr(fn, "__module__", None) in KERNELS and getattr(importlib.import_module(fn.__module__), fn.__name__, None) is fn:
-        return fn.__name__
-    name = getattr(fn, "__name__", "?")
-    if name in _kernel_names() | {"score", "formula", "primitives"} or (name in outside and outside[name][0] is not fn):
-        raise ConfigError(f"cannot export {what}: its function name {name!r} clashes with another function")
-    outside[name] = (fn, *_outside_function(fn, what))
-    return name
-
-
-def _prune(statements, roots: set) -> tuple[list[str], list[str]]:
-    """(imports, other code) of the statements that ``roots`` reach through the names they use, in source order."""
-    wanted, todo = set(), list(roots)
-    while todo:
-        name = todo.pop()
-        if name in wanted:
-            continue
-        wanted.add(name)
-        for bound, used, _, _ in statements:
-            if name in bound:
-                todo += used
-    keep = [(code, is_import) for bound, _, code, is_import in statements if bound & wanted]
-    imports = list(dict.fromkeys(code for code, is_import in keep if is_import))
-    blocks: list[str] = []
-    for code, _ in (k for k in keep if not k[1]):
-        simple = not code.startswith(("def ", "class ", "@"))
-        if blocks and simple and not blocks[-1].startswith(("def ", "class ", "@")):
-            blocks[-1] += "\n" + code  # consecutive constants stay together
-        else:
-            blocks.append(code)
-    return imports, blocks
+from primitives.kernels import DATA
+from primitives.passes import pass_steps
 
 
 def _check_exportable(proxy: Proxy) -> None:
@@ -159,43 +43,32 @@ def _operator_names(tree) -> list[str]:
     return list(dict.fromkeys([tree[0]] + [n for child in tree[1:] for n in _operator_names(child)]))
 
 
-def _docstring(proxy: Proxy, module_name: str, names: list[str], needs_bits: bool, settings: list[str]) -> str:
+def _docstring(proxy: Proxy, module_name: str, names: list[str], needs_bits: bool) -> str:
     call = "score(model, inputs, targets, bit_config)" if needs_bits else "score(model, inputs, targets)"
     orient = "the formula's value" if proxy.orientation == 1 else "minus the formula's value"
-    what = "bit configurations" if needs_bits else "networks"
-    args = ("``model``: a torch.nn.Module in the mode it is to be scored in (evoproxy scores NAS networks in "
-            "train mode, pretrained quantized ones in eval mode); ``inputs`` [N, ...] a batch and ``targets`` [N] "
-            "its class labels" + ("; ``bit_config``: weight bits of the Conv2d/Linear layers in forward order (a "
-                                  "list), or a dict layer name -> bits." if needs_bits else "."))
-    prims = "\n".join(f"    {n:<22} {REGISTRY[n].pass_} pass" for n in names)
-    search = ", ".join(f"{k} {v}" for k, v in proxy.search.items() if not isinstance(v, (dict, list)))
-    return f'''{module_name}: a training-free proxy exported by evoproxy from {proxy.source or "a proxy tree"}.
-
-    score = {proxy.formula}
-
-LaTeX: {proxy.latex()}
-
-The score is {orient} (orientation {proxy.orientation}); higher scores predict more accurate {what}.
-{textwrap.fill(f"Search: {search}.", 100) + chr(10) if search else ""}
-Usage::
-
-    import {module_name}
-    value = {module_name}.{call}
-
-{textwrap.fill(args, 100)}
-
-Primitives (per Conv2d/Linear layer, forward order, as primitives.extract computes them; settings:
-{", ".join(settings)}):
-{prims}
-
-Conventions: mean cross-entropy of the logits, gradients by torch.autograd.grad, activations averaged
-over spatial positions ([N, C]), the model's train/eval mode as given; weights, buffers and
-requires_grad flags are left as they were. The code is evoproxy's own (modules
-{", ".join(KERNELS)}). Depends only on torch and the standard library.
-'''
+    usage = (f"``{module_name}.{call}`` is {orient} (orientation {proxy.orientation}), higher for a "
+             f"{'bit configuration' if needs_bits else 'network'} predicted more accurate. ``model``: a torch.nn.Module "
+             "in the mode to score it in (NAS networks in train mode, pretrained quantized ones in eval mode); "
+             "``inputs`` [N, ...] a batch, ``targets`` [N] its class labels"
+             + ("; ``bit_config``: weight bits of the Conv2d/Linear layers in forward order (a list), or a dict "
+                "layer name -> bits." if needs_bits else "."))
+    passes = pass_needs(names)
+    settings = ["seed 0", "one torch thread", "channels_last inputs"]
+    if any(p in passes for p in INPUT_PASSES[1:]):
+        settings.append(f"noise_std {float(proxy.primitives.get('noise_std', 0.01))}")
+    if HESSIAN in passes:
+        settings.append(f"{int(proxy.primitives.get('hutchinson_probes', 0))} Hutchinson probes")
+    prims = ", ".join(f"{n} ({REGISTRY[n].pass_})" for n in names)
+    how = (f"Primitives per Conv2d/Linear layer in forward order, as primitives.extract computes them: {prims}; "
+           f"{', '.join(settings)}; weights, buffers and requires_grad flags are left as they were. Needs only torch.")
+    search = ", ".join(f"{k} {v}" for k, v in proxy.search.items() if v is not None and not isinstance(v, (dict, list)))
+    paragraphs = [usage, how] + ([f"Search: {search}."] if search else [])
+    return (f"{module_name}: a training-free proxy exported by evoproxy from {proxy.source or 'a proxy tree'}.\n\n"
+            f"    score = {proxy.formula}\n\nLaTeX: {proxy.latex()}\n\n"
+            + "\n\n".join(textwrap.fill(p, 110) for p in paragraphs) + "\n")
 
 
-TEMPLATE = '''
+TEMPLATE = '''{settings}
 
 
 def score(model, inputs, targets, bit_config=None, *, seed=SEED):
@@ -205,72 +78,100 @@ def score(model, inputs, targets, bit_config=None, *, seed=SEED):
 
 
 def formula(layers, counts, names=None):
-    """The tree's value (before the orientation). ``layers``: one dict {{primitive name: tensor}} per layer,
-    ``counts``: each layer's weight count, ``names``: each layer's position key (needed with LAYER_WEIGHTS)."""
-    return evaluate_proxy(TREE, layers, counts, OPERATORS, names, LAYER_WEIGHTS, LAYER_WEIGHT_DEFAULT)
+    """{formula_doc}"""
+    with torch.no_grad():
+{body}
+    return float({result}[0])
 
 
 def primitives(model, inputs, targets, bit_config=None, *, seed=SEED, with_names=False):
-    """(per layer {{primitive: tensor}} for PRIMITIVES, per layer weight count[, position keys]), forward order."""
-    if NEEDS_BITS and bit_config is None:
-        raise ValueError("this proxy scores a bit configuration: pass bit_config (weight bits per Conv2d/Linear "
-                         "in forward order, or a dict layer name -> bits)")
-    validate_bit_values(bit_config if NEEDS_BITS else None)
-    with fixed_threads(THREADS):
+    """(per layer {{primitive name: tensor}}, per layer weight count[, position keys]), in forward order."""
+{bits_check}    with fixed_threads(THREADS):
         candidates = layer_candidates(model)
         x, y = prepare_batch(model, inputs, targets)
-        layers, captures, _ = run_passes(model, candidates, x, y, PASSES, HUTCHINSON_PROBES, int(seed), NOISE_STD,
-                                         CHANNELS_LAST)
-        bits = bits_per_layer(bit_config if NEEDS_BITS else None, [l.name for l in layers])
-        values = [{{name: owned(compute(ctx, fn, pass_, captures)) for name, (pass_, fn) in PRIMITIVES.items()}}
-                  for ctx in layer_contexts(model, layers, bits, QUANTIZER)]
+        run = PassRun(model, candidates, x, y, PASSES, HUTCHINSON_PROBES, int(seed), NOISE_STD, CHANNELS_LAST)
+        layers, captures, _ = run_steps(run, [{steps}])
+        contexts = layer_contexts(model, layers, {bits}, {quantizer})
+        values = [{{{prims}}} for ctx in contexts]
         counts = [math.prod(l.module.weight.shape) for l in layers]
-        return (values, counts, [layer_position(l.name, l.module.weight.shape) for l in layers]) if with_names else (values, counts)
+    if with_names:
+        return values, counts, [layer_position(l.name, l.module.weight.shape) for l in layers]
+    return values, counts'''
+BITS_CHECK = '''    if bit_config is None:
+        raise ValueError("this proxy scores a bit configuration: pass bit_config (weight bits per Conv2d/Linear "
+                         "in forward order, or a dict layer name -> bits)")
+    validate_bit_values(bit_config)
 '''
+
+
+def _settings(proxy: Proxy, passes: dict) -> list[str]:
+    sets = ", ".join(f'"{p}": ' + ("{" + ", ".join(f'"{n}"' for n in sorted(needs)) + "}" if needs else "set()")
+                     for p, needs in passes.items())
+    out = [f"ORIENTATION = {proxy.orientation}",
+           "SEED = 0  # seeds the noise / perturbation / Hutchinson generators (the evaluator's PROXY_SEED)",
+           "THREADS = 1  # torch intra-op threads while computing (results depend on it at float32 rounding)",
+           "CHANNELS_LAST = True  # input passes on channels_last inputs (primitives.extract's default)",
+           f"NOISE_STD = {float(proxy.primitives.get('noise_std', 0.01))!r}",
+           f"HUTCHINSON_PROBES = {int(proxy.primitives.get('hutchinson_probes', 0))}",
+           f"PASSES = {{{sets}}}  # pass -> what it records"]
+    weights = proxy.layer_weights
+    if weights:
+        out += ["# evoproxy calibrate: layer position (layer_position) -> weight of its term in the root's sum",
+                _packed("LAYER_WEIGHTS = {", [f"{k!r}: {v!r}" for k, v in weights["weights"].items()], "}"),
+                f"LAYER_WEIGHT_DEFAULT = {float(weights.get('default', 1.0))!r}"]
+    return out
+
+
+def _packed(start: str, items: list[str], end: str, indent: str = "    ", width: int = 120) -> str:
+    """``start``, ``items`` joined by ", " (as many per line as fit in ``width``, continuation lines indented), ``end``."""
+    lines, first = [start], True
+    for item in items:
+        if not first and len(lines[-1]) + len(item) + 2 > width:
+            lines[-1] += ","
+            lines.append(indent)
+        elif not first:
+            lines[-1] += ", "
+        lines[-1] += item
+        first = False
+    return "\n".join(lines) + end
+
+
+def _proxy_code(proxy: Proxy, names: list[str], needs_bits: bool, outside: dict) -> str:
+    """The generated module's own part: settings, ``score``, ``formula`` and ``primitives``."""
+    tree = proxy.tree.to_json()
+    passes = pass_needs(names) or {DATA: set()}  # no pass needed: one no-grad forward finds the layers
+    refs = {n: function_ref(OPS[n].fn, f"operator {n!r}", outside) for n in _operator_names(tree)}
+    weighted = bool(proxy.layer_weights)
+    body, result = formula_lines(tree, refs, LAYER_TERMS[OPS[tree[0]].fn].__name__ if weighted else None)
+    prims = ",\n                   ".join(
+        f'"{n}": owned(compute(ctx, {function_ref(REGISTRY[n].fn, f"primitive {n!r}", outside)}, '
+        f'"{REGISTRY[n].pass_}", captures))' for n in names)
+    formula_doc = textwrap.fill(
+        f"{render(tree)} (before the orientation) on one network: ``layers`` one dict {{primitive name: tensor}} per "
+        "layer, ``counts`` each layer's weight count"
+        + (", ``names`` each layer's position key (layer_position)." if weighted else "."), 110,
+        initial_indent='    """', subsequent_indent="    ")[7:]
+    return TEMPLATE.format(
+        settings="\n".join(_settings(proxy, passes)), what="bit configuration" if needs_bits else "network",
+        formula_doc=formula_doc, body="\n".join(body), result=result, bits_check=BITS_CHECK if needs_bits else "",
+        steps=", ".join(step.__name__ for step in pass_steps(passes)), prims=prims,
+        bits="bits_per_layer(bit_config, [l.name for l in layers])" if needs_bits else "[None] * len(layers)",
+        quantizer="quantize_weight" if needs_bits else None)
 
 
 def export_source(proxy: Proxy, module_name: str = "proxy") -> str:
     """The source of a standalone module scoring ``proxy`` (see the module docstring)."""
     _check_exportable(proxy)
-    tree = proxy.tree.to_json()
     names = [n for n in REGISTRY if n in proxy.tree.terminals()]
     needs_bits = any(REGISTRY[n].pass_ == QUANT for n in names)
-    passes = {p: sorted(needs) for p, needs in pass_needs(names).items()}
-    outside: dict = {}
-    prims = {n: (REGISTRY[n].pass_, _function_ref(REGISTRY[n].fn, f"primitive {n!r}", outside)) for n in names}
-    ops = {n: _function_ref(OPS[n].fn, f"operator {n!r}", outside) for n in _operator_names(tree)}
-    probes = int(proxy.primitives.get("hutchinson_probes", 0))
-    noise = float(proxy.primitives.get("noise_std", 0.01))
-    settings = ["seed 0", "one torch thread", "channels_last inputs for the input passes"]
-    if any(p in passes for p in INPUT_PASSES[1:]):
-        settings.append(f"noise_std {noise}")
-    if HESSIAN in passes:
-        settings.append(f"{probes} Hutchinson probes")
-    header = [
-        f"TREE = {json.dumps(tree, ensure_ascii=False)}  # evoproxy.proxy/1 form",
-        f"ORIENTATION = {proxy.orientation}",
-        "SEED = 0  # seeds the noise / perturbation / Hutchinson generators (the evaluator's PROXY_SEED)",
-        "THREADS = 1  # torch intra-op threads while computing (results depend on it at float32 rounding)",
-        "CHANNELS_LAST = True  # input passes on channels_last inputs (primitives.extract's default)",
-        f"NOISE_STD = {noise!r}",
-        f"HUTCHINSON_PROBES = {probes}",
-        f"PASSES = {json.dumps(passes)}  # pass -> what it records",
-        f"NEEDS_BITS = {needs_bits}",
-        f"QUANTIZER = {'quantize_weight' if needs_bits else None}  # the PTQ weight quantizer (MQ proxies)",
-        "PRIMITIVES = {" + ", ".join(f'"{n}": ("{p}", {f})' for n, (p, f) in prims.items()) + "}",
-        "OPERATORS = {" + ", ".join(f'"{n}": {f}' for n, f in ops.items()) + "}",
-        f"LAYER_WEIGHTS = {(proxy.layer_weights or {}).get('weights')!r}  # evoproxy calibrate: "
-        "{layer name: weight} of the root's per-layer terms",
-        f"LAYER_WEIGHT_DEFAULT = {float((proxy.layer_weights or {}).get('default', 1.0))!r}",
-    ]
-    template = "\n".join(header) + TEMPLATE.format(what="bit configuration" if needs_bits else "network")
-    roots = {n.id for n in ast.walk(ast.parse(template)) if isinstance(n, ast.Name)}
-    imports, code = _prune(_kernel_statements(), roots.union(*(uses for _, _, uses, _ in outside.values())))
+    outside: dict = {}  # functions defined outside KERNELS: name -> (fn, source, kernel names used, extra lines)
+    own = _proxy_code(proxy, names, needs_bits, outside)
+    imports, code = pick(names_used(own).union(*(uses for _, _, uses, _ in outside.values())))
     imports += [line for _, _, _, lines in outside.values() for line in lines]
-    doc = _docstring(proxy, module_name, names, needs_bits, settings).replace("\\", "\\\\").replace('"""', "'''")
+    doc = _docstring(proxy, module_name, names, needs_bits).replace("\\", "\\\\").replace('"""', "'''")
     # no ``from __future__ import annotations``: real annotations keep the dataclasses independent of sys.modules
-    parts = ['"""' + doc + '"""', "\n".join(dict.fromkeys(imports)), *code, *(body for _, body, _, _ in outside.values())]
-    parts.append("# " + "-" * 86 + " the proxy\n" + template.strip("\n"))
+    parts = ['"""' + doc + '"""', "\n".join(dict.fromkeys(imports)), own, "\n".join(code)]
+    parts += [body for _, body, _, _ in outside.values()]
     return "\n\n\n".join(parts) + "\n"
 
 

@@ -1,5 +1,5 @@
 """The numeric kernels of the proxy language: one pure function per operator, with its guards, each taking
-a batch of items at once, and the evaluator that exported proxy modules run on a batch of one.
+a batch of items at once, and a tree's value on one network (a batch of one).
 
 Tensor operators take and return ``[items, *shape]`` float32 tensors (an item is one layer's tensor; every
 item of a batch has one shape); reductions return ``[items]`` float64, computed in float64 from the float32
@@ -8,8 +8,8 @@ float64 (0 past a sample's last layer), ``mask`` ``[samples, layers]`` bool (a p
 sample's layers) and the weight ``counts`` ``[samples, layers]`` float64 to ``[samples]``. Shape errors are
 :class:`OpError`, raised for the whole batch (they depend on the items' shape only).
 
-Torch, math and the standard library only: ``evoproxy export`` copies this module's source into
-standalone proxy modules, and :mod:`evoproxy.ops` (the registry: kinds, types, rendering,
+Torch, math and the standard library only: ``evoproxy export`` copies the functions a proxy uses from
+this module's source into its standalone module, and :mod:`evoproxy.ops` (the registry: kinds, types, rendering,
 commutativity, sampling weights) points at these functions, so the search's stacked evaluator
 (:mod:`evoproxy.vectorised`), the library and exported proxies compute with the same code. See
 :mod:`evoproxy.ops` for the types and the numerical guards.
@@ -380,7 +380,26 @@ def s_div(a, b):
 # node's level: at the root (net) an operator of one argument aggregates over layers and one of two combines net
 # scalars; below an aggregation (layer) one argument is a reduction of a tensor and two combine layer scalars;
 # below a reduction everything is a tensor operator. One network is a batch of one: each layer's tensors go
-# through the operators as [1, *shape] (the search's evaluator, evoproxy.vectorised, batches many).
+# through the operators as [1, *shape] (the search's evaluator, evoproxy.vectorised, batches many; an exported
+# proxy module states its tree as straight-line code over ``terminal`` and ``layer_row``).
+
+def terminal(layer, name, layer_name="?"):
+    """[1, *shape] float32: primitive ``name`` of one layer ({primitive name: tensor}) as a batch of one."""
+    try:
+        t = layer[name]
+    except KeyError:
+        raise OpError("missing", f"primitive {name!r} not extracted for layer {layer_name}") from None
+    return (t if t.dtype == torch.float32 else t.float())[None]
+
+
+def layer_row(values, counts):
+    """The aggregations' arguments for one network from its layer values (``values``: [1] float64 per layer, forward
+    order) and weight counts: (values [1, layers] float64, mask [1, layers] (all true), counts [1, layers] float64)."""
+    if not values:
+        raise OpError("shape", "network without Conv2d/Linear layers")
+    c = torch.tensor([[float(n) for n in counts]], dtype=torch.float64)
+    return torch.cat(values).to(torch.float64)[None], torch.ones(1, len(values), dtype=torch.bool), c
+
 
 def evaluate_tree(tree, layers, counts, functions, layer_names=None) -> float:
     """The value of ``tree`` on one network.
@@ -400,14 +419,9 @@ def _net(tree, layers, counts, functions, layer_names):
 
 
 def layer_matrix(tree, layers, counts, functions, layer_names=None):
-    """(values [1, layers] float64 of the layer-level ``tree`` on each layer, mask, counts [1, layers] float64):
-    the aggregations' arguments for one network."""
-    if not layers:
-        raise OpError("shape", "network without Conv2d/Linear layers")
+    """:func:`layer_row` of the layer-level ``tree`` on each layer of one network."""
     names = layer_names if layer_names is not None else [str(i) for i in range(len(layers))]
-    values = torch.cat([layer_value(tree, layer, functions, name) for layer, name in zip(layers, names)])
-    c = torch.tensor([[float(n) for n in counts]], dtype=torch.float64)
-    return values.to(torch.float64)[None], torch.ones(1, len(layers), dtype=torch.bool), c
+    return layer_row([layer_value(tree, layer, functions, name) for layer, name in zip(layers, names)], counts)
 
 
 def layer_value(tree, layer, functions, layer_name="?"):
@@ -421,11 +435,7 @@ def layer_value(tree, layer, functions, layer_name="?"):
 def tensor_value(tree, layer, functions, layer_name="?"):
     """[1, *shape] float32: the tensor-level ``tree`` on one layer."""
     if isinstance(tree, str):
-        try:
-            t = layer[tree]
-        except KeyError:
-            raise OpError("missing", f"primitive {tree!r} not extracted for layer {layer_name}") from None
-        return (t if t.dtype == torch.float32 else t.float())[None]
+        return terminal(layer, tree, layer_name)
     return functions[tree[0]](*(tensor_value(c, layer, functions, layer_name) for c in tree[1:]))
 
 
@@ -441,23 +451,23 @@ def layer_position(name, weight_shape) -> str:
     return f"{name}:{'x'.join(str(int(d)) for d in weight_shape)}"
 
 
-def _terms_sum(values, mask, counts):
+def terms_sum(values, mask, counts):
     return torch.where(mask, values, 0.0)
 
 
-def _terms_mean(values, mask, counts):
+def terms_mean(values, mask, counts):
     return torch.where(mask, values, 0.0) / mask.sum(dim=1, keepdim=True)
 
 
-def _terms_meanlog(values, mask, counts):
+def terms_meanlog(values, mask, counts):
     return torch.where(mask, values.abs().clamp_min(LOG_FLOOR).log(), 0.0) / mask.sum(dim=1, keepdim=True)
 
 
-def _terms_pweighted(values, mask, counts):
+def terms_pweighted(values, mask, counts):
     return torch.where(mask, values * counts, 0.0) / masked_sum(counts, mask)[:, None]
 
 
-LAYER_TERMS = {agg_sum: _terms_sum, agg_mean: _terms_mean, agg_meanlog: _terms_meanlog, agg_pweighted: _terms_pweighted}
+LAYER_TERMS = {agg_sum: terms_sum, agg_mean: terms_mean, agg_meanlog: terms_meanlog, agg_pweighted: terms_pweighted}
 
 
 def terms_of(tree, functions):
@@ -468,27 +478,11 @@ def terms_of(tree, functions):
     return terms
 
 
-def layer_terms(tree, layers, counts, functions, layer_names=None) -> list:
-    """The per-layer terms t_l of ``tree`` (root: an aggregation over layers) on one network, whose sum is the
-    tree's value up to float rounding. Raises :class:`OpError` ("structure") for another root."""
-    terms = terms_of(tree, functions)
-    with torch.no_grad():
-        return terms(*layer_matrix(tree[1], layers, counts, functions, layer_names))[0].tolist()
+def position_weights(weights, keys, default=1.0):
+    """[len(keys)] float64: the weight of each layer position key (``default`` for a key without one)."""
+    return torch.tensor([float(weights.get(k, default)) for k in keys], dtype=torch.float64)
 
 
 def weighted_sum(terms, mask, weights):
     """[samples]: sum_l w_l t_l (numpy's rounding) of ``terms`` and ``weights`` [samples, layers] float64."""
     return masked_sum(weights * terms, mask)
-
-
-def evaluate_proxy(tree, layers, counts, functions, layer_names=None, weights=None, default=1.0) -> float:
-    """:func:`evaluate_tree`, or with ``weights`` ({layer position: weight}) the weighted sum of the root's
-    per-layer terms, sum_l w_l t_l (``default`` for a position without a weight); ``layer_names`` are then the
-    layers' :func:`layer_position` keys."""
-    if weights is None:
-        return evaluate_tree(tree, layers, counts, functions, layer_names)
-    terms = terms_of(tree, functions)
-    w = torch.tensor([[float(weights.get(name, default)) for name in layer_names]], dtype=torch.float64)
-    with torch.no_grad():
-        values, mask, c = layer_matrix(tree[1], layers, counts, functions, layer_names)
-        return float(weighted_sum(terms(values, mask, c), mask, w)[0])

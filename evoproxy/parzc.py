@@ -10,7 +10,7 @@ how to weigh them with a Mixer Architecture with Bayesian Network (MABN), traine
 reading, written from the paper's description (not its code):
 
 * **node-wise statistics**: for each item a matrix layer position x hand-made proxy whose entry is the
-  proxy's per-layer term (:func:`evoproxy.opkernels.layer_terms` of the proxy file's tree, times its
+  proxy's per-layer term (:func:`evoproxy.vectorised.layer_terms` of the proxy file's tree, times its
   orientation; layer positions as in :mod:`evoproxy.calibrate`). Default proxies: ``snip``, ``grad_norm``,
   ``fisher``, ``l2_norm``, ``params`` (the registered hand-made NAS proxies whose tree is a sum over layers);
   on MQ tables also ``bit_sum``, ``model_size`` and ``hawq_v2`` (the snip-like terms do not depend on the

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from evoproxy.islands import write_island_log
-from evoproxy.tree import Proxy
+from evoproxy.tree import Proxy, render
 from mqbench.fileio import atomic_write_text
 
 
@@ -71,3 +71,30 @@ def proxy_of(search, ind) -> Proxy:
             **({"validation_items": len(search.val_ids), "validation_fitness": _finite(search.val_memo.get(ind.key))}
                if search.validation is not None else {})}
     return Proxy(ind.tree, ind.orientation, prims, info)
+
+
+def log_row(search, generation: int, counts: dict, seconds: float) -> dict:
+    """One row of log.csv for ``generation`` of ``search``."""
+    from evoproxy.screening import LOG_REASONS
+    from evoproxy.selection import mean_pairwise_distance
+
+    c = search.config
+    fit = np.array([i.fitness for i in search.population])
+    best = max(search.population, key=lambda i: i.fitness)
+    n = max(counts["evaluated"], 1)
+    return {"generation": generation, "evaluated": counts["evaluated"], "valid": counts["valid"],
+            "valid_rate": round(counts["valid"] / n, 6), "cache_hits": counts["cache_hits"],
+            "equivalent_hits": counts["equivalent_hits"],
+            **{f"rejected_{r}": round(counts.get(f"rejected_{r}", 0) / n, 6) for r in LOG_REASONS},
+            "best_fitness": round(float(fit.max()), 6), "median_fitness": round(float(np.median(fit)), 6),
+            "unique_formulas": len({i.key for i in search.population}),
+            "mean_pairwise_distance": round(mean_pairwise_distance([i.scores for i in search.population]), 6),
+            "best_formula": render(best.tree), "seconds": round(seconds, 3),
+            **(fidelity_columns(counts) if c.multi_fidelity and c.screening else {})}
+
+
+def fidelity_columns(counts: dict) -> dict:
+    """log.csv columns of a multi-fidelity run: children decided on a prefix of the samples (rejected early),
+    scored on every sample, and of those, the ones below the entry threshold (they do not enter)."""
+    return {"early_rejected": counts["early_rejected"], "full_fidelity": counts["full_fidelity"],
+            "below_population": counts["below_population"]}

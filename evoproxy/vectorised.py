@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from evoproxy.opkernels import OpError, layer_position, terms_of, weighted_sum
+from evoproxy.opkernels import OpError, layer_position, position_weights, terms_of, weighted_sum
 from evoproxy.ops import OPS
 
 
@@ -284,7 +284,7 @@ def evaluate(tree, st: Stacked, start: int, stop: int, probe: bool | None = None
         terms = terms_of(tree, {tree[0]: _fn(tree[0])} if isinstance(tree, list) else {})
         w = torch.zeros(stop - start, st.counts.shape[1], dtype=torch.float64)
         for row, keys in enumerate(st.positions[start:stop]):
-            w[row, :len(keys)] = torch.tensor([float(weights.get(k, default)) for k in keys], dtype=torch.float64)
+            w[row, :len(keys)] = position_weights(weights, keys, default)
 
         def aggregate(values, mask, counts):
             return weighted_sum(terms(values, mask, counts), mask, w[:len(values)])

@@ -2,20 +2,26 @@
 ``torch.autograd.grad`` per pass, and the Hessian estimators (joint Hutchinson diagonal, per-layer block
 traces, finite differences). See :mod:`primitives.core` for the conventions.
 
-Torch, math and the standard library only (plus :mod:`primitives.kernels`): like that module, its
-source is copied into exported proxy modules, and :mod:`primitives.core` calls it.
+Each pass is a step function (``data_step``, ``noise_step``, ``hessian_step``, ...) on a :class:`PassRun`, the
+network's passes so far; :func:`pass_steps` picks the steps a set of primitives needs and :func:`run_steps` runs
+them, so that an exported proxy module carries only its own passes (no name of an optional step or estimator
+appears in code every proxy reaches).
+
+Torch, math and the standard library only (plus :mod:`primitives.kernels`): like that module, the functions a
+proxy reaches are copied into exported proxy modules, and :mod:`primitives.core` calls it.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from primitives.kernels import (BLOCK_PROBE_TAG, DATA, FD_REL_STEP, HESSIAN, NOISE, PASS_ORDER, VIRTUAL, Capture,
-                                ExtractionError, LayerInfo, derive_seed, generator, spatial_mean)
+from primitives.kernels import (BLOCK_PROBE_TAG, DATA, FD_REL_STEP, HESSIAN, NOISE, PASS_ORDER, PERTURB, VIRTUAL,
+                                Capture, ExtractionError, LayerInfo, derive_seed, generator, spatial_mean)
 from primitives.richkernels import RICH_NEEDS, SIGN_NEEDS, record_signs, rich_data_pass
 
 
@@ -26,91 +32,174 @@ def run_passes(model: nn.Module, candidates: dict, x, y, passes: Mapping, probes
     Returns (layers [LayerInfo] in hook order, {pass: one Capture per layer}, the data pass's loss or
     None). Buffers are restored after every pass and ``requires_grad`` flags at the end."""
     passes = {p: set(n) for p, n in passes.items()} or {DATA: set()}
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    grad_flags = [(m.weight, m.weight.requires_grad) for m in model.modules() if id(m) in candidates]
-    for w, _ in grad_flags:
-        w.requires_grad_(True)
-    layers, captures, loss_data = None, {}, None
+    run = PassRun(model, candidates, x, y, passes, probes, seed, noise_std, channels_last, hessian_method, fd_step)
+    return run_steps(run, pass_steps(passes, hessian_method))
 
-    def run(xp, needs, probes_here, yp=None, sum_logits=False):
-        expected = None if layers is None else [l.module for l in layers]
+
+def pass_steps(passes: Mapping, hessian_method: str = "exact") -> list:
+    """The step functions that run ``passes`` in PASS_ORDER (an exported proxy module carries only these)."""
+    inputs = {DATA: signs_data_step if DATA in passes and passes[DATA] & SIGN_NEEDS else data_step,
+              NOISE: noise_step, PERTURB: perturb_step, VIRTUAL: virtual_step}
+    steps = [inputs[p] for p in PASS_ORDER if p in passes and p in inputs]
+    if DATA in passes and passes[DATA] & RICH_NEEDS:  # ZiCo mini-batches, input Jacobian, graph
+        steps.insert(1, rich_step)
+    if HESSIAN in passes and "hdiag" in passes[HESSIAN]:  # the joint-probe Hessian
+        steps.append(hessian_step if hessian_method == "exact" else fd_hessian_step)
+    if HESSIAN in passes and "hblock" in passes[HESSIAN]:
+        steps.append(block_trace_step)
+    return steps
+
+
+def run_steps(run: "PassRun", steps) -> tuple:
+    """Run the pass ``steps`` with the layers' weights requiring grad (flags restored at the end).
+    Returns (layers, captures, the data pass's loss or None)."""
+    flags = [(m.weight, m.weight.requires_grad) for m in run.model.modules() if id(m) in run.candidates]
+    for w, _ in flags:
+        w.requires_grad_(True)
+    try:
+        for step in steps:
+            step(run)
+    finally:
+        for w, flag in flags:
+            w.requires_grad_(flag)
+    return run.layers, run.captures, run.loss
+
+
+@dataclass
+class PassRun:
+    """The passes of one network: settings, what they recorded so far, and :meth:`run` (one pass)."""
+
+    model: nn.Module
+    candidates: dict
+    x: torch.Tensor
+    y: torch.Tensor
+    passes: Mapping  # pass -> what it must record
+    probes: int = 0
+    seed: int = 0
+    noise_std: float = 0.01
+    channels_last: bool = True
+    hessian_method: str = "exact"
+    fd_step: float | None = FD_REL_STEP
+    layers: list | None = None  # LayerInfo in hook order (the first pass's)
+    captures: dict = field(default_factory=dict)  # pass -> one Capture per layer
+    loss: float | None = None  # the data pass's
+    buffers: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+
+    def restore(self):
+        for b, saved in self.buffers:
+            b.data.copy_(saved)
+
+    def run(self, xp, needs, yp=None, sum_logits=False, hessian=None, on_input=None):
+        """:func:`run_pass` on ``xp`` (re-run in safe mode when needed), buffers restored after it."""
+        expected = None if self.layers is None else [l.module for l in self.layers]
         for safe in (False, True):
             try:
-                result = run_pass(model, candidates, xp, y if yp is None else yp, frozenset(needs), probes_here,
-                                  derive_seed("hutchinson", seed), expected, safe=safe, sum_logits=sum_logits)
+                result = run_pass(self.model, self.candidates, xp, self.y if yp is None else yp, frozenset(needs),
+                                  expected, safe, sum_logits, hessian, on_input)
             finally:
-                for b, saved in buffers:
-                    b.data.copy_(saved)
+                self.restore()
             if result is not None:
                 return result
         raise AssertionError("unreachable")  # safe mode either returns or raises
 
+    def layout(self, xp):
+        """``xp`` in the input passes' memory layout (channels_last for 4-d inputs when asked)."""
+        return xp.contiguous(memory_format=torch.channels_last) if self.channels_last and xp.dim() == 4 else xp
+
+    def record(self, pass_, order, caps, loss=None):
+        if self.layers is None:
+            self.layers = order
+        self.captures[pass_] = caps
+        if pass_ == DATA:
+            self.loss = loss
+
+
+def data_step(run: PassRun):
+    """The data pass: the batch itself."""
+    run.record(DATA, *run.run(run.layout(run.x), run.passes[DATA]))
+
+
+def signs_data_step(run: PassRun):
+    """The data pass, also recording the sign codes of the layers' inputs (act_sign, hamming_kernel)."""
+    run.record(DATA, *run.run(run.layout(run.x), run.passes[DATA], on_input=record_signs))
+
+
+def noise_step(run: PassRun):
+    """The noise pass: N(0, 1) inputs of the batch's shape."""
+    x = run.x
+    xp = torch.randn(x.shape, generator=generator("noise", run.seed), dtype=x.dtype).to(x.device)
+    run.record(NOISE, *run.run(run.layout(xp), run.passes[NOISE]))
+
+
+def perturb_step(run: PassRun):
+    """The perturb pass: the batch plus noise_std * N(0, 1)."""
+    x = run.x
+    xp = x + run.noise_std * torch.randn(x.shape, generator=generator("perturb", run.seed), dtype=x.dtype).to(x.device)
+    run.record(PERTURB, *run.run(run.layout(xp), run.passes[PERTURB]))
+
+
+def virtual_step(run: PassRun):
+    """EMQ's virtual gradient: an all-ones batch of the batch's shape, the sum of the logits as objective."""
+    xp = torch.ones(run.x.shape, dtype=run.x.dtype, device=run.x.device)
+    run.record(VIRTUAL, *run.run(run.layout(xp), run.passes[VIRTUAL], sum_logits=True))
+
+
+def rich_step(run: PassRun):
+    """ZiCo mini-batches, input Jacobian and graph features into the data pass's captures."""
     try:
-        for pass_ in PASS_ORDER:
-            if pass_ not in passes:
-                continue
-            if pass_ in (DATA, HESSIAN):
-                xp = x
-            elif pass_ == VIRTUAL:  # EMQ's virtual gradient: an all-ones batch of the batch's shape
-                xp = torch.ones(x.shape, dtype=x.dtype, device=x.device)
-            elif pass_ == NOISE:
-                xp = torch.randn(x.shape, generator=generator("noise", seed), dtype=x.dtype).to(x.device)
-            else:
-                xp = x + noise_std * torch.randn(x.shape, generator=generator("perturb", seed), dtype=x.dtype).to(x.device)
-            joint = pass_ != HESSIAN or "hdiag" in passes[HESSIAN]  # the joint-probe Hessian (or an input pass)
-            fd = pass_ == HESSIAN and hessian_method != "exact"
-            if channels_last and (pass_ != HESSIAN or fd) and xp.dim() == 4:
-                xp = xp.contiguous(memory_format=torch.channels_last)
-            if not joint:  # only the per-layer block traces: a no-grad forward finds the layers if needed
-                order = layers if layers is not None else run(x, set(), 0)[0]
-                caps, loss = [Capture() for _ in order], None
-            elif fd:
-                base = None
-                if hessian_method == "fd" and DATA in captures and "wgrad" in passes[DATA]:
-                    base = [c.wgrad for c in captures[DATA]]  # same input, layout and weights: reuse g(w)
-                order, caps = fd_hessian(run, xp, probes, derive_seed("hutchinson", seed), hessian_method,
-                                         base, layers, fd_step)
-                loss = None
-            else:
-                order, caps, loss = run(xp, set() if pass_ == HESSIAN else passes[pass_], probes if pass_ == HESSIAN else 0,
-                                        sum_logits=pass_ == VIRTUAL)
-            if pass_ == HESSIAN and "hblock" in passes[HESSIAN]:
-                try:  # exact block Hessian-vector products on the contiguous batch, like the joint estimate
-                    traces = block_hessian_traces(model, [l.module.weight for l in order], x, y, probes,
-                                                  derive_seed(BLOCK_PROBE_TAG, seed))
-                finally:
-                    for b, saved in buffers:
-                        b.data.copy_(saved)
-                for cap, value in zip(caps, traces):
-                    cap.hblock = value
-            if layers is None:
-                layers = order
-            captures[pass_] = caps
-            if pass_ == DATA and passes[DATA] & RICH_NEEDS:  # ZiCo mini-batches, input Jacobian, graph
-                try:
-                    rich_data_pass(run, model, candidates, xp, y, passes[DATA], layers, caps)
-                finally:
-                    for b, saved in buffers:
-                        b.data.copy_(saved)
-            if pass_ == DATA:
-                loss_data = loss
+        rich_data_pass(run.run, run.model, run.candidates, run.layout(run.x), run.y, run.passes[DATA], run.layers,
+                       run.captures[DATA])
     finally:
-        for w, flag in grad_flags:
-            w.requires_grad_(flag)
-    return layers, captures, loss_data
+        run.restore()
 
 
-def run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, probe_seed: int,
-             expected: list | None, safe: bool = False, sum_logits: bool = False):
+def hessian_step(run: PassRun):
+    """The joint Hutchinson diagonal (exact Hessian-vector products) on the contiguous batch."""
+    seed = derive_seed("hutchinson", run.seed)
+    hessian = None if run.probes <= 0 else (lambda g, w, caps: hutchinson_diag(g, w, caps, run.probes, seed))
+    order, caps, _ = run.run(run.x, set(), hessian=hessian)
+    run.record(HESSIAN, order, caps)
+
+
+def fd_hessian_step(run: PassRun):
+    """The joint Hutchinson diagonal from finite differences of weight gradients (channels_last like the input passes)."""
+    base = None
+    if run.hessian_method == "fd" and DATA in run.captures and "wgrad" in run.passes[DATA]:
+        base = [c.wgrad for c in run.captures[DATA]]  # same input, layout and weights: reuse g(w)
+    order, caps = fd_hessian(run.run, run.layout(run.x), run.probes, derive_seed("hutchinson", run.seed),
+                             run.hessian_method, base, run.layers, run.fd_step)
+    run.record(HESSIAN, order, caps)
+
+
+def block_trace_step(run: PassRun):
+    """hessian_block_trace: exact block Hessian-vector products on the contiguous batch, like the joint estimate."""
+    if HESSIAN not in run.captures:  # no joint estimate: a no-grad forward finds the layers if needed
+        order = run.layers if run.layers is not None else run.run(run.x, set())[0]
+        run.record(HESSIAN, order, [Capture() for _ in order])
+    try:
+        traces = block_hessian_traces(run.model, [l.module.weight for l in run.layers], run.x, run.y, run.probes,
+                                      derive_seed(BLOCK_PROBE_TAG, run.seed))
+    finally:
+        run.restore()
+    for cap, value in zip(run.captures[HESSIAN], traces):
+        cap.hblock = value
+
+
+def run_pass(model, candidates: dict, x, y, needs: frozenset, expected: list | None, safe: bool = False,
+             sum_logits: bool = False, hessian=None, on_input=None):
     """One forward (+ backward) of ``model`` on (x, y) with hooks on the Conv2d/Linear modules.
 
     The objective is the mean cross-entropy of the logits, or with ``sum_logits`` the sum of all logits
-    (EMQ's virtual gradient; ``y`` unused).
+    (EMQ's virtual gradient; ``y`` unused). ``hessian(weight grads, weights, captures)``, when given, runs on
+    the weight gradients' graph (:func:`hutchinson_diag`); ``on_input(capture, layer input, kind, needs)``,
+    when given, records from each layer's input in the hook (:func:`record_signs`).
 
     Returns (layers as LayerInfo in hook order, captures, loss), or None when a layer output was
     modified in place later in the forward (re-run with ``safe``, which hands a clone of each layer
-    output to the rest of the model). ``probes`` > 0 also computes the Hutchinson diagonal of the
-    weights' Hessian on the same graph, probes spanning all layers jointly.
+    output to the rest of the model).
     """
     order: list[LayerInfo] = []
     caps: list[Capture] = []
@@ -133,8 +222,8 @@ def run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, probe
             cap.act_in = spatial_mean(inp.detach(), kind).clone()
         if "act_out" in needs:
             cap.act_out = spatial_mean(output.detach(), kind).clone()
-        if needs & SIGN_NEEDS:
-            record_signs(cap, inp, kind, needs)
+        if on_input is not None:
+            on_input(cap, inp, kind, needs)
         if keep_out:
             outs.append(output)
             versions.append(output._version)
@@ -146,7 +235,7 @@ def run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, probe
         return None
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if id(m) in candidates]
-    grad_w = "wgrad" in needs or probes > 0
+    grad_w = "wgrad" in needs or hessian is not None
     grad_o = "ograd" in needs
     try:
         with torch.set_grad_enabled(grad_w or grad_o):
@@ -168,7 +257,8 @@ def run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, probe
     if not (grad_w or grad_o):
         return order, caps, loss_value
     weights = [l.module.weight for l in order] if grad_w else []
-    grads = torch.autograd.grad(loss, weights + (outs if grad_o else []), allow_unused=True, create_graph=probes > 0)
+    grads = torch.autograd.grad(loss, weights + (outs if grad_o else []), allow_unused=True,
+                                create_graph=hessian is not None)
     nw = len(weights)
     for i, cap in enumerate(caps):
         if grad_w and "wgrad" in needs:
@@ -177,22 +267,30 @@ def run_pass(model, candidates: dict, x, y, needs: frozenset, probes: int, probe
         if grad_o:
             g = grads[nw + i]
             cap.ograd = torch.zeros_like(outs[i]).detach() if g is None else g.detach()
-    if probes > 0:
-        gen = torch.Generator().manual_seed(probe_seed)
-        live = [i for i in range(nw) if grads[i] is not None and grads[i].requires_grad]
-        diag = [torch.zeros_like(w, memory_format=torch.contiguous_format).detach() for w in weights]
-        for k in range(probes):
-            zs = [(torch.randint(0, 2, w.shape, generator=gen).to(w.dtype) * 2 - 1).to(w.device) for w in weights]
-            if live:
-                hz = torch.autograd.grad([grads[i] for i in live], weights, grad_outputs=[zs[i] for i in live],
-                                         retain_graph=k < probes - 1, allow_unused=True)
-                for i in range(nw):
-                    if hz[i] is not None:
-                        diag[i].addcmul_(zs[i], hz[i])
-        for i, cap in enumerate(caps):
-            cap.hdiag = diag[i].div_(probes)
+    if hessian is not None:
+        hessian(grads[:nw], weights, caps)
     del grads, loss, logits
     return order, caps, loss_value
+
+
+def hutchinson_diag(grads, weights, caps, probes: int, probe_seed: int) -> None:
+    """Each capture's ``hdiag``: the Hutchinson estimate mean_k z_k * (H z_k) of the diagonal of the loss Hessian
+    w.r.t. ``weights``, Rademacher probes z spanning all layers jointly (one generator seeded with
+    ``probe_seed``), H z by one ``autograd.grad`` of the weight gradients ``grads`` (with their graph) per probe."""
+    nw = len(weights)
+    gen = torch.Generator().manual_seed(probe_seed)
+    live = [i for i in range(nw) if grads[i] is not None and grads[i].requires_grad]
+    diag = [torch.zeros_like(w, memory_format=torch.contiguous_format).detach() for w in weights]
+    for k in range(probes):
+        zs = [(torch.randint(0, 2, w.shape, generator=gen).to(w.dtype) * 2 - 1).to(w.device) for w in weights]
+        if live:
+            hz = torch.autograd.grad([grads[i] for i in live], weights, grad_outputs=[zs[i] for i in live],
+                                     retain_graph=k < probes - 1, allow_unused=True)
+            for i in range(nw):
+                if hz[i] is not None:
+                    diag[i].addcmul_(zs[i], hz[i])
+    for i, cap in enumerate(caps):
+        cap.hdiag = diag[i].div_(probes)
 
 
 def block_hessian_traces(model, weights, x, y, probes: int, probe_seed: int) -> list[float]:
@@ -226,17 +324,17 @@ def block_hessian_traces(model, weights, x, y, probes: int, probe_seed: int) -> 
 def fd_hessian(run, xp, probes: int, probe_seed: int, method: str, base, layers, rel_step: float):
     """Hutchinson diagonal with H z from finite differences of weight gradients (see the docstring).
 
-    ``run(xp, needs, probes)`` is one plain gradient pass (buffers restored after it). ``base`` is
+    ``run(xp, needs)`` is one plain gradient pass (buffers restored after it). ``base`` is
     g(w) from the data pass when it can be reused (forward differences only). Same probes z as the
     exact path; the weights are perturbed in place and restored bit-identically from copies.
     Returns (layers, captures).
     """
     order = layers
     if method == "fd" and base is None:
-        order, caps0, _ = run(xp, {"wgrad"}, 0)
+        order, caps0, _ = run(xp, {"wgrad"})
         base = [c.wgrad for c in caps0]
     elif order is None:
-        order, _, _ = run(xp, set(), 0)  # a no-grad forward, just to find the layers and their order
+        order, _, _ = run(xp, set())  # a no-grad forward, just to find the layers and their order
     weights = [l.module.weight for l in order]
     saved = [w.detach().clone() for w in weights]
     numel = sum(w.numel() for w in saved)
@@ -250,7 +348,7 @@ def fd_hessian(run, xp, probes: int, probe_seed: int, method: str, base, layers,
             for w, s, z in zip(weights, saved, zs):
                 w.copy_(s)
                 w.add_(z, alpha=sign * h)
-        _, caps, _ = run(xp, {"wgrad"}, 0)
+        _, caps, _ = run(xp, {"wgrad"})
         return [c.wgrad for c in caps]
 
     try:

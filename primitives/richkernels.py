@@ -76,7 +76,7 @@ def record_signs(cap: Capture, inp: torch.Tensor, kind: str, needs) -> None:
 
 def rich_data_pass(run, model, candidates: dict, x, y, needs, layers, caps) -> None:
     """Record the ZiCo statistics, the input Jacobian and the graph features into the data pass's
-    captures. ``run(x, needs, probes, y)`` is one plain pass (buffers restored after it); the caller
+    captures. ``run(x, needs, y)`` is one plain pass (buffers restored after it); the caller
     restores buffers after the input pass."""
     if "zico" in needs:
         n = x.shape[0]
@@ -84,7 +84,7 @@ def rich_data_pass(run, model, candidates: dict, x, y, needs, layers, caps) -> N
             raise ExtractionError(f"grad_absmean/grad_std split the batch into {ZICO_SPLITS} mini-batches: "
                                   f"it needs at least {ZICO_SPLITS} samples, got {n}")
         bounds = [(i * n // ZICO_SPLITS, (i + 1) * n // ZICO_SPLITS) for i in range(ZICO_SPLITS)]
-        grads = [[c.wgrad for c in run(x[a:b], {"wgrad"}, 0, y[a:b])[1]] for a, b in bounds]
+        grads = [[c.wgrad for c in run(x[a:b], {"wgrad"}, y[a:b])[1]] for a, b in bounds]
         for li, cap in enumerate(caps):
             g = torch.stack([grads[i][li] for i in range(ZICO_SPLITS)])
             cap.cache["zico"] = (g.abs().mean(dim=0), g.std(dim=0, unbiased=False))

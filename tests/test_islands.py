@@ -171,3 +171,21 @@ def test_time_budget_run_records_its_sizes(search_root, tmp_path):
                                     time_budget=0.5), resume=True)
     assert json.loads((run / "config.json").read_text())["sizing"] == sizing and again.best.formula
     assert math.isfinite(again.best.search["fitness_value"])
+
+
+def test_time_budget_population_is_resized_once_at_the_real_pace(search_root, tmp_path):
+    run = tmp_path / "resized"
+    kw = dict(out=str(run), bench="nb201-cifar10", samples=8, batch=8, seed=3, progress=False, time_budget=120.0,
+              generations=4)
+    result = run_search(SearchConfig(**kw))
+    config = json.loads((run / "config.json").read_text())
+    resized = config["sizing"]["resized"]
+    assert resized["after_generation"] == 2 and resized["trees_per_second"] > 0
+    assert config["population"] == resized["population"] >= MIN_POPULATION
+    assert resized["population"] in POPULATIONS and result.generations_done == 4
+    # generations 3 and 4 have the resized population
+    state = json.loads((run / "checkpoint.json").read_text())
+    assert len(state["population"]) == resized["population"]
+    again = run_search(SearchConfig(**kw), resume=True)  # a resume keeps the resized population, measures nothing
+    assert json.loads((run / "config.json").read_text())["sizing"] == config["sizing"]
+    assert again.best.formula == result.best.formula
