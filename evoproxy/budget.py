@@ -64,6 +64,11 @@ def choose_sizes(rate: float, seconds: float, islands: int, population: int | No
     return population, MAX_GENERATIONS if generations is None else generations
 
 
+def smallest_population(c) -> int:
+    """The least population per island that ``c``'s elites (and, with islands, migrants) leave room in."""
+    return max(c.elites, c.migrants if c.islands > 1 else 0) + 1
+
+
 def next_generation_seconds(log: list) -> float:
     """The predicted time of the next generation: the mean of the last ``PACE_WINDOW`` evolved ones (generation
     0 alone, while it is the only one)."""
@@ -129,7 +134,7 @@ def size_for_budget(search, t_prep: float) -> None:
     left = c.time_budget - (time.perf_counter() - t_prep)
     given = {"population": c.population, "generations": c.generations}
     population, generations = choose_sizes(rate, left, c.islands, c.population, c.generations,
-                                           smallest=max(c.elites, c.migrants if c.islands > 1 else 0) + 1)
+                                           smallest=smallest_population(c))
     search.config = dataclasses.replace(c, population=population, generations=generations)
     search.sizing = sizing_record(rate, CALIBRATION_TREES, seconds, left, population, generations, given)
 
@@ -149,8 +154,7 @@ def resize_for_budget(search) -> bool:
     left = c.time_budget - search.elapsed
     given = sizing.get("given", {}).get("generations")
     remaining = None if given is None else max(given - search.generation - 1, 0)
-    population, _ = choose_sizes(rate, left, c.islands, None, remaining,
-                                 smallest=max(c.elites, c.migrants if c.islands > 1 else 0) + 1)
+    population, _ = choose_sizes(rate, left, c.islands, None, remaining, smallest=smallest_population(c))
     sizing["resized"] = {"after_generation": RESIZE_AFTER, "trees_per_second": round(rate, 3),
                          "seconds_left": round(left, 3), "population": population, "was": c.population}
     changed = population != c.population

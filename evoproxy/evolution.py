@@ -104,11 +104,11 @@ class Search:
             raise ConfigError(f"terminal(s) {', '.join(bad)} not available here (available: {', '.join(available)})")
         self.space = SearchSpace(terminals, c.structure, dict(c.weights), c.max_chain, c.max_depth, c.max_size)
         self.ids, self.val_ids = search_items(bench, c.samples, c.validation, c.seed, c.sampling)
-        if len(self.val_ids) < validation_count(c.samples, c.validation):
+        asked = validation_count(c.samples, c.validation)
+        if len(self.val_ids) < asked:
             print(f"note: the search split has {len(self.val_ids)} items besides the {c.samples} search samples: "
-                  f"{len(self.val_ids) or 'no'} validation items (--validation {c.validation:g} asked for "
-                  f"{validation_count(c.samples, c.validation)}){'' if self.val_ids else '; best.json is the best fitness'}",
-                  file=sys.stderr)
+                  f"{len(self.val_ids) or 'no'} validation items (--validation {c.validation:g} asked for {asked})"
+                  f"{'' if self.val_ids else '; best.json is the best fitness'}", file=sys.stderr)
         self.truth = np.asarray(bench.ground_truth(self.ids), dtype=float)
         self.size = np.asarray(bench.size(self.ids), dtype=float)
         self.recipe = DataRecipe.for_bench(ref, self.ids, self.space.terminals, probes, c.noise_std, c.batch,
@@ -351,18 +351,13 @@ class Search:
                 counts["duplicates_dropped"] = counts.get("duplicates_dropped", 0) + len(trees) - len(fresh)
                 trees = fresh
             self._accept(trees, (yield trees, threshold), children, taken, need, generation, threshold, counts)
-        for ind in ranked[c.elites:]:  # still short: keep the best former members
-            if len(children) >= need:
-                break
-            if not c.diversity or (ind.key not in taken and not self._ranking_taken(ind, taken)):
-                taken.add(ind.key)
-                children.append(ind)
-        for ind in ranked[c.elites:]:  # distinct_rankings left places open: formulas that rank alike fill them
-            if len(children) >= need:
-                break
-            if ind.key not in taken:
-                taken.add(ind.key)
-                children.append(ind)
+        # still short: keep the best former members (distinct rankings first, then formulas that rank alike)
+        for distinct in (True, False):
+            for ind in ranked[c.elites:]:
+                if len(children) < need and (not c.diversity or (
+                        ind.key not in taken and not (distinct and self._ranking_taken(ind, taken)))):
+                    taken.add(ind.key)
+                    children.append(ind)
         return elites + children
 
     def _generation(self, g: int, counts: dict) -> None:

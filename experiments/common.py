@@ -97,6 +97,15 @@ def run_or_resume_search(config) -> None:
     run_search(config, resume=resume)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` / ``"0,2,5-7"`` -> the seeds, in order."""
+    out = []
+    for part in text.split(","):
+        a, _, b = part.strip().partition("-")
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return out
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

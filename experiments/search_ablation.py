@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import dump_json, log, results_dir
+from experiments.common import dump_json, log, parse_seeds, results_dir
 
 BENCHES = {
     "nb201": dict(bench="nb201-cifar10", samples=100, fitness="spearman", time_budget=300.0, validation=0.5,
@@ -86,11 +86,11 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
     for a in range(0, len(ids), CHUNK):
         stats = items_statistics(ref, ids[a:a + CHUNK], recipe.request, jobs=jobs, progress=True,
                                  cache_dir=recipe.cache_dir)
+        st = stack(stats, names=sorted({n for p in proxies for n in p.tree.terminals()}))  # once for every member
         for k, p in enumerate(proxies):
-            st = stack(stats, names=sorted(set(p.tree.terminals())))
             result = evaluate(p.tree.to_json(), st, 0, len(stats))
             scores[k, a:a + len(result.values)] = p.orientation * np.asarray(result.values, dtype=float)
-        del stats
+        del stats, st
     return scores, np.asarray(bench.ground_truth(ids), float), np.asarray(bench.size(ids), float), ids
 
 
@@ -156,14 +156,6 @@ def run_one(short: str, setting: str, seed: int, jobs: int, check: int) -> dict:
     return doc
 
 
-def _seeds(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    return out
-
-
 def report(out: Path) -> None:
     from experiments.search_ablation_report import write_ablation_report
 
@@ -185,7 +177,7 @@ def main(argv=None) -> int:
             for setting in [s for s in args.settings.split(",") if s]:
                 if setting not in SETTINGS:
                     raise SystemExit(f"error: unknown setting {setting!r} (known: {', '.join(SETTINGS)})")
-                for seed in _seeds(args.seeds):
+                for seed in parse_seeds(args.seeds):
                     run_one(short, setting, seed, args.jobs, args.check)
                     args.check = 0  # once is enough
                     report(out)

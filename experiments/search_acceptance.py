@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from experiments.common import dump_json, log, mean_std, results_dir, write_report
+from experiments.common import dump_json, log, mean_std, parse_seeds, results_dir, write_report
 
 BENCHES = {
     "nb201": dict(search="--bench nb201-cifar10 --samples 100 --time-budget 600",
@@ -112,14 +112,6 @@ def report(extra: str) -> None:
     write_report(out, "table", rows, COLUMNS, caption)
 
 
-def _seeds(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.search_acceptance", description=__doc__.splitlines()[0])
     p.add_argument("--benches", default="nb201,mq")
@@ -128,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--extra", default="", help="appended to every search command")
     args = p.parse_args(argv)
     for short in [b for b in args.benches.split(",") if b]:
-        for seed in _seeds(args.seeds):
+        for seed in parse_seeds(args.seeds):
             run_one(short, seed, args.jobs, args.extra)
             report(args.extra)
     report(args.extra)

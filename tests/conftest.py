@@ -144,3 +144,27 @@ def unwritable_folder(tmp_path):
         pytest.skip("no folder this process cannot write in (root without /sys)")
     finally:
         folder.chmod(0o755)
+
+
+@pytest.fixture
+def stop_after_checkpoint(monkeypatch):
+    """``with stop_after_checkpoint(g, exc):`` a search run inside raises ``exc`` right after writing generation
+    ``g``'s checkpoint (a crash at the worst moment for a resume); the search is restored on leaving."""
+    import contextlib
+
+    from evoproxy.evolution import Search
+
+    @contextlib.contextmanager
+    def stop(generation: int, exc: type[BaseException]):
+        original = Search._checkpoint
+
+        def checkpoint_then_stop(search):
+            original(search)
+            if search.generation == generation:
+                raise exc
+
+        with monkeypatch.context() as m:
+            m.setattr(Search, "_checkpoint", checkpoint_then_stop)
+            yield
+
+    return stop

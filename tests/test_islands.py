@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evoproxy.budget import MAX_GENERATIONS, MIN_POPULATION, POPULATIONS, choose_sizes
-from evoproxy.evolution import Search, run_search
+from evoproxy.evolution import run_search
 from evoproxy.fuzz import synthetic_stats
 from evoproxy.islands import Individual, Island, migrate
 from evoproxy.ops import OPS
@@ -38,7 +38,7 @@ class Interrupted(Exception):
 
 
 @pytest.mark.parametrize("fidelity", [False, True])
-def test_islands_equal_for_any_jobs_and_after_an_interruption(search_root, tmp_path, monkeypatch, fidelity):
+def test_islands_equal_for_any_jobs_and_after_an_interruption(search_root, tmp_path, stop_after_checkpoint, fidelity):
     settings = {**TINY, **ISLANDS, **FIDELITY[fidelity]}
     ref = run_search(SearchConfig(out=str(tmp_path / "ref"), jobs=1, **settings))
     want = _outputs(tmp_path / "ref")
@@ -57,17 +57,8 @@ def test_islands_equal_for_any_jobs_and_after_an_interruption(search_root, tmp_p
     run_search(SearchConfig(out=str(tmp_path / "jobs2"), jobs=2, **settings))
     assert _outputs(tmp_path / "jobs2") == want
 
-    original = Search._checkpoint
-
-    def checkpoint_then_stop(self):
-        original(self)
-        if self.generation == 2:
-            raise Interrupted
-
-    monkeypatch.setattr(Search, "_checkpoint", checkpoint_then_stop)
-    with pytest.raises(Interrupted):
+    with stop_after_checkpoint(2, Interrupted), pytest.raises(Interrupted):
         run_search(SearchConfig(out=str(tmp_path / "cut"), jobs=1, **settings))
-    monkeypatch.setattr(Search, "_checkpoint", original)
     assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["generation"] == 2
     run_search(SearchConfig(out=str(tmp_path / "cut"), jobs=1, **settings), resume=True)
     assert _outputs(tmp_path / "cut") == want

@@ -147,23 +147,13 @@ def test_committed_logs_read_rejected_timeout_as_rejected_cost():
             [float(r["rejected_timeout"]) for r in raw]
 
 
-def test_resume_from_a_checkpoint_with_the_old_column_name(search_root, tmp_path, monkeypatch):
+def test_resume_from_a_checkpoint_with_the_old_column_name(search_root, tmp_path, stop_after_checkpoint):
     """A checkpoint written before the rename holds log rows with rejected_timeout: a resumed run writes one
     log.csv whose column is rejected_cost throughout, equal to a run that never stopped."""
-    from evoproxy.evolution import Search
-
     reference, run = tmp_path / "ref", tmp_path / "old"
     assert main(["search", *ARGS, "--out", str(reference)]) == 0
-    original = Search._checkpoint
-
-    def checkpoint_then_stop(search):
-        original(search)
-        if search.generation == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Search, "_checkpoint", checkpoint_then_stop)
-    assert main(["search", *ARGS, "--out", str(run)]) == 130  # interrupted right after generation 1's checkpoint
-    monkeypatch.setattr(Search, "_checkpoint", original)
+    with stop_after_checkpoint(1, KeyboardInterrupt):
+        assert main(["search", *ARGS, "--out", str(run)]) == 130  # interrupted right after generation 1's checkpoint
     state = json.loads((run / "checkpoint.json").read_text())
     assert state["generation"] == 1 and all("rejected_cost" in row for row in state["log"])
     state["log"] = [{("rejected_timeout" if k == "rejected_cost" else k): v for k, v in row.items()}
