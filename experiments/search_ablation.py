@@ -72,7 +72,7 @@ def config_for(short: str, setting: str, seed: int, out: Path, jobs: int):
 def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """(scores [proxy, item], truth, size, ids) of ``proxies`` on the benchmark's holdout sample."""
     from evoproxy.searchdata import DataRecipe
-    from evoproxy.vectorised import evaluate, stack
+    from evoproxy.vectorised import stack, tree_values
     from mqbench.benchmarks import BenchRef
     from primitives.items import items_statistics
 
@@ -88,7 +88,7 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
                                  cache_dir=recipe.cache_dir)
         st = stack(stats, names=sorted({n for p in proxies for n in p.tree.terminals()}))  # once for every member
         for k, p in enumerate(proxies):
-            result = evaluate(p.tree.to_json(), st, 0, len(stats))
+            result = tree_values(p.tree.to_json(), st, 0, len(stats))
             scores[k, a:a + len(result.values)] = p.orientation * np.asarray(result.values, dtype=float)
         del stats, st
     return scores, np.asarray(bench.ground_truth(ids), float), np.asarray(bench.size(ids), float), ids
