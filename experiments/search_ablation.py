@@ -96,11 +96,11 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
 
 def check_against_evaluate(config, proxy, n: int, scores: np.ndarray, jobs: int) -> float:
     """Max relative difference between this experiment's holdout scores and ``evoproxy.evaluate`` on ``n`` items."""
-    from evoproxy.evaluation import evaluate
+    from evoproxy.evaluation import proxy_reports
 
     h = [v for v in BENCHES.values() if v["bench"] == config.bench][0]["holdout"]
     items: dict = {}
-    evaluate(config.bench, [proxy], h["samples"], h["seed"], "holdout", jobs=jobs, items=items, progress=False)
+    proxy_reports(config.bench, [proxy], h["samples"], h["seed"], "holdout", jobs=jobs, items=items, progress=False)
     label = next(iter(items["results"][0]["scores"]))
     ref = np.array([r["scores"][label] for r in items["results"][:n]], dtype=float)
     ours = scores[:n]
