@@ -2,7 +2,9 @@
 evaluation driver (benchmark items) and the allocation driver (bit configurations)."""
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,10 +34,11 @@ def test_one_resolution_and_one_label_rule(tmp_path, monkeypatch):
         return 0.0
 
     plain = parse_proxy(_doc(), "plain")
-    calibrated = parse_proxy(_doc(layer_weights={"key": "layer_position", "weights": {"conv1:16x3x3x3": 2.0}}))
+    calibrated = parse_proxy(_doc(layer_weights={"key": "layer_position", "weights": {"conv1:16x3x3x3": 2.0}}), "cal")
+    unnamed = replace(plain, source=None)
     cases = [("hawq_v2", "baseline", "hawq_v2"), (" snip ", "baseline", "snip"), (str(SNIP), "tree", str(SNIP)),
-             (SNIP, "tree", str(SNIP)), (plain, "tree", "plain"), (calibrated, "calibrated", calibrated.formula),
-             (my_fn, "callable", "my_fn")]
+             (SNIP, "tree", str(SNIP)), (plain, "tree", "plain"), (unnamed, "tree", plain.formula),
+             (calibrated, "calibrated", "cal"), (my_fn, "callable", "my_fn"), (functools.partial(my_fn), "callable", "partial")]
     for obj, kind, label in cases:
         scorer = as_scorer(obj)
         assert (scorer.kind, scorer.label, proxy_label(obj)) == (kind, label, label), obj
@@ -102,7 +105,10 @@ def test_allocation_drives_every_kind_on_bit_configurations(tiny_data_root, tmp_
     from evoproxy.allocation import Allocator
     from evoproxy.allocation.model import load_model
 
-    meta = tiny_mq_meta(tiny_data_root)
+    from mqbench.ptq import PTQSettings
+
+    ptq = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10).as_dict()
+    meta = tiny_mq_meta(tiny_data_root, normalization="imagenet", ptq=ptq)
     table = write_mq_table(tmp_path, meta, [([3] * len(meta["searchable"]), 50.0)])
     info = load_model("resnet8", table, 4)
     n = len(info.searchable)
