@@ -35,12 +35,12 @@ class Validation:
         when the formula fails or is not finite there)."""
         from evoproxy.fitness import fitness_value
         from evoproxy.screening import _CAUGHT
-        from evoproxy.vectorised import evaluate
+        from evoproxy.vectorised import tree_values
         from primitives.core import fixed_threads
 
         try:
             with fixed_threads(1):
-                result = evaluate(individual.tree.to_json(), self.stacked, 0, self.n)
+                result = tree_values(individual.tree.to_json(), self.stacked, 0, self.n)
         except _CAUGHT:
             return -math.inf
         values = individual.orientation * np.asarray(result.values, dtype=float)

@@ -21,7 +21,7 @@ from evoproxy import opkernels
 from evoproxy.errors import ConfigError
 from evoproxy.export import KERNELS, export_file, export_source
 from evoproxy.ops import OPS, register
-from evoproxy.scoring import model_statistics
+from evoproxy.scoring import proxy_statistics
 from primitives.items import QUANT_NAMES
 from evoproxy.tree import ProxyFileError, parse_proxy
 from mqbench.cifar10 import normalize
@@ -92,7 +92,7 @@ def _arch(rng: random.Random) -> str:
 
 def _engine_stats(proxy, model, x, y, bit_configs=None):
     """Primitives as the scoring path computes them (seed 0, one thread)."""
-    return model_statistics(proxy, model, x, y, bit_configs, quantizer=quantize_weight)
+    return proxy_statistics(proxy, model, x, y, bit_configs, quantizer=quantize_weight)
 
 
 def _close(a: float, b: float) -> bool:

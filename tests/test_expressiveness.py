@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evoproxy.baselines import ProxyContext, clear_network_cache, get_proxy
-from evoproxy.scoring import model_statistics
+from evoproxy.scoring import proxy_statistics
 from evoproxy.tree import load_proxy
 from mqbench.cifar10 import normalize
 from mqbench.networks.nb201 import NB201Network
@@ -33,7 +33,7 @@ def _batch(seed=0, n=8):
 
 
 def _plain_stats(proxy, model, x, y):
-    (stats,) = model_statistics(proxy, model, x, y)
+    (stats,) = proxy_statistics(proxy, model, x, y)
     return stats
 
 
@@ -60,7 +60,7 @@ def mq_setup():
 
 def _mq_stats(proxy, model, x, y, configs):
     """As the scoring path does on MQ benchmarks: FP statistics once, quantization ones per configuration."""
-    return model_statistics(proxy, model, x, y, configs, quantizer=quantize_weight)
+    return proxy_statistics(proxy, model, x, y, configs, quantizer=quantize_weight)
 
 
 def _mq_baseline(name, model, x, y, bits):

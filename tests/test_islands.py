@@ -17,7 +17,7 @@ from evoproxy.ops import OPS
 from evoproxy.opkernels import evaluate_tree as evaluate_json
 from evoproxy.screening import CostMeter, op_cost, score_range, tree_cost
 from evoproxy.searchconfig import SearchConfig
-from evoproxy.tree import evaluate_tree, parse_tree
+from evoproxy.tree import parse_tree, tree_value
 
 TINY = dict(bench="nb201-cifar10", samples=8, population=6, generations=3, batch=8, seed=3, progress=False)
 ISLANDS = dict(islands=2, migration_interval=1, migrants=1, restart_after=1)
@@ -99,7 +99,7 @@ def test_cost_bound_rejects_deterministically(stats):
     values = [run(st, functions) for st in stats[:3]]
     assert meter.total == cost > 0
     assert values == [run(st, {n: op.fn for n, op in OPS.items()}) for st in stats[:3]]  # metering: same scores
-    assert values == pytest.approx([evaluate_tree(tree, st) for st in stats[:3]], rel=1e-6)  # = the stacked evaluator
+    assert values == pytest.approx([tree_value(tree, st) for st in stats[:3]], rel=1e-6)  # = the stacked evaluator
     ok = score_range(tree, stats, 0, 3, cost_bound=cost)
     assert ok.reason is None and ok.scores == pytest.approx(values, rel=1e-5)
     over = score_range(tree, stats, 0, 3, cost_bound=cost - 1)
