@@ -83,7 +83,7 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
     from evoproxy.ops import OPS
     from evoproxy.tree import Proxy, load_proxy
     from mqbench.benchmarks import BenchRef
-    from primitives.items import items_statistics
+    from primitives.workspace import Workspace
 
     proxy = load_proxy(proxy) if not isinstance(proxy, Proxy) else proxy
     if OPS[proxy.tree.name].kind != "aggregate":
@@ -95,7 +95,7 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
     b.verify()
     ids = b.sample(samples, seed, "search")
     truth = [float(v) for v in b.ground_truth(ids)]
-    stats = items_statistics(ref, ids, proxy.statistics_request(batch), progress=progress)
+    stats = Workspace(ref, b).statistics(ids, proxy.statistics_request(batch), progress=progress)
     out = calibrate_on(proxy, stats, truth, weight_decay=weight_decay, temperature=temperature, steps=steps)
     out.layer_weights["fit"].update({"bench": bench, "split": "search", "samples": len(ids), "seed": seed,
                                      "batch": batch})

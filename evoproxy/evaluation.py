@@ -73,6 +73,7 @@ def proxy_reports(bench: str, proxies, samples: int | None = 100, seed: int = 0,
     from evoproxy.scoring import check_compatible, resolve_scorers, score_items
     from mqbench.benchmarks import BenchRef
     from mqbench.dataroot import portable_path
+    from primitives.workspace import Workspace
 
     from mqbench.devices import resolve_device
 
@@ -90,7 +91,7 @@ def proxy_reports(bench: str, proxies, samples: int | None = 100, seed: int = 0,
     size = np.asarray(b.size(ids), dtype=float)
     labels = [sc.label for sc in scorers]
     desc = labels[0] if len(labels) == 1 else f"{len(labels)} proxies"
-    results = score_items(ref, ids, scorers, batch, jobs=jobs, progress=progress, desc=desc, device=device)
+    results = score_items(Workspace(ref, b), ids, scorers, batch, jobs=jobs, progress=progress, desc=desc, device=device)
     check_not_all_failed(results, labels)
     settings = {"bench": bench, "split": split, "seed": seed, "samples": len(ids), "batch": batch,
                 "gt_column": b.gt_column, "table": portable_path(b.source)}

@@ -343,7 +343,7 @@ def parzc(bench: str, samples: int = 100, seed: int = 0, proxies=None, *, batch:
     or Proxy objects of the node-wise statistics (default: :data:`NAS_PROXIES`, on MQ tables :data:`MQ_PROXIES`)."""
     from evoproxy.tree import Proxy, load_proxy
     from mqbench.benchmarks import BenchRef
-    from primitives.items import items_statistics
+    from primitives.workspace import Workspace
 
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ConfigError(f"--samples must be an integer >= 2, got {samples!r}")
@@ -356,7 +356,7 @@ def parzc(bench: str, samples: int = 100, seed: int = 0, proxies=None, *, batch:
                    (p if isinstance(p, Proxy) else load_proxy(p)) for i, p in enumerate(proxies)}
     ids = b.sample(samples, seed, "search")
     truth = [float(v) for v in b.ground_truth(ids)]
-    rows = item_rows(proxies, items_statistics(ref, ids, union_request(proxies.values(), batch), progress=progress))
+    rows = item_rows(proxies, Workspace(ref, b).statistics(ids, union_request(proxies.values(), batch), progress=progress))
     kept = [(r, y) for r, y in zip(rows, truth) if r is not None]
     model = fit_parzc([r for r, _ in kept], [y for _, y in kept], proxies, seed=seed, **fit_options)
     model.fit.update({"bench": bench, "split": "search", "samples": len(ids), "failed": len(ids) - len(kept), "batch": batch})

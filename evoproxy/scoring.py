@@ -1,7 +1,7 @@
 """The Scorer: one description of a proxy, and the evaluation driver over benchmark items.
 
     scorers = resolve_scorers(["snip", "runs/a/best.json", my_proxy, my_callable])
-    results = score_items(ref, ids, scorers, batch=64, jobs=2)   # one {"id","scores","errors","seconds"} per id
+    results = score_items(Workspace(ref, bench), ids, scorers, batch=64, jobs=2)   # one {"id","scores","errors","seconds"} per id
 
 A user's proxy is any of (:func:`as_scorer` turns it into a :class:`Scorer`, named by :func:`proxy_label`):
 
@@ -18,10 +18,11 @@ its value on that. Drivers only build what the kind reads and ask the Scorer for
 over benchmark items (here), :func:`evoproxy.allocation.scoring.config_scorer` over the bit configurations of
 one model.
 
-Every proxy gets its statistics from :mod:`primitives.items` (network statistics once per network,
-disk-cached; quantization statistics per bit configuration), so scoring the same items again
+Every proxy gets its statistics from the benchmark's :class:`primitives.workspace.Workspace` (network
+statistics once per network, disk-cached; quantization statistics per bit configuration), so scoring the same items again
 recomputes nothing, and all proxies of a run share one extraction per item. Each item is scored in a
-worker (joblib processes when ``jobs`` > 1) on one torch thread, so scores do not depend on ``jobs``.
+worker (joblib processes when ``jobs`` > 1, each with its own workspace built once) on one torch thread, so scores
+do not depend on ``jobs``.
 An exception or a NaN/inf score marks that (item, proxy) as failed with its reason; it never stops
 the run. Per-item seconds: building the network (when a proxy needs it) plus the proxy's own time plus
 an equal share of the item's statistics among the proxies that used them.
@@ -36,7 +37,7 @@ from typing import Callable
 
 from mqbench.devices import device_tag, resolve_device
 from mqbench.errors import ConfigError
-from primitives.items import PROXY_SEED, QUANT_NAMES, StatsRequest, batch_for, item_statistics, uses_hessian
+from primitives.items import PROXY_SEED, QUANT_NAMES, StatsRequest, uses_hessian
 
 
 STATISTICS, CONTEXT = "statistics", "context"  # what a kind of Scorer reads: NetworkStats or a ProxyContext
@@ -207,15 +208,15 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
-def score_item(ref, item, scorers: list[Scorer], batch: int = 64, seed: int = PROXY_SEED, progress: bool = False,
+def score_item(workspace, item, scorers: list[Scorer], batch: int = 64, seed: int = PROXY_SEED, progress: bool = False,
                device=None) -> dict:
-    """Every scorer on one benchmark item: {"id", "scores", "errors", "seconds"}; ``progress`` shows a bar
+    """Every scorer on one item of ``workspace``'s benchmark (a :class:`primitives.workspace.Workspace`):
+    {"id", "scores", "errors", "seconds"}; ``progress`` shows a bar
     over the scorers and inside long per-network computations (the network phase of :func:`score_items`).
     ``device`` (cpu | cuda | auto; None: cpu): where statistics are extracted and where baselines and
     callables get the network and the batch. Each scorer's value is asked of its kind (:meth:`Scorer.bind`) on
     what it reads: the item's statistics or a ProxyContext of the item's network."""
     from evoproxy.baselines import ProxyContext
-    from mqbench.benchmarks import load_bench
     from primitives.core import fixed_threads
 
     on = resolve_device(device)
@@ -229,8 +230,8 @@ def score_item(ref, item, scorers: list[Scorer], batch: int = 64, seed: int = PR
 
     with fixed_threads(1):
         try:
-            bench = load_bench(ref)
-            inputs, targets = batch_for(bench, batch)
+            bench = workspace.bench
+            inputs, targets = workspace.batch(batch)
         except Exception as exc:  # the benchmark itself is unusable: every proxy fails on this item
             for s in scorers:
                 result["scores"][s.label], result["errors"][s.label], result["seconds"][s.label] = math.nan, f"build failed: {reason(exc)}", 0.0
@@ -239,7 +240,7 @@ def score_item(ref, item, scorers: list[Scorer], batch: int = 64, seed: int = PR
         def stats(names, hutchinson_probes=0, noise_std=noise):
             t0 = time.perf_counter()
             wanted = set(names) | {n for n in prefetch if not uses_hessian([n]) or hutchinson_probes}
-            st = item_statistics(ref, item, StatsRequest.of(wanted, hutchinson_probes, noise_std, batch, device))
+            st = workspace.item_statistics(item, StatsRequest.of(wanted, hutchinson_probes, noise_std, batch, device))
             spent["stats"] += time.perf_counter() - t0
             return st
 
@@ -254,7 +255,8 @@ def score_item(ref, item, scorers: list[Scorer], batch: int = 64, seed: int = PR
                     network_key = f"{network_key}@{device_tag(on)}"
                 ctx_box.append(ProxyContext(model, x, y, bit_config=bench.bit_config(item), seed=seed,
                                             quantizer=bench.quantizer, model_key=network_key,
-                                            act_bits=bench.act_bits, stats_source=stats, progress=progress))
+                                            act_bits=bench.act_bits, stats_source=stats, progress=progress,
+                                            network_store=workspace))
                 spent["build"] += time.perf_counter() - t0
             return ctx_box[0]
 
@@ -298,22 +300,22 @@ def _bar(items, desc: str, show: bool):
     return labelled()
 
 
-def score_items(ref, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int = 1, progress: bool = True,
+def score_items(workspace, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int = 1, progress: bool = True,
                 desc: str = "proxies", device=None) -> list[dict]:
-    """:func:`score_item` for every id, in order (joblib processes when ``jobs`` > 1), with a progress bar.
+    """:func:`score_item` for every id of ``workspace``'s benchmark, in order (worker processes when ``jobs`` > 1,
+    each with its own workspace, :meth:`primitives.workspace.Workspace.setup`), with a progress bar.
 
     Items that share a network (the configurations of one MQ table) first go through a *network phase*:
     the first item of each shared network is scored in this process with its own progress bars, so the
     per-network work (network statistics, Hessian eigenvalues and traces, ...) is done once, visibly,
     and cached on disk for the workers; then the remaining items are scored."""
-    from mqbench.benchmarks import load_bench
     from mqbench.parallel import map_items
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
     device = resolve_device(device)
     ids = list(ids)
-    bench = load_bench(ref)
+    bench = workspace.bench
     by_network: dict = {}
     for i, item in enumerate(ids):
         by_network.setdefault(bench.network_key(item), []).append(i)
@@ -325,10 +327,10 @@ def score_items(ref, ids, scorers: list[Scorer], batch: int = 64, *, jobs: int =
 
             print(f"{desc}: network phase {k}/{len(first)} (work shared by {len(by_network[bench.network_key(ids[pos])])} items)",
                   file=sys.stderr)
-        done[pos] = score_item(ref, ids[pos], scorers, batch, progress=progress, device=device)
+        done[pos] = score_item(workspace, ids[pos], scorers, batch, progress=progress, device=device)
     rest = [i for i in range(len(ids)) if i not in done]
-    scored = map_items(score_item, [ids[i] for i in rest], (ref,), (scorers, batch, PROXY_SEED, False, device),
-                       jobs=jobs, progress=progress, desc=desc)
+    scored = map_items(score_item, [ids[i] for i in rest], (), (scorers, batch, PROXY_SEED, False, device),
+                       jobs=jobs, progress=progress, desc=desc, setup=workspace.setup())
     done.update(zip(rest, scored))
     return [done[i] for i in range(len(ids))]
 

@@ -288,7 +288,6 @@ def tree_values(tree, st: Stacked, start: int, stop: int, probe: bool | None = N
     return Result(values.numpy(), err)
 
 
-evaluate = tree_values  # the name screening.py still imports (to go when it imports tree_values)
 
 
 def layer_terms(tree, st: Stacked, start: int, stop: int) -> Result:

@@ -74,7 +74,7 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
     from evoproxy.searchdata import DataRecipe
     from evoproxy.vectorised import stack, tree_values
     from mqbench.benchmarks import BenchRef
-    from primitives.items import items_statistics
+    from primitives.workspace import Workspace
 
     ref, bench = BenchRef.resolve(config.bench, config.table, config.gt_column, config.checkpoint)
     saved = json.loads((Path(config.out) / "config.json").read_text())
@@ -83,9 +83,10 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
     recipe = DataRecipe.for_bench(ref, ids, saved["terminals_used"], saved["hutchinson_probes_used"], config.noise_std,
                                   config.batch)
     scores = np.full((len(proxies), len(ids)), np.nan)
+    workspace = Workspace(ref, bench)
     for a in range(0, len(ids), CHUNK):
-        stats = items_statistics(ref, ids[a:a + CHUNK], recipe.request, jobs=jobs, progress=True,
-                                 cache_dir=recipe.cache_dir)
+        stats = workspace.statistics(ids[a:a + CHUNK], recipe.request, jobs=jobs, progress=True,
+                                     cache_dir=recipe.cache_dir)
         st = stack(stats, names=sorted({n for p in proxies for n in p.tree.terminals()}))  # once for every member
         for k, p in enumerate(proxies):
             result = tree_values(p.tree.to_json(), st, 0, len(stats))

@@ -146,6 +146,7 @@ def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_r
     from evoproxy.evaluation import proxy_reports
     from evoproxy.scoring import resolve_scorers, score_items
     from mqbench.benchmarks import BenchRef
+    from primitives.workspace import Workspace
 
     def flaky(ctx):
         """flaky = a test proxy: NaN on one architecture, an exception on another."""
@@ -165,8 +166,8 @@ def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_r
 
     ref = BenchRef("nb201-cifar10")
     snip = resolve_scorers(["snip"])
-    one = score_items(ref, [0, 5], snip, 10, jobs=1, progress=False)
-    two = score_items(ref, [0, 5], snip, 10, jobs=2, progress=False)
+    one = score_items(Workspace(ref), [0, 5], snip, 10, jobs=1, progress=False)
+    two = score_items(Workspace(ref), [0, 5], snip, 10, jobs=2, progress=False)
     assert [r["scores"] for r in one] == [r["scores"] for r in two]
 
 
