@@ -292,8 +292,9 @@ def test_export_carries_only_what_the_formula_needs(tmp_path, nas_nets):
     assert {"data_step", "noise_step", "run_pass", "p_act_grad", "op_znorm", "op_softmax", "op_square", "op_div",
             "red_l1", "agg_sum"} <= defined
     for absent in ("perturb_step", "virtual_step", "hessian_step", "hutchinson_diag", "fd_hessian",
-                   "block_hessian_traces", "rich_data_pass", "record_signs", "graph_features", "quantize_weight",
-                   "p_fisher", "op_gram", "red_logdet", "agg_mean", "evaluate_tree"):
+                   "block_hessian_traces", "rich_data_pass", "record_act_in", "record_out", "record_sign",
+                   "graph_features", "quantize_weight", "LayerCtx", "layer_contexts", "layer_position", "p_fisher",
+                   "op_gram", "red_logdet", "agg_mean", "evaluate_tree"):
         assert absent not in defined, absent
     assert unused_definitions(source) == []
     body = source[source.index("def formula("):source.index("def primitives(")]
