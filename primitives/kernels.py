@@ -26,7 +26,7 @@ STATIC, DATA, NOISE, PERTURB, HESSIAN, QUANT = "static", "data", "noise", "pertu
 INPUT_PASSES = (DATA, NOISE, PERTURB)
 # EMQ's virtual gradient: d(sum of logits)/dW on an all-ones input of the batch's shape (no loss, no labels)
 VIRTUAL = "virtual"
-GRAD_PASSES = INPUT_PASSES + (VIRTUAL,)  # passes of one forward + one autograd.grad (Capture fields by needs)
+GRAD_PASSES = INPUT_PASSES + (VIRTUAL,)  # passes of one forward + one autograd.grad (Capture values by needs)
 PASS_ORDER = (DATA, NOISE, PERTURB, VIRTUAL, HESSIAN)
 FD_REL_STEP = 1e-3  # finite-difference step h = FD_REL_STEP * rms of all probed weights
 # seed tag of hessian_block_trace's probes: the hawq_v2 baseline's stream, so that baseline is expressible
