@@ -120,7 +120,7 @@ def with_bit_config(fp: NetworkStats, bits, quant_names, quantizer, quantized: d
             numel = math.prod(layer.weight_shape)
             stub = SimpleNamespace(bias=torch.empty(layer.params - numel))  # what the size formula reads of the module
             ctx = LayerCtx(i, layer.name, layer.kind, stub, layer.tensors["weight"], int(b), quantizer)
-            quantized[key] = {n: REGISTRY[n].fn(ctx, None) for n in quant_names}
+            quantized[key] = {n: REGISTRY[n].fn(ctx) for n in quant_names}
         if quant_names:
             tensors.update(quantized[key])
         layers.append(LayerStats(layer.name, layer.kind, layer.weight_shape, layer.input_shape,
