@@ -82,7 +82,7 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
     of ``bench``'s search split (sample ``seed``); see the module docstring."""
     from evoproxy.ops import OPS
     from evoproxy.tree import Proxy, load_proxy
-    from mqbench.benchmarks import BenchRef
+    from mqbench.bench.benchmarks import BenchRef
     from primitives.workspace import Workspace
 
     proxy = load_proxy(proxy) if not isinstance(proxy, Proxy) else proxy

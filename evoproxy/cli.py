@@ -28,7 +28,7 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 @command("data", "list the datasets, tables and checkpoints the project knows, found or missing")
 def cmd_data(args: argparse.Namespace) -> int:
-    from mqbench.dataroot import cache_root, data_root, human_size, inventory
+    from mqbench.data.dataroot import cache_root, data_root, human_size, inventory
 
     rows = inventory()
     print(f"data root: {data_root()}  (set EVOPROXY_DATA to change)")
@@ -63,12 +63,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     import torch
 
-    from mqbench.cifar10 import sample_batch
+    from mqbench.data.cifar10 import sample_batch
     from mqbench.networks.nb201 import NB201Network
     from primitives import extract
 
     if args.arch is None:
-        from mqbench.benchmarks import get_benchmark
+        from mqbench.bench.benchmarks import get_benchmark
 
         bench = get_benchmark("nb201-cifar10")
         arch, acc = bench.arch(args.index), float(bench.ground_truth([args.index])[0])
@@ -142,14 +142,14 @@ def _table_options(p: argparse.ArgumentParser) -> None:
 @command("table", "build and compare MQ-Bench tables (a benchmark's table of accuracies)", _table_options)
 def cmd_table(args: argparse.Namespace) -> int:
     if args.table_command == "build":
-        from mqbench.build import build_table, parse_anchors
-        from mqbench.ptq import PTQSettings
+        from mqbench.bench.build import build_table, parse_anchors
+        from mqbench.quant.ptq import PTQSettings
 
         extra = {} if args.adaround_iters is None else {"adaround_iters": args.adaround_iters}
         settings = PTQSettings(calib_images=args.calib_images, calib_seed=args.calib_seed, method=args.ptq, **extra)
         pre = None
         if args.resize is not None or args.crop is not None:
-            from mqbench.imagefolder import Preprocess
+            from mqbench.data.imagefolder import Preprocess
 
             pre = Preprocess(args.resize or max(256, args.crop or 0), args.crop or 224)
         out = build_table(args.model, args.configs, args.seed, args.out, jobs=args.jobs,
@@ -160,7 +160,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.table_command == "stats":
         import json
 
-        from mqbench.table import table_summary
+        from mqbench.bench.table import table_summary
 
         summary = table_summary(args.table)
         if args.json:
@@ -169,7 +169,7 @@ def cmd_table(args: argparse.Namespace) -> int:
             for key, value in summary.items():
                 print(f"{key:>36}: {value:.4f}" if isinstance(value, float) else f"{key:>36}: {value}")
         return 0
-    from mqbench.table import compare_tables
+    from mqbench.bench.table import compare_tables
 
     result = compare_tables(*args.tables)
     if args.json:
@@ -263,7 +263,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from evoproxy.baselines import describe, proxy_names
     from evoproxy.errors import ConfigError
     from evoproxy.evaluation import human_report, proxy_reports, write_baselines
-    from mqbench.benchmarks import BenchRef
+    from mqbench.bench.benchmarks import BenchRef
     from evoproxy.metrics import json_safe
 
     if args.list:

@@ -26,7 +26,7 @@ from evoproxy.errors import ConfigError
 from evoproxy.ops import OPS
 from evoproxy.tree import terminal_symbol
 
-KERNELS = ("mqbench.kernels", "primitives.kernels", "primitives.richkernels", "primitives.passes",
+KERNELS = ("mqbench.quant.kernels", "primitives.kernels", "primitives.richkernels", "primitives.passes",
            "evoproxy.opkernels")  # dependency order
 PROJECT = ("mqbench", "primitives", "evoproxy")
 CARRIED_MODULES = {"math", "torch"}  # modules an outside function may use (the generated module imports them)

@@ -171,7 +171,7 @@ class ProxySearch:
         the live networks) only read them. An item whose extraction fails is reported and left out."""
         from tqdm import tqdm
 
-        from mqbench.spec import one_line
+        from mqbench.bench.spec import one_line
         from primitives.workspace import Workspace
 
         folder = out / "benchmark"
@@ -203,7 +203,7 @@ class ProxySearch:
         from evoproxy.searchdata import DataRecipe
         from evoproxy.searchsample import search_items
         from evoproxy.space import SearchSpace
-        from mqbench.benchmarks import BenchRef
+        from mqbench.bench.benchmarks import BenchRef
         from primitives.core import REGISTRY
         from primitives.items import available_names, uses_hessian
 
@@ -247,7 +247,7 @@ class ProxySearch:
     def predict(self, items, which: int | None = None) -> np.ndarray:
         """Scores of ``best_`` (or of hall-of-fame entry ``which``, 0: the best search fitness) for ``items``: networks (``nn.Module``), descriptions
         for the fitted factory, or bit configurations of the fitted model; NaN (with a warning) for one that fails."""
-        from mqbench.spec import one_line
+        from mqbench.bench.spec import one_line
         from primitives.items import model_statistics
 
         import torch
@@ -259,7 +259,7 @@ class ProxySearch:
             configs = [bench.check_bits(b, i) for i, b in enumerate(list(items))]
             quantizer = bench.quantizer
             if isinstance(quantizer, str):
-                from mqbench.spec import import_ref
+                from mqbench.bench.spec import import_ref
 
                 quantizer = import_ref(quantizer, (), "quantizer")
             stats = model_statistics(bench.fp_model(), bench.inputs, bench.targets, request, configs, quantizer)

@@ -71,8 +71,8 @@ def proxy_reports(bench: str, proxies, samples: int | None = 100, seed: int = 0,
     for every proxy; partial failures are counted in the reports. ``device``: cpu (default), cuda or auto
     (:mod:`mqbench.devices`): where statistics are extracted and baselines run."""
     from evoproxy.scoring import check_compatible, resolve_scorers, score_items
-    from mqbench.benchmarks import BenchRef
-    from mqbench.dataroot import portable_path
+    from mqbench.bench.benchmarks import BenchRef
+    from mqbench.data.dataroot import portable_path
     from primitives.workspace import Workspace
 
     from mqbench.devices import resolve_device

@@ -88,7 +88,7 @@ class Search:
         from evoproxy.searchsample import search_items, validation_count
         from evoproxy.space import SearchSpace
         from evoproxy.validation import Validation
-        from mqbench.benchmarks import BenchRef
+        from mqbench.bench.benchmarks import BenchRef
         from primitives.core import REGISTRY
         from primitives.items import available_names, uses_hessian
         from primitives.workspace import Workspace

@@ -14,7 +14,7 @@ screening); the first few crashing trees are printed as JSON and the exit status
 Statistics: ``--synthetic`` (the default without ``--bench``) builds them from 4 tiny seeded
 NAS-Bench-201 networks (C=4, N=1, train mode) on a batch of 8 random normalised images, no data
 files needed: every registered statistic, 2 Hutchinson probes, a random bit configuration per
-network (``mqbench.quant.quantize_weight``); the last network has a 520-way classifier, so the
+network (``mqbench.quant.fakequant.quantize_weight``); the last network has a 520-way classifier, so the
 Gram-type size limit is reached too. ``--bench NAME`` uses the benchmark's own statistics of
 ``--items`` search-split items, as the search computes them (``evoproxy.searchdata``).
 """
@@ -40,9 +40,9 @@ def synthetic_stats(seed: int = 0, networks: int = 4, batch: int = 8, probes: in
     """Statistics (all registered names) of ``networks`` tiny seeded NB201 networks; no data files."""
     import torch
 
-    from mqbench.cifar10 import normalize
+    from mqbench.data.cifar10 import normalize
     from mqbench.networks.nb201 import NB201Network
-    from mqbench.quant import quantize_weight
+    from mqbench.quant.fakequant import quantize_weight
     from primitives import PRIMITIVES, extract
 
     rng = random.Random(seed)
@@ -65,7 +65,7 @@ def synthetic_stats(seed: int = 0, networks: int = 4, batch: int = 8, probes: in
 def bench_stats(bench: str, items: int, seed: int = 0, batch: int = 64, probes: int | None = None):
     """(statistics of ``items`` search-split items, terminal names), as the search computes them."""
     from evoproxy.searchdata import DataRecipe, load_samples
-    from mqbench.benchmarks import BenchRef
+    from mqbench.bench.benchmarks import BenchRef
     from primitives.items import available_names, uses_hessian
     from primitives.workspace import Workspace
 

@@ -342,7 +342,7 @@ def parzc(bench: str, samples: int = 100, seed: int = 0, proxies=None, *, batch:
     """ParZC fitted on ``samples`` items of ``bench``'s search split (sample ``seed``); ``proxies``: proxy files
     or Proxy objects of the node-wise statistics (default: :data:`NAS_PROXIES`, on MQ tables :data:`MQ_PROXIES`)."""
     from evoproxy.tree import Proxy, load_proxy
-    from mqbench.benchmarks import BenchRef
+    from mqbench.bench.benchmarks import BenchRef
     from primitives.workspace import Workspace
 
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:

@@ -77,7 +77,7 @@ def proxy_of(search, ind):
     """The proxy file content of hall-of-fame member ``ind`` of ``search``."""
     from evoproxy.metrics import partial_spearman, spearman
     from evoproxy.tree import Proxy
-    from mqbench.dataroot import portable_path
+    from mqbench.data.dataroot import portable_path
     from primitives.items import uses_hessian
 
     c = search.config

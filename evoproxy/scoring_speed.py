@@ -37,7 +37,7 @@ BENCHES = (("nb201", "nb201-cifar10", 100, (64, 10, "spearman")), ("mq", "mq-res
 def search_recipe(bench: str, samples: int, seed: int = 0):
     """(recipe, terminals) of a search's samples with the search's defaults (see evoproxy.evolution)."""
     from evoproxy.searchdata import DataRecipe
-    from mqbench.benchmarks import BenchRef
+    from mqbench.bench.benchmarks import BenchRef
     from primitives.core import REGISTRY
     from primitives.items import available_names, uses_hessian
 

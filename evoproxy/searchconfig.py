@@ -226,7 +226,7 @@ class SearchConfig:
 
     def portable(self) -> dict:
         """The settings as stored in run folders: paths relative to the repository or the data root."""
-        from mqbench.dataroot import portable_path
+        from mqbench.data.dataroot import portable_path
 
         d = dataclasses.asdict(self)
         return {k: portable_path(v) if k in PATH_KEYS else v for k, v in d.items()}

@@ -23,7 +23,7 @@ from primitives.items import StatsRequest
 class DataRecipe:
     """Everything that determines the statistics of a list of benchmark items (hashable, picklable)."""
 
-    ref: object  # mqbench.benchmarks.BenchRef
+    ref: object  # mqbench.bench.benchmarks.BenchRef
     ids: tuple
     request: StatsRequest
     cache_dir: str | None = None
@@ -33,7 +33,7 @@ class DataRecipe:
                   batch: int = 64, cache_dir=None, device=None) -> "DataRecipe":
         """``device`` (cpu | cuda | auto; None: cpu): where the networks' statistics are extracted."""
         if cache_dir is None:
-            from mqbench.dataroot import cache_root
+            from mqbench.data.dataroot import cache_root
 
             cache_dir = cache_root() / "primitives"
         return cls(ref, tuple(ids), StatsRequest.of(names, hutchinson_probes, noise_std, batch, device),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from evoproxy.errors import ConfigError
-from mqbench.table import sample_ids
+from mqbench.bench.table import sample_ids
 
 STRATEGIES = ("random", "stratified")
 GOLDEN = (5 ** 0.5 - 1) / 2

@@ -136,7 +136,7 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
     import numpy as np
 
     from evoproxy.evaluation import proxy_reports, report
-    from mqbench.benchmarks import BenchRef
+    from mqbench.bench.benchmarks import BenchRef
 
     _, b = BenchRef.resolve(bench, table)
     ids = [int(i) for i in b.sample(samples, seed, split)]

@@ -53,7 +53,7 @@ def proxy_sets(bench: str, seeds) -> tuple[dict, dict]:
 
 def item_ids(bench: str, seeds, n_search: int, holdout: int | None = None) -> dict:
     """{seed: search ids, "holdout": ids} (smaller samples are prefixes of these: same permutation)."""
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
 
     b = get_benchmark(bench)
     n = SETTINGS[bench]["holdout"] if holdout is None or SETTINGS[bench]["holdout"] is None else holdout
@@ -65,8 +65,8 @@ def features(bench: str, ids, parzc_proxies: dict, evolved: dict, jobs: int) -> 
     the feature file when it holds these items and proxies, else by extracting the statistics (in chunks)."""
     from evoproxy.calibrate import term_rows
     from evoproxy.parzc import item_rows, union_request
-    from mqbench.benchmarks import BenchRef
-    from mqbench.dataroot import cache_root
+    from mqbench.bench.benchmarks import BenchRef
+    from mqbench.data.dataroot import cache_root
     from primitives.core import fixed_threads
     from primitives.workspace import Workspace
 
@@ -149,7 +149,7 @@ def run_bench(bench: str, seeds, sizes, jobs: int, holdout: int | None = None) -
     """One result row per (seed, method, search-set size) on ``bench``'s holdout."""
     import torch
 
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
     from primitives.core import fixed_threads
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its first use imports torch._dynamo: not fit time

@@ -31,7 +31,7 @@ COLUMNS = ["config", "kind", "method", "bits", "top1", "table_top1", "seconds", 
 
 
 def _evaluate(job, label: str, method: str, full_bits: list[int]):
-    from mqbench.build import evaluate_config
+    from mqbench.bench.build import evaluate_config
 
     acc, seconds = evaluate_config(job, full_bits)
     return label, method, acc, seconds
@@ -74,12 +74,12 @@ def _scores(proxies: list[str], ids: list, args) -> dict:
 def main(argv=None) -> int:
     from evoproxy.baselines import proxy_names
     from evoproxy.metrics import kendall, spearman
-    from mqbench.benchmarks import get_benchmark
-    from mqbench.build import BuildJob, bits_to_str
+    from mqbench.bench.benchmarks import get_benchmark
+    from mqbench.bench.build import BuildJob, bits_to_str
     from mqbench.fileio import append_line
     from mqbench.networks.resnet_cifar import CHECKPOINT_NORMALIZATION
     from mqbench.parallel import map_unordered
-    from mqbench.ptq import PTQSettings
+    from mqbench.quant.ptq import PTQSettings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", type=int, default=10, help="holdout configurations of the committed table")

@@ -73,7 +73,7 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
     """(scores [proxy, item], truth, size, ids) of ``proxies`` on the benchmark's holdout sample."""
     from evoproxy.searchdata import DataRecipe
     from evoproxy.vectorised import stack, tree_values
-    from mqbench.benchmarks import BenchRef
+    from mqbench.bench.benchmarks import BenchRef
     from primitives.workspace import Workspace
 
     ref, bench = BenchRef.resolve(config.bench, config.table, config.gt_column, config.checkpoint)

@@ -100,8 +100,8 @@ import torch
 import torch.nn as nn
 
 from mqbench.errors import ConfigError
-from mqbench.kernels import layer_macs_of
-from mqbench.kernels import layer_size_mb  # noqa: F401  (re-exported: the tables' per-layer size)
+from mqbench.quant.kernels import layer_macs_of
+from mqbench.quant.kernels import layer_size_mb  # noqa: F401  (re-exported: the tables' per-layer size)
 from primitives import kernels, passes
 from primitives import richkernels as rk
 from primitives.kernels import (  # noqa: F401  (re-exported)

@@ -13,7 +13,7 @@ from evoproxy import baselines
 from evoproxy.baselines import ProxyContext, get_proxy, proxy_names
 from evoproxy.baselines import mq as mqp
 from evoproxy.errors import ConfigError
-from mqbench.quant import quantize_weight
+from mqbench.quant.fakequant import quantize_weight
 
 NAS = ["params", "flops", "synflow", "snip", "grasp", "fisher", "grad_norm", "jacob_cov", "nwot", "zen", "zico",
        "l2_norm", "plain", "epe_nas"]

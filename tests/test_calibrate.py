@@ -109,7 +109,7 @@ def _mq_table(root, tmp_path, rows=60):
     (with the PTQ settings allocation reads)."""
     from conftest import tiny_mq_meta, write_mq_table
 
-    from mqbench.ptq import PTQSettings
+    from mqbench.quant.ptq import PTQSettings
 
     ptq = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10).as_dict()
     meta = tiny_mq_meta(root, normalization="cifar10", ptq=ptq)

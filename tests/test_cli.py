@@ -111,7 +111,7 @@ def test_table_build_out_that_cannot_be_written_is_one_line(tiny_data_root, unwr
     from the table's lock file (or the mkdir of a new subfolder); now one line naming the folder, exit 2."""
     import pytest
 
-    from mqbench.build import build_table
+    from mqbench.bench.build import build_table
     from mqbench.errors import DataError
 
     ckpt = tiny_data_root / "pretrained" / "resnet8-test.th"

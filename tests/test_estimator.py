@@ -127,7 +127,7 @@ def test_factory_and_descriptions_save_reload_scores_identically(tmp_path):
 
 
 def test_models_list_save_writes_weights_and_reloads(tmp_path):
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
 
     x, y = batch()
     models = [TinyNet() for _ in range(4)]  # one architecture, four initialisations: TinyNet() + weights rebuilds them
@@ -222,7 +222,7 @@ def test_workers_read_cached_statistics_only(tmp_path):
 def test_live_rows_outside_the_session_are_a_one_line_error(tmp_path):
     import gc
 
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
     from primitives.core import extract
 
     x, y = batch()
@@ -239,7 +239,7 @@ def test_live_rows_outside_the_session_are_a_one_line_error(tmp_path):
 
 
 def test_tensors_dataset_kind(tmp_path):
-    from mqbench.datasets import load_batch, save_tensors
+    from mqbench.data.datasets import load_batch, save_tensors
 
     x, y = batch(5)
     save_tensors(tmp_path / "b.pt", x, y)

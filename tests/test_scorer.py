@@ -105,7 +105,7 @@ def test_allocation_drives_every_kind_on_bit_configurations(tiny_data_root, tmp_
     from evoproxy.allocation import Allocator
     from evoproxy.allocation.model import load_model
 
-    from mqbench.ptq import PTQSettings
+    from mqbench.quant.ptq import PTQSettings
 
     ptq = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10).as_dict()
     meta = tiny_mq_meta(tiny_data_root, normalization="imagenet", ptq=ptq)

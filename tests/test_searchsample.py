@@ -24,7 +24,7 @@ class Pool:
         return self.truth[np.asarray(ids, dtype=int)]
 
     def sample(self, n, seed, split):
-        from mqbench.table import sample_ids
+        from mqbench.bench.table import sample_ids
 
         return sample_ids(self.split()[0], n, seed)
 

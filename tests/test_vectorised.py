@@ -189,7 +189,7 @@ def test_first_error_in_network_order(stats):
 def test_mq_style_shared_tensors_are_stacked_once(stats):
     """Configurations of one network share its FP tensors: they are stacked once, the items deduplicated."""
     from primitives.items import with_bit_config
-    from mqbench.quant import quantize_weight
+    from mqbench.quant.fakequant import quantize_weight
 
     net = stats[0]
     configs = [[b] * len(net.layers) for b in (2, 3, 4, 2, 3)]

@@ -61,7 +61,7 @@ def _statistics_source(info, scorer: Scorer) -> Callable[[tuple], object]:
     import copy
 
     from evoproxy.scoring import proxy_statistics
-    from mqbench.quant import quantize_weight
+    from mqbench.quant.fakequant import quantize_weight
     from primitives.items import split_names, with_bit_config
 
     inputs, targets = info.batch()
@@ -74,7 +74,7 @@ def _statistics_source(info, scorer: Scorer) -> Callable[[tuple], object]:
 def _context_source(info, scorer: Scorer) -> Callable[[tuple], object]:
     """config -> a ProxyContext of the FP network with that configuration's bits, as the evaluation driver builds it."""
     from evoproxy.baselines import ProxyContext
-    from mqbench.quant import quantize_weight
+    from mqbench.quant.fakequant import quantize_weight
 
     inputs, targets = info.batch()
     prefetch = tuple(sorted(scorer.needs))

@@ -193,7 +193,7 @@ def _disk_cached(full: tuple, fn: Callable[[], object]):
 
     import numpy as np
 
-    from mqbench.dataroot import cache_root
+    from mqbench.data.dataroot import cache_root
     from mqbench.errors import DataError
 
     try:

@@ -2,7 +2,7 @@
 
 Each scores one bit configuration ``ctx.bit_config`` (weight bits of every Conv2d/Linear in forward
 order) of one network; activations are at ``ctx.act_bits``. Q(W) is ``ctx.quantizer`` (on MQ
-benchmarks the PTQ weight quantizer ``mqbench.quant.quantize_weight``, so Q(W) is exactly what the
+benchmarks the PTQ weight quantizer ``mqbench.quant.fakequant.quantize_weight``, so Q(W) is exactly what the
 table's PTQ used). Everything that depends on the FP network only (layer geometry, Hessian
 eigenvalues and traces, orthogonality, synflow/snip saliencies, quantization errors per layer and
 bit-width) is computed once per network through ``ctx.network_cached`` and reused across
@@ -89,9 +89,9 @@ def bit_sum(ctx: ProxyContext) -> float:
 def model_size(ctx: ProxyContext) -> float:
     """model_size = sum_l (n_W,l * b_l + n_bias,l * 32) / 8 / 2^20: weights at their bits, 32-bit biases, in MB.
 
-    The MQ-Bench tables' size_mb formula (mqbench.kernels.model_size_mb, also behind the size_mb statistic).
+    The MQ-Bench tables' size_mb formula (mqbench.quant.kernels.model_size_mb, also behind the size_mb statistic).
     """
-    from mqbench.kernels import model_size_mb
+    from mqbench.quant.kernels import model_size_mb
 
     layers = layer_table(ctx)
     return float(model_size_mb(layers["weight_numel"], layers["bias_numel"], _bits(ctx)))
@@ -100,7 +100,7 @@ def model_size(ctx: ProxyContext) -> float:
 @register("bops", "mq")
 def bops(ctx: ProxyContext) -> float:
     """bops = sum_l MACs_l * b_l * b_act: bit operations per image (b_act = ctx.act_bits, 8 on our tables)."""
-    from mqbench.kernels import bops as bops_fn
+    from mqbench.quant.kernels import bops as bops_fn
 
     return float(bops_fn(layer_table(ctx)["macs"], _bits(ctx), ctx.act_bits))
 

@@ -1,6 +1,6 @@
 """Seeded, class-balanced sampling of a labelled split, for any number of classes.
 
-The draw is the one of :func:`mqbench.cifar10.sample_indices`, generalised: with ``k`` classes
+The draw is the one of :func:`mqbench.data.cifar10.sample_indices`, generalised: with ``k`` classes
 present in the split, every class gets ``n // k`` items and the first ``n % k`` classes of a seeded
 class order one more; each class's items come from a seeded permutation of its members; the
 selection is then shuffled. For the ten CIFAR-10 classes it gives the same indices as

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.build import META_SUFFIX, bits_to_str, read_rows
+from mqbench.bench.build import META_SUFFIX, bits_to_str, read_rows
 
 SPLITS = ("search", "holdout", "all")
 _NOTED: set[str] = set()  # tables whose old absolute checkpoint path was already reported
@@ -100,7 +100,7 @@ class MQTable:
 
     def checkpoint(self, override: str | Path | None = None) -> Path:
         """The FP checkpoint, found in the data root (or ``override``) and verified by sha256 (one-line DataError)."""
-        from mqbench.dataroot import resolve_checkpoint
+        from mqbench.data.dataroot import resolve_checkpoint
 
         return resolve_checkpoint(self.checkpoint_file, self.meta.get("checkpoint_sha256", ""), override)
 

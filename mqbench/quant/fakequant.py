@@ -2,7 +2,7 @@
 
 - Weights: per output channel, symmetric, signed integers in [-2^(b-1), 2^(b-1)-1], with the
   clipping range chosen per channel by a grid search that minimises the mean squared error
-  (``quantize_weight``, defined with the size / BOPs formulas in :mod:`mqbench.kernels`).
+  (``quantize_weight``, defined with the size / BOPs formulas in :mod:`mqbench.quant.kernels`).
 - Activations: the input of every quantized layer, per tensor, 8 bit by default; unsigned when the
   calibration inputs are non-negative (after ReLU), signed otherwise; clipping by MSE search.
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from mqbench.errors import ConfigError
-from mqbench.kernels import CLIP_GRID, bops, layer_macs_of, model_size_mb, quantize_weight, weight_levels  # noqa: F401  (re-exported)
+from mqbench.quant.kernels import CLIP_GRID, bops, layer_macs_of, model_size_mb, quantize_weight, weight_levels  # noqa: F401  (re-exported)
 
 ALLOWED_WEIGHT_BITS = tuple(range(2, 9))
 

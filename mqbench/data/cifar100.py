@@ -4,7 +4,7 @@ Each split file is a Python pickle of a dict with ``b"data"`` (a uint8 numpy arr
 channel-major rows of 32x32 pixels), ``b"fine_labels"`` (100 classes) and ``b"coarse_labels"`` (20
 superclasses); ``meta`` holds ``b"fine_label_names"``. The pickles are never unpickled freely: the
 ``data`` field *is* a numpy array, so a loader that refuses every global cannot read the official
-files; :func:`mqbench.cifar10.read_pickled_dict` (its restricted unpickler) resolves exactly the three numpy globals an
+files; :func:`mqbench.data.cifar10.read_pickled_dict` (its restricted unpickler) resolves exactly the three numpy globals an
 array needs (``_reconstruct``, ``ndarray``, ``dtype``) and refuses every other one with a one-line
 :class:`DataError`, so no user code can run; the arrays must then be uint8 (an object array is
 refused too). Nothing is kept in memory between calls (a caller that needs a batch more than once keeps
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mqbench.cifar10 import read_pickled_dict
+from mqbench.data.cifar10 import read_pickled_dict
 from mqbench.errors import ConfigError, DataError
 
 SPLITS = ("train", "test")

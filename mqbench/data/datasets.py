@@ -5,7 +5,7 @@ A dataset reference (:class:`DatasetRef`, written as a string): ``KIND`` or ``KI
 =============== ============================================ ====================================
 kind            PATH (default: the data-root item)          splits
 =============== ============================================ ====================================
-``cifar10``     any source ``mqbench.cifar10`` reads          ``train``, ``test``
+``cifar10``     any source ``mqbench.data.cifar10`` reads          ``train``, ``test``
                 (default ``cifar10/cifar10-jpg.tar.gz``, ...)
 ``cifar100``    the official ``cifar-100-python`` folder      ``train``, ``test``
                 (default ``cifar100/cifar-100-python``)
@@ -17,11 +17,11 @@ kind            PATH (default: the data-root item)          splits
 
 e.g. ``"cifar10"``, ``"cifar100=/data/cifar-100-python"``, ``"imagenet=/data/ILSVRC2012"``,
 ``"imagefolder=~/my-tree"``. ImageFolder trees (``imagenet``/``imagefolder``) get the standard
-ImageNet evaluation preprocessing (see :mod:`mqbench.imagefolder`) and the ImageNet mean/std;
+ImageNet evaluation preprocessing (see :mod:`mqbench.data.imagefolder`) and the ImageNet mean/std;
 CIFAR images stay 32x32 and get their dataset's mean/std. A ``tensors`` file is a batch a user already
 holds (``{"inputs": float tensor [N, ...], "targets": int64 [N]}``, read with ``weights_only=True``):
 used as it is (no normalization, no shuffle; ``n`` < N takes the first ``n``); it is how an in-memory
-benchmark (:mod:`mqbench.memory`) hands its batch to the search's worker processes and to the CLI.
+benchmark (:mod:`mqbench.bench.memory`) hands its batch to the search's worker processes and to the CLI.
 
 Unreadable images of an ImageFolder tree: by default each is skipped and replaced by the next
 image of the same class in the seeded order (the batch keeps its size and balance), and one line on
@@ -38,10 +38,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from mqbench import cifar10, cifar100, imagefolder
+from mqbench.data import cifar10, cifar100, imagefolder
 from mqbench.errors import ConfigError, DataError
-from mqbench.imagefolder import Preprocess
-from mqbench.sampling import plan_sample, select
+from mqbench.data.imagefolder import Preprocess
+from mqbench.data.sampling import plan_sample, select
 
 NORMALIZATION = {**cifar10.NORMALIZATION, "cifar100": cifar100.NORMALIZATION}
 
@@ -51,7 +51,7 @@ class DatasetKind:
     """One kind of dataset the registry knows."""
 
     name: str
-    item: str | None  # the mqbench.dataroot item that is the default source (None: PATH required)
+    item: str | None  # the mqbench.data.dataroot item that is the default source (None: PATH required)
     splits: tuple[str, ...] | None  # None: whichever split folders the tree has
     normalization: str  # key of NORMALIZATION
     what: str
@@ -90,7 +90,7 @@ class DatasetRef:
             return self.path
         if self.kind.item is None:
             raise ConfigError(f"dataset {self.kind.name!r} needs a path: {self.kind.name}=PATH")
-        from mqbench.dataroot import require
+        from mqbench.data.dataroot import require
 
         return require(self.kind.item)
 
@@ -228,7 +228,7 @@ def load_batch(ref: str | DatasetRef, split: str, n: int, seed: int, *, balanced
     """A seeded sample of ``n`` images of ``split``: normalized float32 ``[n, 3, H, W]`` and int64 labels ``[n]``.
 
     ``balanced``: every class present in the split gets ``n // k`` images, a seeded ``n % k`` of them
-    one more (see :mod:`mqbench.sampling`); for CIFAR-10 the indices equal
+    one more (see :mod:`mqbench.data.sampling`); for CIFAR-10 the indices equal
     ``cifar10.sample_indices``. ``normalization`` defaults to the dataset's (``cifar10``,
     ``cifar100`` or ``imagenet``). For ImageFolder trees only the sampled files are decoded (in
     ``jobs`` processes, the same pixels for any ``jobs``) and cached on disk; ``strict`` and the
@@ -263,7 +263,7 @@ def iterate_split(ref: str | DatasetRef, split: str, batch_size: int = 250, *, n
     ImageFolder trees are decoded batch by batch (through the cache), so a 50k-image split never
     sits in memory at once; unreadable images are skipped (counted on stderr at the end) or, with
     ``strict``, a one-line DataError. Arguments are checked when called, not when iterated.
-    ``listing``: the tree's split as the caller already listed it (:func:`mqbench.imagefolder.list_split`;
+    ``listing``: the tree's split as the caller already listed it (:func:`mqbench.data.imagefolder.list_split`;
     None: listed here).
     """
     ref = parse_dataset(ref)

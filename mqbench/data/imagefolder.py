@@ -213,7 +213,7 @@ def _from_cache(cache_dir: str, key: str, pre: Preprocess):
 
 
 def _cache_dir() -> str | None:
-    from mqbench.dataroot import cache_root
+    from mqbench.data.dataroot import cache_root
 
     try:
         folder = cache_root() / "imagefolder"

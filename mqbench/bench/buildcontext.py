@@ -7,13 +7,13 @@ through :func:`~mqbench.networks.imagenet.load_imagenet_checkpoint` (a torchvisi
 ``--checkpoint`` or the data root's ``pretrained/<torchvision file>``, never random weights; its
 classifier must have as many outputs as the dataset has classes; any dataset).
 
-Data: a dataset reference of :mod:`mqbench.datasets` (``cifar10``, ``cifar100=PATH``, ``imagenet=PATH``,
+Data: a dataset reference of :mod:`mqbench.data.datasets` (``cifar10``, ``cifar100=PATH``, ``imagenet=PATH``,
 ``imagefolder=PATH``). Calibration images are a seeded class-balanced sample of the train split
-(:func:`mqbench.datasets.load_batch`); top-1 is measured on the whole evaluation split (``test`` for
+(:func:`mqbench.data.datasets.load_batch`); top-1 is measured on the whole evaluation split (``test`` for
 CIFAR, ``val`` for ImageFolder trees). CIFAR splits sit in memory; ImageFolder splits are read batch
-by batch (:func:`mqbench.datasets.iterate_split`, through the decoded-image cache), never all at once.
+by batch (:func:`mqbench.data.datasets.iterate_split`, through the decoded-image cache), never all at once.
 CIFAR-10 without a reference (``data=None``) reads exactly what builds before datasets existed read
-(``mqbench.cifar10``), so the committed tables resume unchanged.
+(``mqbench.data.cifar10``), so the committed tables resume unchanged.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.ptq import PTQSettings, fold_batchnorm, quantize_and_calibrate, reestimate_batchnorm, top1
+from mqbench.quant.ptq import PTQSettings, fold_batchnorm, quantize_and_calibrate, reestimate_batchnorm, top1
 
 FOLDER_KINDS = ("imagenet", "imagefolder")
 EVAL_BATCH_FOLDER = 250  # images decoded per evaluation batch of an ImageFolder split
@@ -62,7 +62,7 @@ def data_kind(data: str | None) -> str:
     """The dataset kind of a dataset reference (``cifar10`` when None)."""
     if data is None:
         return "cifar10"
-    from mqbench.datasets import parse_dataset
+    from mqbench.data.datasets import parse_dataset
 
     return parse_dataset(data).kind.name
 
@@ -74,7 +74,7 @@ def eval_split(data: str | None) -> str:
 def num_classes(data: str | None) -> int:
     if data is None:
         return 10
-    from mqbench.datasets import class_names
+    from mqbench.data.datasets import class_names
 
     return len(class_names(data, "train"))
 
@@ -94,7 +94,7 @@ def load_model(name: str, checkpoint: str | Path | None, data: str | None = None
     from mqbench.networks.imagenet import load_imagenet_checkpoint
 
     if checkpoint is None:  # the data root's torchvision file, or a one-line error naming its download
-        from mqbench.dataroot import require
+        from mqbench.data.dataroot import require
         from mqbench.networks.imagenet import CHECKPOINT_ITEMS
 
         checkpoint = require(CHECKPOINT_ITEMS[name])
@@ -105,8 +105,8 @@ def check_data(data: str | None) -> None:
     """One-line errors for a dataset the build cannot use (no train or no evaluation split, ...) before any work."""
     if data is None or data_kind(data) not in FOLDER_KINDS:
         return
-    from mqbench import imagefolder
-    from mqbench.datasets import parse_dataset
+    from mqbench.data import imagefolder
+    from mqbench.data.datasets import parse_dataset
 
     root = parse_dataset(data).source()
     for split in ("train", "val"):
@@ -129,7 +129,7 @@ class Images:
         self.counted: int | None = None  # readable evaluation images, once a pass has counted them
         self._listing = None  # an ImageFolder tree's evaluation split, listed on the first pass
         if data is None:  # the pre-datasets CIFAR-10 path, byte for byte
-            from mqbench.cifar10 import load_split, normalize, sample_indices
+            from mqbench.data.cifar10 import load_split, normalize, sample_indices
 
             train_x, train_y = load_split("train", data_source)
             test_x, test_y = load_split("test", data_source)
@@ -137,14 +137,14 @@ class Images:
             self.calib = normalize(train_x[idx], normalization)
             self._test = (normalize(test_x, normalization), test_y)
             return
-        from mqbench.datasets import load_batch
+        from mqbench.data.datasets import load_batch
 
         kw = {"preprocess": preprocess} if preprocess is not None else {}
         self.calib, _ = load_batch(data, "train", ptq.calib_images, ptq.calib_seed, balanced=True,
                                    normalization=normalization, jobs=jobs, progress=False, **kw)
         self._test = None
         if data_kind(data) not in FOLDER_KINDS:  # CIFAR-100: 10k images, kept in memory
-            from mqbench.datasets import iterate_split
+            from mqbench.data.datasets import iterate_split
 
             xs, ys = zip(*iterate_split(data, "test", 10_000, normalization=normalization, progress=False))
             self._test = (torch.cat(xs), torch.cat(ys))
@@ -164,8 +164,8 @@ class Images:
         if self._test is not None:
             yield self._test
             return
-        from mqbench import imagefolder
-        from mqbench.datasets import iterate_split, parse_dataset
+        from mqbench.data import imagefolder
+        from mqbench.data.datasets import iterate_split, parse_dataset
 
         if self._listing is None:  # listed once per build process (50k files), not once per configuration
             self._listing = imagefolder.list_split(parse_dataset(self.data).source(), "val")
@@ -187,9 +187,9 @@ def split_top1(model: nn.Module, images: Images, batch: int) -> tuple[float, int
 
 
 def ptq_accuracy(fp_model: nn.Module, full_bits: list[int], images: Images, ptq: PTQSettings, device=None) -> float:
-    """Top-1 (%) after PTQ at ``full_bits``: :func:`mqbench.ptq.ptq_top1` on in-memory splits, the same
+    """Top-1 (%) after PTQ at ``full_bits``: :func:`mqbench.quant.ptq.ptq_top1` on in-memory splits, the same
     pipeline batch by batch on ImageFolder splits."""
-    from mqbench.ptq import ptq_top1
+    from mqbench.quant.ptq import ptq_top1
 
     if images.in_memory:
         x, y = images.test
@@ -200,7 +200,7 @@ def ptq_accuracy(fp_model: nn.Module, full_bits: list[int], images: Images, ptq:
 
 
 def folder_fp_accuracy(fp_model: nn.Module, images: Images, ptq: PTQSettings, reestimate: bool, device=None) -> float:
-    """Full-precision top-1 (%) over a split read in batches (:func:`mqbench.ptq.fp_top1` for in-memory
+    """Full-precision top-1 (%) over a split read in batches (:func:`mqbench.quant.ptq.fp_top1` for in-memory
     splits), with BN re-estimated on the calibration images when ``reestimate``."""
     model = copy.deepcopy(fp_model)
     model = model if device is None else model.to(device)

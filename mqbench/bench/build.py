@@ -10,7 +10,7 @@ processes or a Dask cluster, see :mod:`mqbench.parallel`): a worker killed mid-b
 (the backend re-runs its task) and duplicates nothing. A ``<table>.lock`` file refuses a second
 build of the same table while one runs (:class:`mqbench.fileio.FileLock`).
 
-Models and data (:mod:`mqbench.buildcontext`): the CIFAR ResNets on CIFAR-10 (the committed tables),
+Models and data (:mod:`mqbench.bench.buildcontext`): the CIFAR ResNets on CIFAR-10 (the committed tables),
 and the ImageNet networks (``resnet18``, ``resnet50``, ``mobilenet_v2``, torchvision checkpoints) on
 any dataset reference, e.g. ``imagenet=/data/ILSVRC2012`` for an MQ-Bench-101-style table (W{2,3,4}A8,
 first and last layer at 8 bit). Settings the committed tables lack (``dataset`` other than CIFAR-10,
@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mqbench.buildcontext import (FOLDER_KINDS, Images, check_data, data_kind, folder_fp_accuracy, image_shape,
+from mqbench.bench.buildcontext import (FOLDER_KINDS, Images, check_data, data_kind, folder_fp_accuracy, image_shape,
                                   load_model, model_entry, ptq_accuracy)
 from mqbench.devices import device_tag, resolve_device
 from mqbench.errors import ConfigError, DataError
 from mqbench.fileio import FileLock, append_line, atomic_write_text, complete_lines, has_torn_tail, make_folder
-from mqbench.imagefolder import Preprocess
+from mqbench.data.imagefolder import Preprocess
 from mqbench.parallel import Setup
-from mqbench.ptq import PTQSettings, fp_top1
-from mqbench.quant import BitLayout, bops, default_bit_layout, layer_macs, model_size_mb, quantizable_layers
+from mqbench.quant.ptq import PTQSettings, fp_top1
+from mqbench.quant.fakequant import BitLayout, bops, default_bit_layout, layer_macs, model_size_mb, quantizable_layers
 
 TABLE_COLUMNS = ("index", "kind", "bits", "top1", "size_mb", "bops_g", "calib_seed", "fp_sha256", "seconds")
 ANCHOR_BITS = (2, 3, 4, 8)
@@ -110,13 +110,13 @@ class BuildJob:
     data_source: str | None  # CIFAR-10 source when ``data`` is None
     ptq: PTQSettings
     threads: int | None  # torch threads in a worker process; None: leave the caller's setting
-    data: str | None = None  # dataset reference (mqbench.datasets) other than CIFAR-10
+    data: str | None = None  # dataset reference (mqbench.data.datasets) other than CIFAR-10
     device: str | None = None  # None: the CPU, as before devices existed
     preprocess: Preprocess | None = None  # ImageFolder resize/crop (None: 256/224)
 
 
 def build_context(job: BuildJob) -> tuple:
-    """(FP model, :class:`mqbench.buildcontext.Images`) of ``job``: what a process evaluating its configurations
+    """(FP model, :class:`mqbench.bench.buildcontext.Images`) of ``job``: what a process evaluating its configurations
     loads once (the state of ``job_setup(job)``)."""
     if job.threads is not None:
         torch.set_num_threads(job.threads)
@@ -190,9 +190,9 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
                 preprocess: Preprocess | None = None, anchors: tuple[int, ...] = ANCHOR_BITS) -> Path:
     """Build (or resume) the table at ``out``; returns its path. ``limit`` stops after that many new rows.
 
-    ``model``: a name of :mod:`mqbench.buildcontext`'s registry (CIFAR ResNets, ``resnet18``,
+    ``model``: a name of :mod:`mqbench.bench.buildcontext`'s registry (CIFAR ResNets, ``resnet18``,
     ``resnet50``, ``mobilenet_v2``; ``checkpoint`` defaults to the data root's file). ``data``: a dataset reference
-    (:mod:`mqbench.datasets`, e.g. ``"imagenet=/data/ILSVRC2012"``; None: CIFAR-10 from ``data_source``).
+    (:mod:`mqbench.data.datasets`, e.g. ``"imagenet=/data/ILSVRC2012"``; None: CIFAR-10 from ``data_source``).
     ``preprocess``: resize/crop of ImageFolder images (default 256/224). ``device``: cpu (default),
     cuda or auto (:mod:`mqbench.devices`; a non-CPU device enters the table's identity). ``anchors``: the
     uniform bit-widths whose rows come first (MQ-Bench-101 itself has none: ``()``).
@@ -205,7 +205,7 @@ def build_table(model: str, configs: int, seed: int, out: str | Path, *, jobs: i
         raise ConfigError(f"anchors must be distinct bit-widths in 2..8, got {','.join(map(str, anchors))}")
     device = None if resolve_device(device) == "cpu" else resolve_device(device)
     if data is not None and data_kind(data) == "cifar10":  # the pre-datasets path reads CIFAR-10 exactly so
-        from mqbench.datasets import parse_dataset
+        from mqbench.data.datasets import parse_dataset
 
         path = parse_dataset(data).path
         data, data_source = None, (str(path) if path is not None else data_source)
@@ -246,7 +246,7 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
                   progress, limit, data=None, device=None, preprocess=None, anchors=ANCHOR_BITS) -> Path:
     from tqdm import tqdm
 
-    from mqbench.dataroot import require
+    from mqbench.data.dataroot import require
     from mqbench.parallel import current_backend, map_unordered
 
     if checkpoint is None and model_entry(model).family == "cifar":

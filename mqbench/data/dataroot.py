@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mqbench.errors import DataError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.dataroot import cache_root, require
+from mqbench.data.dataroot import cache_root, require
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NORMALIZATION = {

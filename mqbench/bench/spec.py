@@ -1,7 +1,7 @@
 """Bring-your-own benchmark: a spec (a TOML file or a :class:`BenchmarkSpec`) -> a table and a model factory.
 
     spec = load_spec("examples/benchmarks/nb201.toml")     # parsed by tomllib, validated here
-    bench = mqbench.benchmarks.get_benchmark(spec)         # or get_benchmark("path/to/spec.toml")
+    bench = mqbench.bench.benchmarks.get_benchmark(spec)         # or get_benchmark("path/to/spec.toml")
 
 A spec file (every key but ``name``, ``kind``, ``[table] path/gt_column`` and ``[model] factory`` is
 optional; relative paths are taken from the spec file's folder, ``$EVOPROXY_DATA/...`` from the data root)::
@@ -121,7 +121,7 @@ class BenchmarkSpec:
         for name in ("fixed_bits", "act_bits", "batch", "split_seed"):
             _want(where, name, getattr(self, name), int)
         _choice(where, "kind", self.kind, KINDS)
-        from mqbench.datasets import parse_dataset
+        from mqbench.data.datasets import parse_dataset
 
         try:
             parse_dataset(self.dataset)
@@ -131,7 +131,7 @@ class BenchmarkSpec:
             _choice(where, "mode", self.mode, MODES)
         object.__setattr__(self, "mode", self.mode or ("train" if self.kind == "nas" else "eval"))
         object.__setattr__(self, "normalization", self.normalization or ("cifar10" if self.kind == "nas" else "imagenet"))
-        from mqbench.cifar10 import NORMALIZATION
+        from mqbench.data.cifar10 import NORMALIZATION
 
         _choice(where, "normalization", self.normalization, tuple(NORMALIZATION))
         if self.hutchinson_probes is None:
@@ -194,7 +194,7 @@ def _resolve(text: str, base: Path) -> str:
 def data_path(text: str) -> Path:
     """A spec path as a file path (``$EVOPROXY_DATA/...`` in the current data root)."""
     if text.startswith(DATA_PREFIX):
-        from mqbench.dataroot import data_root
+        from mqbench.data.dataroot import data_root
 
         return data_root() / text[len(DATA_PREFIX):]
     return Path(text)
@@ -249,13 +249,20 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
 
 # ------------------------------------------------------------------------------------- plug-in code
 
+# Modules of this project that spec files written before they moved may name (old -> new dotted name).
+MOVED_MODULES = {"mqbench.memory": "mqbench.bench.memory"}
+
+
 def import_ref(ref: str, python_path=(), what: str = "factory"):
-    """The callable named by ``package.module:function`` (its folders in ``python_path`` go first on sys.path)."""
+    """The callable named by ``package.module:function`` (its folders in ``python_path`` go first on sys.path).
+
+    A module of this project named by its former path (:data:`MOVED_MODULES`) is imported from where it lives now."""
     check_ref(ref, what)
     for folder in reversed(python_path):
         if folder not in sys.path:
             sys.path.insert(0, folder)
     module_name, attr = ref.split(":")
+    module_name = MOVED_MODULES.get(module_name, module_name)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -275,7 +282,7 @@ def source_digest(fn) -> str:
     """sha256 (16 hex) of the file defining ``fn``, so a cache notices an edited factory."""
     import inspect
 
-    from mqbench.dataroot import file_sha256
+    from mqbench.data.dataroot import file_sha256
 
     try:
         return file_sha256(Path(inspect.getsourcefile(fn)))[:16]
@@ -384,7 +391,7 @@ def checkpoint_args(checkpoint, sha256: str | None, name: str) -> tuple:
     """``(path,)`` for the MQ factory (checked to exist and, with ``sha256``, to be that file), or ``()``."""
     if not checkpoint:
         return ()
-    from mqbench.dataroot import file_sha256
+    from mqbench.data.dataroot import file_sha256
 
     ckpt = Path(checkpoint).expanduser()
     if not ckpt.is_file():

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.table import SPLITS, MQTable, sample_ids, split_ids
+from mqbench.bench.table import SPLITS, MQTable, sample_ids, split_ids
 
 if TYPE_CHECKING:
-    from mqbench.spec import BenchmarkSpec
+    from mqbench.bench.spec import BenchmarkSpec
 
-TABLES_DIR = Path(__file__).resolve().parent / "tables"
+TABLES_DIR = Path(__file__).resolve().parents[1] / "tables"
 _BENCHMARKS: dict[str, Callable[..., "Benchmark"]] = {}
 
 
@@ -46,9 +46,9 @@ def benchmark_names() -> list[str]:
 def get_benchmark(name, table: str | Path | None = None, gt_column: str | None = None,
                   checkpoint: str | Path | None = None) -> "Benchmark":
     """A registered benchmark, or one of your own: a spec file path (``*.toml``) or a
-    :class:`mqbench.spec.BenchmarkSpec`. ``table``, ``gt_column`` and ``checkpoint`` override the
+    :class:`mqbench.bench.spec.BenchmarkSpec`. ``table``, ``gt_column`` and ``checkpoint`` override the
     table, its ground-truth column and where an MQ benchmark's FP checkpoint is read from."""
-    from mqbench.spec import BenchmarkSpec, is_spec_path, load_spec
+    from mqbench.bench.spec import BenchmarkSpec, is_spec_path, load_spec
 
     if isinstance(name, BenchmarkSpec):
         return SpecBenchmark(name, table, gt_column, checkpoint)
@@ -100,7 +100,7 @@ class Benchmark(ABC):
     name: str
     kind: str = "nas"
     normalization: str = "cifar10"
-    dataset: str = "cifar10"  # the images statistics are taken on (a mqbench.datasets reference)
+    dataset: str = "cifar10"  # the images statistics are taken on (a mqbench.data.datasets reference)
     model_mode: str = "train"
     size_label: str = "params"
     gt_column: str = ""
@@ -227,7 +227,7 @@ class NB201Benchmark(Benchmark):
 
     def __init__(self, table: str | Path | None = None, gt_column: str | None = None, num_classes: int = 10,
                  checkpoint: str | Path | None = None):
-        from mqbench.dataroot import require
+        from mqbench.data.dataroot import require
 
         if checkpoint is not None:
             raise ConfigError("--checkpoint applies to MQ tables; NAS-Bench-201 networks are freshly initialised")
@@ -282,7 +282,7 @@ class MQBenchmark(Benchmark):
                  checkpoint: str | Path | None = None):
         if gt_column not in (None, "top1"):
             raise ConfigError(f"MQ tables have one ground-truth column, 'top1'; got {gt_column!r}")
-        from mqbench.quant import quantize_weight
+        from mqbench.quant.fakequant import quantize_weight
 
         self.name = name
         self.table = MQTable.load(table or default_table)
@@ -348,18 +348,18 @@ for _model in ("resnet20", "resnet32"):
 # ---------------------------------------------------------------------------------------- your own
 
 class SpecBenchmark(Benchmark):
-    """A benchmark from a :class:`mqbench.spec.BenchmarkSpec`: the user's table and model factory.
+    """A benchmark from a :class:`mqbench.bench.spec.BenchmarkSpec`: the user's table and model factory.
 
     NAS (``kind = "nas"``): ``network(item)`` = ``factory(row)`` right after ``torch.manual_seed(init seed)``
     (the item's id, its row index, or a fixed integer), as the built-in NB201 benchmark seeds with the id.
     MQ (``kind = "mq"``): ``factory()`` / ``factory(checkpoint)`` once, then a copy per item, with the
     row's bits for the layers not in ``fixed_layers``. Ids, splits and samples follow the built-ins'
-    rule (:func:`mqbench.table.split_ids` over the ids), so equal ids give equal samples.
+    rule (:func:`mqbench.bench.table.split_ids` over the ids), so equal ids give equal samples.
     """
 
     def __init__(self, spec, table: str | Path | None = None, gt_column: str | None = None,
                  checkpoint: str | Path | None = None):
-        from mqbench.spec import data_path, import_ref, read_table, source_digest
+        from mqbench.bench.spec import data_path, import_ref, read_table, source_digest
 
         self.spec = spec
         self.name, self.kind, self.dataset = spec.name, spec.kind, spec.dataset
@@ -404,7 +404,7 @@ class SpecBenchmark(Benchmark):
                          self.spec.search_fraction if search_fraction is None else search_fraction)
 
     def _call(self, what: str, *args) -> torch.nn.Module:
-        from mqbench.spec import one_line
+        from mqbench.bench.spec import one_line
 
         try:
             model = self.factory(*args)
@@ -421,7 +421,7 @@ class SpecBenchmark(Benchmark):
     def fp_model(self) -> torch.nn.Module:
         """MQ: the FP network, built once (the checkpoint verified against ``checkpoint_sha256`` first)."""
         if self._fp_model is None:
-            from mqbench.spec import checkpoint_args
+            from mqbench.bench.spec import checkpoint_args
 
             args = checkpoint_args(self.checkpoint, self.spec.checkpoint_sha256, self.name)
             self._fp_model = self._call(f"the FP model{f' ({args[0]})' if args else ''}", *args)
@@ -437,7 +437,7 @@ class SpecBenchmark(Benchmark):
         return self._call(self.table.where(item), dict(self.table.rows[item]))
 
     def network_key(self, item) -> str:
-        from mqbench.spec import row_digest, weights_digest
+        from mqbench.bench.spec import row_digest, weights_digest
 
         item = self._row(item)
         if self.kind == "mq":
@@ -446,7 +446,7 @@ class SpecBenchmark(Benchmark):
         return f"spec:{self._digest}:row-{row_digest(self.table.rows[item])}:init-seed-{self._seed(item)}"
 
     def bit_config(self, item) -> list[int] | None:
-        from mqbench.spec import full_bits
+        from mqbench.bench.spec import full_bits
 
         if self.kind != "mq":
             return None
@@ -454,7 +454,7 @@ class SpecBenchmark(Benchmark):
         return full_bits(self.spec, self.table.bits[item], len(self._layers()), self.table.where(item))
 
     def _layers(self) -> list:
-        from mqbench.quant import quantizable_layers
+        from mqbench.quant.fakequant import quantizable_layers
 
         self._quant_layers = self._quant_layers or quantizable_layers(self.fp_model())
         return self._quant_layers
@@ -472,7 +472,7 @@ class SpecBenchmark(Benchmark):
         if self.table.size is not None:
             return np.array([self.table.size[self._row(i)] for i in ids], dtype=float)
         if self.kind == "mq":
-            from mqbench.quant import model_size_mb
+            from mqbench.quant.fakequant import model_size_mb
 
             w, b = zip(*[(m.weight.numel(), 0 if m.bias is None else m.bias.numel()) for _, m in self._layers()])
             return np.array([model_size_mb(w, b, self.bit_config(i)) for i in ids], dtype=float)

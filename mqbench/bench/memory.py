@@ -1,7 +1,7 @@
-"""Benchmarks of networks a user holds in memory, written as ordinary spec files (:mod:`mqbench.spec`).
+"""Benchmarks of networks a user holds in memory, written as ordinary spec files (:mod:`mqbench.bench.spec`).
 
     write_spec(folder, "search", name="my-cnns", kind="nas", rows=rows, batch_file="batch-1a2b.pt", ...)
-    bench = mqbench.benchmarks.get_benchmark(folder / "search.toml")     # a SpecBenchmark like any other
+    bench = mqbench.bench.benchmarks.get_benchmark(folder / "search.toml")     # a SpecBenchmark like any other
 
 A spec written here names one of the two factories of this module; each table row (or, for
 ``kind = "mq"``, the JSON file the spec gives as its checkpoint) says where the network comes from:
@@ -92,7 +92,7 @@ def importable_ref(obj) -> tuple[str, list[str]] | None:
 
 
 def _import(ref: str, python_path, what: str):
-    from mqbench.spec import import_ref
+    from mqbench.bench.spec import import_ref
 
     return import_ref(ref, tuple(python_path), what)
 
@@ -103,7 +103,7 @@ def _seeded(fn, seed: int, *args):
 
 
 def _rebuild(cls_ref: str, python_path, weights: Path, where: str) -> torch.nn.Module:
-    from mqbench.spec import one_line
+    from mqbench.bench.spec import one_line
 
     cls = _import(cls_ref, python_path, "model class")
     try:
@@ -207,16 +207,16 @@ def write_spec(folder: Path, stem: str, *, name: str, kind: str, rows: list[dict
     else:
         mq_rows = [{"id": r["id"], "accuracy": r["accuracy"], "bits": "-".join(map(str, r["bits"]))} for r in rows]
         write_table(folder / f"{stem}.csv", mq_rows, ("id", "accuracy", "bits"))
-    lines = [f"# written by evoproxy (mqbench.memory): {len(rows)} items", f"name = {_toml(name)}", f"kind = {_toml(kind)}",
+    lines = [f"# written by evoproxy (mqbench.bench.memory): {len(rows)} items", f"name = {_toml(name)}", f"kind = {_toml(kind)}",
              "", "[table]", f"path = {_toml(stem + '.csv')}", 'id_column = "id"', 'gt_column = "accuracy"']
     if kind == "nas":
         lines.append('size_column = "params"')
-    lines += ["", "[model]", f"factory = {_toml('mqbench.memory:network' if kind == 'nas' else 'mqbench.memory:fp_model')}",
+    lines += ["", "[model]", f"factory = {_toml('mqbench.bench.memory:network' if kind == 'nas' else 'mqbench.bench.memory:fp_model')}",
               f"mode = {_toml(mode)}"]
     if kind == "nas":
-        lines.append("init_seed = 0  # the rows' init_seed column seeds each network (mqbench.memory.network)")
+        lines.append("init_seed = 0  # the rows' init_seed column seeds each network (mqbench.bench.memory.network)")
     else:
-        lines.append(f"checkpoint = {_toml(descriptor)}  # the FP model: mqbench.memory.fp_model reads this file")
+        lines.append(f"checkpoint = {_toml(descriptor)}  # the FP model: mqbench.bench.memory.fp_model reads this file")
         lines += ["", "[bits]", 'column = "bits"', f"act_bits = {act_bits}", f"quantizer = {_toml(quantizer)}"]
     lines += ["", "[data]", f"dataset = {_toml('tensors=' + batch_file)}", "", "[protocol]", f"batch = {batch}",
               f"split_seed = {split_seed}", f"search_fraction = {search_fraction!r}"]

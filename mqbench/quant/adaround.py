@@ -5,7 +5,7 @@ Quantization" (ICML 2020) and Li et al., "BRECQ: Pushing the Limit of Post-Train
 Block Reconstruction" (ICLR 2021):
 
 * The weight grid is the RTN pipeline's: per output channel, symmetric, scale ``s`` from the same
-  MSE clip search as :func:`mqbench.kernels.quantize_weight` (:func:`mqbench.kernels.weight_scale` is its chosen scale),
+  MSE clip search as :func:`mqbench.quant.kernels.quantize_weight` (:func:`mqbench.quant.kernels.weight_scale` is its chosen scale),
   so AdaRound only decides, per weight, between ``floor(w/s)`` and ``floor(w/s) + 1``.
 * Soft weight ``s * clamp(floor(w/s) + h(V), qmin, qmax)`` with the rectified sigmoid
   ``h(V) = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1)``, zeta = 1.1, gamma = -0.1; ``V`` starts
@@ -23,7 +23,7 @@ Block Reconstruction" (ICLR 2021):
 
 Deterministic on CPU for a given seed and torch thread count (``torch.manual_seed`` draws the batches).
 BRECQ ran 20,000 iterations per block on a GPU; the default here is far fewer (see
-:class:`mqbench.ptq.PTQSettings`) so that one ResNet-20 configuration takes about a minute on one core.
+:class:`mqbench.quant.ptq.PTQSettings`) so that one ResNet-20 configuration takes about a minute on one core.
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.kernels import weight_levels, weight_scale
-from mqbench.quant import QuantLayer
+from mqbench.quant.kernels import weight_levels, weight_scale
+from mqbench.quant.fakequant import QuantLayer
 
 ZETA, GAMMA = 1.1, -0.1
 BETA_START, BETA_END = 20.0, 2.0
@@ -207,7 +207,7 @@ def reconstruct_unit(unit: nn.Module, inputs: torch.Tensor, target: torch.Tensor
 
 def adaround_model(qmodel: nn.Module, fp_model: nn.Module, calib_images: torch.Tensor, cfg: AdaRoundConfig,
                    mse_clip: bool = True, batch: int = 256) -> list[dict]:
-    """Replace the RTN weights of ``qmodel`` (from :func:`mqbench.quant.quantize_model`, not yet calibrated)
+    """Replace the RTN weights of ``qmodel`` (from :func:`mqbench.quant.fakequant.quantize_model`, not yet calibrated)
     by AdaRound's, unit by unit in forward order; returns one :func:`reconstruct_unit` report per unit."""
     fp_modules = dict(fp_model.named_modules())
     fp_model.eval()

@@ -1,7 +1,7 @@
 """Numeric kernels of the MQ benchmarks: the PTQ weight quantizer and the size / BOPs formulas.
 
 Torch, math and the standard library only: ``evoproxy export`` copies this module's source into
-standalone proxy modules, and ``mqbench.quant``, ``primitives`` and the MQ baselines import these
+standalone proxy modules, and ``mqbench.quant.fakequant``, ``primitives`` and the MQ baselines import these
 functions, so the tables, the statistics and exported proxies share one implementation.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ into the preceding convs (exact in eval mode, for speed) -> top-1 on the evaluat
 
 The weight rounding is a *method* (``PTQSettings.method``, looked up in ``ROUNDING``): ``"rtn"``
 (round to nearest on the MSE-clipped grid; the committed tables) or ``"adaround"`` (learned rounding
-on the same grid with block-wise output reconstruction, :mod:`mqbench.adaround`), applied right
+on the same grid with block-wise output reconstruction, :mod:`mqbench.quant.adaround`), applied right
 after the weights are quantized; everything after it is the same pipeline.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from mqbench.errors import ConfigError
-from mqbench.quant import activation_scale, fold_batchnorm, quant_layers, quantize_model
+from mqbench.quant.fakequant import activation_scale, fold_batchnorm, quant_layers, quantize_model
 
 
 def _on(model: nn.Module, t: torch.Tensor) -> torch.Tensor:
@@ -72,19 +72,19 @@ class PTQSettings:
         return out
 
     def adaround_config(self):
-        from mqbench.adaround import AdaRoundConfig
+        from mqbench.quant.adaround import AdaRoundConfig
 
         return AdaRoundConfig(self.adaround_iters, self.adaround_batch, self.adaround_lr, self.adaround_reg,
                               self.adaround_warmup, self.adaround_seed)
 
 
 def round_to_nearest(model: nn.Module, fp_model: nn.Module, calib_images: torch.Tensor, settings: PTQSettings) -> None:
-    """RTN: :func:`mqbench.quant.quantize_model` already rounded every weight to the nearest grid point."""
+    """RTN: :func:`mqbench.quant.fakequant.quantize_model` already rounded every weight to the nearest grid point."""
 
 
 def adaround(model: nn.Module, fp_model: nn.Module, calib_images: torch.Tensor, settings: PTQSettings) -> None:
-    """AdaRound with block-wise reconstruction on the calibration images (:mod:`mqbench.adaround`)."""
-    from mqbench.adaround import adaround_model
+    """AdaRound with block-wise reconstruction on the calibration images (:mod:`mqbench.quant.adaround`)."""
+    from mqbench.quant.adaround import adaround_model
 
     adaround_model(model, fp_model, calib_images, settings.adaround_config(), settings.mse_clip, settings.bn_batch)
 
