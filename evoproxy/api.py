@@ -54,8 +54,8 @@ def evaluate(bench: str, proxies, *, samples: int | None = 100, seed: int = 0, s
 
 
 def load_proxy(path: str | Path):
-    """A proxy file (``best.json``) as a :class:`~evoproxy.tree.Proxy`."""
-    from evoproxy.tree import load_proxy as load
+    """A proxy file (``best.json``) as a :class:`~evoproxy.language.tree.Proxy`."""
+    from evoproxy.language.tree import load_proxy as load
 
     return load(path)
 

@@ -4,9 +4,9 @@
     proxy.save("runs/a/calibrated.json")                                       # evaluate / allocate / export it
 
 A proxy whose tree's root aggregates over layers (``layer_sum``, ``layer_mean``, ``layer_meanlog``,
-``layer_pweighted``) is a sum of per-layer terms t_l (:func:`evoproxy.tree.layer_terms_on`: the
+``layer_pweighted``) is a sum of per-layer terms t_l (:func:`evoproxy.language.tree.layer_terms_on`: the
 aggregation's share of layer l, from the search's evaluator). Calibration replaces that sum by sum_l w_p(l) t_l with one weight per
-*layer position* p, the layer's name and weight shape (:func:`evoproxy.opkernels.layer_position`): on
+*layer position* p, the layer's name and weight shape (:func:`evoproxy.language.opkernels.layer_position`): on
 NAS-Bench-201 the name gives cell x edge and the kernel size the operation (``cells.7.edges.3_1.1:16x16x3x3``
 is a 3x3 conv on edge 1->3 of cell 7); on an MQ table every item has the same layers, so a position is a
 layer index. The weights minimise
@@ -19,7 +19,7 @@ not towards 0 (which would change the proxy's form). A position absent from the 
 weight ``default`` = 1 when scored. Torch on CPU, float64, a few seconds.
 
 The weights are stored in the proxy file (``layer_weights``, parsed and validated by
-:func:`evoproxy.tree.parse_layer_weights`; no pickle) with how they were fitted.
+:func:`evoproxy.language.tree.parse_layer_weights`; no pickle) with how they were fitted.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import math
 import statistics
 
 from evoproxy.errors import ConfigError
-from evoproxy.tree import LAYER_WEIGHTS_KEY as KEY  # opkernels.layer_position keys
+from evoproxy.language.tree import LAYER_WEIGHTS_KEY as KEY  # opkernels.layer_position keys
 
 
 def fit_weights(rows: list[tuple[list[str], list[float]]], truth, orientation: int = 1, *, weight_decay: float = 0.01,
@@ -80,8 +80,8 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
               progress: bool = False):
     """A copy of ``proxy`` (a Proxy or a proxy file) with per-layer-position weights learned on ``samples`` items
     of ``bench``'s search split (sample ``seed``); see the module docstring."""
-    from evoproxy.ops import OPS
-    from evoproxy.tree import Proxy, load_proxy
+    from evoproxy.language.ops import OPS
+    from evoproxy.language.tree import Proxy, load_proxy
     from mqbench.bench.benchmarks import BenchRef
     from primitives.workspace import Workspace
 
@@ -103,10 +103,10 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
 
 
 def term_rows(proxy, stats) -> list:
-    """(layer positions, layer terms) of ``proxy`` per item's ``NetworkStats`` (:func:`evoproxy.tree.layer_terms_on`,
+    """(layer positions, layer terms) of ``proxy`` per item's ``NetworkStats`` (:func:`evoproxy.language.tree.layer_terms_on`,
     the terms a calibrated proxy's weights multiply when it is scored); None where a term fails or is not finite."""
-    from evoproxy.opkernels import OpError
-    from evoproxy.tree import layer_terms_on
+    from evoproxy.language.opkernels import OpError
+    from evoproxy.language.tree import layer_terms_on
 
     rows = []
     for st in stats:

@@ -345,7 +345,7 @@ def _show_options(p: argparse.ArgumentParser) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     import json
 
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     proxy = load_proxy(args.file)
     print(f"formula:     {proxy.formula}")

@@ -202,7 +202,7 @@ class ProxySearch:
         is missing itself)."""
         from evoproxy.searchdata import DataRecipe
         from evoproxy.searchsample import search_items
-        from evoproxy.space import SearchSpace
+        from evoproxy.language.space import SearchSpace
         from mqbench.bench.benchmarks import BenchRef
         from primitives.core import REGISTRY
         from primitives.items import available_names, uses_hessian

@@ -26,7 +26,7 @@ Protocol
   rounds of children go to the best former members, as without it); it is raced on growing prefixes of the search samples (``rungs``) and rejected early when its fitness
   there is below that threshold minus the rung's ``margins``. ``audit`` also scores early-rejected children on
   every sample (decisions unchanged) and writes ``children.csv``.
-* Randomness: Python's ``random`` (used by DEAP and :mod:`evoproxy.space`) is re-seeded at the start of
+* Randomness: Python's ``random`` (used by DEAP and :mod:`evoproxy.language.space`) is re-seeded at the start of
   every generation from (seed, generation) — per island with ``islands`` > 1 (:mod:`evoproxy.islands`:
   several populations, ring migration, restarts of stagnant islands) — so a resumed run draws exactly
   what an uninterrupted one would.
@@ -58,7 +58,7 @@ from mqbench.fileio import atomic_write_text
 from evoproxy.islands import Individual, Island, interleave, island_row, island_seed, migrate
 from evoproxy.results import SearchResult
 from evoproxy.searchconfig import SearchConfig
-from evoproxy.tree import Proxy, ProxyTree, canonical
+from evoproxy.language.tree import Proxy, ProxyTree, canonical
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
 MAX_ROUNDS = 5
@@ -86,7 +86,7 @@ class Search:
         from evoproxy.scoring import reason
         from evoproxy.searchdata import DataRecipe, load_samples
         from evoproxy.searchsample import search_items, validation_count
-        from evoproxy.space import SearchSpace
+        from evoproxy.language.space import SearchSpace
         from evoproxy.validation import Validation
         from mqbench.bench.benchmarks import BenchRef
         from primitives.core import REGISTRY

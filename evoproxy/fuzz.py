@@ -3,7 +3,7 @@
     python -m evoproxy.fuzz --structure emq --trees 100000 --synthetic
     python -m evoproxy.fuzz --structure tree --trees 20000 --bench nb201-cifar10 --items 4
 
-Trees come from the structure's generator as the search uses it (:class:`evoproxy.space.SearchSpace`):
+Trees come from the structure's generator as the search uses it (:class:`evoproxy.language.space.SearchSpace`):
 half fresh ``random_tree()`` draws, a quarter mutants and a quarter crossover children of a pool of
 64 earlier trees (a valid child replaces a random pool member, so variation reaches deep trees).
 Each tree is scored with :func:`evoproxy.screening.score_range` on every item's statistics; the outcome
@@ -98,9 +98,9 @@ class FuzzReport:
 def fuzz(stats, terminals, structure: str, trees: int, seed: int = 0, time_bound: float | None = None,
          keep_crashes: int = 5, progress: bool = False, **space_kw) -> FuzzReport:
     """Screen ``trees`` generated trees on ``stats`` (see the module docstring)."""
-    from evoproxy.space import SearchSpace
-    from evoproxy.tree import canonical
-    from evoproxy.vectorised import stack
+    from evoproxy.language.space import SearchSpace
+    from evoproxy.language.tree import canonical
+    from evoproxy.language.vectorised import stack
     from primitives.core import fixed_threads
 
     stacked = stack(stats)  # once, for every tree

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evoproxy.tree import ProxyTree, canonical, parse_tree, render
+from evoproxy.language.tree import ProxyTree, canonical, parse_tree, render
 
 ISLAND_COLUMNS = ("generation", "island", "best_fitness", "median_fitness", "unique_formulas",
                   "mean_pairwise_distance", "restarted", "migrants_in", "generations_without_improvement",

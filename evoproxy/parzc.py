@@ -10,7 +10,7 @@ how to weigh them with a Mixer Architecture with Bayesian Network (MABN), traine
 reading, written from the paper's description (not its code):
 
 * **node-wise statistics**: for each item a matrix layer position x hand-made proxy whose entry is the
-  proxy's per-layer term (:func:`evoproxy.tree.layer_terms_on` of the proxy file's tree, times its
+  proxy's per-layer term (:func:`evoproxy.language.tree.layer_terms_on` of the proxy file's tree, times its
   orientation; layer positions as in :mod:`evoproxy.calibrate`). Default proxies: ``snip``, ``grad_norm``,
   ``fisher``, ``l2_norm``, ``params`` (the registered hand-made NAS proxies whose tree is a sum over layers);
   on MQ tables also ``bit_sum``, ``model_size`` and ``hawq_v2`` (the snip-like terms do not depend on the
@@ -51,14 +51,14 @@ SHAPES = {"a": ("L",), "t1": ("H", "L"), "tb1": ("H",), "t2": ("L", "H"), "tb2":
 
 def default_proxies(mq: bool) -> dict:
     """{label: Proxy} of the node-wise statistics used by default (NAS or MQ set)."""
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     return {name: load_proxy(PROXY_DIR / f"{name}.json") for name in (MQ_PROXIES if mq else NAS_PROXIES)}
 
 
 def nodewise(proxies: dict, stats) -> dict:
     """{layer position: [term of each proxy]} of one item's ``NetworkStats`` (OpError/ArithmeticError propagate)."""
-    from evoproxy.tree import layer_terms_on
+    from evoproxy.language.tree import layer_terms_on
 
     out: dict = {}
     for j, proxy in enumerate(proxies.values()):
@@ -112,7 +112,7 @@ class ParZC:
         return union_request(self.proxies.values(), batch)
 
     def score(self, model, inputs, targets, bit_config=None) -> float:
-        """Score a network (and an MQ bit configuration) on a batch, like :meth:`evoproxy.tree.Proxy.score`."""
+        """Score a network (and an MQ bit configuration) on a batch, like :meth:`evoproxy.language.tree.Proxy.score`."""
         from primitives.items import model_statistics
 
         (stats,) = model_statistics(model, inputs, targets, self.statistics_request(len(inputs)),
@@ -136,7 +136,7 @@ class ParZC:
     @classmethod
     def from_json(cls, obj, source: str = "parzc") -> "ParZC":
         """Parse and validate a document of :meth:`to_json` (ConfigError naming the problem)."""
-        from evoproxy.tree import parse_proxy
+        from evoproxy.language.tree import parse_proxy
 
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ConfigError(f"{source}: not a ParZC model (format must be {FORMAT!r})")
@@ -323,7 +323,7 @@ def union_request(proxies, batch: int = 64):
 
 def item_rows(proxies: dict, stats_list) -> list:
     """Node-wise rows of many items; None for an item whose terms fail or are not finite."""
-    from evoproxy.opkernels import OpError
+    from evoproxy.language.opkernels import OpError
 
     rows = []
     for st in stats_list:
@@ -341,7 +341,7 @@ def parzc(bench: str, samples: int = 100, seed: int = 0, proxies=None, *, batch:
           gt_column_name=None, checkpoint=None, progress: bool = False, **fit_options) -> ParZC:
     """ParZC fitted on ``samples`` items of ``bench``'s search split (sample ``seed``); ``proxies``: proxy files
     or Proxy objects of the node-wise statistics (default: :data:`NAS_PROXIES`, on MQ tables :data:`MQ_PROXIES`)."""
-    from evoproxy.tree import Proxy, load_proxy
+    from evoproxy.language.tree import Proxy, load_proxy
     from mqbench.bench.benchmarks import BenchRef
     from primitives.workspace import Workspace
 

@@ -113,7 +113,7 @@ def race_one(tree, samples, plan: RacePlan, threshold: float, known) -> dict:
 
 
 def _race_chunk(samples, items, plan: RacePlan, known):
-    from evoproxy.tree import parse_tree
+    from evoproxy.language.tree import parse_tree
     from primitives.core import fixed_threads
 
     with fixed_threads(1):
@@ -146,7 +146,7 @@ def decide(search, trees, counts: dict, thresholds=None) -> list[dict]:
     first), or with screening off scored on every sample."""
     from evoproxy.fitness import oriented_fitness
     from evoproxy.screening import LOG_NAME, _is_constant, score_many
-    from evoproxy.tree import canonical
+    from evoproxy.language.tree import canonical
 
     c = search.config
     thresholds = [NO_THRESHOLD if t is None else t for t in (thresholds or [None] * len(trees))]

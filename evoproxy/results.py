@@ -44,7 +44,7 @@ class SearchResult:
 
     out: Path
     config: dict
-    best: object  # evoproxy.tree.Proxy
+    best: object  # evoproxy.language.tree.Proxy
     hall_of_fame: list = field(default_factory=list)  # Proxy objects, best first
     log: list = field(default_factory=list)  # one dict per generation
     stopped: str | None = None
@@ -52,7 +52,7 @@ class SearchResult:
     @classmethod
     def load(cls, run_dir: str | Path, stopped: str | None = None) -> "SearchResult":
         """Read a run folder written by the search (``best.json``, ``hall_of_fame.json``, ``log.csv``, ``config.json``)."""
-        from evoproxy.tree import load_proxy, parse_proxy
+        from evoproxy.language.tree import load_proxy, parse_proxy
 
         out = Path(run_dir)
         config = _read_json(out / "config.json")

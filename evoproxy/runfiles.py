@@ -76,7 +76,7 @@ def run_status(search) -> dict:
 def proxy_of(search, ind):
     """The proxy file content of hall-of-fame member ``ind`` of ``search``."""
     from evoproxy.metrics import partial_spearman, spearman
-    from evoproxy.tree import Proxy
+    from evoproxy.language.tree import Proxy
     from mqbench.data.dataroot import portable_path
     from primitives.items import uses_hessian
 
@@ -101,7 +101,7 @@ def log_row(search, generation: int, counts: dict, seconds: float) -> dict:
     """One row of log.csv for ``generation`` of ``search``."""
     from evoproxy.screening import LOG_REASONS
     from evoproxy.selection import mean_pairwise_distance
-    from evoproxy.tree import render
+    from evoproxy.language.tree import render
 
     c = search.config
     fit = np.array([i.fitness for i in search.population])

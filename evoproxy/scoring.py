@@ -7,7 +7,7 @@ A user's proxy is any of (:func:`as_scorer` turns it into a :class:`Scorer`, nam
 
 * a registered baseline name (``"hawq_v1"``): kind ``baseline``, ``fn(ctx)`` on a
   :class:`~evoproxy.baselines.ProxyContext`;
-* a proxy file (a path) or a parsed :class:`~evoproxy.tree.Proxy`: kind ``tree``, its tree on the item's
+* a proxy file (a path) or a parsed :class:`~evoproxy.language.tree.Proxy`: kind ``tree``, its tree on the item's
   statistics, or kind ``calibrated`` when the file has learned ``layer_weights`` (``evoproxy calibrate``): the
   tree's per-layer terms weighted by them;
 * a plain callable ``f(model, inputs, targets, bit_config) -> float``: kind ``callable``, on the context's
@@ -68,8 +68,8 @@ def scorer_kind(name: str, reads: str):
 
 @scorer_kind("tree", STATISTICS)
 def _tree_value(document):
-    """orientation * the tree on the statistics (:func:`evoproxy.tree.tree_value`)."""
-    from evoproxy.tree import parse_proxy, tree_value
+    """orientation * the tree on the statistics (:func:`evoproxy.language.tree.tree_value`)."""
+    from evoproxy.language.tree import parse_proxy, tree_value
 
     proxy = parse_proxy(document)
     return lambda stats: proxy.orientation * tree_value(proxy.tree, stats)
@@ -78,8 +78,8 @@ def _tree_value(document):
 @scorer_kind("calibrated", STATISTICS)
 def _calibrated_value(document):
     """orientation * sum_l w_p(l) t_l: the tree's per-layer terms weighted by its learned layer weights
-    (:func:`evoproxy.tree.calibrated_value`)."""
-    from evoproxy.tree import calibrated_value, parse_proxy
+    (:func:`evoproxy.language.tree.calibrated_value`)."""
+    from evoproxy.language.tree import calibrated_value, parse_proxy
 
     proxy = parse_proxy(document)
     return lambda stats: proxy.orientation * calibrated_value(proxy.tree, stats, proxy.layer_weights)
@@ -125,7 +125,7 @@ class Scorer:
 def proxy_label(obj) -> str:
     """How results name a proxy: a baseline's name or a proxy file's path (as given), a ``Proxy``'s source file or
     formula, a function's ``__name__`` (an object's type name when it has none)."""
-    from evoproxy.tree import Proxy
+    from evoproxy.language.tree import Proxy
 
     if isinstance(obj, Scorer):
         return obj.label
@@ -156,7 +156,7 @@ def as_scorer(obj, label: str | None = None) -> Scorer:
     (:func:`is_proxy_file`), a ``Proxy`` or a callable, labelled ``label`` or by :func:`proxy_label`
     (ConfigError otherwise; an unknown name lists the registered ones)."""
     from evoproxy.baselines import get_proxy, proxy_names
-    from evoproxy.tree import Proxy, load_proxy
+    from evoproxy.language.tree import Proxy, load_proxy
 
     if isinstance(obj, Scorer):
         return obj

@@ -48,7 +48,7 @@ def search_recipe(bench: str, samples: int, seed: int = 0):
 
 
 def random_trees(terminals, count: int, seed: int) -> list:
-    from evoproxy.space import SearchSpace
+    from evoproxy.language.space import SearchSpace
 
     random.seed(seed)
     trees = []
@@ -73,7 +73,7 @@ def _one_at_a_time(samples, trees_json):
     import numpy as np
 
     from evoproxy.screening import Scored, _is_constant, score_range
-    from evoproxy.tree import parse_tree
+    from evoproxy.language.tree import parse_tree
     from primitives.core import fixed_threads
 
     stats = samples.stats

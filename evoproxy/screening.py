@@ -30,10 +30,10 @@ Work is split into contiguous chunks of candidates and run in joblib (loky) proc
 ``jobs``. Each worker process builds its own search samples once (:meth:`SearchSamples.setup`,
 from the disk cache) and the chunks receive them.
 
-There is one scorer: the stacked evaluator (:mod:`evoproxy.vectorised`), all samples of the range
+There is one scorer: the stacked evaluator (:mod:`evoproxy.language.vectorised`), all samples of the range
 at once on the samples' statistics stacked per shape group (``SearchSamples.stacked``, built once per
-process; :func:`score_range` stacks a plain list of statistics itself), with the batched operators of :mod:`evoproxy.opkernels`, the same functions that score a single
-network (:meth:`evoproxy.tree.Proxy.value`, a stack of one) and that exported proxies copy.
+process; :func:`score_range` stacks a plain list of statistics itself), with the batched operators of :mod:`evoproxy.language.opkernels`, the same functions that score a single
+network (:meth:`evoproxy.language.tree.Proxy.value`, a stack of one) and that exported proxies copy.
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evoproxy.ops import OpError
-from evoproxy.tree import parse_tree
+from evoproxy.language.ops import OpError
+from evoproxy.language.tree import parse_tree
 
 REASONS = ("exception", "shape", "size", "nan", "constant", "cost", "timeout")
 # the rejection columns of a search's log.csv (rejected_<reason>); a "timeout" remembered by a checkpoint written
@@ -72,7 +72,7 @@ def _is_constant(values: np.ndarray) -> bool:
 def op_cost(name: str, arg_shapes, out_shape) -> int:
     """Tensor elements one application of operator ``name`` processes (see the module docstring); depends on
     the shapes only. ``arg_shapes``: its tensor arguments' shapes; ``out_shape``: its result's (() for a scalar)."""
-    from evoproxy.ops import OPS
+    from evoproxy.language.ops import OPS
 
     kind = OPS[name].kind
     if kind in ("unary", "binary"):
@@ -102,9 +102,9 @@ class CostMeter:
             raise OpError("cost", f"over the cost bound of {self.bound:.4g} tensor elements")
 
     def functions(self) -> dict:
-        """{operator name: function} for :func:`evoproxy.opkernels.evaluate_tree`, tensor operators and reductions
+        """{operator name: function} for :func:`evoproxy.language.opkernels.evaluate_tree`, tensor operators and reductions
         wrapped so that each application adds its cost (per item of a batch)."""
-        from evoproxy.ops import OPS
+        from evoproxy.language.ops import OPS
 
         out = {}
         for name, op in OPS.items():
@@ -157,7 +157,7 @@ def tree_cost(tree_json, stats, start: int, stop: int) -> int:
     evaluation when nothing fails), from one evaluation (a batch of one) per aggregation subtree and shape
     signature of its terminals; a layer whose evaluation raises counts 0 (the evaluator rejects that tree on its
     own rule)."""
-    from evoproxy.opkernels import layer_value
+    from evoproxy.language.opkernels import layer_value
 
     total, memo = 0, {}
     for sub in _aggregations(tree_json):
@@ -193,9 +193,9 @@ _CAUGHT = (OpError, RuntimeError, ValueError, IndexError, ZeroDivisionError, Ove
 def score_range(tree, stats, start: int, stop: int, time_bound: float | None = None,
                 check_constant: bool = True, cost_bound: float | None = None, stacked=None) -> Scored:
     """Scores of ``tree`` on ``stats[start:stop]`` (see the module docstring for the rejection rules).
-    ``stacked``: ``stats`` stacked (:func:`evoproxy.vectorised.stack`; a caller scoring many trees passes it,
+    ``stacked``: ``stats`` stacked (:func:`evoproxy.language.vectorised.stack`; a caller scoring many trees passes it,
     e.g. ``SearchSamples.stacked``); None: stacked here."""
-    from evoproxy.vectorised import stack, tree_values
+    from evoproxy.language.vectorised import stack, tree_values
 
     t0 = time.perf_counter()
     out = []

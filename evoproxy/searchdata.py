@@ -43,7 +43,7 @@ class DataRecipe:
 @dataclass(eq=False)
 class SearchSamples:
     """The statistics of a recipe's items (``stats``, one ``NetworkStats`` per id) and their stacked form
-    (``stacked``, :func:`evoproxy.vectorised.stack`, built on first use)."""
+    (``stacked``, :func:`evoproxy.language.vectorised.stack`, built on first use)."""
 
     recipe: DataRecipe
     stats: list
@@ -55,7 +55,7 @@ class SearchSamples:
     @property
     def stacked(self):
         if self._stacked is None:
-            from evoproxy.vectorised import stack
+            from evoproxy.language.vectorised import stack
 
             self._stacked = stack(self.stats)
         return self._stacked

@@ -20,7 +20,7 @@ class Validation:
     def __init__(self, workspace, recipe, truth, size, fitness: str, seed: int, jobs: int = 1, progress: bool = False):
         """``workspace``: the benchmark's :class:`primitives.workspace.Workspace`; ``recipe``: the validation items'
         :class:`evoproxy.searchdata.DataRecipe`."""
-        from evoproxy.vectorised import stack
+        from evoproxy.language.vectorised import stack
 
         self.n = len(recipe.ids)
         stats = workspace.statistics(recipe.ids, recipe.request, jobs=jobs, progress=progress, cache_dir=recipe.cache_dir)
@@ -34,7 +34,7 @@ class Validation:
         when the formula fails or is not finite there)."""
         from evoproxy.fitness import fitness_value
         from evoproxy.screening import _CAUGHT
-        from evoproxy.vectorised import tree_values
+        from evoproxy.language.vectorised import tree_values
         from primitives.core import fixed_threads
 
         try:

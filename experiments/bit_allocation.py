@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     import torch
 
     from evoproxy.errors import ConfigError, EvoproxyError
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     parser = argparse.ArgumentParser(prog="python -m experiments.bit_allocation", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet20,resnet32", help="comma-separated CIFAR ResNets")

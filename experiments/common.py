@@ -186,7 +186,7 @@ def mean_std(values) -> tuple[float, float]:
 
 def evolved_rows(reports: dict, evolved: dict, metrics: list[str]) -> list[dict]:
     """Table rows of the evolved proxies (one per search seed, with its formula) plus their mean ± std."""
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     rows, seeds = [], []
     for s, path in evolved.items():

@@ -42,7 +42,7 @@ EMQ_CAPTION = ("emq_published / emq_published_alt: EMQ's published proxy (tree_g
 
 
 def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     rows = []
     for name, rep in reports.items():

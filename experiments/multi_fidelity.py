@@ -60,7 +60,7 @@ def _summary(run: Path) -> dict:
 
 def main(argv=None) -> int:
     from evoproxy.searchconfig import SearchConfig
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     p = argparse.ArgumentParser(prog="python -m experiments.multi_fidelity", description=__doc__.splitlines()[0])
     p.add_argument("--benches", default="nb201,mq")

@@ -45,7 +45,7 @@ CHUNK = 100
 def proxy_sets(bench: str, seeds) -> tuple[dict, dict]:
     """({label: Proxy} of ParZC's node-wise statistics, {seed: evolved Proxy})."""
     from evoproxy.parzc import default_proxies
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     runs = REPO / "results" / SETTINGS[bench]["experiment"] / "runs"
     return default_proxies(bench == MQ), {s: load_proxy(runs / f"seed{s}" / "best.json") for s in seeds}

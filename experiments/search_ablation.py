@@ -72,7 +72,7 @@ def config_for(short: str, setting: str, seed: int, out: Path, jobs: int):
 def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """(scores [proxy, item], truth, size, ids) of ``proxies`` on the benchmark's holdout sample."""
     from evoproxy.searchdata import DataRecipe
-    from evoproxy.vectorised import stack, tree_values
+    from evoproxy.language.vectorised import stack, tree_values
     from mqbench.bench.benchmarks import BenchRef
     from primitives.workspace import Workspace
 

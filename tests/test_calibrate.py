@@ -15,8 +15,8 @@ from evoproxy.cli import main
 from evoproxy.errors import ConfigError
 from evoproxy.export import export_source
 from evoproxy.metrics import kendall
-from evoproxy.opkernels import layer_position
-from evoproxy.tree import ProxyFileError, load_proxy, parse_proxy
+from evoproxy.language.opkernels import layer_position
+from evoproxy.language.tree import ProxyFileError, load_proxy, parse_proxy
 from mqbench.networks.resnet_cifar import CifarResNet
 
 EMQ = Path(__file__).resolve().parent.parent / "examples" / "proxies" / "emq_published.json"

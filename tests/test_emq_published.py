@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from evoproxy.export import export_source
-from evoproxy.ops import OPS
-from evoproxy.tree import load_proxy
+from evoproxy.language.ops import OPS
+from evoproxy.language.tree import load_proxy
 from mqbench.networks.resnet_cifar import CifarResNet
 from primitives import extract
 

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from evoproxy import cli
-from evoproxy import opkernels
+from evoproxy.language import opkernels
 from evoproxy.errors import ConfigError
 from evoproxy.export import KERNELS, export_file, export_source
-from evoproxy.ops import OPS, register
+from evoproxy.language.ops import OPS, register
 from evoproxy.scoring import proxy_statistics
 from primitives.items import QUANT_NAMES
-from evoproxy.tree import ProxyFileError, parse_proxy
+from evoproxy.language.tree import ProxyFileError, parse_proxy
 from mqbench.data.cifar10 import normalize
 from mqbench.networks.nb201 import OPS as CELL_OPS
 from mqbench.networks.nb201 import NB201Network

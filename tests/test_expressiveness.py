@@ -9,7 +9,7 @@ import torch
 
 from evoproxy.baselines import ProxyContext, get_proxy
 from evoproxy.scoring import proxy_statistics
-from evoproxy.tree import load_proxy
+from evoproxy.language.tree import load_proxy
 from mqbench.data.cifar10 import normalize
 from mqbench.networks.nb201 import NB201Network
 from mqbench.networks.resnet_cifar import CifarResNet

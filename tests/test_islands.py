@@ -13,11 +13,11 @@ from evoproxy.budget import MAX_GENERATIONS, MIN_POPULATION, POPULATIONS, choose
 from evoproxy.evolution import run_search
 from evoproxy.fuzz import synthetic_stats
 from evoproxy.islands import Individual, Island, migrate
-from evoproxy.ops import OPS
-from evoproxy.opkernels import evaluate_tree as evaluate_json
+from evoproxy.language.ops import OPS
+from evoproxy.language.opkernels import evaluate_tree as evaluate_json
 from evoproxy.screening import CostMeter, op_cost, score_range, tree_cost
 from evoproxy.searchconfig import SearchConfig
-from evoproxy.tree import parse_tree, tree_value
+from evoproxy.language.tree import parse_tree, tree_value
 
 TINY = dict(bench="nb201-cifar10", samples=8, population=6, generations=3, batch=8, seed=3, progress=False)
 ISLANDS = dict(islands=2, migration_interval=1, migrants=1, restart_after=1)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from evoproxy.errors import ConfigError
-from evoproxy.opkernels import layer_position
+from evoproxy.language.opkernels import layer_position
 from evoproxy.scoring import CONTEXT, SCORER_KINDS, STATISTICS, Scorer, as_scorer, callable_scorer, proxy_label
-from evoproxy.tree import parse_proxy, tree_value
+from evoproxy.language.tree import parse_proxy, tree_value
 from mqbench.networks.resnet_cifar import CifarResNet
 
 SNIP = Path(__file__).resolve().parent.parent / "examples" / "proxies" / "snip.json"

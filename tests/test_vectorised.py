@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import evoproxy.vectorised as vectorised
+import evoproxy.language.vectorised as vectorised
 from evoproxy.fuzz import synthetic_stats
-from evoproxy.opkernels import OpError, evaluate_tree as evaluate_json
-from evoproxy.ops import OPS
+from evoproxy.language.opkernels import OpError, evaluate_tree as evaluate_json
+from evoproxy.language.ops import OPS
 from evoproxy.screening import _CAUGHT, _is_constant, _rejected, score_range
-from evoproxy.space import SearchSpace
-from evoproxy.tree import parse_tree, tree_value
+from evoproxy.language.space import SearchSpace
+from evoproxy.language.tree import parse_tree, tree_value
 from primitives import PRIMITIVES
 
 

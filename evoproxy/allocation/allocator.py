@@ -6,7 +6,7 @@
     print(result.bits_str, result.size_mb, result.bops_g, result.score, result.optimiser, result.top1)
 
 ``proxy``: a registered MQ baseline name (``evoproxy baselines --list``: ``hawq_v2``, ``bit_sum``,
-``model_size``, ...), a proxy JSON file (calibrated or not), a parsed :class:`evoproxy.tree.Proxy`, a
+``model_size``, ...), a proxy JSON file (calibrated or not), a parsed :class:`evoproxy.language.tree.Proxy`, a
 :class:`evoproxy.scoring.Scorer` (e.g. ``callable_scorer(f)`` for ``f(model, inputs, targets, bit_config)``),
 or an *objective*: a function of the configuration itself (searchable-layer bit tuple -> float); see
 :mod:`evoproxy.allocation.scoring`. Higher score = predicted more accurate.

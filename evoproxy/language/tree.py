@@ -1,7 +1,7 @@
 """Proxy trees: the JSON file format and its parser, rendering, canonical form, their value on statistics.
 
-A tree is a :class:`evoproxy.space.ProxyTree` (DEAP's ``gp.PrimitiveTree``, the one tree type of the
-project): operators of :mod:`evoproxy.ops` over terminals, each the name of a per-layer statistic of
+A tree is a :class:`evoproxy.language.space.ProxyTree` (DEAP's ``gp.PrimitiveTree``, the one tree type of the
+project): operators of :mod:`evoproxy.language.ops` over terminals, each the name of a per-layer statistic of
 :mod:`primitives` (e.g. ``"weight_grad"``). Its root has type ``net``.
 
 JSON proxy file (``evoproxy.proxy/1``), written by the search and read only by :func:`parse_proxy`
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from evoproxy.errors import ConfigError
-from evoproxy.ops import NET, OPS, OpError
-from evoproxy.space import TYPE_NAMES, ProxyTree, language
+from evoproxy.language.ops import NET, OPS, OpError
+from evoproxy.language.space import TYPE_NAMES, ProxyTree, language
 
 
 FORMAT = "evoproxy.proxy/1"
@@ -254,7 +254,7 @@ def parse_proxy(obj, source: str = "proxy") -> Proxy:
     return Proxy(tree, int(orientation), settings, search, source, layer_weights)
 
 
-LAYER_WEIGHTS_KEY = "layer_position"  # evoproxy.opkernels.layer_position: "<layer name>:<weight shape>"
+LAYER_WEIGHTS_KEY = "layer_position"  # evoproxy.language.opkernels.layer_position: "<layer name>:<weight shape>"
 MAX_LAYER_POSITIONS = 100_000
 
 
@@ -329,11 +329,11 @@ def json_depth(text: str) -> int:
 
 def tree_value(node, stats) -> float:
     """The tree's value on one network's statistics (:class:`primitives.NetworkStats`), computed by the
-    search's evaluator (:func:`evoproxy.vectorised.tree_values`) on a stack of one network.
+    search's evaluator (:func:`evoproxy.language.vectorised.tree_values`) on a stack of one network.
 
     Raises :class:`OpError` when an operator cannot be applied; may return nan/inf (the caller
     decides: the search rejects, the evaluator counts a failure)."""
-    from evoproxy.vectorised import stack, tree_values
+    from evoproxy.language.vectorised import stack, tree_values
 
     result = tree_values(node.to_json(), stack([stats], names=node.terminals()), 0, 1)
     if result.error is not None:
@@ -343,10 +343,10 @@ def tree_value(node, stats) -> float:
 
 def layer_terms_on(node, stats) -> tuple[list[str], torch.Tensor]:
     """(layer positions, [layers] float64 per-layer terms) of a tree whose root aggregates over layers, on one
-    network's statistics: the terms of the search's evaluator (:func:`evoproxy.vectorised.layer_terms`), whose sum
-    over the layers is the tree's value; positions as :func:`evoproxy.opkernels.layer_position` keys.
+    network's statistics: the terms of the search's evaluator (:func:`evoproxy.language.vectorised.layer_terms`), whose sum
+    over the layers is the tree's value; positions as :func:`evoproxy.language.opkernels.layer_position` keys.
     Raises :class:`OpError` ("structure" for another root) when an operator cannot be applied."""
-    from evoproxy.vectorised import layer_terms, stack
+    from evoproxy.language.vectorised import layer_terms, stack
 
     st = stack([stats], names=node.terminals(), positions=True)
     result = layer_terms(node.to_json(), st, 0, 1)
@@ -361,7 +361,7 @@ def calibrated_value(node, stats, layer_weights: dict) -> float:
     (:func:`layer_terms_on`) weighted by ``layer_weights`` (a proxy file's, see :func:`parse_layer_weights`: the
     weight of each layer's position, ``default`` for a position without one); all weights 1 give
     :func:`tree_value`. ConfigError when none of the weights' positions occurs in the network."""
-    from evoproxy.opkernels import layer_position, position_weights, weighted_sum
+    from evoproxy.language.opkernels import layer_position, position_weights, weighted_sum
 
     check_positions_occur(layer_weights["weights"], [layer_position(l.name, l.weight_shape) for l in stats.layers])
     keys, terms = layer_terms_on(node, stats)
@@ -371,7 +371,7 @@ def calibrated_value(node, stats, layer_weights: dict) -> float:
 
 def check_positions_occur(weights: dict, found: list) -> None:
     """ConfigError (one line) when none of the calibrated layer positions ``weights`` occurs among a network's
-    ``found`` ones (:func:`evoproxy.opkernels.layer_position` keys): the weights were fit on another network, and
+    ``found`` ones (:func:`evoproxy.language.opkernels.layer_position` keys): the weights were fit on another network, and
     every layer taking the default weight would silently give the uncalibrated proxy."""
     if found and not any(key in weights for key in found):
         raise ConfigError(f"none of the proxy's {len(weights)} calibrated layer positions occur in the network (expected "

@@ -2,11 +2,11 @@
 (:class:`ProxyTree`, a ``gp.PrimitiveTree``), and the search space (generation and variation).
 
 This is the only module that speaks DEAP's words: what DEAP calls a "primitive" is an *operator* of
-:mod:`evoproxy.ops` here (``gp.Primitive`` named after the operator, its callable the operator's
+:mod:`evoproxy.language.ops` here (``gp.Primitive`` named after the operator, its callable the operator's
 function), a DEAP "terminal" is a *statistic* (a per-layer statistic of :mod:`primitives`,
 ``gp.Terminal`` whose value is its name). Types: ``TensorT`` -> ``LayerT`` ->
-``NetT`` (``evoproxy.ops``' tensor / layer / net); a proxy tree returns ``NetT``. Trees are never
-compiled (``gp.compile`` uses ``eval``): :mod:`evoproxy.tree` evaluates them.
+``NetT`` (``evoproxy.language.ops``' tensor / layer / net); a proxy tree returns ``NetT``. Trees are never
+compiled (``gp.compile`` uses ``eval``): :mod:`evoproxy.language.tree` evaluates them.
 
 Two structures:
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from deap import gp
 
 from evoproxy.errors import ConfigError
-from evoproxy.ops import LAYER, NET, OPS, TENSOR, ops_of
+from evoproxy.language.ops import LAYER, NET, OPS, TENSOR, ops_of
 
 STRUCTURES = ("emq", "tree")
 
@@ -105,7 +105,7 @@ class ProxyTree(gp.PrimitiveTree):
 
 
 def typed_set(operators, terminals) -> gp.PrimitiveSetTyped:
-    """A DEAP typed set over the named operators (callables: their :mod:`evoproxy.ops` functions)
+    """A DEAP typed set over the named operators (callables: their :mod:`evoproxy.language.ops` functions)
     and terminals (statistic names)."""
     pset = gp.PrimitiveSetTyped("proxy", [], NetT)
     for name in operators:

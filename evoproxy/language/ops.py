@@ -1,5 +1,5 @@
 """The operators of the proxy language: a typed registry of the pure functions of
-:mod:`evoproxy.opkernels` (one per operator, with its guards, on batches), adding each one's kind, argument and
+:mod:`evoproxy.language.opkernels` (one per operator, with its guards, on batches), adding each one's kind, argument and
 result types, plain and LaTeX rendering, commutativity and sampling weight.
 
 Values flow through four types::
@@ -12,7 +12,7 @@ A tensor is a float32 ``torch.Tensor`` (any shape; 0-d for per-layer numbers suc
 and ``hessian_trace``); a layer scalar is a number computed in float64; a net scalar is a float64
 number. Every function takes a batch: tensors ``[items, *shape]``, layer and net scalars ``[n]`` float64,
 aggregations the ``[samples, layers]`` matrix of layer values with its mask and weight counts (see
-:mod:`evoproxy.opkernels`); a single network is a batch of one. Every operator is *total* in the sense of the proxy language: it either returns a
+:mod:`evoproxy.language.opkernels`); a single network is a batch of one. Every operator is *total* in the sense of the proxy language: it either returns a
 value or raises :class:`OpError` with a short reason (``shape`` for incompatible shapes, ``size``
 for a tensor too large for a Gram-type op). Non-finite values are not repaired here; the search's
 screening rejects them with a recorded reason.
@@ -32,8 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from evoproxy import opkernels as k
-from evoproxy.opkernels import EPS, EXP_CLIP, GRAM_MAX_ROWS, LOG_FLOOR, RIDGE, OpError  # noqa: F401  (re-exported)
+from evoproxy.language import opkernels as k
+from evoproxy.language.opkernels import EPS, EXP_CLIP, GRAM_MAX_ROWS, LOG_FLOOR, RIDGE, OpError  # noqa: F401  (re-exported)
 
 TENSOR, LAYER, NET = "tensor", "layer", "net"
 TYPES = (TENSOR, LAYER, NET)
@@ -95,7 +95,7 @@ def ops_of(kind: str) -> list[Op]:
 
 
 # ------------------------------------------------------------------------------------- operators
-# register(name, kind, text, latex, commutative, weight)(function of evoproxy.opkernels)
+# register(name, kind, text, latex, commutative, weight)(function of evoproxy.language.opkernels)
 
 register("abs", "unary", "|{0}|", r"\left|{0}\right|")(k.op_abs)
 register("neg", "unary", "-{0}", r"-{0}")(k.op_neg)

@@ -1,5 +1,5 @@
 """The one evaluator of proxy trees: a tree evaluated over many networks at once (a single network is a
-stack of one), with the operators of :mod:`evoproxy.opkernels` on batches.
+stack of one), with the operators of :mod:`evoproxy.language.opkernels` on batches.
 
     st = stack(stats)                                   # once per list of NetworkStats
     result = tree_values(tree.to_json(), st, 0, len(stats))
@@ -16,11 +16,11 @@ Pairs are ordered by (sample, layer), so a range of samples is a contiguous slic
 **Evaluating** a tree on a sample range: per group, the distinct combinations of the group's
 statistics' tensors are the items (NAS-Bench-201: every pair, as views; MQ: the few distinct bit-widths of a
 layer, gathered once per range and kept); the tree's tensor part runs once per group on ``[items, *shape]``
-batches with the registered operator functions (:data:`evoproxy.ops.OPS`, the kernels), reduces to float64
+batches with the registered operator functions (:data:`evoproxy.language.ops.OPS`, the kernels), reduces to float64
 layer scalars, which are scattered into a ``[samples, layers]`` matrix; the aggregations are masked row
 operations over it. :func:`layer_terms` gives the root aggregation's per-layer terms instead, whose sum is the
 tree's value: what ``evoproxy calibrate`` weighs, and what a calibrated proxy's learned weights multiply
-(:func:`evoproxy.tree.calibrated_value`).
+(:func:`evoproxy.language.tree.calibrated_value`).
 
 **Errors.** Every :class:`OpError` of the language depends only on shapes, so a first pass evaluates
 each group's tree on one item and finds the first (sample, aggregation subtree, layer) that raises,
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from evoproxy.opkernels import OpError, layer_position, terms_of
-from evoproxy.ops import OPS
+from evoproxy.language.opkernels import OpError, layer_position, terms_of
+from evoproxy.language.ops import OPS
 
 
 def _fn(name: str):
@@ -71,7 +71,7 @@ class Stacked:
     nbytes: int = 0  # bytes held by the stacked tensors
     memo: dict = field(default_factory=dict)  # (subtree, start, stop, first_only) -> (layer values, errors); LRU order
     memo_bytes: int = 0
-    positions: list | None = None  # per sample, its layers' evoproxy.opkernels.layer_position keys (stack(positions=True))
+    positions: list | None = None  # per sample, its layers' evoproxy.language.opkernels.layer_position keys (stack(positions=True))
 
     def __post_init__(self):
         self.nbytes = sum(t.numel() * t.element_size() for g in self.groups for t in g.stores.values())

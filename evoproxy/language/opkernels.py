@@ -9,10 +9,10 @@ sample's layers) and the weight ``counts`` ``[samples, layers]`` float64 to ``[s
 :class:`OpError`, raised for the whole batch (they depend on the items' shape only).
 
 Torch, math and the standard library only: ``evoproxy export`` copies the functions a proxy uses from
-this module's source into its standalone module, and :mod:`evoproxy.ops` (the registry: kinds, types, rendering,
+this module's source into its standalone module, and :mod:`evoproxy.language.ops` (the registry: kinds, types, rendering,
 commutativity, sampling weights) points at these functions, so the search's stacked evaluator
-(:mod:`evoproxy.vectorised`), the library and exported proxies compute with the same code. See
-:mod:`evoproxy.ops` for the types and the numerical guards.
+(:mod:`evoproxy.language.vectorised`), the library and exported proxies compute with the same code. See
+:mod:`evoproxy.language.ops` for the types and the numerical guards.
 """
 from __future__ import annotations
 
@@ -377,7 +377,7 @@ def s_div(a, b):
 # node's level: at the root (net) an operator of one argument aggregates over layers and one of two combines net
 # scalars; below an aggregation (layer) one argument is a reduction of a tensor and two combine layer scalars;
 # below a reduction everything is a tensor operator. One network is a batch of one: each layer's tensors go
-# through the operators as [1, *shape] (the search's evaluator, evoproxy.vectorised, batches many; an exported
+# through the operators as [1, *shape] (the search's evaluator, evoproxy.language.vectorised, batches many; an exported
 # proxy module states its tree as straight-line code over ``terminal`` and ``layer_row``).
 
 def terminal(layer, name, layer_name="?"):
