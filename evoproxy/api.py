@@ -10,7 +10,7 @@
     evoproxy.allocate("hawq_v2", "resnet20", "uniform-3")   # bits under a size budget
 
 Every function is a thin layer over the library modules the CLI uses too (:mod:`evoproxy.evolution`,
-:mod:`evoproxy.evaluation`, :mod:`evoproxy.allocation`, :mod:`evoproxy.export`); settings are the
+:mod:`evoproxy.scoring.evaluation`, :mod:`evoproxy.allocation`, :mod:`evoproxy.export`); settings are the
 fields of :class:`~evoproxy.searchconfig.SearchConfig`.
 """
 from __future__ import annotations
@@ -45,8 +45,8 @@ def evaluate(bench: str, proxies, *, samples: int | None = 100, seed: int = 0, s
     ``f(model, inputs, targets, bit_config)``) on one sample of ``bench`` and correlate with its ground truth.
 
     ``options``: ``table``, ``gt_column_name``, ``jobs``, ``batch``, ``progress``, ``checkpoint``
-    (see :func:`evoproxy.evaluation.proxy_reports`)."""
-    from evoproxy.evaluation import proxy_reports
+    (see :func:`evoproxy.scoring.evaluation.proxy_reports`)."""
+    from evoproxy.scoring.evaluation import proxy_reports
 
     items: dict = {}
     reports = proxy_reports(bench, proxies, samples, seed, split, items=items, **options)

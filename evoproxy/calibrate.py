@@ -35,7 +35,7 @@ def fit_weights(rows: list[tuple[list[str], list[float]]], truth, orientation: i
     """({position: weight}, fit summary) from per-item (layer positions, layer terms) and the items' truth."""
     import torch
 
-    from evoproxy.metrics import diff_kendall, kendall
+    from evoproxy.scoring.metrics import diff_kendall, kendall
 
     positions = sorted({name for names, _ in rows for name in names})
     index = {p: i for i, p in enumerate(positions)}

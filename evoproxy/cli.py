@@ -209,8 +209,8 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from evoproxy.evaluation import caption, human_report, proxy_reports
-    from evoproxy.metrics import json_safe
+    from evoproxy.scoring.evaluation import caption, human_report, proxy_reports
+    from evoproxy.scoring.metrics import json_safe
 
     items = None
     if args.plot:
@@ -260,11 +260,11 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from evoproxy.baselines import describe, proxy_names
+    from evoproxy.scoring.baselines import describe, proxy_names
     from evoproxy.errors import ConfigError
-    from evoproxy.evaluation import human_report, proxy_reports, write_baselines
+    from evoproxy.scoring.evaluation import human_report, proxy_reports, write_baselines
     from mqbench.bench.benchmarks import BenchRef
-    from evoproxy.metrics import json_safe
+    from evoproxy.scoring.metrics import json_safe
 
     if args.list:
         for kind in ("nas", "mq"):
@@ -386,7 +386,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     import json
 
     from evoproxy.allocation import allocate
-    from evoproxy.metrics import json_safe
+    from evoproxy.scoring.metrics import json_safe
 
     r = allocate(args.proxy, args.model, args.budget, ptq=args.ptq, ptq_cache=args.ptq_cache, table=args.table,
                  seed=args.seed, batch=args.batch, progress=not args.json)

@@ -83,7 +83,7 @@ class Search:
 
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
-        from evoproxy.scoring import reason
+        from evoproxy.scoring.scorer import reason
         from evoproxy.searchdata import DataRecipe, load_samples
         from evoproxy.searchsample import search_items, validation_count
         from evoproxy.language.space import SearchSpace

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from evoproxy.errors import ConfigError
-from evoproxy.metrics import kendall, partial_spearman, spearman, spearman_top
+from evoproxy.scoring.metrics import kendall, partial_spearman, spearman, spearman_top
 
 SUBSETS = 10
 _FITNESS: dict[str, Callable] = {}

@@ -273,7 +273,7 @@ def _fit(rows, truth, proxies, n_p, t0, seed, token_hidden, channel_hidden, step
 
     import torch
 
-    from evoproxy.metrics import diff_kendall, kendall
+    from evoproxy.scoring.metrics import diff_kendall, kendall
 
     positions = sorted({p for r in rows for p in r})
     transform = fit_transform(rows, n_p)

@@ -244,7 +244,7 @@ def scatter_figure(scores_by_proxy: dict[str, list[float]], truth, title: str | 
     Items whose score or truth is not finite are left out (and counted in the caption, as the
     evaluator counts them ``failed``). ``log_scores``: log x axis; ``None`` picks it when a proxy's
     scores are all positive and span three or more decades."""
-    from evoproxy.metrics import spearman
+    from evoproxy.scoring.metrics import spearman
 
     if not scores_by_proxy:
         raise ValueError("no proxies to plot")

@@ -75,7 +75,7 @@ def run_status(search) -> dict:
 
 def proxy_of(search, ind):
     """The proxy file content of hall-of-fame member ``ind`` of ``search``."""
-    from evoproxy.metrics import partial_spearman, spearman
+    from evoproxy.scoring.metrics import partial_spearman, spearman
     from evoproxy.language.tree import Proxy
     from mqbench.data.dataroot import portable_path
     from primitives.items import uses_hessian

@@ -135,7 +135,7 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
     column's reports come from the same scores."""
     import numpy as np
 
-    from evoproxy.evaluation import proxy_reports, report
+    from evoproxy.scoring.evaluation import proxy_reports, report
     from mqbench.bench.benchmarks import BenchRef
 
     _, b = BenchRef.resolve(bench, table)

@@ -55,7 +55,7 @@ def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from evoproxy.baselines import proxy_names
+    from evoproxy.scoring.baselines import proxy_names
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--search-seeds", default="0,1,2")

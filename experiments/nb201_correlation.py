@@ -34,7 +34,7 @@ def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from evoproxy.baselines import proxy_names
+    from evoproxy.scoring.baselines import proxy_names
     from mqbench.bench.benchmarks import get_benchmark
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -119,7 +119,7 @@ def with_terms(row, term, label: str = "evolved"):
 
 
 def correlations(scores, truth) -> dict:
-    from evoproxy.metrics import kendall, spearman
+    from evoproxy.scoring.metrics import kendall, spearman
 
     pairs = [(s, y) for s, y in zip(scores, truth) if math.isfinite(s)]
     x, y = [p[0] for p in pairs], [p[1] for p in pairs]

@@ -97,7 +97,7 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
 
 def check_against_evaluate(config, proxy, n: int, scores: np.ndarray, jobs: int) -> float:
     """Max relative difference between this experiment's holdout scores and ``evoproxy.evaluate`` on ``n`` items."""
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
 
     h = [v for v in BENCHES.values() if v["bench"] == config.bench][0]["holdout"]
     items: dict = {}
@@ -110,7 +110,7 @@ def check_against_evaluate(config, proxy, n: int, scores: np.ndarray, jobs: int)
 
 def run_one(short: str, setting: str, seed: int, jobs: int, check: int) -> dict:
     from evoproxy.evolution import Search, run_search
-    from evoproxy.metrics import correlation_report
+    from evoproxy.scoring.metrics import correlation_report
     from evoproxy.results import SearchResult
 
     out = results_dir("search_ablation") / "runs" / f"{short}-{setting}-s{seed}"

@@ -27,7 +27,7 @@ VARIANTS = ("ours", "batch128", "noise-input", "bn-eval", "init-seed+1")
 
 
 def _score(bench, item, variant, batches):
-    from evoproxy.baselines import ProxyContext, get_proxy
+    from evoproxy.scoring.baselines import ProxyContext, get_proxy
     from primitives.core import fixed_threads
 
     with fixed_threads(1):

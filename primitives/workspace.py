@@ -19,7 +19,7 @@ re-resolved the benchmark, the batch and the network statistics at every layer. 
   configurations of an MQ table share one network: scoring them item by item reads it once); larger
   requests read the disk cache (:mod:`primitives.many`), which holds every network's statistics;
 * ``values``: a bounded LRU store other layers keep per-network values in, with their own keys
-  (:meth:`evoproxy.baselines.ProxyContext.network_cached`: Hessian traces shared by the configurations
+  (:meth:`evoproxy.scoring.baselines.ProxyContext.network_cached`: Hessian traces shared by the configurations
   of one network).
 
 Protocol (:mod:`primitives.items`): the statistics of a *network* (every primitive but the quantization

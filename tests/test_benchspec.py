@@ -115,7 +115,7 @@ def _scores(d: dict) -> dict:
 
 
 def test_nb201_spec_scores_equal_the_builtin(search_root, plugin):
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
     from mqbench.bench.benchmarks import get_benchmark
 
     spec = _write(plugin, NB201_SPEC.format(factory="nb201"))
@@ -138,7 +138,7 @@ def test_nb201_spec_scores_equal_the_builtin(search_root, plugin):
 
 
 def test_mq_spec_scores_equal_the_builtin(tiny_data_root, plugin):
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
     from mqbench.bench.benchmarks import get_benchmark
 
     table = _mq_table(tiny_data_root, plugin)
@@ -158,7 +158,7 @@ def test_mq_spec_scores_equal_the_builtin(tiny_data_root, plugin):
 
 
 def test_a_spec_object_works_in_python_and_travels_to_workers(search_root, plugin):
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
     from mqbench.bench.benchmarks import BenchRef, load_bench
     from mqbench.bench.spec import BenchmarkSpec, load_spec
 

@@ -14,7 +14,7 @@ from evoproxy.calibrate import check_positions, fit_weights
 from evoproxy.cli import main
 from evoproxy.errors import ConfigError
 from evoproxy.export import export_source
-from evoproxy.metrics import kendall
+from evoproxy.scoring.metrics import kendall
 from evoproxy.language.opkernels import layer_position
 from evoproxy.language.tree import ProxyFileError, load_proxy, parse_proxy
 from mqbench.networks.resnet_cifar import CifarResNet

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau, pearsonr, rankdata, spearmanr
 
-from evoproxy import metrics
+from evoproxy.scoring import metrics
 from evoproxy.cli import main
 
 ARCHS = [
@@ -142,9 +142,9 @@ def test_cli_baselines_writes_tables_and_json(nb201_root, tmp_path, capsys):
 
 
 def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_root, monkeypatch):
-    from evoproxy import baselines
-    from evoproxy.evaluation import proxy_reports
-    from evoproxy.scoring import resolve_scorers, score_items
+    from evoproxy.scoring import baselines
+    from evoproxy.scoring.evaluation import proxy_reports
+    from evoproxy.scoring.scorer import resolve_scorers, score_items
     from mqbench.bench.benchmarks import BenchRef
     from primitives.workspace import Workspace
 

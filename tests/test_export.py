@@ -21,7 +21,7 @@ from evoproxy.language import opkernels
 from evoproxy.errors import ConfigError
 from evoproxy.export import KERNELS, export_file, export_source
 from evoproxy.language.ops import OPS, register
-from evoproxy.scoring import proxy_statistics
+from evoproxy.scoring.scorer import proxy_statistics
 from primitives.items import QUANT_NAMES
 from evoproxy.language.tree import ProxyFileError, parse_proxy
 from mqbench.data.cifar10 import normalize

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evoproxy.baselines import ProxyContext, get_proxy
-from evoproxy.scoring import proxy_statistics
+from evoproxy.scoring.baselines import ProxyContext, get_proxy
+from evoproxy.scoring.scorer import proxy_statistics
 from evoproxy.language.tree import load_proxy
 from mqbench.data.cifar10 import normalize
 from mqbench.networks.nb201 import NB201Network

@@ -103,7 +103,7 @@ fixed_layers = [0, -1]
 batch = 4
 hutchinson_probes = 0
 """)
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
 
     reports = proxy_reports(str(spec), ["bit_sum", "qe"], samples=None, seed=0, split="all", batch=4, progress=False)
     assert reports["bit_sum"]["n"] == len(rows) and reports["qe"]["failed"] == 0

@@ -110,7 +110,7 @@ def test_old_metadata_absolute_path_is_ignored_with_a_note(built_table, tiny_dat
 
 
 def test_all_fail_evaluate_exits_non_zero_with_one_line(built_table, tmp_path, monkeypatch, capsys):
-    import evoproxy.baselines as baselines
+    import evoproxy.scoring.baselines as baselines
 
     def broken(ctx):
         """Always raises (a proxy that fails on every item)."""

@@ -1,17 +1,17 @@
 """Score proxies on a benchmark sample and correlate them with the ground truth.
 
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
     reports = proxy_reports("nb201-cifar10", ["snip", "runs/a/best.json", my_proxy, my_fn], samples=100, seed=0)
     reports["snip"]["spearman"]
 
 Protocol: ``ids = bench.sample(samples, seed, split)``; every proxy scores every item through
-:mod:`evoproxy.scoring` (one batch of training images, seed ``PROXY_SEED``, one torch thread per
+:mod:`evoproxy.scoring.scorer` (one batch of training images, seed ``PROXY_SEED``, one torch thread per
 worker, statistics shared and disk-cached), so an item's score depends neither on the sample it was
 drawn in nor on ``jobs``, and a second evaluation of the same items recomputes no statistics.
 
-Report per proxy (``correlation_report`` of :mod:`evoproxy.metrics` plus): ``partial_on`` (what
+Report per proxy (``correlation_report`` of :mod:`evoproxy.scoring.metrics` plus): ``partial_on`` (what
 the partial Spearman controls for: ``params`` on NAS-Bench-201, ``model size`` on MQ tables),
-``seconds_per_sample`` (see :mod:`evoproxy.scoring`), ``failures`` (up to 20 ``{"id", "reason"}``),
+``seconds_per_sample`` (see :mod:`evoproxy.scoring.scorer`), ``failures`` (up to 20 ``{"id", "reason"}``),
 and the run's settings. A run in which every item fails raises :class:`AllFailed`.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def check_not_all_failed(results: list[dict], names: list[str]) -> None:
 
 def report(name: str, results: list[dict], truth: np.ndarray, size: np.ndarray, partial_on: str) -> dict:
     """The evaluator's object for proxy ``name`` from per-item results."""
-    from evoproxy.metrics import correlation_report
+    from evoproxy.scoring.metrics import correlation_report
 
     scores = np.array([r["scores"][name] for r in results], dtype=float)
     rep = correlation_report(scores, truth, size)
@@ -64,13 +64,13 @@ def proxy_reports(bench: str, proxies, samples: int | None = 100, seed: int = 0,
                   device: str | None = None) -> dict:
     """{label: report} for every proxy on the same sample and batch (see the module docstring).
 
-    ``proxies``: registered names, proxy files, ``Proxy`` objects or callables (see :mod:`evoproxy.scoring`).
+    ``proxies``: registered names, proxy files, ``Proxy`` objects or callables (see :mod:`evoproxy.scoring.scorer`).
     ``items``: a dict to receive the per-item data: ``ids``, ``truth``, ``size`` and ``results``
     (one {"id", "scores", "errors", "seconds"} per item), e.g. for an experiment that keeps them.
     Raises :class:`AllFailed` (one line: the count and the first reason) when every item failed
     for every proxy; partial failures are counted in the reports. ``device``: cpu (default), cuda or auto
     (:mod:`mqbench.devices`): where statistics are extracted and baselines run."""
-    from evoproxy.scoring import check_compatible, resolve_scorers, score_items
+    from evoproxy.scoring.scorer import check_compatible, resolve_scorers, score_items
     from mqbench.bench.benchmarks import BenchRef
     from mqbench.data.dataroot import portable_path
     from primitives.workspace import Workspace
@@ -146,7 +146,7 @@ CSV_FIELDS = ["proxy", "kind", *SUMMARY_KEYS, "partial_on", "bench", "split", "s
 
 
 def _kind(name: str) -> str:
-    from evoproxy.baselines import get_proxy, proxy_names
+    from evoproxy.scoring.baselines import get_proxy, proxy_names
 
     return get_proxy(name).kind if name in proxy_names() else ("file" if name.lower().endswith(".json") else "object")
 

@@ -4,7 +4,7 @@ A baseline is a function ``fn(ctx) -> float`` registered with ``@register(name, 
 must mean "predicted more accurate" (sensitivities are negated). ``kind`` is ``"nas"`` (scores a
 network) or ``"mq"`` (scores a bit configuration of a network; needs ``ctx.bit_config``).
 
-    from evoproxy.baselines import ProxyContext, get_proxy, proxy_names
+    from evoproxy.scoring.baselines import ProxyContext, get_proxy, proxy_names
     ctx = ProxyContext(model, inputs, targets, bit_config=None, seed=0)
     get_proxy("snip")(ctx)
 
@@ -226,6 +226,6 @@ def prunable_layers(model: nn.Module) -> list[nn.Module]:
 
 
 # register the baselines
-from evoproxy.baselines import nas, mq  # noqa: E402,F401,I001
+from evoproxy.scoring.baselines import nas, mq  # noqa: E402,F401,I001
 
 __all__ = ["ProxyContext", "register", "get_proxy", "proxy_names", "describe", "prunable_layers"]

@@ -6,7 +6,7 @@
 A user's proxy is any of (:func:`as_scorer` turns it into a :class:`Scorer`, named by :func:`proxy_label`):
 
 * a registered baseline name (``"hawq_v1"``): kind ``baseline``, ``fn(ctx)`` on a
-  :class:`~evoproxy.baselines.ProxyContext`;
+  :class:`~evoproxy.scoring.baselines.ProxyContext`;
 * a proxy file (a path) or a parsed :class:`~evoproxy.language.tree.Proxy`: kind ``tree``, its tree on the item's
   statistics, or kind ``calibrated`` when the file has learned ``layer_weights`` (``evoproxy calibrate``): the
   tree's per-layer terms weighted by them;
@@ -88,7 +88,7 @@ def _calibrated_value(document):
 @scorer_kind("baseline", CONTEXT)
 def _baseline_value(name):
     """The registered baseline ``fn(ctx)``."""
-    from evoproxy.baselines import get_proxy
+    from evoproxy.scoring.baselines import get_proxy
 
     fn = get_proxy(name)
     return lambda ctx: float(fn(ctx))
@@ -155,7 +155,7 @@ def as_scorer(obj, label: str | None = None) -> Scorer:
     """The one resolution of a user's proxy: a :class:`Scorer` for a registered baseline name, a proxy file path
     (:func:`is_proxy_file`), a ``Proxy`` or a callable, labelled ``label`` or by :func:`proxy_label`
     (ConfigError otherwise; an unknown name lists the registered ones)."""
-    from evoproxy.baselines import get_proxy, proxy_names
+    from evoproxy.scoring.baselines import get_proxy, proxy_names
     from evoproxy.language.tree import Proxy, load_proxy
 
     if isinstance(obj, Scorer):
@@ -216,7 +216,7 @@ def score_item(workspace, item, scorers: list[Scorer], batch: int = 64, seed: in
     ``device`` (cpu | cuda | auto; None: cpu): where statistics are extracted and where baselines and
     callables get the network and the batch. Each scorer's value is asked of its kind (:meth:`Scorer.bind`) on
     what it reads: the item's statistics or a ProxyContext of the item's network."""
-    from evoproxy.baselines import ProxyContext
+    from evoproxy.scoring.baselines import ProxyContext
     from primitives.core import fixed_threads
 
     on = resolve_device(device)

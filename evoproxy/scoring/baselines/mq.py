@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evoproxy.baselines import ProxyContext, register
-from evoproxy.baselines.nas import synflow_per_layer
+from evoproxy.scoring.baselines import ProxyContext, register
+from evoproxy.scoring.baselines.nas import synflow_per_layer
 from evoproxy.errors import ConfigError
 
 HAWQ_V2_PROBES = 32  # Hutchinson probes for Tr(H_l)

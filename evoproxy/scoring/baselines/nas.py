@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evoproxy.baselines import ProxyContext, prunable_layers, register
+from evoproxy.scoring.baselines import ProxyContext, prunable_layers, register
 from evoproxy.errors import ConfigError
 
 EIG_K = 1e-5  # the small constant of jacob_cov / epe_nas (Mellor et al. 2021 v1; Lopes et al. 2021)
