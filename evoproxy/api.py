@@ -9,9 +9,9 @@
     result.best.score(model, inputs, targets)               # any network you hold
     evoproxy.allocate("hawq_v2", "resnet20", "uniform-3")   # bits under a size budget
 
-Every function is a thin layer over the library modules the CLI uses too (:mod:`evoproxy.evolution`,
+Every function is a thin layer over the library modules the CLI uses too (:mod:`evoproxy.evolution.engine`,
 :mod:`evoproxy.scoring.evaluation`, :mod:`evoproxy.allocation`, :mod:`evoproxy.export`); settings are the
-fields of :class:`~evoproxy.searchconfig.SearchConfig`.
+fields of :class:`~evoproxy.evolution.searchconfig.SearchConfig`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from evoproxy.allocation import allocate  # noqa: F401  (part of the API)
 from evoproxy.results import Evaluation, SearchResult
-from evoproxy.searchconfig import SearchConfig
+from evoproxy.evolution.searchconfig import SearchConfig
 
 def search(bench: str, *, samples: int = 100, time_budget: float | None = None, seed: int = 0,
            out: str | Path | None = None, resume: bool = False, **settings) -> SearchResult:
@@ -28,10 +28,10 @@ def search(bench: str, *, samples: int = 100, time_budget: float | None = None, 
 
     ``out``: the run folder (default: a new temporary folder, kept so the result can be exported and
     plotted); ``time_budget`` in seconds (an unset ``population``/``generations`` is sized to fit it from a
-    measured scoring rate, :mod:`evoproxy.budget`);
+    measured scoring rate, :mod:`evoproxy.evolution.budget`);
     ``settings``: any other :class:`SearchConfig` field (population, generations, fitness, structure, jobs, ...).
     """
-    from evoproxy.evolution import run_search
+    from evoproxy.evolution.engine import run_search
 
     if out is None:
         out = tempfile.mkdtemp(prefix=f"evoproxy-{bench.replace('/', '_')}-seed{seed}-")

@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _parallel_options(p: argparse.ArgumentParser) -> None:
     """--backend and --scheduler, worded as the search's (see :mod:`mqbench.parallel`)."""
-    from evoproxy.searchconfig import add_arguments
+    from evoproxy.evolution.searchconfig import add_arguments
 
     add_arguments(p, only=("backend", "scheduler"))
 
@@ -295,7 +295,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
-    from evoproxy.searchconfig import add_arguments
+    from evoproxy.evolution.searchconfig import add_arguments
 
     add_arguments(p)  # one option per SearchConfig field
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -303,8 +303,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
 
 @command("search", "evolve a proxy on a benchmark's search split; writes the run folder", _search_options)
 def cmd_search(args: argparse.Namespace) -> int:
-    from evoproxy.evolution import run_search
-    from evoproxy.searchconfig import from_arguments
+    from evoproxy.evolution.engine import run_search
+    from evoproxy.evolution.searchconfig import from_arguments
 
     config = from_arguments(args)
     result = run_search(config, resume=args.resume)

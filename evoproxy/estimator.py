@@ -7,17 +7,17 @@
     est.predict(new_models); est.rank(new_models); est.export("proxy.py"); est.plot()
     est.score_holdout(["synflow", "zico", "params"])              # an Evaluation on the held-out items
 
-A thin layer over the CLI's search (:func:`evoproxy.evolution.run_search`), not a second engine:
+A thin layer over the CLI's search (:func:`evoproxy.evolution.engine.run_search`), not a second engine:
 ``fit`` writes the items as an ordinary benchmark spec into the run folder (``<out>/benchmark/search.toml``
 and ``holdout.toml``, :mod:`evoproxy.ownbench`), extracts the statistics of the search items one network
 at a time into the statistics cache, then runs the search on that spec. Every
-:class:`~evoproxy.searchconfig.SearchConfig` setting is a keyword (islands, jobs, backend, device,
+:class:`~evoproxy.evolution.searchconfig.SearchConfig` setting is a keyword (islands, jobs, backend, device,
 screening, ...); ``out`` and ``resume=True`` continue a run folder. ``holdout`` (default 0.2) of the items,
 drawn with ``seed``, are never searched on; the best proxy's correlation on them is ``holdout_``.
 
 Reproducible: two fits with the same items and settings give the same run when ``population`` and
 ``generations`` are given (``time_budget`` then only stops a run early); with them unset they are sized
-from a measured scoring rate (:mod:`evoproxy.budget`), which depends on the machine.
+from a measured scoring rate (:mod:`evoproxy.evolution.budget`), which depends on the machine.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class ProxySearch:
     ``time_budget``: seconds for the search (None: none); ``seed``: the holdout draw, the search's sample order
     and its evolution; ``holdout``: fraction of the items kept out of the search and reported after it;
     ``out``: the run folder (default: a new temporary folder); ``resume``: continue the run in ``out``;
-    ``settings``: any other :class:`~evoproxy.searchconfig.SearchConfig` field (population, generations,
+    ``settings``: any other :class:`~evoproxy.evolution.searchconfig.SearchConfig` field (population, generations,
     fitness, structure, islands, jobs, backend, scheduler, device, samples, ...). Checked here: a wrong
     setting is a one-line :class:`~evoproxy.errors.ConfigError`.
     """
@@ -82,7 +82,7 @@ class ProxySearch:
             raise ConfigError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
 
     def _config(self, bench: str, out: str, **more):
-        from evoproxy.searchconfig import RETIRED_KEYS, SearchConfig
+        from evoproxy.evolution.searchconfig import RETIRED_KEYS, SearchConfig
 
         fixed = [k for k in self.settings if k in FIXED]
         if fixed:
@@ -110,7 +110,7 @@ class ProxySearch:
         """``fit(models, accuracies)``, ``fit(factory, descriptions, accuracies)`` or ``fit(model, bit_configs,
         accuracies)`` on the batch ``inputs``/``targets`` (``options``: see
         :meth:`evoproxy.ownbench.Benchmark.from_models`), or ``fit(benchmark)``. Returns the estimator."""
-        from evoproxy.evolution import run_search
+        from evoproxy.evolution.engine import run_search
         from evoproxy.ownbench import Benchmark
 
         if len(args) == 1 and isinstance(args[0], Benchmark):
@@ -200,8 +200,8 @@ class ProxySearch:
         (benchmark handle, search sample, terminals, probes); an equal recipe makes the search read every
         statistic from the disk cache. If the two ever drift apart the search still runs (it extracts what it
         is missing itself)."""
-        from evoproxy.searchdata import DataRecipe
-        from evoproxy.searchsample import search_items
+        from evoproxy.evolution.searchdata import DataRecipe
+        from evoproxy.evolution.searchsample import search_items
         from evoproxy.language.space import SearchSpace
         from mqbench.bench.benchmarks import BenchRef
         from primitives.core import REGISTRY

@@ -6,7 +6,7 @@
 Trees come from the structure's generator as the search uses it (:class:`evoproxy.language.space.SearchSpace`):
 half fresh ``random_tree()`` draws, a quarter mutants and a quarter crossover children of a pool of
 64 earlier trees (a valid child replaces a random pool member, so variation reaches deep trees).
-Each tree is scored with :func:`evoproxy.screening.score_range` on every item's statistics; the outcome
+Each tree is scored with :func:`evoproxy.evolution.screening.score_range` on every item's statistics; the outcome
 is ``valid`` or the rejection reason (``shape``, ``size``, ``nan``, ``constant``, ``exception``,
 ``timeout``). Any exception escaping ``score_range`` is a **crash** (a bug in the operators or the
 screening); the first few crashing trees are printed as JSON and the exit status is 1.
@@ -16,7 +16,7 @@ NAS-Bench-201 networks (C=4, N=1, train mode) on a batch of 8 random normalised 
 files needed: every registered statistic, 2 Hutchinson probes, a random bit configuration per
 network (``mqbench.quant.fakequant.quantize_weight``); the last network has a 520-way classifier, so the
 Gram-type size limit is reached too. ``--bench NAME`` uses the benchmark's own statistics of
-``--items`` search-split items, as the search computes them (``evoproxy.searchdata``).
+``--items`` search-split items, as the search computes them (``evoproxy.evolution.searchdata``).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 
-from evoproxy.screening import REASONS, score_range
+from evoproxy.evolution.screening import REASONS, score_range
 from evoproxy.errors import EvoproxyError
 
 SYNTHETIC_ARCH_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -64,7 +64,7 @@ def synthetic_stats(seed: int = 0, networks: int = 4, batch: int = 8, probes: in
 
 def bench_stats(bench: str, items: int, seed: int = 0, batch: int = 64, probes: int | None = None):
     """(statistics of ``items`` search-split items, terminal names), as the search computes them."""
-    from evoproxy.searchdata import DataRecipe, load_samples
+    from evoproxy.evolution.searchdata import DataRecipe, load_samples
     from mqbench.bench.benchmarks import BenchRef
     from primitives.items import available_names, uses_hessian
     from primitives.workspace import Workspace

@@ -109,9 +109,9 @@ def check_path(path) -> Path:
 # ---------------------------------------------------------------------------------- search progress
 
 def read_log(run_dir) -> list[dict]:
-    """The rows of ``run_dir/log.csv`` (one dict per generation, values as strings; :func:`evoproxy.runfiles.read_log`:
+    """The rows of ``run_dir/log.csv`` (one dict per generation, values as strings; :func:`evoproxy.evolution.runfiles.read_log`:
     old logs' columns under their current names)."""
-    from evoproxy.runfiles import read_log as read
+    from evoproxy.evolution.runfiles import read_log as read
 
     return read(Path(run_dir) / "log.csv")
 

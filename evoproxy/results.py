@@ -68,7 +68,7 @@ class SearchResult:
                 continue
         log = []
         if (out / "log.csv").exists():  # old logs' columns under their current names (rejected_timeout -> _cost)
-            from evoproxy.runfiles import read_log
+            from evoproxy.evolution.runfiles import read_log
 
             log = [{k: _number(v) for k, v in row.items()} for row in read_log(out / "log.csv")]
         return cls(out, config, best, hof, log, stopped)

@@ -5,10 +5,10 @@
 For each benchmark (100 NAS-Bench-201 search samples, 50 MQ ResNet-20 search samples; the search's recipe:
 default terminals and probes, batch 64; statistics extracted or read from the disk cache first):
 
-* ``*_per_sample``: formulas/s of the scorer called one sample at a time (:func:`evoproxy.screening.score_range`
+* ``*_per_sample``: formulas/s of the scorer called one sample at a time (:func:`evoproxy.evolution.screening.score_range`
   on each sample alone, as a single model's evaluation calls it) on ``--trees`` random trees (half per structure,
   seeded), in ``--jobs`` worker processes; ``*_vectorised``: the same trees scored on all samples at once
-  (:func:`evoproxy.screening.score_many`, the search's call). Rejected trees count; both run after a warm-up call
+  (:func:`evoproxy.evolution.screening.score_many`, the search's call). Rejected trees count; both run after a warm-up call
   on other trees (workers load and stack the statistics). ``*_agree``: same rejection reason and scores within
   1e-5 relative on every tree.
 * ``*_decided``: children decided per second in generations 1.. of a real search with the committed settings
@@ -35,8 +35,8 @@ BENCHES = (("nb201", "nb201-cifar10", 100, (64, 10, "spearman")), ("mq", "mq-res
 
 
 def search_recipe(bench: str, samples: int, seed: int = 0):
-    """(recipe, terminals) of a search's samples with the search's defaults (see evoproxy.evolution)."""
-    from evoproxy.searchdata import DataRecipe
+    """(recipe, terminals) of a search's samples with the search's defaults (see evoproxy.evolution.engine)."""
+    from evoproxy.evolution.searchdata import DataRecipe
     from mqbench.bench.benchmarks import BenchRef
     from primitives.core import REGISTRY
     from primitives.items import available_names, uses_hessian
@@ -68,11 +68,11 @@ def agree(a, b) -> bool:
 
 
 def _one_at_a_time(samples, trees_json):
-    """:func:`evoproxy.screening.score_range` of each tree on each sample separately (the scorer as a single model's
+    """:func:`evoproxy.evolution.screening.score_range` of each tree on each sample separately (the scorer as a single model's
     evaluation calls it), joined per tree like one call on all samples (the first rejection wins)."""
     import numpy as np
 
-    from evoproxy.screening import Scored, _is_constant, score_range
+    from evoproxy.evolution.screening import Scored, _is_constant, score_range
     from evoproxy.language.tree import parse_tree
     from primitives.core import fixed_threads
 
@@ -112,8 +112,8 @@ def decided_rate(bench: str, samples: int, population: int, generations: int, jo
     import tempfile
     from pathlib import Path
 
-    from evoproxy.evolution import run_search
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.evolution.engine import run_search
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     with tempfile.TemporaryDirectory(prefix="evoproxy-speed-") as tmp:
         out = Path(tmp) / "run"
@@ -146,8 +146,8 @@ def _decisions(log) -> list:
 
 
 def measure(bench: str, samples: int, trees: int, jobs: int, seed: int, run: tuple) -> dict:
-    from evoproxy.screening import score_many
-    from evoproxy.searchdata import load_samples
+    from evoproxy.evolution.screening import score_many
+    from evoproxy.evolution.searchdata import load_samples
 
     recipe, names = search_recipe(bench, samples, seed)
     loaded = load_samples(recipe, jobs=jobs)

@@ -57,7 +57,7 @@ def finished_run(config) -> bool:
 
     Checkpoints are not committed (several MB each); a committed run folder keeps config.json,
     log.csv, hall_of_fame.json and best.json, which is all an experiment needs."""
-    from evoproxy.runfiles import read_log
+    from evoproxy.evolution.runfiles import read_log
 
     out = Path(config.out)
     try:
@@ -74,7 +74,7 @@ def finished_run(config) -> bool:
 def seeded_searches(experiment: str, bench: str, seeds, jobs: int, settings: dict) -> dict[int, str]:
     """{seed: best.json path} of one search per seed under ``results/<experiment>/runs/seed<S>/``
     (finished runs reused, interrupted ones resumed)."""
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     folder = results_dir(experiment) / "runs"
     out = {}
@@ -88,7 +88,7 @@ def seeded_searches(experiment: str, bench: str, seeds, jobs: int, settings: dic
 
 def run_or_resume_search(config) -> None:
     """``run_search(config)``: skipped when ``config.out`` holds the finished run, resumed from a checkpoint."""
-    from evoproxy.evolution import run_search
+    from evoproxy.evolution.engine import run_search
 
     if finished_run(config):
         log(f"{config.out}: finished run found, reused")

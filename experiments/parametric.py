@@ -140,7 +140,7 @@ def best_handmade(bench: str, ids) -> tuple[str, list]:
 def search_seconds(bench: str, seed: int) -> float:
     """Wall seconds of the committed search (sum of its log's per-generation seconds; extraction excluded)."""
     path = REPO / "results" / SETTINGS[bench]["experiment"] / "runs" / f"seed{seed}" / "log.csv"
-    from evoproxy.runfiles import read_log
+    from evoproxy.evolution.runfiles import read_log
 
     return math.fsum(float(r["seconds"]) for r in read_log(path))
 

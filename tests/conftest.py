@@ -150,7 +150,7 @@ def stop_after_checkpoint(monkeypatch):
     ``g``'s checkpoint (a crash at the worst moment for a resume); the search is restored on leaving."""
     import contextlib
 
-    from evoproxy.evolution import Search
+    from evoproxy.evolution.engine import Search
 
     @contextlib.contextmanager
     def stop(generation: int, exc: type[BaseException]):

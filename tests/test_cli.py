@@ -55,7 +55,7 @@ def test_every_search_setting_is_a_cli_option():
     import dataclasses
 
     from evoproxy.cli import build_parser
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     parser = build_parser()
     args = parser.parse_args(["search", "--bench", "b", "--out", "o"])
@@ -83,7 +83,7 @@ def test_screen_time_is_retired_yet_old_settings_load(capsys):
 
     from evoproxy.cli import build_parser
     from evoproxy.estimator import ProxySearch
-    from evoproxy.searchconfig import LATER_KEYS, SearchConfig
+    from evoproxy.evolution.searchconfig import LATER_KEYS, SearchConfig
     from experiments.common import finished_run
 
     with pytest.raises(SystemExit):

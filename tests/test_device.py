@@ -98,7 +98,7 @@ def test_cpu_device_equals_default_table_build(tiny_data_root, tmp_path):
 def test_cpu_device_equals_default_evaluate_and_search_settings(tiny_data_root, tmp_path):
     from conftest import tiny_mq_meta, write_mq_table
     from evoproxy.scoring.evaluation import proxy_reports
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     meta = tiny_mq_meta(tiny_data_root)
     rng = np.random.default_rng(0)

@@ -12,8 +12,8 @@ import torch
 from scipy.stats import spearmanr
 
 from evoproxy.language import ops
-from evoproxy.screening import score_range
-from evoproxy.fitness import oriented_fitness, subsets
+from evoproxy.evolution.screening import score_range
+from evoproxy.evolution.fitness import oriented_fitness, subsets
 from evoproxy.language.ops import OPS, OpError
 from evoproxy.language.space import ProxyTree, SearchSpace, is_emq_shaped
 from evoproxy.language.tree import ProxyFileError, canonical, load_proxy, parse_proxy, parse_tree, render, tree_value

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from evoproxy import fuzz
-from evoproxy.screening import REASONS
+from evoproxy.evolution.screening import REASONS
 from primitives import PRIMITIVES
 
 

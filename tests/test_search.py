@@ -130,7 +130,7 @@ def test_committed_logs_read_rejected_timeout_as_rejected_cost():
     rejections, written before the rename) as rejected_cost, values and other columns untouched."""
     from evoproxy import plot
     from evoproxy.results import SearchResult
-    from evoproxy.runfiles import read_log
+    from evoproxy.evolution.runfiles import read_log
 
     runs = sorted(p.parent for p in (ROOT / "results").rglob("log.csv") if (p.parent / "best.json").exists())
     old = [r for r in runs if "rejected_timeout" in (r / "log.csv").read_text().splitlines()[0]]

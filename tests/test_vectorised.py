@@ -12,7 +12,7 @@ import evoproxy.language.vectorised as vectorised
 from evoproxy.fuzz import synthetic_stats
 from evoproxy.language.opkernels import OpError, evaluate_tree as evaluate_json
 from evoproxy.language.ops import OPS
-from evoproxy.screening import _CAUGHT, _is_constant, _rejected, score_range
+from evoproxy.evolution.screening import _CAUGHT, _is_constant, _rejected, score_range
 from evoproxy.language.space import SearchSpace
 from evoproxy.language.tree import parse_tree, tree_value
 from primitives import PRIMITIVES

@@ -1,5 +1,5 @@
 """What a search run folder holds besides its checkpoint: log.csv, children.csv, islands.csv, hall_of_fame.json,
-best.json and run.json, regenerated from the search's state after every generation (see :mod:`evoproxy.evolution`); and
+best.json and run.json, regenerated from the search's state after every generation (see :mod:`evoproxy.evolution.engine`); and
 :func:`read_log`, the one reader of a log.csv, which gives old logs' renamed columns their current names.
 
 Heavier imports (the tree and island modules) are made inside the writers, so that readers of a run folder
@@ -17,7 +17,7 @@ import numpy as np
 from mqbench.fileio import atomic_write_text
 
 # log.csv columns renamed since runs were committed: old name -> current name. The search counts its
-# cost-bound rejections (evoproxy.screening) in rejected_cost; logs written before the rename call it
+# cost-bound rejections (evoproxy.evolution.screening) in rejected_cost; logs written before the rename call it
 # rejected_timeout (the wall-clock time-out the cost bound replaced), with the same values.
 LOG_RENAMED = {"rejected_timeout": "rejected_cost"}
 
@@ -41,7 +41,7 @@ def _finite(v):
 
 def write_outputs(search) -> None:
     """log.csv, children.csv, islands.csv, hall_of_fame.json and best.json of ``search`` (an evolution.Search)."""
-    from evoproxy.islands import write_island_log
+    from evoproxy.evolution.islands import write_island_log
 
     for name, rows in (("log.csv", search.log), ("children.csv", search.children)):
         if rows:
@@ -99,8 +99,8 @@ def proxy_of(search, ind):
 
 def log_row(search, generation: int, counts: dict, seconds: float) -> dict:
     """One row of log.csv for ``generation`` of ``search``."""
-    from evoproxy.screening import LOG_REASONS
-    from evoproxy.selection import mean_pairwise_distance
+    from evoproxy.evolution.screening import LOG_REASONS
+    from evoproxy.evolution.selection import mean_pairwise_distance
     from evoproxy.language.tree import render
 
     c = search.config

@@ -23,7 +23,7 @@ RETIRED_KEYS = ("screen_time",)
 # Default --screen-cost (tensor elements on the screening samples): far above every candidate of the committed
 # runs, none of which ever rejected one on the former 10 s time-out (every rejected_timeout, now rejected_cost, of results/ is 0).
 SCREEN_COST = 2e10
-# Multi-fidelity (evoproxy.racing): rung ends as fractions of the search samples and the fitness margin of each, one
+# Multi-fidelity (evoproxy.evolution.racing): rung ends as fractions of the search samples and the fitness margin of each, one
 # setting for both benchmarks, chosen from the children of audited runs (results/racing/joint.md: the least work with
 # an early-reject error <= 1% on NB201 seed 0 and MQ seed 0; replayed on NB201 seed 2 and MQ seed 1: 0 of 248 and
 # 0 of 627 early rejections wrong, 78% and 65% of the full-fidelity work for children that pass screening)
@@ -72,7 +72,7 @@ class SearchConfig:
                            required=True)
     samples: int = _opt(64, "search-split items scored per candidate")
     sampling: str = _opt("random", "how the search samples are drawn from the search split: random (a seeded "
-                                 "permutation) or stratified (one per ground-truth stratum; evoproxy.searchsample)",
+                                 "permutation) or stratified (one per ground-truth stratum; evoproxy.evolution.searchsample)",
                        choices=("random", "stratified"))
     validation: float = _opt(0.0, "extra search-split items, as a fraction of --samples, never used by the fitness: "
                                   "best.json is the hall-of-fame member with the best fitness on them (0: the best "
@@ -103,9 +103,9 @@ class SearchConfig:
     mut_prob: float = _opt(0.8, "mutation probability of each child")
     screen_samples: int = _opt(8, "search samples a candidate is screened on before the rest")
     screen_cost: float = _opt(SCREEN_COST, "screening cost bound: a candidate whose screening samples need more tensor "
-                                    "elements processed is rejected (deterministic; see evoproxy.screening)")
+                                    "elements processed is rejected (deterministic; see evoproxy.evolution.screening)")
     multi_fidelity: bool = _opt(True, "ablation: score every child on every search sample (no early rejection of "
-                                      "children far below the population; see evoproxy.racing)",
+                                      "children far below the population; see evoproxy.evolution.racing)",
                                 flag="--no-multi-fidelity")
     entry_quantile: float = _opt(ENTRY_QUANTILE, "multi-fidelity: a child enters the next population only if its fitness "
                                                  "reaches this quantile of its parents' population (0: the worst, "
@@ -136,7 +136,7 @@ class SearchConfig:
                                        "needs --backend dask, and --jobs about its worker count")
     time_budget: float | None = _opt(None, "seconds for the whole search (the only wall-clock setting): stop after "
                                            "the generation that would exceed it; unset --population/--generations are "
-                                           "sized to fit it from a measured scoring rate (evoproxy.budget)")
+                                           "sized to fit it from a measured scoring rate (evoproxy.evolution.budget)")
     progress: bool = _opt(True, "no progress bar", flag="--quiet")
     checkpoint: str | None = _opt(None, "MQ tables: FP checkpoint file (default: found by name in the data root; "
                                         "verified by sha256)")
@@ -149,7 +149,7 @@ class SearchConfig:
         """Nothing to set up: ``screen_time`` (a retired setting) is dropped here."""
 
     def validate(self) -> None:
-        from evoproxy.fitness import check_fitness
+        from evoproxy.evolution.fitness import check_fitness
         from mqbench.parallel import check_backend
 
         if not self.bench:
@@ -244,7 +244,7 @@ def add_arguments(parser: argparse.ArgumentParser, config_class=SearchConfig, on
     """One option per field of ``config_class`` (or of the fields named in ``only``): ``--name-with-dashes`` (or
     the field's ``flag``), typed by the annotation, defaults and help from the field; booleans that default to
     True get a negative flag."""
-    from evoproxy.fitness import fitness_names
+    from evoproxy.evolution.fitness import fitness_names
 
     for f in dataclasses.fields(config_class):
         if only is not None and f.name not in only:

@@ -120,7 +120,7 @@ def sizing_record(rate: float, trees: int, seconds: float, left: float, populati
 
 
 def size_for_budget(search, t_prep: float) -> None:
-    """Size ``search.config``'s unset population/generations (a fresh :class:`evoproxy.evolution.Search` whose
+    """Size ``search.config``'s unset population/generations (a fresh :class:`evoproxy.evolution.engine.Search` whose
     statistics are loaded; ``t_prep``: when it started) and set ``search.sizing``."""
     import dataclasses
     import random

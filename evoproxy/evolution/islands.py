@@ -150,7 +150,7 @@ def migrate(populations: list, migrants: int, diversity: bool) -> list[int]:
 
 
 def island_row(generation: int, index: int, island: Island, restarted: bool, arrived: int) -> dict:
-    from evoproxy.selection import mean_pairwise_distance
+    from evoproxy.evolution.selection import mean_pairwise_distance
 
     fit = np.array([i.fitness for i in island.population])
     best = max(island.population, key=lambda i: i.fitness)

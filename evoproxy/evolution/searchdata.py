@@ -8,7 +8,7 @@
 The statistics come from the benchmark's :class:`primitives.workspace.Workspace` (the scoring path's
 protocol: network statistics once per network, disk-cached; quantization statistics per bit
 configuration). The search holds its :class:`SearchSamples` and passes them to the scorers
-(:mod:`evoproxy.racing`, :mod:`evoproxy.screening`); a worker process of a parallel search builds its own
+(:mod:`evoproxy.evolution.racing`, :mod:`evoproxy.evolution.screening`); a worker process of a parallel search builds its own
 once, from the recipe (:meth:`SearchSamples.setup`), reading the disk cache.
 """
 from __future__ import annotations

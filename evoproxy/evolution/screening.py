@@ -1,6 +1,6 @@
 """Scoring candidate trees on cached statistics: compatibility screening and full score vectors.
 
-A candidate is scored on the search samples' statistics (:class:`evoproxy.searchdata.SearchSamples`, which the
+A candidate is scored on the search samples' statistics (:class:`evoproxy.evolution.searchdata.SearchSamples`, which the
 search holds and passes here) in two stages:
 
 1. **screening**: the first ``screen_samples`` samples. Rejected, with the reason
@@ -21,7 +21,7 @@ reads (``logdet``: d0^2 k + d0^3 for its Gram matrix and determinant). :func:`tr
 the total from one layer per shape signature and aggregation subtree, by running the operators on a
 batch of one item with :class:`CostMeter` wrapping them, before anything is evaluated: a tree over
 the bound is rejected as ``cost`` even when it would also fail another rule. The search's log counts them in
-its ``rejected_cost`` column (named ``rejected_timeout`` in logs written before; :func:`evoproxy.runfiles.read_log`
+its ``rejected_cost`` column (named ``rejected_timeout`` in logs written before; :func:`evoproxy.evolution.runfiles.read_log`
 reads those as ``rejected_cost``). ``time_bound`` (seconds, a ``timeout`` rejection) remains for tools such as
 :mod:`evoproxy.fuzz`; the search does not use it.
 
@@ -232,7 +232,7 @@ def _chunk(samples, trees_json, start, stop, time_bound, check_constant, cost_bo
 
 def score_many(samples, trees, start: int, stop: int | None, jobs: int = 1, time_bound: float | None = None,
                check_constant: bool = True, cost_bound: float | None = None) -> list[Scored]:
-    """``score_range`` for every tree on ``samples`` (:class:`evoproxy.searchdata.SearchSamples`), in order
+    """``score_range`` for every tree on ``samples`` (:class:`evoproxy.evolution.searchdata.SearchSamples`), in order
     (chunks in worker processes when ``jobs`` > 1, each process with its own samples)."""
     trees_json = [t.to_json() for t in trees]
     if not trees_json:

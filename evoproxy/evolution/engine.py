@@ -1,7 +1,7 @@
 """Evolutionary search for a proxy: the generation loop, checkpoints, resume, outputs.
 
-    from evoproxy.evolution import run_search
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.evolution.engine import run_search
+    from evoproxy.evolution.searchconfig import SearchConfig
     result = run_search(SearchConfig(bench="nb201-cifar10", out="runs/a", samples=64, population=32,
                                      generations=20, seed=0))
     result.best.formula
@@ -9,29 +9,29 @@
 Protocol
 --------
 * Search samples: ``bench.sample(samples, seed, "search")`` — the benchmark's search split only.
-  Their statistics are extracted once (:func:`evoproxy.searchdata.load_samples`, disk-cached) into the
+  Their statistics are extracted once (:func:`evoproxy.evolution.searchdata.load_samples`, disk-cached) into the
   benchmark's workspace (:class:`primitives.workspace.Workspace`); the search holds them and passes them to
   the scorers (worker processes build their own once).
 * Generation 0: random trees until ``population`` valid, distinct candidates.
 * Generation g >= 1: the ``elites`` best survive; the rest of the population is refilled with
-  children (parents by :func:`evoproxy.selection.select_parents`; crossover with probability
+  children (parents by :func:`evoproxy.evolution.selection.select_parents`; crossover with probability
   ``cx_prob``, then mutation of each child with probability ``mut_prob``), each child scored by
-  :mod:`evoproxy.screening` (screening, then all samples) and its fitness by
-  :mod:`evoproxy.fitness`. Up to ``MAX_ROUNDS`` rounds of children per generation; if still short,
+  :mod:`evoproxy.evolution.screening` (screening, then all samples) and its fitness by
+  :mod:`evoproxy.evolution.fitness`. Up to ``MAX_ROUNDS`` rounds of children per generation; if still short,
   the best former members fill the population.
 * Candidates already scored (same canonical formula) are never re-scored (a memo); with screening
   on, a candidate whose screening scores equal those of an earlier one inherits its outcome.
-* Multi-fidelity (``multi_fidelity``, on by default; :mod:`evoproxy.racing`): a child enters the population only
+* Multi-fidelity (``multi_fidelity``, on by default; :mod:`evoproxy.evolution.racing`): a child enters the population only
   if its fitness reaches the ``entry_quantile`` of its parents' fitness (places still open after ``MAX_ROUNDS``
   rounds of children go to the best former members, as without it); it is raced on growing prefixes of the search samples (``rungs``) and rejected early when its fitness
   there is below that threshold minus the rung's ``margins``. ``audit`` also scores early-rejected children on
   every sample (decisions unchanged) and writes ``children.csv``.
 * Randomness: Python's ``random`` (used by DEAP and :mod:`evoproxy.language.space`) is re-seeded at the start of
-  every generation from (seed, generation) — per island with ``islands`` > 1 (:mod:`evoproxy.islands`:
+  every generation from (seed, generation) — per island with ``islands`` > 1 (:mod:`evoproxy.evolution.islands`:
   several populations, ring migration, restarts of stagnant islands) — so a resumed run draws exactly
   what an uninterrupted one would.
 * Screening rejects a candidate past a deterministic cost bound (``screen_cost``, tensor elements;
-  :mod:`evoproxy.screening`); the former wall-clock time-out is gone (its ``screen_time`` setting is
+  :mod:`evoproxy.evolution.screening`); the former wall-clock time-out is gone (its ``screen_time`` setting is
   retired: accepted, ignored, see ``searchconfig.RETIRED_KEYS``).
 * After every generation ``checkpoint.json`` (every island's population, memo, log, hall of fame) is
   written atomically, then ``log.csv``, ``hall_of_fame.json``, ``best.json`` (and ``islands.csv``) are
@@ -39,7 +39,7 @@ Protocol
   ``log.csv``, the outputs equal those of an uninterrupted run with the same settings, for any ``--jobs``.
   ``--time-budget`` is the only wall-clock setting: it stops the run after the generation whose successor
   would pass it, and sizes an unset population/generation count from a measured rate
-  (:mod:`evoproxy.budget`; such a run is recorded as machine-dependent in ``config.json``).
+  (:mod:`evoproxy.evolution.budget`; such a run is recorded as machine-dependent in ``config.json``).
 """
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ import numpy as np
 
 from evoproxy.errors import ConfigError, EvoproxyError
 from mqbench.fileio import atomic_write_text
-from evoproxy.islands import Individual, Island, interleave, island_row, island_seed, migrate
+from evoproxy.evolution.islands import Individual, Island, interleave, island_row, island_seed, migrate
 from evoproxy.results import SearchResult
-from evoproxy.searchconfig import SearchConfig
+from evoproxy.evolution.searchconfig import SearchConfig
 from evoproxy.language.tree import Proxy, ProxyTree, canonical
 
 CHECKPOINT_FORMAT = "evoproxy.search-checkpoint/1"
@@ -71,7 +71,7 @@ class Search:
     def __init__(self, config: SearchConfig, resume: bool = False):
         config.validate()
         self.config = config if config.time_budget is not None else config.sized()
-        self.sizing = None  # what evoproxy.budget chose (time-budget runs with unset sizes)
+        self.sizing = None  # what evoproxy.evolution.budget chose (time-budget runs with unset sizes)
         self.out = Path(config.out)
         self.resume = resume
         self.started = time.perf_counter()
@@ -84,10 +84,10 @@ class Search:
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
         from evoproxy.scoring.scorer import reason
-        from evoproxy.searchdata import DataRecipe, load_samples
-        from evoproxy.searchsample import search_items, validation_count
+        from evoproxy.evolution.searchdata import DataRecipe, load_samples
+        from evoproxy.evolution.searchsample import search_items, validation_count
         from evoproxy.language.space import SearchSpace
-        from evoproxy.validation import Validation
+        from evoproxy.evolution.validation import Validation
         from mqbench.bench.benchmarks import BenchRef
         from primitives.core import REGISTRY
         from primitives.items import available_names, uses_hessian
@@ -131,9 +131,9 @@ class Search:
         self.race_plan = self._race_plan()
 
     def _race_plan(self):
-        """How children are scored (:mod:`evoproxy.racing`): screening, then the rungs of multi-fidelity (none when
+        """How children are scored (:mod:`evoproxy.evolution.racing`): screening, then the rungs of multi-fidelity (none when
         it is off), then the rest of the samples."""
-        from evoproxy.racing import RacePlan, rung_ends
+        from evoproxy.evolution.racing import RacePlan, rung_ends
 
         c = self.config
         rungs = rung_ends(len(self.ids), self.n_screen, c.rungs) if c.multi_fidelity and c.screening else ()
@@ -170,7 +170,7 @@ class Search:
                 "log": self.log, "hall_of_fame": [i.to_json() for i in self.hof], "validation": self.val_memo}
 
     def _load_state(self, state: dict) -> None:
-        from evoproxy.runfiles import renamed
+        from evoproxy.evolution.runfiles import renamed
 
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"{self.out / 'checkpoint.json'} is not a search checkpoint")
@@ -218,7 +218,7 @@ class Search:
     def _open_run_dir(self, t_prep: float) -> None:
         import dataclasses
 
-        from evoproxy.budget import size_for_budget
+        from evoproxy.evolution.budget import size_for_budget
 
         ckpt = self.out / "checkpoint.json"
         if ckpt.exists():
@@ -257,14 +257,14 @@ class Search:
 
     # ------------------------------------------------------------------ scoring
     def _score(self, trees: list[ProxyTree], counts: dict, thresholds=None) -> list[dict]:
-        """Outcome (memo entry) of each tree, in order; updates ``counts`` (:func:`evoproxy.racing.decide`)."""
-        from evoproxy.racing import decide
+        """Outcome (memo entry) of each tree, in order; updates ``counts`` (:func:`evoproxy.evolution.racing.decide`)."""
+        from evoproxy.evolution.racing import decide
 
         return decide(self, trees, counts, thresholds)
 
     # ------------------------------------------------------------------ generations
     def _new_counts(self) -> dict:
-        from evoproxy.screening import LOG_REASONS
+        from evoproxy.evolution.screening import LOG_REASONS
 
         return {"evaluated": 0, "valid": 0, "cache_hits": 0, "equivalent_hits": 0,
                 **{f"rejected_{r}": 0 for r in LOG_REASONS}, "early_rejected": 0, "full_fidelity": 0,
@@ -291,12 +291,12 @@ class Search:
             into.append(ind)
 
     def _ranking_taken(self, ind: Individual, taken: set) -> bool:
-        from evoproxy.selection import ranking_taken
+        from evoproxy.evolution.selection import ranking_taken
 
         return self.config.diversity and self.config.distinct_rankings and ranking_taken(ind, taken)
 
     def _initial(self, counts, generation: int = 0):
-        """A random population (a generator for :func:`evoproxy.islands.interleave`: yields trees, gets outcomes)."""
+        """A random population (a generator for :func:`evoproxy.evolution.islands.interleave`: yields trees, gets outcomes)."""
         c = self.config
         pop: list[Individual] = []
         taken: set = set()
@@ -317,7 +317,7 @@ class Search:
 
     def _next(self, population: list[Individual], counts, generation: int):
         """The next population of ``population`` (a generator like :meth:`_initial`)."""
-        from evoproxy.selection import select_parents
+        from evoproxy.evolution.selection import select_parents
 
         c = self.config
         ranked = sorted(population, key=lambda i: -i.fitness)
@@ -367,7 +367,7 @@ class Search:
 
     def _generation(self, g: int, counts: dict) -> None:
         """Every island's population of generation ``g``: their candidates scored together, then migration and
-        restarts (:mod:`evoproxy.islands`)."""
+        restarts (:mod:`evoproxy.evolution.islands`)."""
         c = self.config
         restart = [g == 0 or isl.stagnant(g, c.restart_after) for isl in self.islands]
         procs = [self._initial(counts, g) if r else self._next(isl.population, counts, g)
@@ -397,12 +397,12 @@ class Search:
 
     def best(self) -> Individual:
         """The answer: the hall of fame's best on the validation items (``--validation``), else its first."""
-        from evoproxy.validation import choose
+        from evoproxy.evolution.validation import choose
 
         return choose(self.hof, self.val_memo) if self.validation is not None else self.hof[0]
 
     def _log_row(self, generation: int, counts: dict, seconds: float) -> dict:
-        from evoproxy.runfiles import log_row
+        from evoproxy.evolution.runfiles import log_row
 
         return log_row(self, generation, counts, seconds)
 
@@ -412,7 +412,7 @@ class Search:
         self._write_outputs()
 
     def _write_outputs(self) -> None:
-        from evoproxy.runfiles import write_outputs
+        from evoproxy.evolution.runfiles import write_outputs
 
         write_outputs(self)
 
@@ -425,7 +425,7 @@ class Search:
             return [row for row in csv.DictReader(f) if int(row["generation"]) <= generation]
 
     def _proxy(self, ind: Individual) -> Proxy:
-        from evoproxy.runfiles import proxy_of
+        from evoproxy.evolution.runfiles import proxy_of
 
         return proxy_of(self, ind)
 
@@ -446,7 +446,7 @@ class Search:
     def _run(self) -> SearchResult:
         from tqdm import tqdm
 
-        from evoproxy.budget import MAX_GENERATIONS, resize_for_budget, stop_reason
+        from evoproxy.evolution.budget import MAX_GENERATIONS, resize_for_budget, stop_reason
 
         t_prep = time.perf_counter()
         self._prepare()

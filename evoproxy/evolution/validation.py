@@ -1,7 +1,7 @@
 """The search's answer chosen on items the fitness never saw (``--validation``).
 
 A search with ``validation`` > 0 draws ``round(validation * samples)`` more search-split items
-(:func:`evoproxy.searchsample.search_items`). After every generation each new member of the hall of
+(:func:`evoproxy.evolution.searchsample.search_items`). After every generation each new member of the hall of
 fame is scored on them, in its search orientation, with the search's fitness function; ``best.json``
 is the member with the best validation fitness (ties: the better search fitness). The fitness never
 uses these items, so the choice is not fitted to the same items twice: the hall of fame holds the
@@ -19,7 +19,7 @@ class Validation:
 
     def __init__(self, workspace, recipe, truth, size, fitness: str, seed: int, jobs: int = 1, progress: bool = False):
         """``workspace``: the benchmark's :class:`primitives.workspace.Workspace`; ``recipe``: the validation items'
-        :class:`evoproxy.searchdata.DataRecipe`."""
+        :class:`evoproxy.evolution.searchdata.DataRecipe`."""
         from evoproxy.language.vectorised import stack
 
         self.n = len(recipe.ids)
@@ -32,8 +32,8 @@ class Validation:
     def fitness(self, individual) -> float:
         """The search fitness of ``individual``'s scores on the validation items (its orientation kept; -inf
         when the formula fails or is not finite there)."""
-        from evoproxy.fitness import fitness_value
-        from evoproxy.screening import _CAUGHT
+        from evoproxy.evolution.fitness import fitness_value
+        from evoproxy.evolution.screening import _CAUGHT
         from evoproxy.language.vectorised import tree_values
         from primitives.core import fixed_threads
 

@@ -2,7 +2,7 @@
 
 A child (a candidate tree) is scored on contiguous ranges of the search samples, each range once:
 
-1. **screening**: samples ``0 .. n_screen - 1`` (:func:`evoproxy.screening.score_range`: shape, size, NaN,
+1. **screening**: samples ``0 .. n_screen - 1`` (:func:`evoproxy.evolution.screening.score_range`: shape, size, NaN,
    constant and cost rejections). A child whose screening scores equal those of an earlier candidate
    (``known`` screening keys) stops here: the search gives it that candidate's outcome.
 2. **rungs** (multi-fidelity): at each rung end ``r`` (a number of samples, increasing) the child's fitness on
@@ -14,7 +14,7 @@ A child (a candidate tree) is scored on contiguous ranges of the search samples,
 3. **full**: the remaining samples; the child's full score vector.
 
 The search samples are a seeded random sample of the benchmark's search split, so every prefix is a random
-subset of them. The children are raced on the search's :class:`evoproxy.searchdata.SearchSamples` (statistics and
+subset of them. The children are raced on the search's :class:`evoproxy.evolution.searchdata.SearchSamples` (statistics and
 their stacked form). Work is split into chunks of children run in worker processes (one dispatch per call, the
 whole race inside the worker, each process with its own samples built once); outcomes do not depend on ``jobs``: ``known`` only lets a worker stop early
 for a child whose outcome the search already knows, and the search resolves in-batch equivalents in order.
@@ -54,7 +54,7 @@ class RacePlan:
 
     def estimate(self, scores) -> float:
         """The oriented fitness of ``scores`` (a prefix of the samples) against the same prefix of the truth."""
-        from evoproxy.fitness import oriented_fitness
+        from evoproxy.evolution.fitness import oriented_fitness
 
         n = len(scores)
         size = None if self.size is None else np.asarray(self.size[:n], dtype=float)
@@ -78,8 +78,8 @@ def race_one(tree, samples, plan: RacePlan, threshold: float, known) -> dict:
     child was not rejected early, or ``audit``), ``"estimates"`` ({rung end: estimate}) and, when rejected early,
     ``"early"`` (the rung end) — in which case ``"scores"`` is present only with ``audit``; a later range that
     fails gives ``"reason"`` (NaN, or an error of a sample outside screening). ``samples``: a
-    :class:`evoproxy.searchdata.SearchSamples`."""
-    from evoproxy.screening import score_range
+    :class:`evoproxy.evolution.searchdata.SearchSamples`."""
+    from evoproxy.evolution.screening import score_range
 
     stats, stacked = samples.stats, samples.stacked
     head = score_range(tree, stats, 0, plan.n_screen, cost_bound=plan.cost_bound, stacked=stacked)
@@ -122,7 +122,7 @@ def _race_chunk(samples, items, plan: RacePlan, known):
 
 def race_many(samples, trees, thresholds, plan: RacePlan, known=frozenset(), jobs: int = 1) -> list[dict]:
     """:func:`race_one` for every tree (with its threshold) on ``samples``, in order; chunks in worker processes
-    when ``jobs`` > 1 (each builds its own samples once, :meth:`evoproxy.searchdata.SearchSamples.setup`)."""
+    when ``jobs`` > 1 (each builds its own samples once, :meth:`evoproxy.evolution.searchdata.SearchSamples.setup`)."""
     items = [(t.to_json(), float(th)) for t, th in zip(trees, thresholds)]
     if not items:
         return []
@@ -140,12 +140,12 @@ def race_many(samples, trees, thresholds, plan: RacePlan, known=frozenset(), job
 
 def decide(search, trees, counts: dict, thresholds=None) -> list[dict]:
     """The outcome (memo entry) of each of a search's candidate ``trees``, in order, updating ``counts`` and the
-    search's memo, screening memo and audit rows (``search``: an :class:`evoproxy.evolution.Search`). ``thresholds``:
+    search's memo, screening memo and audit rows (``search``: an :class:`evoproxy.evolution.engine.Search`). ``thresholds``:
     per tree, the fitness it must be able to reach (multi-fidelity rejects a child early below it; None: none).
     Candidates already in the memo are not scored again; the others are raced (:func:`race_many`, screening
     first), or with screening off scored on every sample."""
-    from evoproxy.fitness import oriented_fitness
-    from evoproxy.screening import LOG_NAME, _is_constant, score_many
+    from evoproxy.evolution.fitness import oriented_fitness
+    from evoproxy.evolution.screening import LOG_NAME, _is_constant, score_many
     from evoproxy.language.tree import canonical
 
     c = search.config
@@ -229,7 +229,7 @@ def _note_child(search, key: str, threshold: float, raced: dict, scores) -> None
     at the rungs, its full-fidelity fitness (when scored on every sample) and the decision."""
     if not search.config.audit:
         return
-    from evoproxy.fitness import oriented_fitness
+    from evoproxy.evolution.fitness import oriented_fitness
 
     full = search.memo[key].get("fitness", math.nan)  # scored on every sample: the fitness already computed
     if scores is not None and "early" in raced:  # audited early rejection: what full fidelity gives
