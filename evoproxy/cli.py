@@ -414,7 +414,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 def _calibrate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxy", default=None, help="proxy JSON file whose root aggregates over layers (with --parzc: "
                    "optional comma-separated proxy files of the node-wise statistics)")
-    p.add_argument("--parzc", action="store_true", help="fit the ParZC baseline (evoproxy.parzc) instead")
+    p.add_argument("--parzc", action="store_true", help="fit the ParZC baseline (evoproxy.fitting.parzc) instead")
     p.add_argument("--bench", required=True, help="benchmark name or spec file (its search split is used)")
     p.add_argument("--samples", type=int, default=50, help="search-split items to fit on")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
@@ -429,11 +429,11 @@ def _calibrate_options(p: argparse.ArgumentParser) -> None:
 @command("calibrate", "learn per-layer-position weights of a proxy's layer terms on a benchmark's search split",
          _calibrate_options)
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from evoproxy.calibrate import calibrate
+    from evoproxy.fitting.calibrate import calibrate
     from evoproxy.errors import ConfigError
 
     if args.parzc:
-        from evoproxy.parzc import parzc
+        from evoproxy.fitting.parzc import parzc
 
         model = parzc(args.bench, args.samples, args.seed, args.proxy.split(",") if args.proxy else None,
                       batch=args.batch, table=args.table, weight_decay=args.weight_decay,

@@ -8,10 +8,10 @@ CIFAR10TestAccuracy200Epochs) and the MQ-Bench-C10 ResNet-20 table (its 454 hold
 search seed s:
 
 * **evolved**: the committed ``results/<experiment>/runs/seed<s>/best.json`` as it is;
-* **calibrated**: the same formula with per-layer-position weights fitted by :func:`evoproxy.calibrate.calibrate_on`
+* **calibrated**: the same formula with per-layer-position weights fitted by :func:`evoproxy.fitting.calibrate.calibrate_on`
   on the first n items of ``sample(n_max, s, "search")`` (the search split the evolved proxy was found on);
-* **ParZC**: :func:`evoproxy.parzc.fit_parzc` on the node-wise statistics of the hand-made layer-sum proxies
-  (:data:`evoproxy.parzc.NAS_PROXIES` / ``MQ_PROXIES``), same items, seed s;
+* **ParZC**: :func:`evoproxy.fitting.parzc.fit_parzc` on the node-wise statistics of the hand-made layer-sum proxies
+  (:data:`evoproxy.fitting.parzc.NAS_PROXIES` / ``MQ_PROXIES``), same items, seed s;
 * **ParZC + evolved**: ParZC with the evolved formula's per-layer terms as one more node-wise statistic;
 * **best hand-made**: the best registered proxy by holdout Spearman in the committed tables, its per-item scores
   read from the committed ``items*.csv`` (no training, the same for every seed).
@@ -44,7 +44,7 @@ CHUNK = 100
 
 def proxy_sets(bench: str, seeds) -> tuple[dict, dict]:
     """({label: Proxy} of ParZC's node-wise statistics, {seed: evolved Proxy})."""
-    from evoproxy.parzc import default_proxies
+    from evoproxy.fitting.parzc import default_proxies
     from evoproxy.language.tree import load_proxy
 
     runs = REPO / "results" / SETTINGS[bench]["experiment"] / "runs"
@@ -63,8 +63,8 @@ def item_ids(bench: str, seeds, n_search: int, holdout: int | None = None) -> di
 def features(bench: str, ids, parzc_proxies: dict, evolved: dict, jobs: int) -> dict:
     """{"rows": {id: ParZC row}, "terms": {seed: {id: (positions, terms)}}, "seconds": extraction s/item}, from
     the feature file when it holds these items and proxies, else by extracting the statistics (in chunks)."""
-    from evoproxy.calibrate import term_rows
-    from evoproxy.parzc import item_rows, union_request
+    from evoproxy.fitting.calibrate import term_rows
+    from evoproxy.fitting.parzc import item_rows, union_request
     from mqbench.bench.benchmarks import BenchRef
     from mqbench.data.dataroot import cache_root
     from primitives.core import fixed_threads
@@ -164,8 +164,8 @@ def run_bench(bench: str, seeds, sizes, jobs: int, holdout: int | None = None) -
 
 
 def _fits(bench, b, seeds, sizes, groups, feats, parzc_proxies, evolved) -> list[dict]:
-    from evoproxy.calibrate import calibrate_on
-    from evoproxy.parzc import fit_parzc
+    from evoproxy.fitting.calibrate import calibrate_on
+    from evoproxy.fitting.parzc import fit_parzc
 
     hold = groups["holdout"]
     truth = [float(v) for v in b.ground_truth(hold)]
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
                f"ground truth PTQ top-1. Training items: the first n of sample(n_max, seed, 'search') (the items "
                f"the evolved proxy of that seed was searched on; MQ's search split has only 50). evolved: committed "
                f"best.json, train s = its search's generation seconds; calibrated: `evoproxy calibrate` weights "
-               f"(1 - DiffKendall, decay 0.01, 300 Adam steps); parzc: evoproxy.parzc (MABN-style mixer on the "
+               f"(1 - DiffKendall, decay 0.01, 300 Adam steps); parzc: evoproxy.fitting.parzc (MABN-style mixer on the "
                f"node-wise terms of {', '.join(proxy_sets(NB201, seeds[:1])[0])}; MQ adds bit_sum, model_size, "
                f"hawq_v2); parzc+evolved: the same with the evolved formula's per-layer terms as one more "
                f"statistic; best hand-made: best Spearman in the committed correlation table, its committed "

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from evoproxy.calibrate import check_positions, fit_weights
+from evoproxy.fitting.calibrate import check_positions, fit_weights
 from evoproxy.cli import main
 from evoproxy.errors import ConfigError
 from evoproxy.export import export_source

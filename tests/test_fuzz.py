@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from evoproxy import fuzz
+from experiments.tools import fuzz
 from evoproxy.evolution.screening import REASONS
 from primitives import PRIMITIVES
 

@@ -11,7 +11,7 @@ import torch
 
 from evoproxy.evolution.budget import MAX_GENERATIONS, MIN_POPULATION, POPULATIONS, choose_sizes
 from evoproxy.evolution.engine import run_search
-from evoproxy.fuzz import synthetic_stats
+from experiments.tools.fuzz import synthetic_stats
 from evoproxy.evolution.islands import Individual, Island, migrate
 from evoproxy.language.ops import OPS
 from evoproxy.language.opkernels import evaluate_tree as evaluate_json

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import evoproxy.language.vectorised as vectorised
-from evoproxy.fuzz import synthetic_stats
+from experiments.tools.fuzz import synthetic_stats
 from evoproxy.language.opkernels import OpError, evaluate_tree as evaluate_json
 from evoproxy.language.ops import OPS
 from evoproxy.evolution.screening import _CAUGHT, _is_constant, _rejected, score_range

@@ -23,7 +23,7 @@ batch of one item with :class:`CostMeter` wrapping them, before anything is eval
 the bound is rejected as ``cost`` even when it would also fail another rule. The search's log counts them in
 its ``rejected_cost`` column (named ``rejected_timeout`` in logs written before; :func:`evoproxy.evolution.runfiles.read_log`
 reads those as ``rejected_cost``). ``time_bound`` (seconds, a ``timeout`` rejection) remains for tools such as
-:mod:`evoproxy.fuzz`; the search does not use it.
+:mod:`experiments.tools.fuzz`; the search does not use it.
 
 Work is split into contiguous chunks of candidates and run in joblib (loky) processes when
 ``jobs`` > 1; every score is computed on one torch thread, so the vectors do not depend on

@@ -150,7 +150,7 @@ class Proxy:
     extraction: dict = field(default_factory=dict)  # EXTRACTION_SETTINGS: hutchinson_probes, noise_std
     search: dict = field(default_factory=dict)
     source: str | None = None
-    layer_weights: dict | None = None  # learned by ``evoproxy calibrate`` (see :mod:`evoproxy.calibrate`)
+    layer_weights: dict | None = None  # learned by ``evoproxy calibrate`` (see :mod:`evoproxy.fitting.calibrate`)
 
     @property
     def formula(self) -> str:

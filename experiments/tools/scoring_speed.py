@@ -1,6 +1,6 @@
 """Scoring speed of the one batched scorer, and children decided per second by real multi-fidelity searches.
 
-    python -m evoproxy.scoring_speed [--jobs 2] [--trees 200] [--seed 0] [--generations G]
+    python -m experiments.tools.scoring_speed [--jobs 2] [--trees 200] [--seed 0] [--generations G]
 
 For each benchmark (100 NAS-Bench-201 search samples, 50 MQ ResNet-20 search samples; the search's recipe:
 default terminals and probes, batch 64; statistics extracted or read from the disk cache first):
@@ -186,7 +186,7 @@ def measure(bench: str, samples: int, trees: int, jobs: int, seed: int, run: tup
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evoproxy.scoring_speed", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.tools.scoring_speed", description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--trees", type=int, default=200, help="random trees timed per benchmark (half per structure)")
     p.add_argument("--seed", type=int, default=0)

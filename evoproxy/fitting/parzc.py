@@ -11,7 +11,7 @@ reading, written from the paper's description (not its code):
 
 * **node-wise statistics**: for each item a matrix layer position x hand-made proxy whose entry is the
   proxy's per-layer term (:func:`evoproxy.language.tree.layer_terms_on` of the proxy file's tree, times its
-  orientation; layer positions as in :mod:`evoproxy.calibrate`). Default proxies: ``snip``, ``grad_norm``,
+  orientation; layer positions as in :mod:`evoproxy.fitting.calibrate`). Default proxies: ``snip``, ``grad_norm``,
   ``fisher``, ``l2_norm``, ``params`` (the registered hand-made NAS proxies whose tree is a sum over layers);
   on MQ tables also ``bit_sum``, ``model_size`` and ``hawq_v2`` (the snip-like terms do not depend on the
   bit configuration). ``synflow`` is not in the set: its saliency needs |W| and a network without BatchNorm,
@@ -44,7 +44,7 @@ from evoproxy.errors import ConfigError
 FORMAT = "evoproxy.parzc/1"
 NAS_PROXIES = ("snip", "grad_norm", "fisher", "l2_norm", "params")
 MQ_PROXIES = NAS_PROXIES + ("bit_sum", "model_size", "hawq_v2")
-PROXY_DIR = Path(__file__).resolve().parent.parent / "examples" / "proxies"
+PROXY_DIR = Path(__file__).resolve().parents[2] / "examples" / "proxies"
 SHAPES = {"a": ("L",), "t1": ("H", "L"), "tb1": ("H",), "t2": ("L", "H"), "tb2": ("L",), "c1": ("C", "F"),
           "cb1": ("C",), "hm": ("C",), "bm": (), "hv": ("C",), "bv": ()}
 
@@ -69,8 +69,8 @@ def nodewise(proxies: dict, stats) -> dict:
 
 
 def check_rows(rows) -> None:
-    """ConfigError (one line) when the items' layer positions do not recur (as :func:`evoproxy.calibrate.check_positions`)."""
-    from evoproxy.calibrate import check_positions
+    """ConfigError (one line) when the items' layer positions do not recur (as :func:`evoproxy.fitting.calibrate.check_positions`)."""
+    from evoproxy.fitting.calibrate import check_positions
 
     check_positions([(list(r), [0.0] * len(r)) for r in rows])
 

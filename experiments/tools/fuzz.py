@@ -1,7 +1,7 @@
 """Fuzz the proxy language: screen many random trees and check that nothing escapes the screening.
 
-    python -m evoproxy.fuzz --structure emq --trees 100000 --synthetic
-    python -m evoproxy.fuzz --structure tree --trees 20000 --bench nb201-cifar10 --items 4
+    python -m experiments.tools.fuzz --structure emq --trees 100000 --synthetic
+    python -m experiments.tools.fuzz --structure tree --trees 20000 --bench nb201-cifar10 --items 4
 
 Trees come from the structure's generator as the search uses it (:class:`evoproxy.language.space.SearchSpace`):
 half fresh ``random_tree()`` draws, a quarter mutants and a quarter crossover children of a pool of
@@ -155,7 +155,7 @@ def human(report: FuzzReport, where: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evoproxy.fuzz", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.tools.fuzz", description=__doc__.splitlines()[0])
     p.add_argument("--structure", choices=("emq", "tree"), default="emq")
     p.add_argument("--trees", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0, help="seed of the trees (and of the synthetic networks)")
