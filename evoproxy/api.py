@@ -22,6 +22,15 @@ from evoproxy.allocation import allocate  # noqa: F401  (part of the API)
 from evoproxy.results import Evaluation, SearchResult
 from evoproxy.evolution.searchconfig import SearchConfig
 
+
+def run_search(config: SearchConfig, resume: bool = False) -> SearchResult:
+    """The search of ``config`` (resumed from its checkpoint with ``resume``), its run folder as a :class:`SearchResult`."""
+    from evoproxy.evolution.engine import Search
+
+    search = Search(config, resume)
+    return SearchResult.load(search.run(), stopped=search.stopped)
+
+
 def search(bench: str, *, samples: int = 100, time_budget: float | None = None, seed: int = 0,
            out: str | Path | None = None, resume: bool = False, **settings) -> SearchResult:
     """Evolve a proxy on ``bench``'s search split and return the run as a :class:`SearchResult`.
@@ -31,8 +40,6 @@ def search(bench: str, *, samples: int = 100, time_budget: float | None = None, 
     measured scoring rate, :mod:`evoproxy.evolution.budget`);
     ``settings``: any other :class:`SearchConfig` field (population, generations, fitness, structure, jobs, ...).
     """
-    from evoproxy.evolution.engine import run_search
-
     if out is None:
         out = tempfile.mkdtemp(prefix=f"evoproxy-{bench.replace('/', '_')}-seed{seed}-")
     config = SearchConfig(bench=bench, out=str(out), samples=samples, seed=seed, time_budget=time_budget, **settings)

@@ -303,7 +303,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
 
 @command("search", "evolve a proxy on a benchmark's search split; writes the run folder", _search_options)
 def cmd_search(args: argparse.Namespace) -> int:
-    from evoproxy.evolution.engine import run_search
+    from evoproxy.api import run_search
     from evoproxy.evolution.searchconfig import from_arguments
 
     config = from_arguments(args)

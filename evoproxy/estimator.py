@@ -7,7 +7,7 @@
     est.predict(new_models); est.rank(new_models); est.export("proxy.py"); est.plot()
     est.score_holdout(["synflow", "zico", "params"])              # an Evaluation on the held-out items
 
-A thin layer over the CLI's search (:func:`evoproxy.evolution.engine.run_search`), not a second engine:
+A thin layer over the CLI's search (:func:`evoproxy.api.run_search`), not a second engine:
 ``fit`` writes the items as an ordinary benchmark spec into the run folder (``<out>/benchmark/search.toml``
 and ``holdout.toml``, :mod:`evoproxy.ownbench`), extracts the statistics of the search items one network
 at a time into the statistics cache, then runs the search on that spec. Every
@@ -110,7 +110,7 @@ class ProxySearch:
         """``fit(models, accuracies)``, ``fit(factory, descriptions, accuracies)`` or ``fit(model, bit_configs,
         accuracies)`` on the batch ``inputs``/``targets`` (``options``: see
         :meth:`evoproxy.ownbench.Benchmark.from_models`), or ``fit(benchmark)``. Returns the estimator."""
-        from evoproxy.evolution.engine import run_search
+        from evoproxy.api import run_search
         from evoproxy.ownbench import Benchmark
 
         if len(args) == 1 and isinstance(args[0], Benchmark):

@@ -88,7 +88,7 @@ def seeded_searches(experiment: str, bench: str, seeds, jobs: int, settings: dic
 
 def run_or_resume_search(config) -> None:
     """``run_search(config)``: skipped when ``config.out`` holds the finished run, resumed from a checkpoint."""
-    from evoproxy.evolution.engine import run_search
+    from evoproxy.api import run_search
 
     if finished_run(config):
         log(f"{config.out}: finished run found, reused")

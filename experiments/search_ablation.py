@@ -109,7 +109,8 @@ def check_against_evaluate(config, proxy, n: int, scores: np.ndarray, jobs: int)
 
 
 def run_one(short: str, setting: str, seed: int, jobs: int, check: int) -> dict:
-    from evoproxy.evolution.engine import Search, run_search
+    from evoproxy.api import run_search
+    from evoproxy.evolution.engine import Search
     from evoproxy.scoring.metrics import correlation_report
     from evoproxy.results import SearchResult
 

@@ -118,7 +118,7 @@ def test_factory_and_descriptions_save_reload_scores_identically(tmp_path):
     got = {int(r["id"]): next(iter(r["scores"].values())) for r in table.items["results"]}
     np.testing.assert_allclose([got[i] for i in range(9)], est.predict(SPACE), rtol=1e-6)
     # the CLI's search reads it (a fresh search on the saved spec, as `evoproxy search --bench spec` runs it)
-    from evoproxy.evolution.engine import run_search
+    from evoproxy.api import run_search
     from evoproxy.evolution.searchconfig import SearchConfig
 
     res = run_search(SearchConfig(bench=str(spec), out=str(tmp_path / "cli"), samples=4, batch=len(y), seed=0,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evoproxy.evolution.budget import MAX_GENERATIONS, MIN_POPULATION, POPULATIONS, choose_sizes
-from evoproxy.evolution.engine import run_search
+from evoproxy.api import run_search
 from experiments.tools.fuzz import synthetic_stats
 from evoproxy.evolution.islands import Individual, Island, migrate
 from evoproxy.language.ops import OPS

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from evoproxy.errors import ConfigError
-from evoproxy.evolution.engine import run_search
+from evoproxy.api import run_search
 from evoproxy.evolution.searchconfig import SearchConfig
 from evoproxy.evolution.searchsample import search_items, spread_order, stratified
 

@@ -1,6 +1,6 @@
 """The search: proxies evolved on a benchmark's search split, chosen on its validation split.
 
-Entry point: :func:`evoproxy.evolution.engine.run_search` with a
+Entry point: :class:`evoproxy.evolution.engine.Search` (``run()`` writes the run folder) with a
 :class:`~evoproxy.evolution.searchconfig.SearchConfig` (all settings, one dataclass). The rest serve it:
 screening and racing (multi-fidelity), selection and islands, fitness, budget sizing, the search samples
 and their statistics, validation and the run-folder files. The room is called ``evolution`` because

@@ -1,10 +1,11 @@
 """Evolutionary search for a proxy: the generation loop, checkpoints, resume, outputs.
 
-    from evoproxy.evolution.engine import run_search
+    from evoproxy.evolution.engine import Search
     from evoproxy.evolution.searchconfig import SearchConfig
-    result = run_search(SearchConfig(bench="nb201-cifar10", out="runs/a", samples=64, population=32,
-                                     generations=20, seed=0))
-    result.best.formula
+    run_dir = Search(SearchConfig(bench="nb201-cifar10", out="runs/a", samples=64, population=32,
+                                  generations=20, seed=0)).run()   # the run folder
+
+(:func:`evoproxy.api.run_search` returns it as a :class:`~evoproxy.results.SearchResult`.)
 
 Protocol
 --------
@@ -56,7 +57,6 @@ import numpy as np
 from evoproxy.errors import ConfigError, EvoproxyError
 from mqbench.fileio import atomic_write_text
 from evoproxy.evolution.islands import Individual, Island, interleave, island_row, island_seed, migrate
-from evoproxy.results import SearchResult
 from evoproxy.evolution.searchconfig import SearchConfig
 from evoproxy.language.tree import Proxy, ProxyTree, canonical
 
@@ -66,7 +66,7 @@ HALL_OF_FAME = 10
 
 
 class Search:
-    """One search run (see the module docstring); ``run()`` returns a :class:`~evoproxy.results.SearchResult`."""
+    """One search run (see the module docstring); ``run()`` returns its run folder (why it stopped early: ``stopped``)."""
 
     def __init__(self, config: SearchConfig, resume: bool = False):
         config.validate()
@@ -430,7 +430,7 @@ class Search:
         return proxy_of(self, ind)
 
     # ------------------------------------------------------------------ main loop
-    def run(self) -> SearchResult:
+    def run(self) -> Path:
         from mqbench.parallel import use_backend
 
         c = self.config
@@ -443,7 +443,7 @@ class Search:
             if created and not any(self.out.iterdir()):  # failed before writing anything: leave no trace
                 self.out.rmdir()
 
-    def _run(self) -> SearchResult:
+    def _run(self) -> Path:
         from tqdm import tqdm
 
         from evoproxy.evolution.budget import MAX_GENERATIONS, resize_for_budget, stop_reason
@@ -481,8 +481,4 @@ class Search:
         finally:
             bar.close()
         self._write_outputs()
-        return SearchResult.load(self.out, stopped=self.stopped)
-
-
-def run_search(config: SearchConfig, resume: bool = False) -> SearchResult:
-    return Search(config, resume).run()
+        return self.out

@@ -112,7 +112,7 @@ def decided_rate(bench: str, samples: int, population: int, generations: int, jo
     import tempfile
     from pathlib import Path
 
-    from evoproxy.evolution.engine import run_search
+    from evoproxy.api import run_search
     from evoproxy.evolution.searchconfig import SearchConfig
 
     with tempfile.TemporaryDirectory(prefix="evoproxy-speed-") as tmp:
