@@ -11,7 +11,7 @@ from evoproxy.errors import ConfigError, DataError, EvoproxyError  # noqa: F401
 __version__ = "0.1.0"
 _API = {"search": "evoproxy.api", "evaluate": "evoproxy.api", "allocate": "evoproxy.api", "export_proxy": "evoproxy.api",
         "load_proxy": "evoproxy.api", "SearchResult": "evoproxy.results", "Evaluation": "evoproxy.results",
-        "SearchConfig": "evoproxy.searchconfig", "Proxy": "evoproxy.tree",
+        "SearchConfig": "evoproxy.evolution.searchconfig", "Proxy": "evoproxy.language.tree",
         "ProxySearch": "evoproxy.estimator", "Benchmark": "evoproxy.ownbench"}
 __all__ = [*_API, "EvoproxyError", "DataError", "ConfigError"]
 

@@ -9,9 +9,9 @@
     result.best.score(model, inputs, targets)               # any network you hold
     evoproxy.allocate("hawq_v2", "resnet20", "uniform-3")   # bits under a size budget
 
-Every function is a thin layer over the library modules the CLI uses too (:mod:`evoproxy.evolution`,
-:mod:`evoproxy.evaluation`, :mod:`evoproxy.allocation`, :mod:`evoproxy.export`); settings are the
-fields of :class:`~evoproxy.searchconfig.SearchConfig`.
+Every function is a thin layer over the library modules the CLI uses too (:mod:`evoproxy.evolution.engine`,
+:mod:`evoproxy.scoring.evaluation`, :mod:`evoproxy.allocation`, :mod:`evoproxy.export`); settings are the
+fields of :class:`~evoproxy.evolution.searchconfig.SearchConfig`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,16 @@ from pathlib import Path
 
 from evoproxy.allocation import allocate  # noqa: F401  (part of the API)
 from evoproxy.results import Evaluation, SearchResult
-from evoproxy.searchconfig import SearchConfig
+from evoproxy.evolution.searchconfig import SearchConfig
+
+
+def run_search(config: SearchConfig, resume: bool = False) -> SearchResult:
+    """The search of ``config`` (resumed from its checkpoint with ``resume``), its run folder as a :class:`SearchResult`."""
+    from evoproxy.evolution.engine import Search
+
+    search = Search(config, resume)
+    return SearchResult.load(search.run(), stopped=search.stopped)
+
 
 def search(bench: str, *, samples: int = 100, time_budget: float | None = None, seed: int = 0,
            out: str | Path | None = None, resume: bool = False, **settings) -> SearchResult:
@@ -28,11 +37,9 @@ def search(bench: str, *, samples: int = 100, time_budget: float | None = None, 
 
     ``out``: the run folder (default: a new temporary folder, kept so the result can be exported and
     plotted); ``time_budget`` in seconds (an unset ``population``/``generations`` is sized to fit it from a
-    measured scoring rate, :mod:`evoproxy.budget`);
+    measured scoring rate, :mod:`evoproxy.evolution.budget`);
     ``settings``: any other :class:`SearchConfig` field (population, generations, fitness, structure, jobs, ...).
     """
-    from evoproxy.evolution import run_search
-
     if out is None:
         out = tempfile.mkdtemp(prefix=f"evoproxy-{bench.replace('/', '_')}-seed{seed}-")
     config = SearchConfig(bench=bench, out=str(out), samples=samples, seed=seed, time_budget=time_budget, **settings)
@@ -45,8 +52,8 @@ def evaluate(bench: str, proxies, *, samples: int | None = 100, seed: int = 0, s
     ``f(model, inputs, targets, bit_config)``) on one sample of ``bench`` and correlate with its ground truth.
 
     ``options``: ``table``, ``gt_column_name``, ``jobs``, ``batch``, ``progress``, ``checkpoint``
-    (see :func:`evoproxy.evaluation.proxy_reports`)."""
-    from evoproxy.evaluation import proxy_reports
+    (see :func:`evoproxy.scoring.evaluation.proxy_reports`)."""
+    from evoproxy.scoring.evaluation import proxy_reports
 
     items: dict = {}
     reports = proxy_reports(bench, proxies, samples, seed, split, items=items, **options)
@@ -54,8 +61,8 @@ def evaluate(bench: str, proxies, *, samples: int | None = 100, seed: int = 0, s
 
 
 def load_proxy(path: str | Path):
-    """A proxy file (``best.json``) as a :class:`~evoproxy.tree.Proxy`."""
-    from evoproxy.tree import load_proxy as load
+    """A proxy file (``best.json``) as a :class:`~evoproxy.language.tree.Proxy`."""
+    from evoproxy.language.tree import load_proxy as load
 
     return load(path)
 

@@ -28,7 +28,7 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 @command("data", "list the datasets, tables and checkpoints the project knows, found or missing")
 def cmd_data(args: argparse.Namespace) -> int:
-    from mqbench.dataroot import cache_root, data_root, human_size, inventory
+    from mqbench.data.dataroot import cache_root, data_root, human_size, inventory
 
     rows = inventory()
     print(f"data root: {data_root()}  (set EVOPROXY_DATA to change)")
@@ -63,12 +63,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     import torch
 
-    from mqbench.cifar10 import sample_batch
+    from mqbench.data.cifar10 import sample_batch
     from mqbench.networks.nb201 import NB201Network
     from primitives import extract
 
     if args.arch is None:
-        from mqbench.benchmarks import get_benchmark
+        from mqbench.bench.benchmarks import get_benchmark
 
         bench = get_benchmark("nb201-cifar10")
         arch, acc = bench.arch(args.index), float(bench.ground_truth([args.index])[0])
@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _parallel_options(p: argparse.ArgumentParser) -> None:
     """--backend and --scheduler, worded as the search's (see :mod:`mqbench.parallel`)."""
-    from evoproxy.searchconfig import add_arguments
+    from evoproxy.evolution.searchconfig import add_arguments
 
     add_arguments(p, only=("backend", "scheduler"))
 
@@ -142,14 +142,14 @@ def _table_options(p: argparse.ArgumentParser) -> None:
 @command("table", "build and compare MQ-Bench tables (a benchmark's table of accuracies)", _table_options)
 def cmd_table(args: argparse.Namespace) -> int:
     if args.table_command == "build":
-        from mqbench.build import build_table, parse_anchors
-        from mqbench.ptq import PTQSettings
+        from mqbench.bench.build import build_table, parse_anchors
+        from mqbench.quant.ptq import PTQSettings
 
         extra = {} if args.adaround_iters is None else {"adaround_iters": args.adaround_iters}
         settings = PTQSettings(calib_images=args.calib_images, calib_seed=args.calib_seed, method=args.ptq, **extra)
         pre = None
         if args.resize is not None or args.crop is not None:
-            from mqbench.imagefolder import Preprocess
+            from mqbench.data.imagefolder import Preprocess
 
             pre = Preprocess(args.resize or max(256, args.crop or 0), args.crop or 224)
         out = build_table(args.model, args.configs, args.seed, args.out, jobs=args.jobs,
@@ -160,7 +160,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.table_command == "stats":
         import json
 
-        from mqbench.table import table_summary
+        from mqbench.bench.table import table_summary
 
         summary = table_summary(args.table)
         if args.json:
@@ -169,7 +169,7 @@ def cmd_table(args: argparse.Namespace) -> int:
             for key, value in summary.items():
                 print(f"{key:>36}: {value:.4f}" if isinstance(value, float) else f"{key:>36}: {value}")
         return 0
-    from mqbench.table import compare_tables
+    from mqbench.bench.table import compare_tables
 
     result = compare_tables(*args.tables)
     if args.json:
@@ -209,8 +209,8 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from evoproxy.evaluation import caption, human_report, proxy_reports
-    from evoproxy.metrics import json_safe
+    from evoproxy.scoring.evaluation import caption, human_report, proxy_reports
+    from evoproxy.scoring.metrics import json_safe
 
     items = None
     if args.plot:
@@ -260,11 +260,11 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from evoproxy.baselines import describe, proxy_names
+    from evoproxy.scoring.baselines import describe, proxy_names
     from evoproxy.errors import ConfigError
-    from evoproxy.evaluation import human_report, proxy_reports, write_baselines
-    from mqbench.benchmarks import BenchRef
-    from evoproxy.metrics import json_safe
+    from evoproxy.scoring.evaluation import human_report, proxy_reports, write_baselines
+    from mqbench.bench.benchmarks import BenchRef
+    from evoproxy.scoring.metrics import json_safe
 
     if args.list:
         for kind in ("nas", "mq"):
@@ -295,7 +295,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
-    from evoproxy.searchconfig import add_arguments
+    from evoproxy.evolution.searchconfig import add_arguments
 
     add_arguments(p)  # one option per SearchConfig field
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -303,8 +303,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
 
 @command("search", "evolve a proxy on a benchmark's search split; writes the run folder", _search_options)
 def cmd_search(args: argparse.Namespace) -> int:
-    from evoproxy.evolution import run_search
-    from evoproxy.searchconfig import from_arguments
+    from evoproxy.api import run_search
+    from evoproxy.evolution.searchconfig import from_arguments
 
     config = from_arguments(args)
     result = run_search(config, resume=args.resume)
@@ -345,7 +345,7 @@ def _show_options(p: argparse.ArgumentParser) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     import json
 
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     proxy = load_proxy(args.file)
     print(f"formula:     {proxy.formula}")
@@ -386,7 +386,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     import json
 
     from evoproxy.allocation import allocate
-    from evoproxy.metrics import json_safe
+    from evoproxy.scoring.metrics import json_safe
 
     r = allocate(args.proxy, args.model, args.budget, ptq=args.ptq, ptq_cache=args.ptq_cache, table=args.table,
                  seed=args.seed, batch=args.batch, progress=not args.json)
@@ -414,7 +414,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 def _calibrate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proxy", default=None, help="proxy JSON file whose root aggregates over layers (with --parzc: "
                    "optional comma-separated proxy files of the node-wise statistics)")
-    p.add_argument("--parzc", action="store_true", help="fit the ParZC baseline (evoproxy.parzc) instead")
+    p.add_argument("--parzc", action="store_true", help="fit the ParZC baseline (evoproxy.fitting.parzc) instead")
     p.add_argument("--bench", required=True, help="benchmark name or spec file (its search split is used)")
     p.add_argument("--samples", type=int, default=50, help="search-split items to fit on")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
@@ -429,11 +429,11 @@ def _calibrate_options(p: argparse.ArgumentParser) -> None:
 @command("calibrate", "learn per-layer-position weights of a proxy's layer terms on a benchmark's search split",
          _calibrate_options)
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from evoproxy.calibrate import calibrate
+    from evoproxy.fitting.calibrate import calibrate
     from evoproxy.errors import ConfigError
 
     if args.parzc:
-        from evoproxy.parzc import parzc
+        from evoproxy.fitting.parzc import parzc
 
         model = parzc(args.bench, args.samples, args.seed, args.proxy.split(",") if args.proxy else None,
                       batch=args.batch, table=args.table, weight_decay=args.weight_decay,

@@ -23,11 +23,11 @@ import textwrap
 import tokenize
 
 from evoproxy.errors import ConfigError
-from evoproxy.ops import OPS
-from evoproxy.tree import terminal_symbol
+from evoproxy.language.ops import OPS
+from evoproxy.language.tree import terminal_symbol
 
-KERNELS = ("mqbench.kernels", "primitives.kernels", "primitives.richkernels", "primitives.passes",
-           "evoproxy.opkernels")  # dependency order
+KERNELS = ("mqbench.quant.kernels", "primitives.kernels", "primitives.richkernels", "primitives.passes",
+           "evoproxy.language.opkernels")  # dependency order
 PROJECT = ("mqbench", "primitives", "evoproxy")
 CARRIED_MODULES = {"math", "torch"}  # modules an outside function may use (the generated module imports them)
 RESERVED = {"score", "formula", "primitives"}  # the generated module's own functions

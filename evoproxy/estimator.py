@@ -7,17 +7,17 @@
     est.predict(new_models); est.rank(new_models); est.export("proxy.py"); est.plot()
     est.score_holdout(["synflow", "zico", "params"])              # an Evaluation on the held-out items
 
-A thin layer over the CLI's search (:func:`evoproxy.evolution.run_search`), not a second engine:
+A thin layer over the CLI's search (:func:`evoproxy.api.run_search`), not a second engine:
 ``fit`` writes the items as an ordinary benchmark spec into the run folder (``<out>/benchmark/search.toml``
 and ``holdout.toml``, :mod:`evoproxy.ownbench`), extracts the statistics of the search items one network
 at a time into the statistics cache, then runs the search on that spec. Every
-:class:`~evoproxy.searchconfig.SearchConfig` setting is a keyword (islands, jobs, backend, device,
+:class:`~evoproxy.evolution.searchconfig.SearchConfig` setting is a keyword (islands, jobs, backend, device,
 screening, ...); ``out`` and ``resume=True`` continue a run folder. ``holdout`` (default 0.2) of the items,
 drawn with ``seed``, are never searched on; the best proxy's correlation on them is ``holdout_``.
 
 Reproducible: two fits with the same items and settings give the same run when ``population`` and
 ``generations`` are given (``time_budget`` then only stops a run early); with them unset they are sized
-from a measured scoring rate (:mod:`evoproxy.budget`), which depends on the machine.
+from a measured scoring rate (:mod:`evoproxy.evolution.budget`), which depends on the machine.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class ProxySearch:
     ``time_budget``: seconds for the search (None: none); ``seed``: the holdout draw, the search's sample order
     and its evolution; ``holdout``: fraction of the items kept out of the search and reported after it;
     ``out``: the run folder (default: a new temporary folder); ``resume``: continue the run in ``out``;
-    ``settings``: any other :class:`~evoproxy.searchconfig.SearchConfig` field (population, generations,
+    ``settings``: any other :class:`~evoproxy.evolution.searchconfig.SearchConfig` field (population, generations,
     fitness, structure, islands, jobs, backend, scheduler, device, samples, ...). Checked here: a wrong
     setting is a one-line :class:`~evoproxy.errors.ConfigError`.
     """
@@ -82,7 +82,7 @@ class ProxySearch:
             raise ConfigError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
 
     def _config(self, bench: str, out: str, **more):
-        from evoproxy.searchconfig import RETIRED_KEYS, SearchConfig
+        from evoproxy.evolution.searchconfig import RETIRED_KEYS, SearchConfig
 
         fixed = [k for k in self.settings if k in FIXED]
         if fixed:
@@ -110,7 +110,7 @@ class ProxySearch:
         """``fit(models, accuracies)``, ``fit(factory, descriptions, accuracies)`` or ``fit(model, bit_configs,
         accuracies)`` on the batch ``inputs``/``targets`` (``options``: see
         :meth:`evoproxy.ownbench.Benchmark.from_models`), or ``fit(benchmark)``. Returns the estimator."""
-        from evoproxy.evolution import run_search
+        from evoproxy.api import run_search
         from evoproxy.ownbench import Benchmark
 
         if len(args) == 1 and isinstance(args[0], Benchmark):
@@ -171,7 +171,7 @@ class ProxySearch:
         the live networks) only read them. An item whose extraction fails is reported and left out."""
         from tqdm import tqdm
 
-        from mqbench.spec import one_line
+        from mqbench.bench.spec import one_line
         from primitives.workspace import Workspace
 
         folder = out / "benchmark"
@@ -200,10 +200,10 @@ class ProxySearch:
         (benchmark handle, search sample, terminals, probes); an equal recipe makes the search read every
         statistic from the disk cache. If the two ever drift apart the search still runs (it extracts what it
         is missing itself)."""
-        from evoproxy.searchdata import DataRecipe
-        from evoproxy.searchsample import search_items
-        from evoproxy.space import SearchSpace
-        from mqbench.benchmarks import BenchRef
+        from evoproxy.evolution.searchdata import DataRecipe
+        from evoproxy.evolution.searchsample import search_items
+        from evoproxy.language.space import SearchSpace
+        from mqbench.bench.benchmarks import BenchRef
         from primitives.core import REGISTRY
         from primitives.items import available_names, uses_hessian
 
@@ -247,7 +247,7 @@ class ProxySearch:
     def predict(self, items, which: int | None = None) -> np.ndarray:
         """Scores of ``best_`` (or of hall-of-fame entry ``which``, 0: the best search fitness) for ``items``: networks (``nn.Module``), descriptions
         for the fitted factory, or bit configurations of the fitted model; NaN (with a warning) for one that fails."""
-        from mqbench.spec import one_line
+        from mqbench.bench.spec import one_line
         from primitives.items import model_statistics
 
         import torch
@@ -259,7 +259,7 @@ class ProxySearch:
             configs = [bench.check_bits(b, i) for i, b in enumerate(list(items))]
             quantizer = bench.quantizer
             if isinstance(quantizer, str):
-                from mqbench.spec import import_ref
+                from mqbench.bench.spec import import_ref
 
                 quantizer = import_ref(quantizer, (), "quantizer")
             stats = model_statistics(bench.fp_model(), bench.inputs, bench.targets, request, configs, quantizer)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from evoproxy.codegen import KERNELS, formula_lines, function_ref, names_used, pick, render
 from evoproxy.errors import ConfigError
-from evoproxy.ops import OPS
-from evoproxy.opkernels import LAYER_TERMS
-from evoproxy.tree import Proxy, load_proxy
+from evoproxy.language.ops import OPS
+from evoproxy.language.opkernels import LAYER_TERMS
+from evoproxy.language.tree import Proxy, load_proxy
 from primitives.core import HESSIAN, INPUT_PASSES, QUANT, REGISTRY, STATIC, pass_needs
 from primitives.kernels import DATA
 from primitives.passes import pass_recorders, pass_steps

@@ -7,8 +7,8 @@ network and bit configurations, their accuracies and a batch of your data.
     spec = bench.save("my_bench")          # my_bench/spec.toml: evoproxy search --bench my_bench/spec.toml
 
 The estimator (:class:`evoproxy.estimator.ProxySearch`) writes the same kind of spec into its run folder
-(:func:`mqbench.memory.write_spec`) and runs the ordinary search on it; the networks are taken from this
-object (registered live in :mod:`mqbench.memory`), one at a time, so no file or pickle is needed in the
+(:func:`mqbench.bench.memory.write_spec`) and runs the ordinary search on it; the networks are taken from this
+object (registered live in :mod:`mqbench.bench.memory`), one at a time, so no file or pickle is needed in the
 session that fits. Networks are built one at a time (a deep copy, or ``factory(description)`` right after
 ``torch.manual_seed(init_seed)``, ``init_seed`` = the item's position unless given), put in ``mode``
 (train for NAS, eval for MQ by default) and never moved: the user's models stay where they are.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mqbench.errors import ConfigError
-from mqbench.spec import BIT_RANGE, one_line
+from mqbench.bench.spec import BIT_RANGE, one_line
 
 DEFAULT_QUANTIZER = "mqbench.quant:quantize_weight"
 
@@ -59,7 +59,7 @@ class Benchmark:
     def __init__(self, kind, accuracies, inputs, targets, *, models=None, factory=None, descriptions=None,
                  init_seeds=None, model=None, bit_configs=None, name="own", mode=None,
                  allowed_bits=tuple(BIT_RANGE), quantizer=DEFAULT_QUANTIZER):
-        from mqbench.datasets import check_batch
+        from mqbench.data.datasets import check_batch
 
         check_batch(inputs, targets, "inputs/targets")
         if not isinstance(name, str) or not name:
@@ -121,7 +121,7 @@ class Benchmark:
         return allowed
 
     def _quant_layer_count(self) -> int:
-        from mqbench.quant import quantizable_layers
+        from mqbench.quant.fakequant import quantizable_layers
 
         n = len(quantizable_layers(self.model))
         if n == 0:
@@ -173,7 +173,7 @@ class Benchmark:
         digest; returns {index: reason} of those that fail (reported, left out by the caller)."""
         from tqdm import tqdm
 
-        from mqbench.memory import model_digest
+        from mqbench.bench.memory import model_digest
 
         failed = {}
         if self.kind == "mq":
@@ -202,8 +202,8 @@ class Benchmark:
 
     # ------------------------------------------------------------------ spec files
     def rows(self, indices, live: bool, weights_dir: Path | None = None) -> list[dict]:
-        """Table rows (see :data:`mqbench.memory.NAS_COLUMNS`) of ``indices``, checked first."""
-        from mqbench.memory import importable_ref, register_live, save_weights
+        """Table rows (see :data:`mqbench.bench.memory.NAS_COLUMNS`) of ``indices``, checked first."""
+        from mqbench.bench.memory import importable_ref, register_live, save_weights
 
         if self.kind == "mq":
             return [{"id": i, "accuracy": repr(float(self.accuracies[i])), "bits": self.bit_configs[i]} for i in indices]
@@ -229,8 +229,8 @@ class Benchmark:
     def write(self, folder: Path, stem: str, indices, *, live: bool = True, search_fraction: float | None = None,
               split_seed: int = 0, weights_dir: Path | None = None, probes: int | None = None) -> Path:
         """``<folder>/<stem>.toml`` (+ ``.csv``, the batch, the MQ model descriptor) over ``indices``."""
-        from mqbench.datasets import save_tensors
-        from mqbench.memory import SEARCH_ALL, importable_ref, register_live, save_weights, write_spec
+        from mqbench.data.datasets import save_tensors
+        from mqbench.bench.memory import SEARCH_ALL, importable_ref, register_live, save_weights, write_spec
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -265,7 +265,7 @@ class Benchmark:
         """Write every item as ``<folder>/spec.toml`` + ``spec.csv`` + the batch (+ weights), loadable by the CLI
         in another process: a factory must be importable (``module:function`` in a file), a network's class
         importable and buildable without arguments (its weights are saved). Returns the spec's path."""
-        from mqbench.memory import importable_ref
+        from mqbench.bench.memory import importable_ref
 
         folder = Path(folder)
         if self.kind == "nas" and self.factory is not None and importable_ref(self.factory) is None:

@@ -109,9 +109,9 @@ def check_path(path) -> Path:
 # ---------------------------------------------------------------------------------- search progress
 
 def read_log(run_dir) -> list[dict]:
-    """The rows of ``run_dir/log.csv`` (one dict per generation, values as strings; :func:`evoproxy.runfiles.read_log`:
+    """The rows of ``run_dir/log.csv`` (one dict per generation, values as strings; :func:`evoproxy.evolution.runfiles.read_log`:
     old logs' columns under their current names)."""
-    from evoproxy.runfiles import read_log as read
+    from evoproxy.evolution.runfiles import read_log as read
 
     return read(Path(run_dir) / "log.csv")
 
@@ -244,7 +244,7 @@ def scatter_figure(scores_by_proxy: dict[str, list[float]], truth, title: str | 
     Items whose score or truth is not finite are left out (and counted in the caption, as the
     evaluator counts them ``failed``). ``log_scores``: log x axis; ``None`` picks it when a proxy's
     scores are all positive and span three or more decades."""
-    from evoproxy.metrics import spearman
+    from evoproxy.scoring.metrics import spearman
 
     if not scores_by_proxy:
         raise ValueError("no proxies to plot")

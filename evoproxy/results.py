@@ -44,7 +44,7 @@ class SearchResult:
 
     out: Path
     config: dict
-    best: object  # evoproxy.tree.Proxy
+    best: object  # evoproxy.language.tree.Proxy
     hall_of_fame: list = field(default_factory=list)  # Proxy objects, best first
     log: list = field(default_factory=list)  # one dict per generation
     stopped: str | None = None
@@ -52,7 +52,7 @@ class SearchResult:
     @classmethod
     def load(cls, run_dir: str | Path, stopped: str | None = None) -> "SearchResult":
         """Read a run folder written by the search (``best.json``, ``hall_of_fame.json``, ``log.csv``, ``config.json``)."""
-        from evoproxy.tree import load_proxy, parse_proxy
+        from evoproxy.language.tree import load_proxy, parse_proxy
 
         out = Path(run_dir)
         config = _read_json(out / "config.json")
@@ -68,7 +68,7 @@ class SearchResult:
                 continue
         log = []
         if (out / "log.csv").exists():  # old logs' columns under their current names (rejected_timeout -> _cost)
-            from evoproxy.runfiles import read_log
+            from evoproxy.evolution.runfiles import read_log
 
             log = [{k: _number(v) for k, v in row.items()} for row in read_log(out / "log.csv")]
         return cls(out, config, best, hof, log, stopped)
@@ -113,7 +113,7 @@ class SearchResult:
 class Evaluation:
     """Reports of several proxies on one benchmark sample, with the per-item scores kept."""
 
-    reports: dict  # label -> report (see evoproxy.evaluation)
+    reports: dict  # label -> report (see evoproxy.scoring.evaluation)
     items: dict  # ids, truth, size, results
 
     def __getitem__(self, label: str) -> dict:
@@ -121,7 +121,7 @@ class Evaluation:
 
     @property
     def rows(self) -> list[dict]:
-        from evoproxy.evaluation import SUMMARY_KEYS
+        from evoproxy.scoring.evaluation import SUMMARY_KEYS
 
         return [{"proxy": label, **{k: r[k] for k in SUMMARY_KEYS}} for label, r in self.reports.items()]
 
@@ -133,12 +133,12 @@ class Evaluation:
         return np.asarray(self.items["truth"], dtype=float)
 
     def to_csv(self, path: str | Path) -> Path:
-        from evoproxy.evaluation import write_csv
+        from evoproxy.scoring.evaluation import write_csv
 
         return write_csv(self.reports, path)
 
     def to_markdown(self) -> str:
-        from evoproxy.evaluation import markdown
+        from evoproxy.scoring.evaluation import markdown
 
         return markdown(self.reports, title="Evaluation")
 
@@ -153,6 +153,6 @@ class Evaluation:
                        caption=f"{first['split']} split, sample seed {first['seed']}, batch {first['batch']}.")
 
     def __repr__(self) -> str:
-        from evoproxy.evaluation import caption, human_report
+        from evoproxy.scoring.evaluation import caption, human_report
 
         return caption(self.reports) + "\n" + human_report(self.reports)

@@ -18,9 +18,9 @@ import tempfile
 
 def main(n: int = 100, population: int = 16, generations: int = 5, seed: int = 0) -> int:
     import evoproxy
-    from mqbench.benchmarks import get_benchmark
-    from mqbench.cifar10 import sample_batch
-    from mqbench.table import sample_ids
+    from mqbench.bench.benchmarks import get_benchmark
+    from mqbench.data.cifar10 import sample_batch
+    from mqbench.bench.table import sample_ids
 
     settings = dict(population=population, generations=generations, time_budget=None, progress=False)
     out = tempfile.mkdtemp(prefix="estimator-vs-cli-")

@@ -69,8 +69,8 @@ def train_and_test(net: nn.Module, x, y, xt, yt, epochs: int, seed: int) -> floa
 
 def main() -> None:
     import evoproxy
-    from mqbench.cifar10 import sample_batch
-    from mqbench.datasets import load_batch
+    from mqbench.data.cifar10 import sample_batch
+    from mqbench.data.datasets import load_batch
 
     t_start = time.perf_counter()
     out = Path(os.environ.get("EVOPROXY_EXAMPLE_OUT") or tempfile.mkdtemp(prefix="own-space-"))

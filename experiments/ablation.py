@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from evoproxy.errors import DataError
-from evoproxy.runfiles import read_log
+from evoproxy.evolution.runfiles import read_log
 from experiments.common import announce, finished_run, log, mean_std, results_dir, run_or_resume_search, write_report
 
 SETTINGS = [("diversity + screening", True, True), ("diversity only", True, False),
@@ -31,7 +31,7 @@ HEADERS = {"final_best": "final best fitness", "valid_rate": "valid rate", "uniq
 
 def main(argv=None) -> int:
     from evoproxy import plot
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bench", default="mq-resnet20-cifar10")

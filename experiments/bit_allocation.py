@@ -4,7 +4,7 @@
 
 For each model and each budget (the model size of uniform 3-bit and of uniform 4-bit: searchable
 layers at 3 resp. 4 bits, first conv and last linear fixed at 8 bits as in the MQ-Bench tables; size
-as the tables' ``size_mb``, :func:`mqbench.quant.model_size_mb`), every method picks one bit
+as the tables' ``size_mb``, :func:`mqbench.quant.fakequant.model_size_mb`), every method picks one bit
 configuration (each searchable layer in {2,3,4}) whose size is within the budget:
 
 * a proxy (the evolved proxy files, EMQ's published proxy in its two readings, HAWQ-V2, OMPQ, size-only =
@@ -15,7 +15,7 @@ configuration (each searchable layer in {2,3,4}) whose size is within the budget
 * ``random``: the best (by PTQ top-1) of the first N configurations meeting the budget in a seeded
   random order over the sampled rows of the model's committed MQ-Bench table (no new PTQ).
 
-Each chosen configuration goes through the tables' PTQ (``mqbench.build.evaluate_config`` with the
+Each chosen configuration goes through the tables' PTQ (``mqbench.bench.build.evaluate_config`` with the
 table's ``PTQSettings``), so top-1 is comparable with the table rows; results are cached per
 (model, bits) in ``results/bit_allocation/ptq_cache.csv`` (one fsynced line per configuration).
 """
@@ -87,7 +87,7 @@ def run_model(model: str, proxies: dict, n_random: int, seed: int, out: Path, pr
     from evoproxy.allocation import Allocator
     from evoproxy.allocation.model import load_model
     from evoproxy.allocation.ptq import PTQRunner
-    from mqbench.build import bits_to_str
+    from mqbench.bench.build import bits_to_str
 
     t0 = time.perf_counter()
     info = load_model(model)
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     import torch
 
     from evoproxy.errors import ConfigError, EvoproxyError
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     parser = argparse.ArgumentParser(prog="python -m experiments.bit_allocation", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet20,resnet32", help="comma-separated CIFAR ResNets")

@@ -57,7 +57,7 @@ def finished_run(config) -> bool:
 
     Checkpoints are not committed (several MB each); a committed run folder keeps config.json,
     log.csv, hall_of_fame.json and best.json, which is all an experiment needs."""
-    from evoproxy.runfiles import read_log
+    from evoproxy.evolution.runfiles import read_log
 
     out = Path(config.out)
     try:
@@ -74,7 +74,7 @@ def finished_run(config) -> bool:
 def seeded_searches(experiment: str, bench: str, seeds, jobs: int, settings: dict) -> dict[int, str]:
     """{seed: best.json path} of one search per seed under ``results/<experiment>/runs/seed<S>/``
     (finished runs reused, interrupted ones resumed)."""
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     folder = results_dir(experiment) / "runs"
     out = {}
@@ -88,7 +88,7 @@ def seeded_searches(experiment: str, bench: str, seeds, jobs: int, settings: dic
 
 def run_or_resume_search(config) -> None:
     """``run_search(config)``: skipped when ``config.out`` holds the finished run, resumed from a checkpoint."""
-    from evoproxy.evolution import run_search
+    from evoproxy.api import run_search
 
     if finished_run(config):
         log(f"{config.out}: finished run found, reused")
@@ -135,8 +135,8 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
     column's reports come from the same scores."""
     import numpy as np
 
-    from evoproxy.evaluation import proxy_reports, report
-    from mqbench.benchmarks import BenchRef
+    from evoproxy.scoring.evaluation import proxy_reports, report
+    from mqbench.bench.benchmarks import BenchRef
 
     _, b = BenchRef.resolve(bench, table)
     ids = [int(i) for i in b.sample(samples, seed, split)]
@@ -186,7 +186,7 @@ def mean_std(values) -> tuple[float, float]:
 
 def evolved_rows(reports: dict, evolved: dict, metrics: list[str]) -> list[dict]:
     """Table rows of the evolved proxies (one per search seed, with its formula) plus their mean ± std."""
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     rows, seeds = [], []
     for s, path in evolved.items():

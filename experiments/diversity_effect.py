@@ -5,7 +5,7 @@
 For every run folder that still holds its ``checkpoint.json`` (kept locally, not committed) the final
 population of each island is read, and the same random tournaments (size ``tournament`` of the run) are
 decided twice: on the fitness alone and on ``fitness + novelty_weight * (1 - |ρ(scores, elite)|)``
-(:func:`evoproxy.selection.select_parents`). Reported per run: the share of tournaments whose winner
+(:func:`evoproxy.evolution.selection.select_parents`). Reported per run: the share of tournaments whose winner
 differs, the spread of the novelty bonus (``novelty_weight * novelty``) against the spread of the fitness
 in the population, and the population's mean pairwise distance. Writes ``results/search_ablation/diversity.md``.
 """
@@ -24,7 +24,7 @@ COLUMNS = ["run", "population", "winner_changed", "bonus_range", "fitness_range"
 
 
 def effect(population: list[dict], tournament: int, weight: float, draws: int, seed: int = 0) -> dict:
-    from evoproxy.selection import mean_pairwise_distance, novelty
+    from evoproxy.evolution.selection import mean_pairwise_distance, novelty
 
     fitness = np.array([p["fitness"] for p in population], dtype=float)
     scores = [p["scores"] for p in population]

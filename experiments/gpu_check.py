@@ -29,7 +29,7 @@ import torch
 
 
 def _stats(ids, names, device: str, cache_dir: Path) -> tuple[list, float]:
-    from mqbench.benchmarks import BenchRef
+    from mqbench.bench.benchmarks import BenchRef
     from primitives.items import StatsRequest
     from primitives.workspace import Workspace
 
@@ -54,7 +54,7 @@ def _rel_diffs(a_list, b_list) -> list[float]:
 
 
 def nb201_check(n: int, cpu_n: int, device: str, seed: int, tmp: Path) -> dict:
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
     from primitives.core import REGISTRY
     from primitives.items import available_names, uses_hessian
 
@@ -72,7 +72,7 @@ def nb201_check(n: int, cpu_n: int, device: str, seed: int, tmp: Path) -> dict:
 
 
 def _table(configs: int, device: str, out: Path) -> tuple[dict, float]:
-    from mqbench.build import build_table, read_rows
+    from mqbench.bench.build import build_table, read_rows
 
     start = time.perf_counter()
     build_table("resnet20", configs, 0, out, jobs=1, progress=False, device=device, anchors=())

@@ -42,7 +42,7 @@ EMQ_CAPTION = ("emq_published / emq_published_alt: EMQ's published proxy (tree_g
 
 
 def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
-    from evoproxy.tree import load_proxy
+    from evoproxy.language.tree import load_proxy
 
     rows = []
     for name, rep in reports.items():
@@ -55,7 +55,7 @@ def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from evoproxy.baselines import proxy_names
+    from evoproxy.scoring.baselines import proxy_names
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--search-seeds", default="0,1,2")

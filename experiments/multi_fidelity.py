@@ -38,7 +38,7 @@ COLUMNS = ["benchmark", "seed", "old_holdout_spearman", "new_holdout_spearman", 
 
 
 def _log(run: Path) -> list[dict]:
-    from evoproxy.runfiles import read_log
+    from evoproxy.evolution.runfiles import read_log
 
     return read_log(run)
 
@@ -59,8 +59,8 @@ def _summary(run: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from evoproxy.searchconfig import SearchConfig
-    from evoproxy.tree import load_proxy
+    from evoproxy.evolution.searchconfig import SearchConfig
+    from evoproxy.language.tree import load_proxy
 
     p = argparse.ArgumentParser(prog="python -m experiments.multi_fidelity", description=__doc__.splitlines()[0])
     p.add_argument("--benches", default="nb201,mq")

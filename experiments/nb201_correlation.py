@@ -34,8 +34,8 @@ def rows_for(reports: dict, evolved: dict[int, str]) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from evoproxy.baselines import proxy_names
-    from mqbench.benchmarks import get_benchmark
+    from evoproxy.scoring.baselines import proxy_names
+    from mqbench.bench.benchmarks import get_benchmark
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=1000)

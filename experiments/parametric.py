@@ -8,10 +8,10 @@ CIFAR10TestAccuracy200Epochs) and the MQ-Bench-C10 ResNet-20 table (its 454 hold
 search seed s:
 
 * **evolved**: the committed ``results/<experiment>/runs/seed<s>/best.json`` as it is;
-* **calibrated**: the same formula with per-layer-position weights fitted by :func:`evoproxy.calibrate.calibrate_on`
+* **calibrated**: the same formula with per-layer-position weights fitted by :func:`evoproxy.fitting.calibrate.calibrate_on`
   on the first n items of ``sample(n_max, s, "search")`` (the search split the evolved proxy was found on);
-* **ParZC**: :func:`evoproxy.parzc.fit_parzc` on the node-wise statistics of the hand-made layer-sum proxies
-  (:data:`evoproxy.parzc.NAS_PROXIES` / ``MQ_PROXIES``), same items, seed s;
+* **ParZC**: :func:`evoproxy.fitting.parzc.fit_parzc` on the node-wise statistics of the hand-made layer-sum proxies
+  (:data:`evoproxy.fitting.parzc.NAS_PROXIES` / ``MQ_PROXIES``), same items, seed s;
 * **ParZC + evolved**: ParZC with the evolved formula's per-layer terms as one more node-wise statistic;
 * **best hand-made**: the best registered proxy by holdout Spearman in the committed tables, its per-item scores
   read from the committed ``items*.csv`` (no training, the same for every seed).
@@ -44,8 +44,8 @@ CHUNK = 100
 
 def proxy_sets(bench: str, seeds) -> tuple[dict, dict]:
     """({label: Proxy} of ParZC's node-wise statistics, {seed: evolved Proxy})."""
-    from evoproxy.parzc import default_proxies
-    from evoproxy.tree import load_proxy
+    from evoproxy.fitting.parzc import default_proxies
+    from evoproxy.language.tree import load_proxy
 
     runs = REPO / "results" / SETTINGS[bench]["experiment"] / "runs"
     return default_proxies(bench == MQ), {s: load_proxy(runs / f"seed{s}" / "best.json") for s in seeds}
@@ -53,7 +53,7 @@ def proxy_sets(bench: str, seeds) -> tuple[dict, dict]:
 
 def item_ids(bench: str, seeds, n_search: int, holdout: int | None = None) -> dict:
     """{seed: search ids, "holdout": ids} (smaller samples are prefixes of these: same permutation)."""
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
 
     b = get_benchmark(bench)
     n = SETTINGS[bench]["holdout"] if holdout is None or SETTINGS[bench]["holdout"] is None else holdout
@@ -63,10 +63,10 @@ def item_ids(bench: str, seeds, n_search: int, holdout: int | None = None) -> di
 def features(bench: str, ids, parzc_proxies: dict, evolved: dict, jobs: int) -> dict:
     """{"rows": {id: ParZC row}, "terms": {seed: {id: (positions, terms)}}, "seconds": extraction s/item}, from
     the feature file when it holds these items and proxies, else by extracting the statistics (in chunks)."""
-    from evoproxy.calibrate import term_rows
-    from evoproxy.parzc import item_rows, union_request
-    from mqbench.benchmarks import BenchRef
-    from mqbench.dataroot import cache_root
+    from evoproxy.fitting.calibrate import term_rows
+    from evoproxy.fitting.parzc import item_rows, union_request
+    from mqbench.bench.benchmarks import BenchRef
+    from mqbench.data.dataroot import cache_root
     from primitives.core import fixed_threads
     from primitives.workspace import Workspace
 
@@ -119,7 +119,7 @@ def with_terms(row, term, label: str = "evolved"):
 
 
 def correlations(scores, truth) -> dict:
-    from evoproxy.metrics import kendall, spearman
+    from evoproxy.scoring.metrics import kendall, spearman
 
     pairs = [(s, y) for s, y in zip(scores, truth) if math.isfinite(s)]
     x, y = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -140,7 +140,7 @@ def best_handmade(bench: str, ids) -> tuple[str, list]:
 def search_seconds(bench: str, seed: int) -> float:
     """Wall seconds of the committed search (sum of its log's per-generation seconds; extraction excluded)."""
     path = REPO / "results" / SETTINGS[bench]["experiment"] / "runs" / f"seed{seed}" / "log.csv"
-    from evoproxy.runfiles import read_log
+    from evoproxy.evolution.runfiles import read_log
 
     return math.fsum(float(r["seconds"]) for r in read_log(path))
 
@@ -149,7 +149,7 @@ def run_bench(bench: str, seeds, sizes, jobs: int, holdout: int | None = None) -
     """One result row per (seed, method, search-set size) on ``bench``'s holdout."""
     import torch
 
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
     from primitives.core import fixed_threads
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its first use imports torch._dynamo: not fit time
@@ -164,8 +164,8 @@ def run_bench(bench: str, seeds, sizes, jobs: int, holdout: int | None = None) -
 
 
 def _fits(bench, b, seeds, sizes, groups, feats, parzc_proxies, evolved) -> list[dict]:
-    from evoproxy.calibrate import calibrate_on
-    from evoproxy.parzc import fit_parzc
+    from evoproxy.fitting.calibrate import calibrate_on
+    from evoproxy.fitting.parzc import fit_parzc
 
     hold = groups["holdout"]
     truth = [float(v) for v in b.ground_truth(hold)]
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
                f"ground truth PTQ top-1. Training items: the first n of sample(n_max, seed, 'search') (the items "
                f"the evolved proxy of that seed was searched on; MQ's search split has only 50). evolved: committed "
                f"best.json, train s = its search's generation seconds; calibrated: `evoproxy calibrate` weights "
-               f"(1 - DiffKendall, decay 0.01, 300 Adam steps); parzc: evoproxy.parzc (MABN-style mixer on the "
+               f"(1 - DiffKendall, decay 0.01, 300 Adam steps); parzc: evoproxy.fitting.parzc (MABN-style mixer on the "
                f"node-wise terms of {', '.join(proxy_sets(NB201, seeds[:1])[0])}; MQ adds bit_sum, model_size, "
                f"hawq_v2); parzc+evolved: the same with the evolved formula's per-layer terms as one more "
                f"statistic; best hand-made: best Spearman in the committed correlation table, its committed "

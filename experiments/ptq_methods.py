@@ -31,7 +31,7 @@ COLUMNS = ["config", "kind", "method", "bits", "top1", "table_top1", "seconds", 
 
 
 def _evaluate(job, label: str, method: str, full_bits: list[int]):
-    from mqbench.build import evaluate_config
+    from mqbench.bench.build import evaluate_config
 
     acc, seconds = evaluate_config(job, full_bits)
     return label, method, acc, seconds
@@ -46,9 +46,9 @@ def _read_done(path: Path) -> dict:
 
 def _scores(proxies: list[str], ids: list, args) -> dict:
     """{proxy: {id: score}}: the per-item scores committed in results/mq_correlation/items_resnet20.csv
-    (written by ``experiments.mq_correlation`` through ``evoproxy.evaluation.proxy_reports``; a proxy file is
+    (written by ``experiments.mq_correlation`` through ``evoproxy.scoring.evaluation.proxy_reports``; a proxy file is
     keyed by its content hash), and ``proxy_reports`` for any (proxy, id) missing there."""
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
     from experiments.common import _proxy_key
 
     cache = REPO / "results" / "mq_correlation" / "items_resnet20.csv"
@@ -72,14 +72,14 @@ def _scores(proxies: list[str], ids: list, args) -> dict:
 
 
 def main(argv=None) -> int:
-    from evoproxy.baselines import proxy_names
-    from evoproxy.metrics import kendall, spearman
-    from mqbench.benchmarks import get_benchmark
-    from mqbench.build import BuildJob, bits_to_str
+    from evoproxy.scoring.baselines import proxy_names
+    from evoproxy.scoring.metrics import kendall, spearman
+    from mqbench.bench.benchmarks import get_benchmark
+    from mqbench.bench.build import BuildJob, bits_to_str
     from mqbench.fileio import append_line
     from mqbench.networks.resnet_cifar import CHECKPOINT_NORMALIZATION
     from mqbench.parallel import map_unordered
-    from mqbench.ptq import PTQSettings
+    from mqbench.quant.ptq import PTQSettings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", type=int, default=10, help="holdout configurations of the committed table")

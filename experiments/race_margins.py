@@ -48,7 +48,7 @@ def read_children(run: Path, threshold: str = "used") -> tuple[dict, list[int]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if threshold == "median":
-        from evoproxy.runfiles import read_log
+        from evoproxy.evolution.runfiles import read_log
 
         median = {int(r["generation"]): r["median_fitness"] for r in read_log(run)}
         rows = [{**r, "threshold": median[int(r["generation"]) - 1] if int(r["generation"]) > 0 else "-inf"}

@@ -5,14 +5,14 @@
 
 Every run is one ``evoproxy search`` with an equal time budget (NAS-Bench-201 300 s: 100 search
 architectures, fitness spearman; MQ ResNet-20 W{2,3,4}A8 120 s: 50 search configurations, fitness
-spearman_partial), population and generations sized by the budget (:mod:`evoproxy.budget`),
+spearman_partial), population and generations sized by the budget (:mod:`evoproxy.evolution.budget`),
 multi-fidelity on; NB201 ``validation`` 0.5 (50 more search-split architectures that only choose ``best.json``;
 the MQ table's search split holds just the 50 search configurations, so MQ runs have no validation items and
 ``random`` / ``stratified`` differ there only in the order of the same 50, which multi-fidelity's prefixes see).
 The search samples' and validation items' statistics are extracted *before* the run starts (disk cache),
 so that no run's budget pays for an extraction another run got from the cache.
 
-Settings (``SETTINGS``): ``random`` and ``stratified`` (the search sample, :mod:`evoproxy.searchsample`;
+Settings (``SETTINGS``): ``random`` and ``stratified`` (the search sample, :mod:`evoproxy.evolution.searchsample`;
 one population with diversity-prompting selection); ``stratified-distinct`` (also refusing children that
 rank the samples exactly like a member: ``--distinct-rankings``); ``stratified-nodiv`` (plain tournament);
 ``islands`` / ``islands-nodiv`` (4 islands, ring migration, restart after 8 stagnant generations).
@@ -61,7 +61,7 @@ CHUNK = 200  # holdout items held in memory at once
 
 
 def config_for(short: str, setting: str, seed: int, out: Path, jobs: int):
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     b = BENCHES[short]
     return SearchConfig(bench=b["bench"], out=str(out), samples=b["samples"], fitness=b["fitness"],
@@ -71,9 +71,9 @@ def config_for(short: str, setting: str, seed: int, out: Path, jobs: int):
 
 def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """(scores [proxy, item], truth, size, ids) of ``proxies`` on the benchmark's holdout sample."""
-    from evoproxy.searchdata import DataRecipe
-    from evoproxy.vectorised import stack, tree_values
-    from mqbench.benchmarks import BenchRef
+    from evoproxy.evolution.searchdata import DataRecipe
+    from evoproxy.language.vectorised import stack, tree_values
+    from mqbench.bench.benchmarks import BenchRef
     from primitives.workspace import Workspace
 
     ref, bench = BenchRef.resolve(config.bench, config.table, config.gt_column, config.checkpoint)
@@ -97,7 +97,7 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
 
 def check_against_evaluate(config, proxy, n: int, scores: np.ndarray, jobs: int) -> float:
     """Max relative difference between this experiment's holdout scores and ``evoproxy.evaluate`` on ``n`` items."""
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
 
     h = [v for v in BENCHES.values() if v["bench"] == config.bench][0]["holdout"]
     items: dict = {}
@@ -109,8 +109,9 @@ def check_against_evaluate(config, proxy, n: int, scores: np.ndarray, jobs: int)
 
 
 def run_one(short: str, setting: str, seed: int, jobs: int, check: int) -> dict:
-    from evoproxy.evolution import Search, run_search
-    from evoproxy.metrics import correlation_report
+    from evoproxy.api import run_search
+    from evoproxy.evolution.engine import Search
+    from evoproxy.scoring.metrics import correlation_report
     from evoproxy.results import SearchResult
 
     out = results_dir("search_ablation") / "runs" / f"{short}-{setting}-s{seed}"

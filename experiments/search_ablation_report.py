@@ -5,7 +5,7 @@ import json
 import math
 from pathlib import Path
 
-from evoproxy.runfiles import read_log
+from evoproxy.evolution.runfiles import read_log
 from experiments.common import announce, mean_std, write_report
 
 RUN_COLUMNS = ["bench", "setting", "seed", "top_holdout", "best_holdout", "best_rank", "top_fitness",

@@ -47,7 +47,7 @@ def _cli(args: str, stdout=None) -> float:
 
 
 def _rows_r32() -> int:
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
 
     return len(get_benchmark("mq-resnet32-cifar10").ids)
 

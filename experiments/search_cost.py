@@ -42,7 +42,7 @@ def _measure(cmd: list[str], env: dict) -> tuple[float, float]:
 
 
 def _extract_only(bench: str, out: str, settings: dict, jobs: int) -> None:
-    from evoproxy.evolution import Search, SearchConfig
+    from evoproxy.evolution.engine import Search, SearchConfig
 
     search = Search(SearchConfig(bench=bench, out=out, jobs=jobs, progress=False, **settings))
     search._prepare()  # samples the search split and extracts (and caches) their primitives

@@ -27,7 +27,7 @@ VARIANTS = ("ours", "batch128", "noise-input", "bn-eval", "init-seed+1")
 
 
 def _score(bench, item, variant, batches):
-    from evoproxy.baselines import ProxyContext, get_proxy
+    from evoproxy.scoring.baselines import ProxyContext, get_proxy
     from primitives.core import fixed_threads
 
     with fixed_threads(1):
@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     from joblib import Parallel, delayed
     from scipy.stats import spearmanr
 
-    from mqbench.benchmarks import get_benchmark
-    from mqbench.cifar10 import sample_batch
+    from mqbench.bench.benchmarks import get_benchmark
+    from mqbench.data.cifar10 import sample_batch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=300)

@@ -53,8 +53,8 @@ def verify(path: Path, bench: str, items: str, seed: int, jobs: int, table: str 
     start = time.perf_counter()
     data: dict = {}
     # score exactly these ids: a one-off "all" split of the chosen ids through the evaluator's protocol
-    from evoproxy.scoring import resolve_scorers, score_items
-    from mqbench.benchmarks import BenchRef
+    from evoproxy.scoring.scorer import resolve_scorers, score_items
+    from mqbench.bench.benchmarks import BenchRef
     from primitives.many import batch_hash
     from primitives.workspace import Workspace
 

@@ -1,7 +1,7 @@
 """Network + batch -> per-layer tensors (weights, gradients, activations, Hessian, quantization).
 
 In this package a *primitive* is a per-layer statistic, the word the rest of the project uses (a proxy
-tree's terminals; DEAP's own "primitives" are the proxy language's *operators*, see :mod:`evoproxy.space`);
+tree's terminals; DEAP's own "primitives" are the proxy language's *operators*, see :mod:`evoproxy.language.space`);
 the package keeps its name.
 
 Public API: :func:`extract`, :func:`extract_many`, :class:`LayerStats`, :class:`NetworkStats`,

@@ -100,8 +100,8 @@ import torch
 import torch.nn as nn
 
 from mqbench.errors import ConfigError
-from mqbench.kernels import layer_macs_of
-from mqbench.kernels import layer_size_mb  # noqa: F401  (re-exported: the tables' per-layer size)
+from mqbench.quant.kernels import layer_macs_of, quantize_weight
+from mqbench.quant.kernels import layer_size_mb  # noqa: F401  (re-exported: the tables' per-layer size)
 from primitives import kernels, passes
 from primitives import richkernels as rk
 from primitives.kernels import (  # noqa: F401  (re-exported)
@@ -363,8 +363,11 @@ def subsample_indices(seed: int, layer_index: int, numel: int, max_elements: int
 
 
 def _quantizer_id(quantizer) -> str:
+    """The quantizer's name in meta and cache keys; the PTQ quantizer keeps its id from before mqbench/quant/."""
     if quantizer is simple_quantize:
         return "simple_quantize"
+    if quantizer is quantize_weight:
+        return "mqbench.kernels.quantize_weight"
     mod = getattr(quantizer, "__module__", None) or type(quantizer).__module__
     qual = getattr(quantizer, "__qualname__", None) or type(quantizer).__qualname__
     return f"{mod}.{qual}"

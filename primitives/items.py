@@ -83,11 +83,11 @@ def batch_for(bench, batch: int):
     :meth:`primitives.workspace.Workspace.batch`)."""
     dataset = getattr(bench, "dataset", "cifar10")
     if dataset == "cifar10":  # the built-in protocol (the committed per-item scores were taken on it)
-        from mqbench.cifar10 import sample_batch
+        from mqbench.data.cifar10 import sample_batch
 
         return sample_batch("train", int(batch), seed=BATCH_SEED, normalization=bench.normalization)
     # a spec's own data (cifar100=PATH, imagefolder=PATH): the same seeded class-balanced draw
-    from mqbench.datasets import load_batch
+    from mqbench.data.datasets import load_batch
 
     return load_batch(dataset, "train", int(batch), BATCH_SEED, normalization=bench.normalization, progress=False)
 
@@ -141,7 +141,7 @@ def model_statistics(model, inputs, targets, request: StatsRequest, bit_configs=
     if bit_configs is None:
         return [fp]
     if quantizer is None:
-        from mqbench.quant import quantize_weight as quantizer
+        from mqbench.quant.fakequant import quantize_weight as quantizer
     _, quant = split_names(request.names)
     quantized: dict = {}
     out = []

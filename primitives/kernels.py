@@ -1,7 +1,7 @@
 """Numeric kernels of primitive extraction: the passes with their hooks, the Hessian estimators, seeds,
 block parameter counts and the function computing each primitive of a layer.
 
-Torch, math and the standard library only (plus :mod:`mqbench.kernels`, the floor below): ``evoproxy
+Torch, math and the standard library only (plus :mod:`mqbench.quant.kernels`, the floor below): ``evoproxy
 export`` copies this module's source into standalone proxy modules, and :mod:`primitives.core` (the
 registry, validation, storage and the conventions, documented there) calls these functions, so the
 library and exported proxies share one implementation. Errors a caller can cause raise
@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mqbench.kernels import layer_size_mb
+from mqbench.quant.kernels import layer_size_mb
 
 # passes: which forward/backward runs a primitive needs
 STATIC, DATA, NOISE, PERTURB, HESSIAN, QUANT = "static", "data", "noise", "perturb", "hessian", "quant"

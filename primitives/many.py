@@ -1,7 +1,7 @@
 """``extract_many``: primitives of many networks on one batch, in parallel, with a disk cache.
 
 Cache: one file ``<sha256>.pt`` per network under ``cache_dir`` (the CLI passes
-``mqbench.dataroot.cache_root() / "primitives"``), holding ``NetworkStats.to_state()`` (plain
+``mqbench.data.dataroot.cache_root() / "primitives"``), holding ``NetworkStats.to_state()`` (plain
 tensors/str/numbers), written atomically (temp file + ``os.replace``) and read back with
 ``torch.load(weights_only=True)``. The key hashes the item's repr, the model key, the batch seed,
 a hash of the batch tensors' bytes, the resolved primitive names, the probes, max_elements,

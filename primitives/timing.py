@@ -47,7 +47,7 @@ PROBES = 4
 
 def read_archs(n: int, seed: int) -> list[str]:
     """``n`` architecture strings of the NATS TSS table, chosen by a seeded permutation."""
-    from mqbench.dataroot import require
+    from mqbench.data.dataroot import require
 
     path = require("nats-tss-cifar10")
     try:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         archs = read_archs(args.archs, args.seed)
         if args.data == "cifar10":
-            from mqbench.cifar10 import sample_batch
+            from mqbench.data.cifar10 import sample_batch
 
             x, y = sample_batch("train", args.batch, args.seed)
         else:

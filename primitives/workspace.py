@@ -12,14 +12,14 @@ its items' statistics (scoring items, the search samples, calibration); worker p
 from :meth:`setup` (:class:`mqbench.parallel.Setup`), once each. It replaces the per-module memos that
 re-resolved the benchmark, the batch and the network statistics at every layer. What it keeps:
 
-* ``bench``: the resolved :class:`mqbench.benchmarks.Benchmark` (an MQ benchmark's FP network is loaded
+* ``bench``: the resolved :class:`mqbench.bench.benchmarks.Benchmark` (an MQ benchmark's FP network is loaded
   once, by the benchmark, on first use);
 * the protocol's batch per batch size (:func:`primitives.items.batch_for`);
 * the statistics of the last ``NETWORK_MEMO_SIZE`` networks asked for one or two at a time (the
   configurations of an MQ table share one network: scoring them item by item reads it once); larger
   requests read the disk cache (:mod:`primitives.many`), which holds every network's statistics;
 * ``values``: a bounded LRU store other layers keep per-network values in, with their own keys
-  (:meth:`evoproxy.baselines.ProxyContext.network_cached`: Hessian traces shared by the configurations
+  (:meth:`evoproxy.scoring.baselines.ProxyContext.network_cached`: Hessian traces shared by the configurations
   of one network).
 
 Protocol (:mod:`primitives.items`): the statistics of a *network* (every primitive but the quantization
@@ -45,7 +45,7 @@ class Workspace:
 
     def __init__(self, ref, bench=None):
         if bench is None:
-            from mqbench.benchmarks import load_bench
+            from mqbench.bench.benchmarks import load_bench
 
             bench = load_bench(ref)
         self.ref = ref
@@ -114,7 +114,7 @@ class Workspace:
         if todo:
             inputs, targets = self.batch(request.batch)
             if cache_dir is None:
-                from mqbench.dataroot import cache_root
+                from mqbench.data.dataroot import cache_root
 
                 cache_dir = cache_root() / "primitives"
             found = extract_many(todo, functools.partial(build_network, self.setup(), reps),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mqbench import cifar10
+from mqbench.data import cifar10
 from mqbench.networks.resnet_cifar import CifarResNet
 
 
@@ -65,7 +65,7 @@ def _archs(n: int, seed: int = 0) -> list[str]:
 
 @pytest.fixture
 def search_root(tiny_data_root):
-    from mqbench.benchmarks import nb201_param_count
+    from mqbench.bench.benchmarks import nb201_param_count
 
     archs = _archs(80)
     rng = np.random.default_rng(1)
@@ -81,9 +81,9 @@ def search_root(tiny_data_root):
 
 def tiny_mq_meta(root, **extra) -> dict:
     """Metadata of an MQ table for the tiny ResNet-8 checkpoint of ``tiny_data_root`` (no PTQ run)."""
-    from mqbench.dataroot import file_sha256
+    from mqbench.data.dataroot import file_sha256
     from mqbench.networks.resnet_cifar import load_pretrained
-    from mqbench.quant import layer_macs, quantizable_layers
+    from mqbench.quant.fakequant import layer_macs, quantizable_layers
 
     ckpt = root / "pretrained" / "resnet8-test.th"
     model = load_pretrained(8, ckpt)
@@ -101,8 +101,8 @@ def write_mq_table(tmp_path, meta: dict, bits_and_top1, name: str = "mq.csv"):
     """``tmp_path/name`` and its metadata: one sample row per (searchable bits, top-1), sizes from the metadata."""
     import json
 
-    from mqbench.build import TABLE_COLUMNS, bits_to_str
-    from mqbench.quant import model_size_mb
+    from mqbench.bench.build import TABLE_COLUMNS, bits_to_str
+    from mqbench.quant.fakequant import model_size_mb
 
     lines = [",".join(TABLE_COLUMNS)]
     for i, (bits, top1) in enumerate(bits_and_top1):
@@ -150,7 +150,7 @@ def stop_after_checkpoint(monkeypatch):
     ``g``'s checkpoint (a crash at the worst moment for a resume); the search is restored on leaving."""
     import contextlib
 
-    from evoproxy.evolution import Search
+    from evoproxy.evolution.engine import Search
 
     @contextlib.contextmanager
     def stop(generation: int, exc: type[BaseException]):

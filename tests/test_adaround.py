@@ -1,4 +1,4 @@
-"""AdaRound PTQ (mqbench.adaround): same grid as RTN, hard rounding, reconstruction, determinism, RTN identity."""
+"""AdaRound PTQ (mqbench.quant.adaround): same grid as RTN, hard rounding, reconstruction, determinism, RTN identity."""
 from __future__ import annotations
 
 import copy
@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mqbench.adaround import (AdaRoundConfig, RoundingVariable, adaround_model, beta_at, reconstruct_unit,
+from mqbench.quant.adaround import (AdaRoundConfig, RoundingVariable, adaround_model, beta_at, reconstruct_unit,
                               reconstruction_units, rectified_sigmoid, weight_scale)
 from mqbench.errors import ConfigError
-from mqbench.kernels import quantize_weight, weight_levels
+from mqbench.quant.kernels import quantize_weight, weight_levels
 from mqbench.networks.resnet_cifar import cifar_resnet
-from mqbench.ptq import ROUNDING, PTQSettings, ptq_top1, quantize_and_calibrate
-from mqbench.quant import default_bit_layout, quant_layers, quantize_model
+from mqbench.quant.ptq import ROUNDING, PTQSettings, ptq_top1, quantize_and_calibrate
+from mqbench.quant.fakequant import default_bit_layout, quant_layers, quantize_model
 
 TABLES = Path(__file__).resolve().parents[1] / "mqbench" / "tables"
 CFG = AdaRoundConfig(iters=30, batch=16, lr=5e-2, reg=0.01, warmup=0.2, seed=0)

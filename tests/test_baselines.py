@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evoproxy import baselines
-from evoproxy.baselines import ProxyContext, get_proxy, proxy_names
-from evoproxy.baselines import mq as mqp
+from evoproxy.scoring import baselines
+from evoproxy.scoring.baselines import ProxyContext, get_proxy, proxy_names
+from evoproxy.scoring.baselines import mq as mqp
 from evoproxy.errors import ConfigError
-from mqbench.quant import quantize_weight
+from mqbench.quant.fakequant import quantize_weight
 
 NAS = ["params", "flops", "synflow", "snip", "grasp", "fisher", "grad_norm", "jacob_cov", "nwot", "zen", "zico",
        "l2_norm", "plain", "epe_nas"]
@@ -207,7 +207,7 @@ def test_conv_flops_and_zen_properties():
     assert z1 != get_proxy("zen")(ProxyContext(model, x, y, seed=1))
     # by hand: N(0,1) weights; features = the last 4-d *module* output before the head (bn2 here,
     # since this net applies ReLU functionally); BN running_var after the two train-mode passes
-    from evoproxy.baselines.nas import _generator, gaussian_init
+    from evoproxy.scoring.baselines.nas import _generator, gaussian_init
 
     gen = _generator(ctx, "zen")
     m = gaussian_init(ctx.model, gen)

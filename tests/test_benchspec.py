@@ -1,4 +1,4 @@
-"""Bring-your-own benchmarks (mqbench.spec): a spec reproduces the built-ins exactly; user errors are one line."""
+"""Bring-your-own benchmarks (mqbench.bench.spec): a spec reproduces the built-ins exactly; user errors are one line."""
 from __future__ import annotations
 
 import json
@@ -82,10 +82,10 @@ def _write(folder, text, name="spec.toml"):
 
 def _mq_table(root, folder, n=6):
     """An MQ-Bench table (and its metadata) for the tiny ResNet-8 checkpoint, made-up accuracies."""
-    from mqbench.build import TABLE_COLUMNS, bits_to_str
-    from mqbench.dataroot import file_sha256
+    from mqbench.bench.build import TABLE_COLUMNS, bits_to_str
+    from mqbench.data.dataroot import file_sha256
     from mqbench.networks.resnet_cifar import load_pretrained
-    from mqbench.quant import layer_macs, model_size_mb, quantizable_layers
+    from mqbench.quant.fakequant import layer_macs, model_size_mb, quantizable_layers
 
     ckpt = root / "pretrained" / "resnet8-test.th"
     layers = quantizable_layers(load_pretrained(8, ckpt))
@@ -115,8 +115,8 @@ def _scores(d: dict) -> dict:
 
 
 def test_nb201_spec_scores_equal_the_builtin(search_root, plugin):
-    from evoproxy.evaluation import proxy_reports
-    from mqbench.benchmarks import get_benchmark
+    from evoproxy.scoring.evaluation import proxy_reports
+    from mqbench.bench.benchmarks import get_benchmark
 
     spec = _write(plugin, NB201_SPEC.format(factory="nb201"))
     mine, builtin = get_benchmark(str(spec)), get_benchmark("nb201-cifar10")
@@ -138,8 +138,8 @@ def test_nb201_spec_scores_equal_the_builtin(search_root, plugin):
 
 
 def test_mq_spec_scores_equal_the_builtin(tiny_data_root, plugin):
-    from evoproxy.evaluation import proxy_reports
-    from mqbench.benchmarks import get_benchmark
+    from evoproxy.scoring.evaluation import proxy_reports
+    from mqbench.bench.benchmarks import get_benchmark
 
     table = _mq_table(tiny_data_root, plugin)
     spec = _write(plugin, MQ_SPEC.format(size='size_column = "size_mb"'))
@@ -158,9 +158,9 @@ def test_mq_spec_scores_equal_the_builtin(tiny_data_root, plugin):
 
 
 def test_a_spec_object_works_in_python_and_travels_to_workers(search_root, plugin):
-    from evoproxy.evaluation import proxy_reports
-    from mqbench.benchmarks import BenchRef, load_bench
-    from mqbench.spec import BenchmarkSpec, load_spec
+    from evoproxy.scoring.evaluation import proxy_reports
+    from mqbench.bench.benchmarks import BenchRef, load_bench
+    from mqbench.bench.spec import BenchmarkSpec, load_spec
 
     obj = BenchmarkSpec(name="in-python", kind="nas", table="$EVOPROXY_DATA/nats-bench/nats_tss_cifar10.csv",
                         gt_column="CIFAR10TestAccuracy200Epochs", factory="tiny_factories:nb201",
@@ -228,7 +228,7 @@ def test_factory_errors_are_one_line_and_write_nothing(search_root, plugin, tmp_
     ("no_such_module:nb201", "factory no_such_module:nb201: no module named 'no_such_module'"),
 ])
 def test_bad_factory_references(search_root, plugin, ref, expected):
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
 
     spec = _write(plugin, NB201_SPEC.replace('"tiny_factories:{factory}"', f'"{ref}"'))
     with pytest.raises(ConfigError, match="^.*$") as exc:
@@ -265,7 +265,7 @@ A = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3
     ([f"a,{A},90"], "id,arch,acc", "init_seed = \"id\" needs integer ids in column 'id'"),
 ])
 def test_table_errors_name_row_and_column(plugin, rows, header, expected):
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
 
     spec = _write(plugin, _nas_table(plugin, rows, header))
     with pytest.raises((DataError, ConfigError)) as exc:
@@ -274,7 +274,7 @@ def test_table_errors_name_row_and_column(plugin, rows, header, expected):
 
 
 def test_string_ids_with_row_seeds(plugin, tiny_data_root):
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
 
     (plugin / "t.csv").write_text(f"name,ArchitectureString,acc\nb,{A},90\na,{A},91\n")
     text = _nas_table(plugin, []).replace('"t.csv"', '"t.csv"').replace('id_column = "id"', 'id_column = "name"')
@@ -289,7 +289,7 @@ def test_string_ids_with_row_seeds(plugin, tiny_data_root):
 
 
 def test_mq_errors(tiny_data_root, plugin):
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
 
     table = _mq_table(tiny_data_root, plugin)
     lines = table.read_text().splitlines()
@@ -326,7 +326,7 @@ def test_mq_errors(tiny_data_root, plugin):
      "init_seed must be \"id\", \"row\" or an integer"),
 ])
 def test_spec_file_errors(tmp_path, text, expected):
-    from mqbench.spec import load_spec
+    from mqbench.bench.spec import load_spec
 
     (tmp_path / "s.toml").write_text(text)
     with pytest.raises(ConfigError) as exc:
@@ -345,9 +345,21 @@ def test_unknown_names_and_missing_spec_files(capsys):
 
 def test_renamed_names_still_import():
     """Issue 22 item 4: one word per meaning; the old names stay importable as aliases."""
-    from mqbench.benchmarks import BenchRef, BenchSpec
-    from mqbench.datasets import DatasetRef, DatasetSpec, parse_dataset, parse_spec
-    from mqbench.quant import BitLayout, BitSpec, default_bit_layout, default_bit_spec
+    from mqbench.bench.benchmarks import BenchRef, BenchSpec
+    from mqbench.data.datasets import DatasetRef, DatasetSpec, parse_dataset, parse_spec
+    from mqbench.quant.fakequant import BitLayout, BitSpec, default_bit_layout, default_bit_spec
 
     assert BenchSpec is BenchRef and DatasetSpec is DatasetRef and parse_spec is parse_dataset
     assert BitSpec is BitLayout and default_bit_spec is default_bit_layout
+
+
+def test_spec_files_naming_moved_modules_keep_loading():
+    """Spec files written before mqbench's rooms name ``mqbench.memory:...`` (now mqbench.bench.memory) and
+    ``mqbench.quant:quantize_weight`` (mqbench.quant is now a package naming it): both still resolve."""
+    from mqbench.bench import memory
+    from mqbench.bench.spec import import_ref
+    from mqbench.quant.kernels import quantize_weight
+
+    assert import_ref("mqbench.memory:network") is memory.network
+    assert import_ref("mqbench.bench.memory:fp_model") is memory.fp_model
+    assert import_ref("mqbench.quant:quantize_weight", what="quantizer") is quantize_weight

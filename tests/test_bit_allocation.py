@@ -240,7 +240,7 @@ def _tiny_table(root, tmp_path):
     """An MQ table with the metadata allocation reads, for the tiny ResNet-8 checkpoint (made-up accuracies)."""
     from conftest import tiny_mq_meta, write_mq_table
 
-    from mqbench.ptq import PTQSettings
+    from mqbench.quant.ptq import PTQSettings
 
     meta = tiny_mq_meta(root, normalization="imagenet",
                         ptq=PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10).as_dict())
@@ -269,7 +269,7 @@ def test_cli_allocate_prints_the_configuration_and_caches_ptq(tiny_data_root, tm
     def no_ptq(*a, **k):
         raise AssertionError("PTQ should come from the cache")
 
-    monkeypatch.setattr("mqbench.build.evaluate_config", no_ptq)
+    monkeypatch.setattr("mqbench.bench.build.evaluate_config", no_ptq)
     assert main(args + ["--ptq", "--ptq-cache", str(cache)]) == 0
     assert f"top-1:     {first['top1']:.2f} %" in capsys.readouterr().out
 

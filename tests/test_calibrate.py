@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from evoproxy.calibrate import check_positions, fit_weights
+from evoproxy.fitting.calibrate import check_positions, fit_weights
 from evoproxy.cli import main
 from evoproxy.errors import ConfigError
 from evoproxy.export import export_source
-from evoproxy.metrics import kendall
-from evoproxy.opkernels import layer_position
-from evoproxy.tree import ProxyFileError, load_proxy, parse_proxy
+from evoproxy.scoring.metrics import kendall
+from evoproxy.language.opkernels import layer_position
+from evoproxy.language.tree import ProxyFileError, load_proxy, parse_proxy
 from mqbench.networks.resnet_cifar import CifarResNet
 
 EMQ = Path(__file__).resolve().parent.parent / "examples" / "proxies" / "emq_published.json"
@@ -109,7 +109,7 @@ def _mq_table(root, tmp_path, rows=60):
     (with the PTQ settings allocation reads)."""
     from conftest import tiny_mq_meta, write_mq_table
 
-    from mqbench.ptq import PTQSettings
+    from mqbench.quant.ptq import PTQSettings
 
     ptq = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10).as_dict()
     meta = tiny_mq_meta(root, normalization="cifar10", ptq=ptq)

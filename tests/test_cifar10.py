@@ -1,4 +1,4 @@
-"""Tests for mqbench.cifar10 on tiny synthetic datasets (plus one check on the real archive)."""
+"""Tests for mqbench.data.cifar10 on tiny synthetic datasets (plus one check on the real archive)."""
 from __future__ import annotations
 
 import io
@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from evoproxy.errors import ConfigError, DataError
-from mqbench import cifar10
-from mqbench.dataroot import locate
+from mqbench.data import cifar10
+from mqbench.data.dataroot import locate
 
 N_TRAIN, N_TEST = 3, 2  # images per class
 _USER_CACHE = os.environ.get("EVOPROXY_CACHE")

@@ -55,7 +55,7 @@ def test_every_search_setting_is_a_cli_option():
     import dataclasses
 
     from evoproxy.cli import build_parser
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     parser = build_parser()
     args = parser.parse_args(["search", "--bench", "b", "--out", "o"])
@@ -83,7 +83,7 @@ def test_screen_time_is_retired_yet_old_settings_load(capsys):
 
     from evoproxy.cli import build_parser
     from evoproxy.estimator import ProxySearch
-    from evoproxy.searchconfig import LATER_KEYS, SearchConfig
+    from evoproxy.evolution.searchconfig import LATER_KEYS, SearchConfig
     from experiments.common import finished_run
 
     with pytest.raises(SystemExit):
@@ -111,7 +111,7 @@ def test_table_build_out_that_cannot_be_written_is_one_line(tiny_data_root, unwr
     from the table's lock file (or the mkdir of a new subfolder); now one line naming the folder, exit 2."""
     import pytest
 
-    from mqbench.build import build_table
+    from mqbench.bench.build import build_table
     from mqbench.errors import DataError
 
     ckpt = tiny_data_root / "pretrained" / "resnet8-test.th"

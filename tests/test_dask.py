@@ -14,9 +14,9 @@ import torch
 distributed = pytest.importorskip("dask.distributed")
 
 from evoproxy.cli import main  # noqa: E402
-from mqbench.build import build_table, planned_rows, read_rows  # noqa: E402
+from mqbench.bench.build import build_table, planned_rows, read_rows  # noqa: E402
 from mqbench.parallel import current_backend, map_items, use_backend  # noqa: E402
-from mqbench.ptq import PTQSettings  # noqa: E402
+from mqbench.quant.ptq import PTQSettings  # noqa: E402
 
 TINY_PTQ = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10)
 SEARCH = ["--bench", "nb201-cifar10", "--samples", "6", "--population", "4", "--generations", "3",
@@ -133,7 +133,7 @@ def test_worker_killed_mid_build_loses_and_duplicates_nothing(tiny_data_root, tm
 
 def planned_rows_of(root, configs):
     from mqbench.networks.resnet_cifar import load_pretrained
-    from mqbench.quant import default_bit_layout
+    from mqbench.quant.fakequant import default_bit_layout
 
     model = load_pretrained(8, root / "pretrained" / "resnet8-test.th")
     return planned_rows(default_bit_layout(model, keep_first_last=True, allowed=(2, 3, 4), act_bits=TINY_PTQ.act_bits),

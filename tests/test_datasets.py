@@ -1,5 +1,5 @@
 """Dataset registry: spec syntax, ImageFolder trees (preprocessing, sampling, cache, corrupt files),
-CIFAR-100 official folders, and the CIFAR-10 entry agreeing with mqbench.cifar10."""
+CIFAR-100 official folders, and the CIFAR-10 entry agreeing with mqbench.data.cifar10."""
 from __future__ import annotations
 
 import io
@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mqbench import cifar10, datasets, imagefolder
-from mqbench.datasets import NORMALIZATION, class_names, iterate_split, load_batch, parse_dataset
+from mqbench.data import cifar10, datasets, imagefolder
+from mqbench.data.datasets import NORMALIZATION, class_names, iterate_split, load_batch, parse_dataset
 from mqbench.errors import ConfigError, DataError
-from mqbench.sampling import balanced_indices, plan_sample
+from mqbench.data.sampling import balanced_indices, plan_sample
 
 CLASSES = ("ant", "bee", "cat")
 CORRUPT = "bee/0002.jpg"

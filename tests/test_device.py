@@ -82,8 +82,8 @@ def test_cpu_device_equals_default_statistics_and_cache_keys(tmp_path, monkeypat
 
 
 def test_cpu_device_equals_default_table_build(tiny_data_root, tmp_path):
-    from mqbench.build import build_table, read_rows
-    from mqbench.ptq import PTQSettings
+    from mqbench.bench.build import build_table, read_rows
+    from mqbench.quant.ptq import PTQSettings
 
     ptq = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10)
     ckpt = tiny_data_root / "pretrained" / "resnet8-test.th"
@@ -97,8 +97,8 @@ def test_cpu_device_equals_default_table_build(tiny_data_root, tmp_path):
 
 def test_cpu_device_equals_default_evaluate_and_search_settings(tiny_data_root, tmp_path):
     from conftest import tiny_mq_meta, write_mq_table
-    from evoproxy.evaluation import proxy_reports
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.scoring.evaluation import proxy_reports
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     meta = tiny_mq_meta(tiny_data_root)
     rng = np.random.default_rng(0)

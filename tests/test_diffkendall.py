@@ -1,4 +1,4 @@
-"""diff_kendall: the smooth Kendall's tau (DiffKendall relaxation) in evoproxy.metrics."""
+"""diff_kendall: the smooth Kendall's tau (DiffKendall relaxation) in evoproxy.scoring.metrics."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import kendalltau
 
-from evoproxy.metrics import diff_kendall, kendall
+from evoproxy.scoring.metrics import diff_kendall, kendall
 
 TEMPERATURES = (1.0, 0.1, 1e-2, 1e-3, 1e-5, 1e-8)
 
@@ -144,7 +144,7 @@ def test_argument_checks_and_input_types():
 
 
 def test_blocking_matches_one_block(monkeypatch):
-    import evoproxy.metrics as metrics
+    import evoproxy.scoring.metrics as metrics
 
     scores, truth = _data(n=57, seed=7, tie_truth=True)
     whole = [float(diff_kendall(torch.tensor(scores), truth, temperature=0.2, variant=v)) for v in "ab"]

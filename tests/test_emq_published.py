@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from evoproxy.export import export_source
-from evoproxy.ops import OPS
-from evoproxy.tree import load_proxy
+from evoproxy.language.ops import OPS
+from evoproxy.language.tree import load_proxy
 from mqbench.networks.resnet_cifar import CifarResNet
 from primitives import extract
 
@@ -116,7 +116,7 @@ def test_published_proxy_files_parse_score_and_export(name, power, tmp_path):
 
 
 def test_published_proxy_scores_on_an_mq_table(tiny_data_root, tmp_path):
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
     from test_evaluate import _fake_mq_table
 
     table = _fake_mq_table(tiny_data_root, tmp_path)

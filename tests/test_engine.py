@@ -11,12 +11,12 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from evoproxy import ops
-from evoproxy.screening import score_range
-from evoproxy.fitness import oriented_fitness, subsets
-from evoproxy.ops import OPS, OpError
-from evoproxy.space import ProxyTree, SearchSpace, is_emq_shaped
-from evoproxy.tree import ProxyFileError, canonical, load_proxy, parse_proxy, parse_tree, render, tree_value
+from evoproxy.language import ops
+from evoproxy.evolution.screening import score_range
+from evoproxy.evolution.fitness import oriented_fitness, subsets
+from evoproxy.language.ops import OPS, OpError
+from evoproxy.language.space import ProxyTree, SearchSpace, is_emq_shaped
+from evoproxy.language.tree import ProxyFileError, canonical, load_proxy, parse_proxy, parse_tree, render, tree_value
 from primitives.core import LayerStats, NetworkStats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +177,7 @@ def test_deeply_nested_proxy_file_is_one_line_naming_the_limit(search_root, tmp_
     """Issue 22 item 8: a file nested 1000 deep ended in a RecursionError traceback from json.loads, before the
     parser's own depth check; now every command that reads it gives one line naming the limit, exit 2."""
     from evoproxy.cli import main
-    from evoproxy.tree import MAX_DEPTH
+    from evoproxy.language.tree import MAX_DEPTH
 
     ok, over, deep = tmp_path / "ok.json", tmp_path / "over.json", tmp_path / "deep.json"
     ok.write_text(_nested(MAX_DEPTH))
@@ -219,7 +219,7 @@ def test_bad_extraction_setting_is_one_line_naming_it(search_root, tmp_path, cap
 def test_proxy_files_with_the_old_primitives_key_still_load():
     """Issue 22 item 4: a proxy file's extraction settings were under "primitives" (a word that also names the
     per-layer statistics and DEAP's operators); files are written with "extraction" now and old ones still load."""
-    from evoproxy.tree import Proxy
+    from evoproxy.language.tree import Proxy
 
     files = sorted((ROOT / "examples" / "proxies").glob("*.json")) + sorted((ROOT / "results").rglob("best.json"))
     old = [f for f in files if "primitives" in json.loads(f.read_text())]

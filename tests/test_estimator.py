@@ -118,8 +118,8 @@ def test_factory_and_descriptions_save_reload_scores_identically(tmp_path):
     got = {int(r["id"]): next(iter(r["scores"].values())) for r in table.items["results"]}
     np.testing.assert_allclose([got[i] for i in range(9)], est.predict(SPACE), rtol=1e-6)
     # the CLI's search reads it (a fresh search on the saved spec, as `evoproxy search --bench spec` runs it)
-    from evoproxy.evolution import run_search
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.api import run_search
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     res = run_search(SearchConfig(bench=str(spec), out=str(tmp_path / "cli"), samples=4, batch=len(y), seed=0,
                                   population=4, generations=0, screen_samples=2, progress=False))
@@ -127,7 +127,7 @@ def test_factory_and_descriptions_save_reload_scores_identically(tmp_path):
 
 
 def test_models_list_save_writes_weights_and_reloads(tmp_path):
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
 
     x, y = batch()
     models = [TinyNet() for _ in range(4)]  # one architecture, four initialisations: TinyNet() + weights rebuilds them
@@ -222,7 +222,7 @@ def test_workers_read_cached_statistics_only(tmp_path):
 def test_live_rows_outside_the_session_are_a_one_line_error(tmp_path):
     import gc
 
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
     from primitives.core import extract
 
     x, y = batch()
@@ -239,7 +239,7 @@ def test_live_rows_outside_the_session_are_a_one_line_error(tmp_path):
 
 
 def test_tensors_dataset_kind(tmp_path):
-    from mqbench.datasets import load_batch, save_tensors
+    from mqbench.data.datasets import load_batch, save_tensors
 
     x, y = batch(5)
     save_tensors(tmp_path / "b.pt", x, y)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau, pearsonr, rankdata, spearmanr
 
-from evoproxy import metrics
+from evoproxy.scoring import metrics
 from evoproxy.cli import main
 
 ARCHS = [
@@ -103,7 +103,7 @@ def _last_json(out: str) -> dict:
 
 
 def test_cli_evaluate_json_line(nb201_root, capsys):
-    from mqbench.benchmarks import get_benchmark, nb201_param_count
+    from mqbench.bench.benchmarks import get_benchmark, nb201_param_count
 
     assert main(["evaluate", "--bench", "nb201-cifar10", "--proxy", "params", "--samples", "4", "--seed", "1",
                  "--split", "all", "--batch", "10", "--json"]) == 0
@@ -142,10 +142,10 @@ def test_cli_baselines_writes_tables_and_json(nb201_root, tmp_path, capsys):
 
 
 def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_root, monkeypatch):
-    from evoproxy import baselines
-    from evoproxy.evaluation import proxy_reports
-    from evoproxy.scoring import resolve_scorers, score_items
-    from mqbench.benchmarks import BenchRef
+    from evoproxy.scoring import baselines
+    from evoproxy.scoring.evaluation import proxy_reports
+    from evoproxy.scoring.scorer import resolve_scorers, score_items
+    from mqbench.bench.benchmarks import BenchRef
     from primitives.workspace import Workspace
 
     def flaky(ctx):
@@ -190,7 +190,7 @@ def test_cli_evaluate_on_an_mq_table(tiny_data_root, tmp_path, capsys):
                  "model_size,bit_sum,ompq,qe,bsnip", "--samples", "6", "--split", "all", "--batch", "10",
                  "--out", str(tmp_path / "out"), "--json"]) == 0
     reps = _last_json(capsys.readouterr().out)
-    from mqbench.table import MQTable
+    from mqbench.bench.table import MQTable
 
     t = MQTable.load(table)
     ids = t.sample(6, 0, "all")

@@ -17,18 +17,18 @@ import pytest
 import torch
 
 from evoproxy import cli
-from evoproxy import opkernels
+from evoproxy.language import opkernels
 from evoproxy.errors import ConfigError
 from evoproxy.export import KERNELS, export_file, export_source
-from evoproxy.ops import OPS, register
-from evoproxy.scoring import proxy_statistics
+from evoproxy.language.ops import OPS, register
+from evoproxy.scoring.scorer import proxy_statistics
 from primitives.items import QUANT_NAMES
-from evoproxy.tree import ProxyFileError, parse_proxy
-from mqbench.cifar10 import normalize
+from evoproxy.language.tree import ProxyFileError, parse_proxy
+from mqbench.data.cifar10 import normalize
 from mqbench.networks.nb201 import OPS as CELL_OPS
 from mqbench.networks.nb201 import NB201Network
 from mqbench.networks.resnet_cifar import CifarResNet
-from mqbench.quant import quantize_weight
+from mqbench.quant.fakequant import quantize_weight
 from primitives import extract
 from primitives.core import REGISTRY
 

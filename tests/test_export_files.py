@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from evoproxy.export import export_source
-from evoproxy.tree import FORMAT, parse_proxy
+from evoproxy.language.tree import FORMAT, parse_proxy
 from mqbench.networks.nb201 import NB201Network
 from mqbench.networks.resnet_cifar import CifarResNet
 from primitives.items import QUANT_NAMES

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from evoproxy.baselines import ProxyContext, get_proxy
-from evoproxy.scoring import proxy_statistics
-from evoproxy.tree import load_proxy
-from mqbench.cifar10 import normalize
+from evoproxy.scoring.baselines import ProxyContext, get_proxy
+from evoproxy.scoring.scorer import proxy_statistics
+from evoproxy.language.tree import load_proxy
+from mqbench.data.cifar10 import normalize
 from mqbench.networks.nb201 import NB201Network
 from mqbench.networks.resnet_cifar import CifarResNet
-from mqbench.quant import quantize_weight
+from mqbench.quant.fakequant import quantize_weight
 from primitives import extract
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "proxies"

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from evoproxy import fuzz
-from evoproxy.screening import REASONS
+from experiments.tools import fuzz
+from evoproxy.evolution.screening import REASONS
 from primitives import PRIMITIVES
 
 

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from evoproxy.cli import main
-from mqbench.build import read_rows
+from mqbench.bench.build import read_rows
 from mqbench.networks.imagenet import resnet18
-from mqbench.quant import layer_macs
+from mqbench.quant.fakequant import layer_macs
 
 # 10 classes: the spec route takes its statistics batch from CIFAR-10 (labels 0..9)
 CLASSES = tuple(f"class{c}" for c in range(10))
@@ -103,13 +103,13 @@ fixed_layers = [0, -1]
 batch = 4
 hutchinson_probes = 0
 """)
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
 
     reports = proxy_reports(str(spec), ["bit_sum", "qe"], samples=None, seed=0, split="all", batch=4, progress=False)
     assert reports["bit_sum"]["n"] == len(rows) and reports["qe"]["failed"] == 0
 
     # the spec's own images for the statistics batch: a seeded, class-balanced draw of the tree's train split
-    from mqbench.benchmarks import BenchRef
+    from mqbench.bench.benchmarks import BenchRef
     from mqbench.errors import ConfigError
     from primitives.items import batch_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mqbench.dataroot import KNOWN
+from mqbench.data.dataroot import KNOWN
 from mqbench.errors import DataError
 from mqbench.networks import IMAGENET_NETWORKS, build_network, load_imagenet_checkpoint
 

@@ -9,15 +9,15 @@ import math
 import pytest
 import torch
 
-from evoproxy.budget import MAX_GENERATIONS, MIN_POPULATION, POPULATIONS, choose_sizes
-from evoproxy.evolution import run_search
-from evoproxy.fuzz import synthetic_stats
-from evoproxy.islands import Individual, Island, migrate
-from evoproxy.ops import OPS
-from evoproxy.opkernels import evaluate_tree as evaluate_json
-from evoproxy.screening import CostMeter, op_cost, score_range, tree_cost
-from evoproxy.searchconfig import SearchConfig
-from evoproxy.tree import parse_tree, tree_value
+from evoproxy.evolution.budget import MAX_GENERATIONS, MIN_POPULATION, POPULATIONS, choose_sizes
+from evoproxy.api import run_search
+from experiments.tools.fuzz import synthetic_stats
+from evoproxy.evolution.islands import Individual, Island, migrate
+from evoproxy.language.ops import OPS
+from evoproxy.language.opkernels import evaluate_tree as evaluate_json
+from evoproxy.evolution.screening import CostMeter, op_cost, score_range, tree_cost
+from evoproxy.evolution.searchconfig import SearchConfig
+from evoproxy.language.tree import parse_tree, tree_value
 
 TINY = dict(bench="nb201-cifar10", samples=8, population=6, generations=3, batch=8, seed=3, progress=False)
 ISLANDS = dict(islands=2, migration_interval=1, migrants=1, restart_after=1)
@@ -134,7 +134,7 @@ def test_time_budget_sizes_follow_the_rule():
 def test_stop_rule_learns_the_pace_and_patience():
     from types import SimpleNamespace
 
-    from evoproxy.budget import next_generation_seconds, stalled_for, stop_reason
+    from evoproxy.evolution.budget import next_generation_seconds, stalled_for, stop_reason
 
     log = [{"generation": g, "seconds": s, "best_fitness": f}
            for g, (s, f) in enumerate([(60, 0.5), (10, 0.6), (20, 0.6), (30, 0.6), (30, 0.6)])]

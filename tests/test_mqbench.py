@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from evoproxy.errors import ConfigError, DataError
-from mqbench import build as build_mod
-from mqbench.benchmarks import NB201Benchmark, get_benchmark
-from mqbench.build import bits_to_str, build_table, planned_rows, read_rows, sample_configs
+from mqbench.bench import build as build_mod
+from mqbench.bench.benchmarks import NB201Benchmark, get_benchmark
+from mqbench.bench.build import bits_to_str, build_table, planned_rows, read_rows, sample_configs
 from mqbench.networks.resnet_cifar import CifarResNet
-from mqbench.ptq import PTQSettings, quantize_and_calibrate
-from mqbench.quant import default_bit_layout, fold_batchnorm, quant_layers, quantize_weight
-from mqbench.table import MQTable, compare_tables
+from mqbench.quant.ptq import PTQSettings, quantize_and_calibrate
+from mqbench.quant.fakequant import default_bit_layout, fold_batchnorm, quant_layers, quantize_weight
+from mqbench.bench.table import MQTable, compare_tables
 
 TINY_PTQ = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10)
 

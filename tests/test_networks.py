@@ -6,8 +6,8 @@ import torch
 
 from evoproxy.cli import main as cli_main
 from evoproxy.errors import ConfigError, DataError
-from mqbench.benchmarks import nb201_param_count
-from mqbench.dataroot import cache_root, locate, require
+from mqbench.bench.benchmarks import nb201_param_count
+from mqbench.data.dataroot import cache_root, locate, require
 from mqbench.networks import NB201Network, cifar_resnet, load_pretrained, parse_arch
 from mqbench.networks.nb201 import arch_to_str
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from evoproxy.errors import ConfigError
-from evoproxy.metrics import kendall
-from evoproxy.parzc import ParZC, default_proxies, fit_parzc, item_rows, nodewise, union_request
+from evoproxy.scoring.metrics import kendall
+from evoproxy.fitting.parzc import ParZC, default_proxies, fit_parzc, item_rows, nodewise, union_request
 
 STEPS = 150
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from evoproxy.cli import main
-from mqbench.dataroot import REPO_ROOT, data_root, portable_path, resolve_portable
+from mqbench.data.dataroot import REPO_ROOT, data_root, portable_path, resolve_portable
 from mqbench.networks.resnet_cifar import CifarResNet
-from mqbench.ptq import PTQSettings
+from mqbench.quant.ptq import PTQSettings
 
 TINY_PTQ = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10)
 CKPT = "resnet8-test.th"
@@ -38,7 +38,7 @@ def _second_root(first, tmp_path, monkeypatch, same_weights: bool):
 
 @pytest.fixture
 def built_table(tiny_data_root, tmp_path):
-    from mqbench.build import build_table
+    from mqbench.bench.build import build_table
 
     out = build_table("resnet8", 6, 0, tmp_path / "t.csv", jobs=1, checkpoint=tiny_data_root / "pretrained" / CKPT,
                       ptq=TINY_PTQ, progress=False)
@@ -74,7 +74,7 @@ def test_table_built_in_one_root_evaluates_from_another(built_table, tiny_data_r
 
 def test_other_weights_under_the_same_name_are_one_line_sha_error(built_table, tiny_data_root, tmp_path, monkeypatch,
                                                                   capsys):
-    from mqbench.dataroot import file_sha256
+    from mqbench.data.dataroot import file_sha256
 
     expected = file_sha256(tiny_data_root / "pretrained" / CKPT)
     root = _second_root(tiny_data_root, tmp_path, monkeypatch, same_weights=False)
@@ -110,7 +110,7 @@ def test_old_metadata_absolute_path_is_ignored_with_a_note(built_table, tiny_dat
 
 
 def test_all_fail_evaluate_exits_non_zero_with_one_line(built_table, tmp_path, monkeypatch, capsys):
-    import evoproxy.baselines as baselines
+    import evoproxy.scoring.baselines as baselines
 
     def broken(ctx):
         """Always raises (a proxy that fails on every item)."""
@@ -273,7 +273,7 @@ def test_cache_root_is_safe_when_workers_probe_it_at_once(tmp_path, monkeypatch)
     name made some of them see an unwritable cache, so items failed at random under --jobs 2)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mqbench.dataroot import cache_root
+    from mqbench.data.dataroot import cache_root
 
     monkeypatch.setenv("EVOPROXY_CACHE", str(tmp_path / "shared-cache"))
     with ThreadPoolExecutor(8) as pool:

@@ -1,4 +1,4 @@
-"""Multi-fidelity scoring of the search's children (evoproxy.racing) and the margin replay of experiments.race_margins."""
+"""Multi-fidelity scoring of the search's children (evoproxy.evolution.racing) and the margin replay of experiments.race_margins."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from evoproxy.cli import main
-from evoproxy.racing import rung_ends
+from evoproxy.evolution.racing import rung_ends
 
 # 8 samples (the tiny table's whole search split), screening on 2, one rung at 4 with margin 0: children below the
 # population's median (the default entry quantile) on half the samples are rejected early
@@ -117,7 +117,7 @@ def test_margin_replay_counts_wrong_rejections(tmp_path):
 
 
 def test_an_early_rejection_holds_only_at_a_threshold_as_high():
-    from evoproxy.racing import _stale
+    from evoproxy.evolution.racing import _stale
 
     early = {"reason": "early", "rung": 4, "estimate": 0.1, "threshold": 0.6}
     assert not _stale(early, 0.6) and not _stale(early, 0.7)

@@ -26,7 +26,7 @@ def _block() -> str:
 
 
 def test_readme_python_block_runs(tmp_path, monkeypatch, capsys):
-    from mqbench.dataroot import locate
+    from mqbench.data.dataroot import locate
 
     if not all(locate(k) for k in ("cifar10", "nats-tss-cifar10", "resnet20")):
         pytest.skip("needs the shared data (CIFAR-10, NAS-Bench-201, ResNet-20)")

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from evoproxy.export import export_source
-from evoproxy.tree import parse_proxy
+from evoproxy.language.tree import parse_proxy
 from mqbench.networks.nb201 import NB201Network
 from mqbench.networks.resnet_cifar import CifarResNet
 from primitives import core, extract

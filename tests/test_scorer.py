@@ -1,4 +1,4 @@
-"""The Scorer (evoproxy.scoring): one resolution of a user's proxy, one label rule, one value per kind, used by the
+"""The Scorer (evoproxy.scoring.scorer): one resolution of a user's proxy, one label rule, one value per kind, used by the
 evaluation driver (benchmark items) and the allocation driver (bit configurations)."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from evoproxy.errors import ConfigError
-from evoproxy.opkernels import layer_position
-from evoproxy.scoring import CONTEXT, SCORER_KINDS, STATISTICS, Scorer, as_scorer, callable_scorer, proxy_label
-from evoproxy.tree import parse_proxy, tree_value
+from evoproxy.language.opkernels import layer_position
+from evoproxy.scoring.scorer import CONTEXT, SCORER_KINDS, STATISTICS, Scorer, as_scorer, callable_scorer, proxy_label
+from evoproxy.language.tree import parse_proxy, tree_value
 from mqbench.networks.resnet_cifar import CifarResNet
 
 SNIP = Path(__file__).resolve().parent.parent / "examples" / "proxies" / "snip.json"
@@ -60,7 +60,7 @@ def test_one_resolution_and_one_label_rule(tmp_path, monkeypatch):
 def test_tree_and_calibrated_values_on_statistics():
     """A scorer's bound value on statistics equals the Proxy's; the calibrated kind weights the tree's layer terms,
     and all weights 1 give the tree kind's value."""
-    from evoproxy.scoring import proxy_statistics
+    from evoproxy.scoring.scorer import proxy_statistics
 
     torch.manual_seed(0)
     model = CifarResNet(8).eval()
@@ -105,7 +105,7 @@ def test_allocation_drives_every_kind_on_bit_configurations(tiny_data_root, tmp_
     from evoproxy.allocation import Allocator
     from evoproxy.allocation.model import load_model
 
-    from mqbench.ptq import PTQSettings
+    from mqbench.quant.ptq import PTQSettings
 
     ptq = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10).as_dict()
     meta = tiny_mq_meta(tiny_data_root, normalization="imagenet", ptq=ptq)

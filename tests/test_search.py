@@ -37,7 +37,7 @@ def test_search_writes_the_run_folder_and_best_scores_on_the_holdout(search_root
     best = json.loads((run / "best.json").read_text())
     assert best["format"] == "evoproxy.proxy/1" and best["formula"] and best["search"]["bench"] == "nb201-cifar10"
     config = json.loads((run / "config.json").read_text())
-    from mqbench.benchmarks import get_benchmark
+    from mqbench.bench.benchmarks import get_benchmark
 
     search_split, _ = get_benchmark("nb201-cifar10").split(0)
     assert set(config["search_ids"]) <= set(search_split)  # search samples only from the search split
@@ -130,7 +130,7 @@ def test_committed_logs_read_rejected_timeout_as_rejected_cost():
     rejections, written before the rename) as rejected_cost, values and other columns untouched."""
     from evoproxy import plot
     from evoproxy.results import SearchResult
-    from evoproxy.runfiles import read_log
+    from evoproxy.evolution.runfiles import read_log
 
     runs = sorted(p.parent for p in (ROOT / "results").rglob("log.csv") if (p.parent / "best.json").exists())
     old = [r for r in runs if "rejected_timeout" in (r / "log.csv").read_text().splitlines()[0]]

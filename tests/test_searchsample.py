@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from evoproxy.errors import ConfigError
-from evoproxy.evolution import run_search
-from evoproxy.searchconfig import SearchConfig
-from evoproxy.searchsample import search_items, spread_order, stratified
+from evoproxy.api import run_search
+from evoproxy.evolution.searchconfig import SearchConfig
+from evoproxy.evolution.searchsample import search_items, spread_order, stratified
 
 
 class Pool:
@@ -24,7 +24,7 @@ class Pool:
         return self.truth[np.asarray(ids, dtype=int)]
 
     def sample(self, n, seed, split):
-        from mqbench.table import sample_ids
+        from mqbench.bench.table import sample_ids
 
         return sample_ids(self.split()[0], n, seed)
 
@@ -90,7 +90,7 @@ def test_validation_chooses_best_json_from_the_hall_of_fame(search_root, tmp_pat
 
 
 def test_ranking_key_sees_monotone_transforms_and_distinct_rankings_keeps_one_each(search_root, tmp_path):
-    from evoproxy.selection import ranking_key
+    from evoproxy.evolution.selection import ranking_key
 
     s = np.array([0.3, -1.0, 2.0, 2.0, 5.0])
     assert ranking_key(s) == ranking_key(np.exp(s)) == ranking_key(-s, -1) != ranking_key(-s)
@@ -103,6 +103,6 @@ def test_ranking_key_sees_monotone_transforms_and_distinct_rankings_keeps_one_ea
         assert len(pop) == 6
         distinct[on] = len({ranking_key(i["scores"], i["orientation"]) for i in pop})
     assert distinct[True] == 6 and distinct[False] < 6
-    from evoproxy.searchconfig import SearchConfig as C
+    from evoproxy.evolution.searchconfig import SearchConfig as C
 
     assert "distinct_rankings" not in C(bench="x", out="y").result_settings()  # the old runs' behaviour: off

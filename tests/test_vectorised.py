@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import evoproxy.vectorised as vectorised
-from evoproxy.fuzz import synthetic_stats
-from evoproxy.opkernels import OpError, evaluate_tree as evaluate_json
-from evoproxy.ops import OPS
-from evoproxy.screening import _CAUGHT, _is_constant, _rejected, score_range
-from evoproxy.space import SearchSpace
-from evoproxy.tree import parse_tree, tree_value
+import evoproxy.language.vectorised as vectorised
+from experiments.tools.fuzz import synthetic_stats
+from evoproxy.language.opkernels import OpError, evaluate_tree as evaluate_json
+from evoproxy.language.ops import OPS
+from evoproxy.evolution.screening import _CAUGHT, _is_constant, _rejected, score_range
+from evoproxy.language.space import SearchSpace
+from evoproxy.language.tree import parse_tree, tree_value
 from primitives import PRIMITIVES
 
 
@@ -189,7 +189,7 @@ def test_first_error_in_network_order(stats):
 def test_mq_style_shared_tensors_are_stacked_once(stats):
     """Configurations of one network share its FP tensors: they are stacked once, the items deduplicated."""
     from primitives.items import with_bit_config
-    from mqbench.quant import quantize_weight
+    from mqbench.quant.fakequant import quantize_weight
 
     net = stats[0]
     configs = [[b] * len(net.layers) for b in (2, 3, 4, 2, 3)]

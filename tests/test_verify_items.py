@@ -18,8 +18,8 @@ def _write_items(path, rows):
 
 
 def test_rescoring_matches_and_reports_differences(search_root, tmp_path, capsys):
-    from evoproxy.scoring import resolve_scorers, score_items
-    from mqbench.benchmarks import BenchRef, get_benchmark
+    from evoproxy.scoring.scorer import resolve_scorers, score_items
+    from mqbench.bench.benchmarks import BenchRef, get_benchmark
     from primitives.workspace import Workspace
 
     ids = get_benchmark("nb201-cifar10").sample(3, 0, "all")

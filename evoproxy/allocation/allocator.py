@@ -6,8 +6,8 @@
     print(result.bits_str, result.size_mb, result.bops_g, result.score, result.optimiser, result.top1)
 
 ``proxy``: a registered MQ baseline name (``evoproxy baselines --list``: ``hawq_v2``, ``bit_sum``,
-``model_size``, ...), a proxy JSON file (calibrated or not), a parsed :class:`evoproxy.tree.Proxy`, a
-:class:`evoproxy.scoring.Scorer` (e.g. ``callable_scorer(f)`` for ``f(model, inputs, targets, bit_config)``),
+``model_size``, ...), a proxy JSON file (calibrated or not), a parsed :class:`evoproxy.language.tree.Proxy`, a
+:class:`evoproxy.scoring.scorer.Scorer` (e.g. ``callable_scorer(f)`` for ``f(model, inputs, targets, bit_config)``),
 or an *objective*: a function of the configuration itself (searchable-layer bit tuple -> float); see
 :mod:`evoproxy.allocation.scoring`. Higher score = predicted more accurate.
 ``model``: a model with a committed MQ-Bench table (``resnet20``, ``resnet32``); the allowed bits,
@@ -34,7 +34,7 @@ from evoproxy.allocation.model import BATCH, Budget, ModelInfo, load_model, pars
 from evoproxy.allocation.optimise import SEED, maximise
 from evoproxy.allocation.scoring import FailureCounter, config_scorer, resolve_target
 from evoproxy.errors import ConfigError
-from evoproxy.scoring import proxy_label
+from evoproxy.scoring.scorer import proxy_label
 
 __all__ = ["Allocation", "Allocator", "Budget", "allocate", "parse_budget"]
 

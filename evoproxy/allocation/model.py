@@ -10,7 +10,7 @@ Budgets (:func:`parse_budget`), one of
 * ``"uniform-K"``: the model size of the uniform K-bit configuration (searchable layers at K bits,
   fixed layers at their bits), e.g. ``"uniform-3"``;
 * a model size: ``"0.1MB"``, ``"98KB"`` or a bare number (MB); MB = 2^20 bytes, KB = 2^10 bytes, as
-  the tables' ``size_mb`` (weights at their bits + 32-bit biases, :func:`mqbench.quant.model_size_mb`);
+  the tables' ``size_mb`` (weights at their bits + 32-bit biases, :func:`mqbench.quant.fakequant.model_size_mb`);
 * bit operations per image: ``"1.2GBOPs"``, ``"950MBOPs"``, ``"3e8BOPs"`` (prefixes K/M/G/T = 10^3/6/9/12;
   BOPs = Σ MACs x weight bits x activation bits, the tables' ``bops_g`` x 10^9).
 
@@ -88,8 +88,8 @@ class ModelInfo:
 
     model: str
     meta: dict
-    table: object  # mqbench.table.MQTable
-    ptq: object  # mqbench.ptq.PTQSettings
+    table: object  # mqbench.bench.table.MQTable
+    ptq: object  # mqbench.quant.ptq.PTQSettings
     checkpoint: str
     fp_model: object = None
     batch_size: int = BATCH
@@ -130,7 +130,7 @@ class ModelInfo:
         return self.total_bits((0,) * len(self.searchable))
 
     def size_mb(self, config) -> float:
-        from mqbench.quant import model_size_mb
+        from mqbench.quant.fakequant import model_size_mb
 
         return model_size_mb(self.meta["layer_params"], self.meta["layer_bias"], self.full_bits(config))
 
@@ -138,7 +138,7 @@ class ModelInfo:
         return int(sum(int(m) * b * self.act_bits for m, b in zip(self.meta["layer_macs"], self.full_bits(config))))
 
     def bops_g(self, config) -> float:
-        from mqbench.quant import bops
+        from mqbench.quant.fakequant import bops
 
         return bops(self.meta["layer_macs"], self.full_bits(config), self.act_bits) / 1e9
 
@@ -167,14 +167,14 @@ class ModelInfo:
     def batch(self):
         """The proxies' batch: ``batch_size`` CIFAR-10 training images, seed 0, the checkpoint's normalization."""
         if self._batch is None:
-            from mqbench.cifar10 import sample_batch
+            from mqbench.data.cifar10 import sample_batch
 
             self._batch = sample_batch("train", self.batch_size, seed=0, normalization=self.meta["normalization"])
         return self._batch
 
 
 def table_path(model: str) -> Path:
-    from mqbench.benchmarks import TABLES_DIR
+    from mqbench.bench.benchmarks import TABLES_DIR
 
     return TABLES_DIR / f"{model}_cifar10_w234a8.csv"
 
@@ -182,14 +182,14 @@ def table_path(model: str) -> Path:
 def load_model(model: str, table: str | Path | None = None, batch: int = BATCH) -> ModelInfo:
     """The allocation problem of ``model`` from its committed MQ-Bench table (or ``table``) and its checkpoint."""
     from mqbench.networks.resnet_cifar import load_pretrained
-    from mqbench.ptq import PTQSettings
-    from mqbench.table import MQTable
+    from mqbench.quant.ptq import PTQSettings
+    from mqbench.bench.table import MQTable
 
     if not isinstance(model, str) or not model.startswith("resnet") or not model.removeprefix("resnet").isdigit():
         raise ConfigError(f"unknown model {model!r}: expected a CIFAR ResNet with an MQ-Bench table, such as resnet20")
     path = Path(table) if table is not None else table_path(model)
     if table is None and not path.exists():
-        from mqbench.benchmarks import TABLES_DIR
+        from mqbench.bench.benchmarks import TABLES_DIR
 
         known = sorted(p.name.split("_")[0] for p in TABLES_DIR.glob("*_cifar10_w234a8.csv"))
         raise ConfigError(f"no MQ-Bench table for {model} ({path.name}); models with a table: {', '.join(known)}")

@@ -1,6 +1,6 @@
 """PTQ top-1 of chosen configurations, as the MQ-Bench table builder computes it, cached in a CSV.
 
-Each configuration goes through ``mqbench.build.evaluate_config`` with the table's ``PTQSettings``, so
+Each configuration goes through ``mqbench.bench.build.evaluate_config`` with the table's ``PTQSettings``, so
 top-1 is comparable with the table rows (rounded to 2 decimals, as the table stores it). The cache
 has one fsynced line per configuration, keyed by (model, bits, checkpoint sha256, PTQ settings hash);
 a torn last line (a crash mid-write) is cut off when read.
@@ -20,8 +20,8 @@ CACHE_COLUMNS = ("model", "bits", "top1", "size_mb", "bops_g", "calib_seed", "fp
 
 
 def default_cache() -> Path:
-    """``<cache root>/allocation/ptq_cache.csv`` (see :func:`mqbench.dataroot.cache_root`)."""
-    from mqbench.dataroot import cache_root
+    """``<cache root>/allocation/ptq_cache.csv`` (see :func:`mqbench.data.dataroot.cache_root`)."""
+    from mqbench.data.dataroot import cache_root
 
     return cache_root() / "allocation" / "ptq_cache.csv"
 
@@ -52,7 +52,7 @@ class PTQRunner:
     """PTQ top-1 of configurations (searchable-layer bit tuples) of one model, cached in ``cache_path``."""
 
     def __init__(self, info, cache_path: str | Path | None = None, progress: bool = False):
-        from mqbench.build import bits_from_str
+        from mqbench.bench.build import bits_from_str
 
         self.info = info
         self.path = Path(cache_path) if cache_path is not None else default_cache()
@@ -70,7 +70,7 @@ class PTQRunner:
         """{config: top-1 %} for every configuration, running PTQ for those not cached yet."""
         from tqdm import tqdm
 
-        from mqbench.build import BuildJob, bits_to_str, evaluate_config
+        from mqbench.bench.build import BuildJob, bits_to_str, evaluate_config
 
         todo = list(dict.fromkeys(tuple(c) for c in configs if tuple(c) not in self.known))
         if todo:

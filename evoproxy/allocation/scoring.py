@@ -1,19 +1,19 @@
 """Allocation's driver: a proxy's score of one bit configuration of a model.
 
-    target = resolve_target(proxy)           # a Scorer (evoproxy.scoring.as_scorer) or an objective fn(config)
+    target = resolve_target(proxy)           # a Scorer (evoproxy.scoring.scorer.as_scorer) or an objective fn(config)
     score = config_scorer(info, target)      # score(config) -> float; config = bits of the searchable layers
 
 What allocation maximises is either
 
-* a :class:`~evoproxy.scoring.Scorer`, the one description of a proxy (a registered MQ baseline name, a proxy
+* a :class:`~evoproxy.scoring.scorer.Scorer`, the one description of a proxy (a registered MQ baseline name, a proxy
   file, a ``Proxy``, a calibrated proxy, or ``callable_scorer(f)`` for ``f(model, inputs, targets, bit_config)``):
   the driver builds what the scorer's kind reads for the configuration and asks the scorer for its value
-  (:meth:`~evoproxy.scoring.Scorer.bind`), as the evaluation driver does for benchmark items:
+  (:meth:`~evoproxy.scoring.scorer.Scorer.bind`), as the evaluation driver does for benchmark items:
 
   - statistics: the FP network's statistics extracted once, the quantization statistics (``weight_q``,
     ``quant_error``, ``bitwidth``, ``size_mb``) added per configuration (:func:`primitives.items.with_bit_config`,
     one quantization per layer and bit-width);
-  - a :class:`~evoproxy.baselines.ProxyContext` of the FP network with the configuration's bits (per-network
+  - a :class:`~evoproxy.scoring.baselines.ProxyContext` of the FP network with the configuration's bits (per-network
     caches such as Hessian traces are paid once);
 
 * or an *objective*: a plain callable ``fn(config) -> float`` of the configuration itself (higher = better),
@@ -27,15 +27,15 @@ import math
 from typing import Callable
 
 from evoproxy.errors import ConfigError, EvoproxyError
-from evoproxy.scoring import CONTEXT, STATISTICS, Scorer, as_scorer, reason
+from evoproxy.scoring.scorer import CONTEXT, STATISTICS, Scorer, as_scorer, reason
 from primitives.items import PROXY_SEED
 
 
 def resolve_target(proxy):
     """What allocation maximises: an objective (a plain callable ``fn(config)``) as is, else the proxy's
-    :class:`Scorer` (:func:`evoproxy.scoring.as_scorer`: ConfigError listing the registered names for an unknown
+    :class:`Scorer` (:func:`evoproxy.scoring.scorer.as_scorer`: ConfigError listing the registered names for an unknown
     one), which must score bit configurations (ConfigError for a baseline of networks)."""
-    from evoproxy.baselines import proxy_names
+    from evoproxy.scoring.baselines import proxy_names
 
     if callable(proxy):
         return proxy
@@ -57,11 +57,11 @@ def config_scorer(info, target) -> Callable[[tuple], float]:
 
 def _statistics_source(info, scorer: Scorer) -> Callable[[tuple], object]:
     """config -> the model's NetworkStats with that configuration's quantization statistics: FP statistics once,
-    quantization statistics added per configuration (the scoring path's protocol, :func:`evoproxy.scoring.proxy_statistics`)."""
+    quantization statistics added per configuration (the scoring path's protocol, :func:`evoproxy.scoring.scorer.proxy_statistics`)."""
     import copy
 
-    from evoproxy.scoring import proxy_statistics
-    from mqbench.quant import quantize_weight
+    from evoproxy.scoring.scorer import proxy_statistics
+    from mqbench.quant.fakequant import quantize_weight
     from primitives.items import split_names, with_bit_config
 
     inputs, targets = info.batch()
@@ -73,8 +73,8 @@ def _statistics_source(info, scorer: Scorer) -> Callable[[tuple], object]:
 
 def _context_source(info, scorer: Scorer) -> Callable[[tuple], object]:
     """config -> a ProxyContext of the FP network with that configuration's bits, as the evaluation driver builds it."""
-    from evoproxy.baselines import ProxyContext
-    from mqbench.quant import quantize_weight
+    from evoproxy.scoring.baselines import ProxyContext
+    from mqbench.quant.fakequant import quantize_weight
 
     inputs, targets = info.batch()
     prefetch = tuple(sorted(scorer.needs))

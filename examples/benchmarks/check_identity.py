@@ -30,7 +30,7 @@ def main(which: list[str]) -> int:
     os.environ["EVOPROXY_CACHE"] = tempfile.mkdtemp(prefix="evoproxy-identity-")
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
-    from evoproxy.evaluation import proxy_reports
+    from evoproxy.scoring.evaluation import proxy_reports
 
     worst = 0.0
     for key in which or list(PAIRS):

@@ -188,7 +188,7 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50,
     "mobilenet_v2": mobilenet_v2,
 }
-# The data-root item (mqbench.dataroot.KNOWN) holding each network's torchvision checkpoint.
+# The data-root item (mqbench.data.dataroot.KNOWN) holding each network's torchvision checkpoint.
 CHECKPOINT_ITEMS = {name: f"{name}-imagenet" for name in NETWORKS}
 
 
@@ -228,7 +228,7 @@ def load_imagenet_checkpoint(name: str, path: str | Path | None = None, num_clas
     :class:`DataError` naming the first missing and unexpected keys). The model carries
     ``checkpoint_path``, ``checkpoint_sha256`` and ``normalization`` attributes.
     """
-    from mqbench.dataroot import file_sha256, require
+    from mqbench.data.dataroot import file_sha256, require
     from mqbench.networks.resnet_cifar import load_checkpoint_state
 
     model = build_network(name, num_classes)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.dataroot import file_sha256
+from mqbench.data.dataroot import file_sha256
 
 DEPTHS = (20, 32, 44, 56, 110)
 # The released checkpoints were trained with these (ImageNet) statistics, not CIFAR's.
@@ -101,7 +101,7 @@ def load_pretrained(depth: int, path: str | Path | None = None) -> CifarResNet:
     ``checkpoint_path``, ``checkpoint_sha256`` and ``normalization`` attributes.
     """
     if path is None:
-        from mqbench.dataroot import require
+        from mqbench.data.dataroot import require
 
         path = require(f"resnet{depth}") if f"resnet{depth}" in _known_keys() else None
         if path is None:
@@ -122,6 +122,6 @@ def load_pretrained(depth: int, path: str | Path | None = None) -> CifarResNet:
 
 
 def _known_keys() -> set[str]:
-    from mqbench.dataroot import KNOWN
+    from mqbench.data.dataroot import KNOWN
 
     return set(KNOWN)
