@@ -64,8 +64,8 @@ def main(argv=None) -> int:
     import random
     import tempfile
 
-    from evoproxy.evolution import Search
-    from evoproxy.searchconfig import SearchConfig
+    from evoproxy.evolution.engine import Search
+    from evoproxy.evolution.searchconfig import SearchConfig
 
     with tempfile.TemporaryDirectory(prefix="trace-") as out:
         config = SearchConfig(bench="nb201-cifar10", out=out, samples=args.samples, seed=0, jobs=1,
