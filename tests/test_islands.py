@@ -119,16 +119,17 @@ def test_cost_bound_rejects_deterministically(stats):
 
 
 def test_time_budget_sizes_follow_the_rule():
-    # neither size given: square schedule, total population sqrt(F / 4.5) rounded down to the ladder; generations open
-    assert choose_sizes(10.0, 600.0, 1, None, None) == (32, MAX_GENERATIONS)  # F = 6000: sqrt(1333) = 36.5 -> 32
-    assert choose_sizes(10.0, 600.0, 4, None, None) == (8, MAX_GENERATIONS)  # 36.5 / 4 = 9.1 -> 8
+    # neither size given: a schedule 4x wider than long, total population sqrt(4 F / 4.5) rounded down to the ladder;
+    # generations open
+    assert choose_sizes(10.0, 600.0, 1, None, None) == (64, MAX_GENERATIONS)  # F = 6000: sqrt(5333) = 73.0 -> 64
+    assert choose_sizes(10.0, 600.0, 4, None, None) == (16, MAX_GENERATIONS)  # 73.0 / 4 = 18.3 -> 16
     assert choose_sizes(10.0, 600.0, 1, 32, None) == (32, MAX_GENERATIONS)
     assert choose_sizes(10.0, 600.0, 1, None, 29) == (32, 29)  # 6000 / (4.5 * 30) = 44.4 -> 32
     assert choose_sizes(0.0, 600.0, 1, None, None) == (MIN_POPULATION, MAX_GENERATIONS)  # nothing affordable
     assert choose_sizes(1e9, 1e9, 1, None, None)[0] == POPULATIONS[-1]
-    assert choose_sizes(10.0, 600.0, 1, None, None, smallest=40) == (40, MAX_GENERATIONS)  # above elites/migrants
+    assert choose_sizes(1.0, 600.0, 1, None, None, smallest=40) == (40, MAX_GENERATIONS)  # above elites/migrants
     # a run of the same command a few percent faster or slower gets the same population
-    assert {choose_sizes(10.0 * f, 600.0, 1, None, None)[0] for f in (0.9, 0.95, 1.0, 1.05)} == {32}
+    assert {choose_sizes(10.0 * f, 600.0, 1, None, None)[0] for f in (0.9, 0.95, 1.0, 1.05)} == {64}
 
 
 def test_stop_rule_learns_the_pace_and_patience():
