@@ -45,11 +45,11 @@ def evaluate(bench: str, proxies, *, samples: int | None = 100, seed: int = 0, s
     ``f(model, inputs, targets, bit_config)``) on one sample of ``bench`` and correlate with its ground truth.
 
     ``options``: ``table``, ``gt_column_name``, ``jobs``, ``batch``, ``progress``, ``checkpoint``
-    (see :func:`evoproxy.evaluation.evaluate`)."""
-    from evoproxy.evaluation import evaluate as run
+    (see :func:`evoproxy.evaluation.proxy_reports`)."""
+    from evoproxy.evaluation import proxy_reports
 
     items: dict = {}
-    reports = run(bench, proxies, samples, seed, split, items=items, **options)
+    reports = proxy_reports(bench, proxies, samples, seed, split, items=items, **options)
     return Evaluation(reports, items)
 
 

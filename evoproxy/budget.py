@@ -10,17 +10,12 @@ generation 0 from the rate it measures on this machine:
    start-up: a 600 s NB201 run measured 1.8 trees/s and then evolved at about 20.) Every scored tree
    stays in the memo.
 2. **Afford**: ``F = rate * (time_budget - seconds spent so far)`` trees.
-3. **Population** (when not given): a schedule ``POPULATION_PER_GENERATION`` times wider than long, total
-   ``sqrt(POPULATION_PER_GENERATION * F / TREES_PER_SLOT)`` (or
+3. **Population** (when not given): a square schedule, total ``sqrt(F / TREES_PER_SLOT)`` (or
    ``F / (TREES_PER_SLOT * (generations + 1))`` when the generations are given), split over the
    islands and rounded *down* to the ladder ``POPULATIONS`` (steps of 1.5x), so that the small
    differences between runs of one command on one machine give the same population. A generation with
    multi-fidelity scores ``TREES_PER_SLOT`` = 4.5 trees per population slot (the committed
-   multi-fidelity runs, ``results/multi_fidelity/runs``: 4.1-4.9 in evolved generations). Wide, not square:
-   on NAS-Bench-201 a square 300 s schedule (population 24) collapsed to one ranking by generation 16 and
-   then looped for 148 generations of cached children at search Spearman 0.785, where a formula scoring
-   0.894 on the same sample exists; population 64 had reached 0.94 by generation 10
-   (``results/search_ablation/square_rule``).
+   multi-fidelity runs, ``results/multi_fidelity/runs``: 4.1-4.9 in evolved generations).
 4. **Re-sized once at its real pace**: random calibration trees are rejected more often (hence are
    cheaper) than children, so after generation ``RESIZE_AFTER`` the population is sized again, by the same
    rule, from the trees per second of the evolved generations so far and the seconds left (``sizing.resized``
@@ -43,7 +38,6 @@ import math
 WARMUP_TREES = 16
 CALIBRATION_TREES = 64
 TREES_PER_SLOT = 4.5
-POPULATION_PER_GENERATION = 4  # the schedule's shape: population = 4 x the generations it can afford
 POPULATIONS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 MIN_POPULATION, MAX_POPULATION = POPULATIONS[0], POPULATIONS[-1]
 MAX_GENERATIONS = 10_000  # "open": the budget or --patience ends the run
@@ -63,7 +57,7 @@ def choose_sizes(rate: float, seconds: float, islands: int, population: int | No
     afford = max(rate, 0.0) * max(seconds, 0.0)
     if population is None:
         if generations is None:
-            total = math.sqrt(POPULATION_PER_GENERATION * afford / TREES_PER_SLOT)
+            total = math.sqrt(afford / TREES_PER_SLOT)
         else:
             total = afford / (TREES_PER_SLOT * (generations + 1))
         population = on_ladder(total / islands, smallest)
@@ -111,7 +105,7 @@ def sizing_record(rate: float, trees: int, seconds: float, left: float, populati
     return {"sized_by": "time_budget", "machine_dependent": True,
             "wall_clock": "time_budget is the only wall-clock setting; screening uses the deterministic --screen-cost",
             "rule": "evoproxy.budget: rate from calibration trees after a warm-up; F = rate * seconds left; "
-                    f"population sqrt({POPULATION_PER_GENERATION} F / {TREES_PER_SLOT:g}) on the ladder {list(POPULATIONS)}; generations open: "
+                    f"population sqrt(F / {TREES_PER_SLOT:g}) on the ladder {list(POPULATIONS)}; generations open: "
                     "until the next would pass the budget (the pace of the last generations) or --patience",
             "warmup_trees": WARMUP_TREES, "calibration_trees": trees, "calibration_seconds": round(seconds, 3),
             "trees_per_second": round(rate, 3), "seconds_left": round(left, 3),

@@ -4,8 +4,8 @@
     proxy.save("runs/a/calibrated.json")                                       # evaluate / allocate / export it
 
 A proxy whose tree's root aggregates over layers (``layer_sum``, ``layer_mean``, ``layer_meanlog``,
-``layer_pweighted``) is a sum of per-layer terms t_l (:func:`evoproxy.vectorised.layer_terms`: the
-aggregation's share of layer l). Calibration replaces that sum by sum_l w_p(l) t_l with one weight per
+``layer_pweighted``) is a sum of per-layer terms t_l (:func:`evoproxy.tree.layer_terms_on`: the
+aggregation's share of layer l, from the search's evaluator). Calibration replaces that sum by sum_l w_p(l) t_l with one weight per
 *layer position* p, the layer's name and weight shape (:func:`evoproxy.opkernels.layer_position`): on
 NAS-Bench-201 the name gives cell x edge and the kernel size the operation (``cells.7.edges.3_1.1:16x16x3x3``
 is a 3x3 conv on edge 1->3 of cell 7); on an MQ table every item has the same layers, so a position is a
@@ -28,19 +28,6 @@ import statistics
 
 from evoproxy.errors import ConfigError
 from evoproxy.tree import LAYER_WEIGHTS_KEY as KEY  # opkernels.layer_position keys
-
-
-def _terms(proxy, stats) -> tuple[list[str], list[float]]:
-    """(layer positions, layer terms) of ``proxy`` on one ``NetworkStats``: the terms of the layer-value matrix of
-    the search's evaluator (:func:`evoproxy.vectorised.layer_terms`) on a stack of one network."""
-    from evoproxy.vectorised import layer_terms, stack
-
-    st = stack([stats], names=proxy.tree.terminals(), positions=True)
-    result = layer_terms(proxy.tree.to_json(), st, 0, 1)
-    if result.error is not None:
-        raise result.error[1]
-    keys = st.positions[0]
-    return keys, [float(t) for t in result.values[0][:len(keys)]]
 
 
 def fit_weights(rows: list[tuple[list[str], list[float]]], truth, orientation: int = 1, *, weight_decay: float = 0.01,
@@ -96,7 +83,7 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
     from evoproxy.ops import OPS
     from evoproxy.tree import Proxy, load_proxy
     from mqbench.benchmarks import BenchRef
-    from primitives.items import items_statistics
+    from primitives.workspace import Workspace
 
     proxy = load_proxy(proxy) if not isinstance(proxy, Proxy) else proxy
     if OPS[proxy.tree.name].kind != "aggregate":
@@ -108,7 +95,7 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
     b.verify()
     ids = b.sample(samples, seed, "search")
     truth = [float(v) for v in b.ground_truth(ids)]
-    stats = items_statistics(ref, ids, proxy.statistics_request(batch), progress=progress)
+    stats = Workspace(ref, b).statistics(ids, proxy.statistics_request(batch), progress=progress)
     out = calibrate_on(proxy, stats, truth, weight_decay=weight_decay, temperature=temperature, steps=steps)
     out.layer_weights["fit"].update({"bench": bench, "split": "search", "samples": len(ids), "seed": seed,
                                      "batch": batch})
@@ -116,17 +103,19 @@ def calibrate(proxy, bench: str, samples: int = 50, seed: int = 0, *, batch: int
 
 
 def term_rows(proxy, stats) -> list:
-    """(layer positions, layer terms) of ``proxy`` per item's ``NetworkStats``; None where a term fails or is
-    not finite."""
+    """(layer positions, layer terms) of ``proxy`` per item's ``NetworkStats`` (:func:`evoproxy.tree.layer_terms_on`,
+    the terms a calibrated proxy's weights multiply when it is scored); None where a term fails or is not finite."""
     from evoproxy.opkernels import OpError
+    from evoproxy.tree import layer_terms_on
 
     rows = []
     for st in stats:
         try:
-            names, terms = _terms(proxy, st)
+            names, terms = layer_terms_on(proxy.tree, st)
         except (OpError, ArithmeticError):
             rows.append(None)
             continue
+        terms = [float(t) for t in terms]
         rows.append((names, terms) if all(math.isfinite(t) for t in terms) else None)
     return rows
 

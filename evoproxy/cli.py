@@ -209,7 +209,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from evoproxy.evaluation import caption, evaluate, human_report
+    from evoproxy.evaluation import caption, human_report, proxy_reports
     from evoproxy.metrics import json_safe
 
     items = None
@@ -222,9 +222,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(f"--plot: {exc}") from exc
         items = {}
-    reports = evaluate(args.bench, [args.proxy], args.samples, args.seed, args.split, table=args.table,
-                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, items=items,
-                       checkpoint=args.checkpoint, device=args.device)
+    reports = proxy_reports(args.bench, [args.proxy], args.samples, args.seed, args.split, table=args.table,
+                            gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, items=items,
+                            checkpoint=args.checkpoint, device=args.device)
     name = next(iter(reports))
     rep = reports[name]
     if args.plot:
@@ -262,7 +262,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
     from evoproxy.baselines import describe, proxy_names
     from evoproxy.errors import ConfigError
-    from evoproxy.evaluation import evaluate, human_report, write_baselines
+    from evoproxy.evaluation import human_report, proxy_reports, write_baselines
     from mqbench.benchmarks import BenchRef
     from evoproxy.metrics import json_safe
 
@@ -278,9 +278,9 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     else:
         _, bench = BenchRef.resolve(args.bench, args.table, args.gt_column, args.checkpoint)
         names = proxy_names(bench.kind)
-    reports = evaluate(args.bench, names, args.samples, args.seed, args.split, table=args.table,
-                       gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint,
-                       device=args.device)
+    reports = proxy_reports(args.bench, names, args.samples, args.seed, args.split, table=args.table,
+                            gt_column_name=args.gt_column, jobs=args.jobs, batch=args.batch, checkpoint=args.checkpoint,
+                            device=args.device)
     out = Path(args.out) if args.out else (Path(__file__).resolve().parent.parent / "results" / "baselines" /
                                            f"{Path(args.bench).stem if args.bench.endswith('.toml') else args.bench}"
                                            f"_{args.split}_n{args.samples}_seed{args.seed}")

@@ -172,18 +172,19 @@ class ProxySearch:
         from tqdm import tqdm
 
         from mqbench.spec import one_line
-        from primitives.items import items_statistics
+        from primitives.workspace import Workspace
 
         folder = out / "benchmark"
         self._write(bench, folder, train, hold)
         if bench.kind == "mq":
             return {}  # one network: the search extracts it once, in this process
         ref, ids, recipe = self._recipe(self._config(str(folder / "search.toml"), str(out), **self._sizes(train, bench)))
+        workspace = Workspace(ref)
         new = {}
         progress = self.settings.get("progress", True)
         for item in tqdm(ids, desc="statistics", unit="net", file=sys.stderr, disable=not progress):
             try:
-                items_statistics(ref, [item], recipe.request, jobs=1, progress=False, cache_dir=recipe.cache_dir)
+                workspace.statistics([item], recipe.request, jobs=1, progress=False, cache_dir=recipe.cache_dir)
             except Exception as exc:
                 new[int(item)] = f"statistics extraction failed: {one_line(exc)}"
         if new:
@@ -191,18 +192,14 @@ class ProxySearch:
             if len(train) < 4:
                 raise ConfigError(f"only {len(train)} items extract; need >= 4 (first failure: {next(iter(new.values()))})")
             self._write(bench, folder, train, hold)
-            ref, ids, recipe = self._recipe(self._config(str(folder / "search.toml"), str(out), **self._sizes(train, bench)))
-        from evoproxy.searchdata import load_stats
-
-        load_stats(recipe, jobs=1, progress=False)  # from the cache; memoised for the search in this process
         return new
 
     @staticmethod
     def _recipe(c):
         """The search's statistics recipe for config ``c``, computed as ``evolution.Search._prepare`` does
-        (benchmark handle, search sample, terminals, probes); an equal recipe makes the search's
-        ``load_stats`` a memo hit. If the two ever drift apart the search still runs (it extracts what it
-        is missing itself, in this process with ``jobs=1``)."""
+        (benchmark handle, search sample, terminals, probes); an equal recipe makes the search read every
+        statistic from the disk cache. If the two ever drift apart the search still runs (it extracts what it
+        is missing itself)."""
         from evoproxy.searchdata import DataRecipe
         from evoproxy.searchsample import search_items
         from evoproxy.space import SearchSpace

@@ -1,7 +1,7 @@
 """Score proxies on a benchmark sample and correlate them with the ground truth.
 
-    from evoproxy.evaluation import evaluate
-    reports = evaluate("nb201-cifar10", ["snip", "runs/a/best.json", my_proxy, my_fn], samples=100, seed=0)
+    from evoproxy.evaluation import proxy_reports
+    reports = proxy_reports("nb201-cifar10", ["snip", "runs/a/best.json", my_proxy, my_fn], samples=100, seed=0)
     reports["snip"]["spearman"]
 
 Protocol: ``ids = bench.sample(samples, seed, split)``; every proxy scores every item through
@@ -58,10 +58,10 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, split: str = "holdout", *,
-             table: str | Path | None = None, gt_column_name: str | None = None, jobs: int = 1, batch: int = 64,
-             progress: bool = True, items: dict | None = None, checkpoint: str | Path | None = None,
-             device: str | None = None) -> dict:
+def proxy_reports(bench: str, proxies, samples: int | None = 100, seed: int = 0, split: str = "holdout", *,
+                  table: str | Path | None = None, gt_column_name: str | None = None, jobs: int = 1, batch: int = 64,
+                  progress: bool = True, items: dict | None = None, checkpoint: str | Path | None = None,
+                  device: str | None = None) -> dict:
     """{label: report} for every proxy on the same sample and batch (see the module docstring).
 
     ``proxies``: registered names, proxy files, ``Proxy`` objects or callables (see :mod:`evoproxy.scoring`).
@@ -73,6 +73,7 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     from evoproxy.scoring import check_compatible, resolve_scorers, score_items
     from mqbench.benchmarks import BenchRef
     from mqbench.dataroot import portable_path
+    from primitives.workspace import Workspace
 
     from mqbench.devices import resolve_device
 
@@ -90,7 +91,7 @@ def evaluate(bench: str, proxies, samples: int | None = 100, seed: int = 0, spli
     size = np.asarray(b.size(ids), dtype=float)
     labels = [sc.label for sc in scorers]
     desc = labels[0] if len(labels) == 1 else f"{len(labels)} proxies"
-    results = score_items(ref, ids, scorers, batch, jobs=jobs, progress=progress, desc=desc, device=device)
+    results = score_items(Workspace(ref, b), ids, scorers, batch, jobs=jobs, progress=progress, desc=desc, device=device)
     check_not_all_failed(results, labels)
     settings = {"bench": bench, "split": split, "seed": seed, "samples": len(ids), "batch": batch,
                 "gt_column": b.gt_column, "table": portable_path(b.source)}

@@ -9,7 +9,9 @@
 Protocol
 --------
 * Search samples: ``bench.sample(samples, seed, "search")`` — the benchmark's search split only.
-  Their statistics are extracted once (``searchdata.load_stats``, disk-cached).
+  Their statistics are extracted once (:func:`evoproxy.searchdata.load_samples`, disk-cached) into the
+  benchmark's workspace (:class:`primitives.workspace.Workspace`); the search holds them and passes them to
+  the scorers (worker processes build their own once).
 * Generation 0: random trees until ``population`` valid, distinct candidates.
 * Generation g >= 1: the ``elites`` best survive; the rest of the population is refilled with
   children (parents by :func:`evoproxy.selection.select_parents`; crossover with probability
@@ -82,18 +84,20 @@ class Search:
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> None:
         from evoproxy.scoring import reason
-        from evoproxy.searchdata import DataRecipe, load_stats
+        from evoproxy.searchdata import DataRecipe, load_samples
         from evoproxy.searchsample import search_items, validation_count
         from evoproxy.space import SearchSpace
         from evoproxy.validation import Validation
         from mqbench.benchmarks import BenchRef
         from primitives.core import REGISTRY
         from primitives.items import available_names, uses_hessian
+        from primitives.workspace import Workspace
 
         c = self.config
         ref, bench = BenchRef.resolve(c.bench, c.table, c.gt_column, c.checkpoint)
         bench.verify()
         self.bench = bench
+        workspace = Workspace(ref, bench)
         probes = c.hutchinson_probes if c.hutchinson_probes is not None else bench.default_probes
         self.probes = probes
         available = [n for n in available_names(bench) if probes > 0 or not uses_hessian([n])]  # --terminals may name any
@@ -111,16 +115,17 @@ class Search:
                   f"{'' if self.val_ids else '; best.json is the best fitness'}", file=sys.stderr)
         self.truth = np.asarray(bench.ground_truth(self.ids), dtype=float)
         self.size = np.asarray(bench.size(self.ids), dtype=float)
-        self.recipe = DataRecipe.for_bench(ref, self.ids, self.space.terminals, probes, c.noise_std, c.batch,
-                                           device=c.device)
+        recipe = DataRecipe.for_bench(ref, self.ids, self.space.terminals, probes, c.noise_std, c.batch,
+                                      device=c.device)
         try:
-            self.stats = load_stats(self.recipe, jobs=c.jobs, progress=c.progress)
+            self.samples = load_samples(recipe, workspace, jobs=c.jobs, progress=c.progress)
         except EvoproxyError:
             raise
         except Exception as exc:  # nothing can be searched without the samples' statistics
             raise ConfigError(f"extracting the statistics of the {len(self.ids)} search samples failed: {reason(exc)}") from None
         self.validation = None if not self.val_ids else Validation(
-            DataRecipe.for_bench(ref, self.val_ids, self.space.terminals, probes, c.noise_std, c.batch, device=c.device),
+            workspace, DataRecipe.for_bench(ref, self.val_ids, self.space.terminals, probes, c.noise_std, c.batch,
+                                            device=c.device),
             bench.ground_truth(self.val_ids), bench.size(self.val_ids), c.fitness, c.seed, jobs=c.jobs, progress=c.progress)
         self.n_screen = min(c.screen_samples, len(self.ids))
         self.race_plan = self._race_plan()

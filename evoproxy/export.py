@@ -7,7 +7,8 @@
 
 The generated module states the proxy first: its settings, ``score``, ``formula`` (the tree as straight-line
 torch code, one assignment per node: :func:`evoproxy.codegen.formula_lines`) and ``primitives`` (the pass steps
-its primitives need, :func:`primitives.passes.pass_steps`, and their primitive functions). Below follows the
+and forward recorders its primitives need, :func:`primitives.passes.pass_steps` and ``pass_recorders``, and their
+primitive functions, each called on what its pass recorded or on the layer). Below follows the
 library's own code that these reach (:func:`evoproxy.codegen.pick`) from the torch-only kernel modules
 (``KERNELS``: passes, primitive functions, operator kernels, the PTQ quantizer), plus the source of any
 registered operator defined elsewhere. Nothing numeric is written here, so the generated module computes what
@@ -25,9 +26,9 @@ from evoproxy.errors import ConfigError
 from evoproxy.ops import OPS
 from evoproxy.opkernels import LAYER_TERMS
 from evoproxy.tree import Proxy, load_proxy
-from primitives.core import HESSIAN, INPUT_PASSES, QUANT, REGISTRY, pass_needs
+from primitives.core import HESSIAN, INPUT_PASSES, QUANT, REGISTRY, STATIC, pass_needs
 from primitives.kernels import DATA
-from primitives.passes import pass_steps
+from primitives.passes import pass_recorders, pass_steps
 
 
 def _check_exportable(proxy: Proxy) -> None:
@@ -73,30 +74,25 @@ TEMPLATE = '''{settings}
 
 def score(model, inputs, targets, bit_config=None, *, seed=SEED):
     """ORIENTATION * formula(...) on the model's primitives: higher predicts a more accurate {what}."""
-    layers, counts, names = primitives(model, inputs, targets, bit_config, seed=seed, with_names=True)
-    return ORIENTATION * formula(layers, counts, names)
+    return ORIENTATION * formula(*primitives(model, inputs, targets{bits}, seed=seed))
 
 
-def formula(layers, counts, names=None):
+def formula(layers, counts{names}):
     """{formula_doc}"""
     with torch.no_grad():
 {body}
     return float({result}[0])
 
 
-def primitives(model, inputs, targets, bit_config=None, *, seed=SEED, with_names=False):
-    """(per layer {{primitive name: tensor}}, per layer weight count[, position keys]), in forward order."""
+def primitives(model, inputs, targets{bits}, *, seed=SEED):
+    """(per layer {{primitive name: tensor}}, per layer weight count{names_doc}), in forward order."""
 {bits_check}    with fixed_threads(THREADS):
-        candidates = layer_candidates(model)
         x, y = prepare_batch(model, inputs, targets)
-        run = PassRun(model, candidates, x, y, PASSES, HUTCHINSON_PROBES, int(seed), NOISE_STD, CHANNELS_LAST)
+        run = PassRun(model, layer_candidates(model), x, y, PASSES, {run_args})
         layers, captures, _ = run_steps(run, [{steps}])
-        contexts = layer_contexts(model, layers, {bits}, {quantizer})
-        values = [{{{prims}}} for ctx in contexts]
-        counts = [math.prod(l.module.weight.shape) for l in layers]
-    if with_names:
-        return values, counts, [layer_position(l.name, l.module.weight.shape) for l in layers]
-    return values, counts'''
+{contexts}        values = [{{{prims}}} for i in range(len(layers))]
+    counts = [math.prod(l.module.weight.shape) for l in layers]
+    return values, counts{positions}'''
 BITS_CHECK = '''    if bit_config is None:
         raise ValueError("this proxy scores a bit configuration: pass bit_config (weight bits per Conv2d/Linear "
                          "in forward order, or a dict layer name -> bits)")
@@ -109,17 +105,32 @@ def _settings(proxy: Proxy, passes: dict) -> list[str]:
                      for p, needs in passes.items())
     out = [f"ORIENTATION = {proxy.orientation}",
            "SEED = 0  # seeds the noise / perturbation / Hutchinson generators (the evaluator's PROXY_SEED)",
-           "THREADS = 1  # torch intra-op threads while computing (results depend on it at float32 rounding)",
-           "CHANNELS_LAST = True  # input passes on channels_last inputs (primitives.extract's default)",
-           f"NOISE_STD = {float(proxy.extraction.get('noise_std', 0.01))!r}",
-           f"HUTCHINSON_PROBES = {int(proxy.extraction.get('hutchinson_probes', 0))}",
-           f"PASSES = {{{sets}}}  # pass -> what it records"]
+           "THREADS = 1  # torch intra-op threads while computing (results depend on it at float32 rounding)"]
+    if any(p in passes for p in INPUT_PASSES[1:]):
+        out.append(f"NOISE_STD = {float(proxy.extraction.get('noise_std', 0.01))!r}")
+    if HESSIAN in passes:
+        out.append(f"HUTCHINSON_PROBES = {int(proxy.extraction.get('hutchinson_probes', 0))}")
+    out.append(f"PASSES = {{{sets}}}  # pass -> what it records")
     weights = proxy.layer_weights
     if weights:
         out += ["# evoproxy calibrate: layer position (layer_position) -> weight of its term in the root's sum",
                 _packed("LAYER_WEIGHTS = {", [f"{k!r}: {v!r}" for k, v in weights["weights"].items()], "}"),
                 f"LAYER_WEIGHT_DEFAULT = {float(weights.get('default', 1.0))!r}"]
     return out
+
+
+def _run_args(passes: dict) -> str:
+    """The PassRun settings the passes use (the others keep their defaults)."""
+    args = ["seed=int(seed)"]
+    if any(p in passes for p in INPUT_PASSES[1:]):
+        args.append("noise_std=NOISE_STD")
+    if HESSIAN in passes:
+        args.append("probes=HUTCHINSON_PROBES")
+    recorders = pass_recorders(passes)
+    if recorders:
+        args.append("recorders={" + ", ".join(f'"{p}": ({", ".join(fn.__name__ for fn in fns)},)'
+                                              for p, fns in recorders.items()) + "}")
+    return ", ".join(args)
 
 
 def _packed(start: str, items: list[str], end: str, indent: str = "    ", width: int = 120) -> str:
@@ -143,9 +154,15 @@ def _proxy_code(proxy: Proxy, names: list[str], needs_bits: bool, outside: dict)
     refs = {n: function_ref(OPS[n].fn, f"operator {n!r}", outside) for n in _operator_names(tree)}
     weighted = bool(proxy.layer_weights)
     body, result = formula_lines(tree, refs, LAYER_TERMS[OPS[tree[0]].fn].__name__ if weighted else None)
-    prims = ",\n                   ".join(
-        f'"{n}": owned(compute(ctx, {function_ref(REGISTRY[n].fn, f"primitive {n!r}", outside)}, '
-        f'"{REGISTRY[n].pass_}", captures))' for n in names)
+
+    def value(n: str) -> str:  # a pass's primitive is a function of its capture, the others of the layer
+        source = "contexts[i]" if REGISTRY[n].pass_ in (STATIC, QUANT) else f'captures["{REGISTRY[n].pass_}"][i]'
+        return f'"{n}": owned({function_ref(REGISTRY[n].fn, f"primitive {n!r}", outside)}({source}))'
+
+    contexts = ""
+    if any(REGISTRY[n].pass_ in (STATIC, QUANT) for n in names):
+        bits = "bits_per_layer(bit_config, [l.name for l in layers])" if needs_bits else "[None] * len(layers)"
+        contexts = f"        contexts = layer_contexts(model, layers, {bits}, {'quantize_weight' if needs_bits else None})\n"
     formula_doc = textwrap.fill(
         f"{render(tree)} (before the orientation) on one network: ``layers`` one dict {{primitive name: tensor}} per "
         "layer, ``counts`` each layer's weight count"
@@ -153,10 +170,12 @@ def _proxy_code(proxy: Proxy, names: list[str], needs_bits: bool, outside: dict)
         initial_indent='    """', subsequent_indent="    ")[7:]
     return TEMPLATE.format(
         settings="\n".join(_settings(proxy, passes)), what="bit configuration" if needs_bits else "network",
-        formula_doc=formula_doc, body="\n".join(body), result=result, bits_check=BITS_CHECK if needs_bits else "",
-        steps=", ".join(step.__name__ for step in pass_steps(passes)), prims=prims,
-        bits="bits_per_layer(bit_config, [l.name for l in layers])" if needs_bits else "[None] * len(layers)",
-        quantizer="quantize_weight" if needs_bits else None)
+        bits=", bit_config" if needs_bits else "", names=", names" if weighted else "",
+        names_doc=", per layer position key" if weighted else "", formula_doc=formula_doc, body="\n".join(body),
+        result=result, bits_check=BITS_CHECK if needs_bits else "", run_args=_run_args(passes),
+        steps=", ".join(step.__name__ for step in pass_steps(passes)), contexts=contexts,
+        prims=",\n                   ".join(value(n) for n in names),
+        positions=", [layer_position(l.name, l.module.weight.shape) for l in layers]" if weighted else "")
 
 
 def export_source(proxy: Proxy, module_name: str = "proxy") -> str:

@@ -64,16 +64,17 @@ def synthetic_stats(seed: int = 0, networks: int = 4, batch: int = 8, probes: in
 
 def bench_stats(bench: str, items: int, seed: int = 0, batch: int = 64, probes: int | None = None):
     """(statistics of ``items`` search-split items, terminal names), as the search computes them."""
-    from evoproxy.searchdata import DataRecipe, load_stats
+    from evoproxy.searchdata import DataRecipe, load_samples
     from mqbench.benchmarks import BenchRef
     from primitives.items import available_names, uses_hessian
+    from primitives.workspace import Workspace
 
     ref, b = BenchRef.resolve(bench)
     probes = b.default_probes if probes is None else probes
     names = [n for n in available_names(b) if probes > 0 or not uses_hessian([n])]
     ids = b.sample(items, seed, "search")
     recipe = DataRecipe.for_bench(ref, ids, names, probes, batch=batch)
-    return load_stats(recipe, progress=False), names
+    return load_samples(recipe, Workspace(ref, b)).stats, names
 
 
 @dataclass
@@ -99,8 +100,10 @@ def fuzz(stats, terminals, structure: str, trees: int, seed: int = 0, time_bound
     """Screen ``trees`` generated trees on ``stats`` (see the module docstring)."""
     from evoproxy.space import SearchSpace
     from evoproxy.tree import canonical
+    from evoproxy.vectorised import stack
     from primitives.core import fixed_threads
 
+    stacked = stack(stats)  # once, for every tree
     space = SearchSpace(list(terminals), structure, **space_kw)
     random.seed(seed)
     report = FuzzReport(structure)
@@ -119,7 +122,7 @@ def fuzz(stats, terminals, structure: str, trees: int, seed: int = 0, time_bound
             report.sources[source] += 1
             seen.add(canonical(tree))
             try:
-                result = score_range(tree, stats, 0, len(stats), time_bound=time_bound)
+                result = score_range(tree, stats, 0, len(stats), time_bound=time_bound, stacked=stacked)
             except Exception as exc:  # anything escaping score_range is a crash
                 report.crash_count += 1
                 report.outcomes["crash"] += 1

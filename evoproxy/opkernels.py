@@ -314,11 +314,8 @@ def agg_pweighted(values, mask, counts):
 def masked_sum(values, mask):
     """[samples] float64: :func:`numpy_sum` of each row's first ``mask.sum()`` values (``mask`` a prefix per row)."""
     n = mask.sum(dim=1)
-    lengths = n.unique().tolist()
-    if len(lengths) == 1:
-        return numpy_sum(values[:, :lengths[0]])
     out = torch.empty(values.shape[0], dtype=torch.float64)
-    for k in lengths:
+    for k in n.unique().tolist():
         rows = (n == k).nonzero().flatten()
         out[rows] = numpy_sum(values[rows, :k])
     return out

@@ -10,7 +10,7 @@ how to weigh them with a Mixer Architecture with Bayesian Network (MABN), traine
 reading, written from the paper's description (not its code):
 
 * **node-wise statistics**: for each item a matrix layer position x hand-made proxy whose entry is the
-  proxy's per-layer term (:func:`evoproxy.vectorised.layer_terms` of the proxy file's tree, times its
+  proxy's per-layer term (:func:`evoproxy.tree.layer_terms_on` of the proxy file's tree, times its
   orientation; layer positions as in :mod:`evoproxy.calibrate`). Default proxies: ``snip``, ``grad_norm``,
   ``fisher``, ``l2_norm``, ``params`` (the registered hand-made NAS proxies whose tree is a sum over layers);
   on MQ tables also ``bit_sum``, ``model_size`` and ``hawq_v2`` (the snip-like terms do not depend on the
@@ -58,11 +58,11 @@ def default_proxies(mq: bool) -> dict:
 
 def nodewise(proxies: dict, stats) -> dict:
     """{layer position: [term of each proxy]} of one item's ``NetworkStats`` (OpError/ArithmeticError propagate)."""
-    from evoproxy.calibrate import _terms
+    from evoproxy.tree import layer_terms_on
 
     out: dict = {}
     for j, proxy in enumerate(proxies.values()):
-        keys, terms = _terms(proxy, stats)
+        keys, terms = layer_terms_on(proxy.tree, stats)
         for key, t in zip(keys, terms):
             out.setdefault(key, [0.0] * len(proxies))[j] += proxy.orientation * float(t)
     return out
@@ -343,7 +343,7 @@ def parzc(bench: str, samples: int = 100, seed: int = 0, proxies=None, *, batch:
     or Proxy objects of the node-wise statistics (default: :data:`NAS_PROXIES`, on MQ tables :data:`MQ_PROXIES`)."""
     from evoproxy.tree import Proxy, load_proxy
     from mqbench.benchmarks import BenchRef
-    from primitives.items import items_statistics
+    from primitives.workspace import Workspace
 
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ConfigError(f"--samples must be an integer >= 2, got {samples!r}")
@@ -356,7 +356,7 @@ def parzc(bench: str, samples: int = 100, seed: int = 0, proxies=None, *, batch:
                    (p if isinstance(p, Proxy) else load_proxy(p)) for i, p in enumerate(proxies)}
     ids = b.sample(samples, seed, "search")
     truth = [float(v) for v in b.ground_truth(ids)]
-    rows = item_rows(proxies, items_statistics(ref, ids, union_request(proxies.values(), batch), progress=progress))
+    rows = item_rows(proxies, Workspace(ref, b).statistics(ids, union_request(proxies.values(), batch), progress=progress))
     kept = [(r, y) for r, y in zip(rows, truth) if r is not None]
     model = fit_parzc([r for r, _ in kept], [y for _, y in kept], proxies, seed=seed, **fit_options)
     model.fit.update({"bench": bench, "split": "search", "samples": len(ids), "failed": len(ids) - len(kept), "batch": batch})

@@ -14,8 +14,9 @@ A child (a candidate tree) is scored on contiguous ranges of the search samples,
 3. **full**: the remaining samples; the child's full score vector.
 
 The search samples are a seeded random sample of the benchmark's search split, so every prefix is a random
-subset of them. Work is split into chunks of children run in joblib processes (one dispatch per call, the
-whole race inside the worker); outcomes do not depend on ``jobs``: ``known`` only lets a worker stop early
+subset of them. The children are raced on the search's :class:`evoproxy.searchdata.SearchSamples` (statistics and
+their stacked form). Work is split into chunks of children run in worker processes (one dispatch per call, the
+whole race inside the worker, each process with its own samples built once); outcomes do not depend on ``jobs``: ``known`` only lets a worker stop early
 for a child whose outcome the search already knows, and the search resolves in-batch equivalents in order.
 
 With ``audit`` a child rejected early is still scored on every sample (the decision is unchanged), so that
@@ -71,15 +72,17 @@ def rung_ends(n_samples: int, n_screen: int, fractions) -> tuple:
     return tuple(ends)
 
 
-def race_one(tree, stats, plan: RacePlan, threshold: float, known) -> dict:
+def race_one(tree, samples, plan: RacePlan, threshold: float, known) -> dict:
     """The outcome of one child (see the module docstring): ``{"reason", "message"}`` for a screening rejection;
     else ``"screen"`` (screening scores) and either ``"equivalent": True``, or ``"scores"`` (every sample: the
     child was not rejected early, or ``audit``), ``"estimates"`` ({rung end: estimate}) and, when rejected early,
     ``"early"`` (the rung end) — in which case ``"scores"`` is present only with ``audit``; a later range that
-    fails gives ``"reason"`` (NaN, or an error of a sample outside screening)."""
+    fails gives ``"reason"`` (NaN, or an error of a sample outside screening). ``samples``: a
+    :class:`evoproxy.searchdata.SearchSamples`."""
     from evoproxy.screening import score_range
 
-    head = score_range(tree, stats, 0, plan.n_screen, cost_bound=plan.cost_bound)
+    stats, stacked = samples.stats, samples.stacked
+    head = score_range(tree, stats, 0, plan.n_screen, cost_bound=plan.cost_bound, stacked=stacked)
     if head.reason:
         return {"reason": head.reason, "message": head.message}
     out: dict = {"screen": head.scores}
@@ -90,7 +93,7 @@ def race_one(tree, stats, plan: RacePlan, threshold: float, known) -> dict:
     estimates = {}
     out["estimates"] = estimates
     for end, margin in zip(plan.rungs, plan.margins):
-        part = score_range(tree, stats, len(scores), end, check_constant=False)
+        part = score_range(tree, stats, len(scores), end, check_constant=False, stacked=stacked)
         if part.reason:
             return {**out, "reason": part.reason, "message": part.message}
         scores += part.scores
@@ -101,7 +104,7 @@ def race_one(tree, stats, plan: RacePlan, threshold: float, known) -> dict:
             if not plan.audit:
                 return out
     if len(scores) < plan.n_samples:
-        rest = score_range(tree, stats, len(scores), plan.n_samples, check_constant=False)
+        rest = score_range(tree, stats, len(scores), plan.n_samples, check_constant=False, stacked=stacked)
         if rest.reason:
             return {**out, "reason": rest.reason, "message": rest.message}
         scores += rest.scores
@@ -109,30 +112,29 @@ def race_one(tree, stats, plan: RacePlan, threshold: float, known) -> dict:
     return out
 
 
-def _race_chunk(recipe, items, plan: RacePlan, known):
-    from evoproxy.searchdata import load_stats
+def _race_chunk(samples, items, plan: RacePlan, known):
     from evoproxy.tree import parse_tree
     from primitives.core import fixed_threads
 
-    stats = load_stats(recipe, progress=False)
     with fixed_threads(1):
-        return [race_one(parse_tree(t), stats, plan, threshold, known) for t, threshold in items]
+        return [race_one(parse_tree(t), samples, plan, threshold, known) for t, threshold in items]
 
 
-def race_many(recipe, trees, thresholds, plan: RacePlan, known=frozenset(), jobs: int = 1) -> list[dict]:
-    """:func:`race_one` for every tree (with its threshold), in order; chunks in worker processes when ``jobs`` > 1."""
+def race_many(samples, trees, thresholds, plan: RacePlan, known=frozenset(), jobs: int = 1) -> list[dict]:
+    """:func:`race_one` for every tree (with its threshold) on ``samples``, in order; chunks in worker processes
+    when ``jobs`` > 1 (each builds its own samples once, :meth:`evoproxy.searchdata.SearchSamples.setup`)."""
     items = [(t.to_json(), float(th)) for t, th in zip(trees, thresholds)]
     if not items:
         return []
     known = frozenset(known)
     if jobs <= 1 or len(items) < 2:
-        return _race_chunk(recipe, items, plan, known)
+        return _race_chunk(samples, items, plan, known)
     from mqbench.parallel import map_items
 
     n_chunks = min(len(items), jobs * 4)
     bounds = np.linspace(0, len(items), n_chunks + 1).astype(int)
     chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    parts = map_items(_race_chunk, chunks, (recipe,), (plan, known), jobs=jobs, progress=False)
+    parts = map_items(_race_chunk, chunks, (), (plan, known), jobs=jobs, progress=False, setup=samples.setup())
     return [o for part in parts for o in part]
 
 
@@ -171,7 +173,7 @@ def decide(search, trees, counts: dict, thresholds=None) -> list[dict]:
         # equivalent candidates known before this call (an early rejection is not passed on: it depends on the
         # threshold, so such a child is raced and inherits the rejection below only at a threshold as high)
         known = {sk for sk, v in search.screen_memo.items() if v in search.memo}
-        raced = race_many(search.recipe, [todo[k][0] for k in names], [todo[k][1] for k in names], search.race_plan,
+        raced = race_many(search.samples, [todo[k][0] for k in names], [todo[k][1] for k in names], search.race_plan,
                           {sk for sk in known if search.memo[search.screen_memo[sk]].get("reason") != "early"}, c.jobs)
         for k, r in zip(names, raced):
             if "screen" not in r:  # rejected by screening
@@ -199,7 +201,7 @@ def decide(search, trees, counts: dict, thresholds=None) -> list[dict]:
                 counts["full_fidelity"] += 1
             _note_child(search, k, todo[k][1], r, None if r.get("reason") else scores)
     else:
-        full = score_many(search.recipe, [todo[k][0] for k in names], 0, None, c.jobs, None)
+        full = score_many(search.samples, [todo[k][0] for k in names], 0, None, c.jobs, None)
         for k, s in zip(names, full):
             if s.reason:
                 search.memo[k] = {"reason": s.reason}

@@ -67,23 +67,22 @@ def agree(a, b) -> bool:
     return len(a.scores) == len(b.scores) and all(abs(x - y) <= 1e-5 * max(abs(x), abs(y)) for x, y in zip(a.scores, b.scores))
 
 
-def _one_at_a_time(recipe, trees_json):
+def _one_at_a_time(samples, trees_json):
     """:func:`evoproxy.screening.score_range` of each tree on each sample separately (the scorer as a single model's
     evaluation calls it), joined per tree like one call on all samples (the first rejection wins)."""
     import numpy as np
 
     from evoproxy.screening import Scored, _is_constant, score_range
-    from evoproxy.searchdata import load_stats
     from evoproxy.tree import parse_tree
     from primitives.core import fixed_threads
 
-    stats = load_stats(recipe, progress=False)
+    stats = samples.stats
     out = []
     with fixed_threads(1):
         for t in trees_json:
             tree, scores, bad = parse_tree(t), [], None
             for i in range(len(stats)):
-                r = score_range(tree, stats, i, i + 1, check_constant=False)
+                r = score_range(tree, stats, i, i + 1, check_constant=False, stacked=samples.stacked)
                 if r.reason:
                     bad = r
                     break
@@ -94,12 +93,12 @@ def _one_at_a_time(recipe, trees_json):
     return out
 
 
-def score_one_at_a_time(recipe, trees, jobs: int) -> list:
+def score_one_at_a_time(samples, trees, jobs: int) -> list:
     from mqbench.parallel import map_items
 
     trees_json = [t.to_json() for t in trees]
     chunks = [trees_json[i::jobs * 4] for i in range(jobs * 4)]
-    parts = map_items(_one_at_a_time, chunks, (recipe,), jobs=jobs, progress=False)
+    parts = map_items(_one_at_a_time, chunks, jobs=jobs, progress=False, setup=samples.setup())
     out = [None] * len(trees_json)
     for i, part in enumerate(parts):
         out[i::jobs * 4] = part
@@ -148,16 +147,16 @@ def _decisions(log) -> list:
 
 def measure(bench: str, samples: int, trees: int, jobs: int, seed: int, run: tuple) -> dict:
     from evoproxy.screening import score_many
-    from evoproxy.searchdata import load_stats
+    from evoproxy.searchdata import load_samples
 
     recipe, names = search_recipe(bench, samples, seed)
-    load_stats(recipe, jobs=jobs, progress=False)
+    loaded = load_samples(recipe, jobs=jobs)
     todo = random_trees(names, trees, seed)
     warm = random_trees(names, jobs * 4, seed + 1)  # other trees: the scorer memoises subtrees' layer values
     out = {}
     results = {}
-    for key, fn in (("per_sample", lambda t: score_one_at_a_time(recipe, t, jobs)),
-                    ("vectorised", lambda t: score_many(recipe, t, 0, None, jobs))):
+    for key, fn in (("per_sample", lambda t: score_one_at_a_time(loaded, t, jobs)),
+                    ("vectorised", lambda t: score_many(loaded, t, 0, None, jobs))):
         fn(warm)  # warm-up: workers load the statistics and stack them
         t0 = time.perf_counter()
         results[key] = fn(todo)

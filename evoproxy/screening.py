@@ -1,6 +1,7 @@
 """Scoring candidate trees on cached statistics: compatibility screening and full score vectors.
 
-A candidate is scored on the search samples' statistics (``searchdata.load_stats``) in two stages:
+A candidate is scored on the search samples' statistics (:class:`evoproxy.searchdata.SearchSamples`, which the
+search holds and passes here) in two stages:
 
 1. **screening**: the first ``screen_samples`` samples. Rejected, with the reason
    recorded, on: ``exception`` (an operator raised something unexpected), ``shape`` (incompatible
@@ -26,11 +27,12 @@ reads those as ``rejected_cost``). ``time_bound`` (seconds, a ``timeout`` reject
 
 Work is split into contiguous chunks of candidates and run in joblib (loky) processes when
 ``jobs`` > 1; every score is computed on one torch thread, so the vectors do not depend on
-``jobs``. Workers load the statistics from the disk cache once per process.
+``jobs``. Each worker process builds its own search samples once (:meth:`SearchSamples.setup`,
+from the disk cache) and the chunks receive them.
 
 There is one scorer: the stacked evaluator (:mod:`evoproxy.vectorised`), all samples of the range
-at once on the samples' statistics stacked per shape group (built once per process and statistics
-list), with the batched operators of :mod:`evoproxy.opkernels`, the same functions that score a single
+at once on the samples' statistics stacked per shape group (``SearchSamples.stacked``, built once per
+process; :func:`score_range` stacks a plain list of statistics itself), with the batched operators of :mod:`evoproxy.opkernels`, the same functions that score a single
 network (:meth:`evoproxy.tree.Proxy.value`, a stack of one) and that exported proxies copy.
 """
 from __future__ import annotations
@@ -49,7 +51,6 @@ REASONS = ("exception", "shape", "size", "nan", "constant", "cost", "timeout")
 # before the cost bound existed is counted as "cost", in the column that counted it then
 LOG_REASONS = ("exception", "shape", "size", "nan", "constant", "cost")
 LOG_NAME = {"timeout": "cost"}
-_STACKED: list = []  # [(stats list, its evoproxy.vectorised.Stacked)]: the last one, per process
 
 
 @dataclass
@@ -64,16 +65,6 @@ class Scored:
 
 def _is_constant(values: np.ndarray) -> bool:
     return bool(np.all(values == values[0])) or float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.max(np.abs(values))))
-
-
-def stacked_for(stats):
-    """The :class:`evoproxy.vectorised.Stacked` of ``stats`` (built once per process for the latest list)."""
-    from evoproxy.vectorised import stack
-
-    if not _STACKED or _STACKED[0][0] is not stats:
-        _STACKED.clear()  # keeps memory bounded: one stacked copy per process
-        _STACKED.append((stats, stack(stats)))
-    return _STACKED[0][1]
 
 
 # ------------------------------------------------------------------------------------- cost bound
@@ -200,9 +191,11 @@ _CAUGHT = (OpError, RuntimeError, ValueError, IndexError, ZeroDivisionError, Ove
 
 
 def score_range(tree, stats, start: int, stop: int, time_bound: float | None = None,
-                check_constant: bool = True, cost_bound: float | None = None) -> Scored:
-    """Scores of ``tree`` on ``stats[start:stop]`` (see the module docstring for the rejection rules)."""
-    from evoproxy.vectorised import evaluate
+                check_constant: bool = True, cost_bound: float | None = None, stacked=None) -> Scored:
+    """Scores of ``tree`` on ``stats[start:stop]`` (see the module docstring for the rejection rules).
+    ``stacked``: ``stats`` stacked (:func:`evoproxy.vectorised.stack`; a caller scoring many trees passes it,
+    e.g. ``SearchSamples.stacked``); None: stacked here."""
+    from evoproxy.vectorised import stack, tree_values
 
     t0 = time.perf_counter()
     out = []
@@ -210,7 +203,7 @@ def score_range(tree, stats, start: int, stop: int, time_bound: float | None = N
         stop = min(stop, len(stats))
         if cost_bound is not None and tree_cost(tree.to_json(), stats, start, stop) > cost_bound:
             raise OpError("cost", f"over the cost bound of {cost_bound:.4g} tensor elements")
-        result = evaluate(tree.to_json(), stacked_for(stats), start, stop)
+        result = tree_values(tree.to_json(), stack(stats) if stacked is None else stacked, start, stop)
         for v in result.values.tolist():
             if not math.isfinite(v):
                 return Scored(None, "nan", f"score {v} on sample {start + len(out)}", time.perf_counter() - t0)
@@ -227,30 +220,30 @@ def score_range(tree, stats, start: int, stop: int, time_bound: float | None = N
     return Scored(out, None, "", time.perf_counter() - t0)
 
 
-def _chunk(recipe, trees_json, start, stop, time_bound, check_constant, cost_bound=None):
-    from evoproxy.searchdata import load_stats
+def _chunk(samples, trees_json, start, stop, time_bound, check_constant, cost_bound=None):
     from primitives.core import fixed_threads
 
-    stats = load_stats(recipe, progress=False)
-    stop = len(stats) if stop is None else stop
+    stop = len(samples.stats) if stop is None else stop
     with fixed_threads(1):
-        return [score_range(parse_tree(t), stats, start, stop, time_bound, check_constant, cost_bound)
+        return [score_range(parse_tree(t), samples.stats, start, stop, time_bound, check_constant, cost_bound,
+                            samples.stacked)
                 for t in trees_json]
 
 
-def score_many(recipe, trees, start: int, stop: int | None, jobs: int = 1, time_bound: float | None = None,
+def score_many(samples, trees, start: int, stop: int | None, jobs: int = 1, time_bound: float | None = None,
                check_constant: bool = True, cost_bound: float | None = None) -> list[Scored]:
-    """``score_range`` for every tree, in order (chunks in joblib processes when ``jobs`` > 1)."""
+    """``score_range`` for every tree on ``samples`` (:class:`evoproxy.searchdata.SearchSamples`), in order
+    (chunks in worker processes when ``jobs`` > 1, each process with its own samples)."""
     trees_json = [t.to_json() for t in trees]
     if not trees_json:
         return []
     if jobs <= 1 or len(trees_json) < 2:
-        return _chunk(recipe, trees_json, start, stop, time_bound, check_constant, cost_bound)
+        return _chunk(samples, trees_json, start, stop, time_bound, check_constant, cost_bound)
     from mqbench.parallel import map_items
 
     n_chunks = min(len(trees_json), jobs * 4)
     bounds = np.linspace(0, len(trees_json), n_chunks + 1).astype(int)
     chunks = [trees_json[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    parts = map_items(_chunk, chunks, (recipe,), (start, stop, time_bound, check_constant, cost_bound),
-                      jobs=jobs, progress=False)
+    parts = map_items(_chunk, chunks, (), (start, stop, time_bound, check_constant, cost_bound),
+                      jobs=jobs, progress=False, setup=samples.setup())
     return [s for part in parts for s in part]

@@ -1,22 +1,22 @@
-"""The search samples' statistics, memoised per process (the search and its screening workers).
+"""The search samples' statistics: what the search engine scores candidate trees on.
 
     recipe = DataRecipe.for_bench(ref, ids, names, hutchinson_probes=0)
-    stats = load_stats(recipe, jobs=2)          # one primitives.NetworkStats per id, disk-cached
+    samples = load_samples(recipe, workspace, jobs=2)   # SearchSamples: one NetworkStats per id, stacked once
+    samples.stats, samples.stacked
+    map_items(fn, chunks, setup=samples.setup())        # fn(samples, chunk): workers load theirs once each
 
-The statistics come from :func:`primitives.items.items_statistics` (the scoring path's protocol:
-network statistics once per network, quantization statistics per bit configuration). Workers of a
-parallel search call :func:`load_stats` with the same recipe; it is memoised per process and reads
-the disk cache, so the statistics are computed once.
+The statistics come from the benchmark's :class:`primitives.workspace.Workspace` (the scoring path's
+protocol: network statistics once per network, disk-cached; quantization statistics per bit
+configuration). The search holds its :class:`SearchSamples` and passes them to the scorers
+(:mod:`evoproxy.racing`, :mod:`evoproxy.screening`); a worker process of a parallel search builds its own
+once, from the recipe (:meth:`SearchSamples.setup`), reading the disk cache.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mqbench.parallel import on_env_change
-from primitives.items import StatsRequest, items_statistics
-
-_LOADED: dict = {}
-on_env_change(_LOADED.clear)
+from mqbench.parallel import Setup
+from primitives.items import StatsRequest
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,37 @@ class DataRecipe:
                    str(cache_dir))
 
 
-def load_stats(recipe: DataRecipe, jobs: int = 1, progress: bool = True) -> list:
-    """One ``NetworkStats`` per id of the recipe (memoised per process: one recipe at a time)."""
-    if recipe not in _LOADED:
-        stats = items_statistics(recipe.ref, recipe.ids, recipe.request, jobs=jobs, progress=progress,
-                                 cache_dir=recipe.cache_dir)
-        _LOADED.clear()  # keeps memory bounded
-        _LOADED[recipe] = stats
-    return _LOADED[recipe]
+@dataclass(eq=False)
+class SearchSamples:
+    """The statistics of a recipe's items (``stats``, one ``NetworkStats`` per id) and their stacked form
+    (``stacked``, :func:`evoproxy.vectorised.stack`, built on first use)."""
+
+    recipe: DataRecipe
+    stats: list
+    _stacked: object = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.stats)
+
+    @property
+    def stacked(self):
+        if self._stacked is None:
+            from evoproxy.vectorised import stack
+
+            self._stacked = stack(self.stats)
+        return self._stacked
+
+    def setup(self) -> Setup:
+        """How a worker process builds its own samples of this recipe (these ones in this process)."""
+        return Setup(load_samples, (self.recipe,), local=self)
+
+
+def load_samples(recipe: DataRecipe, workspace=None, jobs: int = 1, progress: bool = False) -> SearchSamples:
+    """The :class:`SearchSamples` of ``recipe``, from ``workspace`` (a :class:`primitives.workspace.Workspace` of
+    ``recipe.ref``; None: a new one) with extraction in ``jobs`` processes when not cached."""
+    if workspace is None:
+        from primitives.workspace import Workspace
+
+        workspace = Workspace(recipe.ref)
+    stats = workspace.statistics(recipe.ids, recipe.request, jobs=jobs, progress=progress, cache_dir=recipe.cache_dir)
+    return SearchSamples(recipe, stats)

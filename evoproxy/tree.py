@@ -1,4 +1,4 @@
-"""Proxy trees: the JSON file format and its parser, rendering, canonical form, evaluation.
+"""Proxy trees: the JSON file format and its parser, rendering, canonical form, their value on statistics.
 
 A tree is a :class:`evoproxy.space.ProxyTree` (DEAP's ``gp.PrimitiveTree``, the one tree type of the
 project): operators of :mod:`evoproxy.ops` over terminals, each the name of a per-layer statistic of
@@ -183,8 +183,11 @@ class Proxy:
         return atomic_write_text(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
 
     def value(self, stats) -> float:
-        """The score on already extracted statistics (:class:`primitives.NetworkStats`)."""
-        return self.orientation * evaluate_tree(self.tree, stats, self.layer_weights)
+        """The score on already extracted statistics (:class:`primitives.NetworkStats`): orientation times
+        :func:`tree_value`, or :func:`calibrated_value` with the proxy's learned ``layer_weights``."""
+        if self.layer_weights is None:
+            return self.orientation * tree_value(self.tree, stats)
+        return self.orientation * calibrated_value(self.tree, stats, self.layer_weights)
 
     def statistics_request(self, batch: int = 64):
         """What this proxy reads: its statistics and their settings (:class:`primitives.items.StatsRequest`)."""
@@ -322,26 +325,48 @@ def json_depth(text: str) -> int:
     return peak
 
 
-# ------------------------------------------------------------------------------------- evaluation
+# ------------------------------------------------------------------------------------- values on statistics
 
-def evaluate_tree(node, stats, layer_weights: dict | None = None) -> float:
+def tree_value(node, stats) -> float:
     """The tree's value on one network's statistics (:class:`primitives.NetworkStats`), computed by the
-    search's evaluator (:func:`evoproxy.vectorised.evaluate`) on a stack of one network; with ``layer_weights``
-    (a proxy file's, see :func:`parse_layer_weights`) the weighted sum of the root's per-layer terms.
+    search's evaluator (:func:`evoproxy.vectorised.tree_values`) on a stack of one network.
 
     Raises :class:`OpError` when an operator cannot be applied; may return nan/inf (the caller
     decides: the search rejects, the evaluator counts a failure)."""
-    from evoproxy.vectorised import evaluate, stack
+    from evoproxy.vectorised import stack, tree_values
 
-    lw = layer_weights or {}
-    weights = lw.get("weights")
-    st = stack([stats], names=node.terminals(), positions=weights is not None)
-    if weights is not None:
-        check_positions_occur(weights, st.positions[0])
-    result = evaluate(node.to_json(), st, 0, 1, weights=weights, default=lw.get("default", 1.0))
+    result = tree_values(node.to_json(), stack([stats], names=node.terminals()), 0, 1)
     if result.error is not None:
         raise result.error[1]
     return float(result.values[0])
+
+
+def layer_terms_on(node, stats) -> tuple[list[str], torch.Tensor]:
+    """(layer positions, [layers] float64 per-layer terms) of a tree whose root aggregates over layers, on one
+    network's statistics: the terms of the search's evaluator (:func:`evoproxy.vectorised.layer_terms`), whose sum
+    over the layers is the tree's value; positions as :func:`evoproxy.opkernels.layer_position` keys.
+    Raises :class:`OpError` ("structure" for another root) when an operator cannot be applied."""
+    from evoproxy.vectorised import layer_terms, stack
+
+    st = stack([stats], names=node.terminals(), positions=True)
+    result = layer_terms(node.to_json(), st, 0, 1)
+    if result.error is not None:
+        raise result.error[1]
+    keys = st.positions[0]
+    return keys, torch.as_tensor(result.values[0][:len(keys)])
+
+
+def calibrated_value(node, stats, layer_weights: dict) -> float:
+    """The value of a calibrated tree on one network's statistics: sum_l w_p(l) t_l, the per-layer terms
+    (:func:`layer_terms_on`) weighted by ``layer_weights`` (a proxy file's, see :func:`parse_layer_weights`: the
+    weight of each layer's position, ``default`` for a position without one); all weights 1 give
+    :func:`tree_value`. ConfigError when none of the weights' positions occurs in the network."""
+    from evoproxy.opkernels import layer_position, position_weights, weighted_sum
+
+    check_positions_occur(layer_weights["weights"], [layer_position(l.name, l.weight_shape) for l in stats.layers])
+    keys, terms = layer_terms_on(node, stats)
+    weights = position_weights(layer_weights["weights"], keys, layer_weights.get("default", 1.0))
+    return float(weighted_sum(terms[None], torch.ones(1, len(keys), dtype=torch.bool), weights[None])[0])
 
 
 def check_positions_occur(weights: dict, found: list) -> None:

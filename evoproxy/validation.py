@@ -17,14 +17,13 @@ import numpy as np
 class Validation:
     """The validation items' statistics (stacked once) and truth; ``fitness(individual)`` scores one member."""
 
-    def __init__(self, recipe, truth, size, fitness: str, seed: int, jobs: int = 1, progress: bool = False):
+    def __init__(self, workspace, recipe, truth, size, fitness: str, seed: int, jobs: int = 1, progress: bool = False):
+        """``workspace``: the benchmark's :class:`primitives.workspace.Workspace`; ``recipe``: the validation items'
+        :class:`evoproxy.searchdata.DataRecipe`."""
         from evoproxy.vectorised import stack
-        from primitives.items import items_statistics
 
         self.n = len(recipe.ids)
-        # not searchdata.load_stats: its per-process memo holds the search samples' statistics
-        stats = items_statistics(recipe.ref, recipe.ids, recipe.request, jobs=jobs, progress=progress,
-                                 cache_dir=recipe.cache_dir)
+        stats = workspace.statistics(recipe.ids, recipe.request, jobs=jobs, progress=progress, cache_dir=recipe.cache_dir)
         self.stacked = stack(stats)
         self.truth = np.asarray(truth, dtype=float)
         self.size = None if size is None else np.asarray(size, dtype=float)
@@ -35,12 +34,12 @@ class Validation:
         when the formula fails or is not finite there)."""
         from evoproxy.fitness import fitness_value
         from evoproxy.screening import _CAUGHT
-        from evoproxy.vectorised import evaluate
+        from evoproxy.vectorised import tree_values
         from primitives.core import fixed_threads
 
         try:
             with fixed_threads(1):
-                result = evaluate(individual.tree.to_json(), self.stacked, 0, self.n)
+                result = tree_values(individual.tree.to_json(), self.stacked, 0, self.n)
         except _CAUGHT:
             return -math.inf
         values = individual.orientation * np.asarray(result.values, dtype=float)

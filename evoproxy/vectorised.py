@@ -2,9 +2,9 @@
 stack of one), with the operators of :mod:`evoproxy.opkernels` on batches.
 
     st = stack(stats)                                   # once per list of NetworkStats
-    result = evaluate(tree.to_json(), st, 0, len(stats))
+    result = tree_values(tree.to_json(), st, 0, len(stats))
     result.values, result.error          # float64 scores of samples start..; (sample, OpError) of the first raise
-    evaluate(tree_json, stack([net], positions=True), 0, 1, weights={position: w})   # a calibrated proxy
+    layer_terms(tree_json, stack([net], positions=True), 0, 1)   # per-layer terms (calibration, calibrated proxies)
 
 **Stacking.** The (sample, layer) pairs of all samples are grouped by their *signature*, the shapes of
 every statistic's tensor of the layer (of ``names`` only, when given), so that in one group every statistic
@@ -18,8 +18,9 @@ statistics' tensors are the items (NAS-Bench-201: every pair, as views; MQ: the 
 layer, gathered once per range and kept); the tree's tensor part runs once per group on ``[items, *shape]``
 batches with the registered operator functions (:data:`evoproxy.ops.OPS`, the kernels), reduces to float64
 layer scalars, which are scattered into a ``[samples, layers]`` matrix; the aggregations are masked row
-operations over it. With learned layer weights (``evoproxy calibrate``) the root aggregation is replaced by
-the weighted sum of its per-layer terms (:func:`evoproxy.opkernels.weighted_sum`).
+operations over it. :func:`layer_terms` gives the root aggregation's per-layer terms instead, whose sum is the
+tree's value: what ``evoproxy calibrate`` weighs, and what a calibrated proxy's learned weights multiply
+(:func:`evoproxy.tree.calibrated_value`).
 
 **Errors.** Every :class:`OpError` of the language depends only on shapes, so a first pass evaluates
 each group's tree on one item and finds the first (sample, aggregation subtree, layer) that raises,
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from evoproxy.opkernels import OpError, layer_position, position_weights, terms_of, weighted_sum
+from evoproxy.opkernels import OpError, layer_position, terms_of
 from evoproxy.ops import OPS
 
 
@@ -227,15 +228,14 @@ def _layer_chunked(sub, env: dict) -> torch.Tensor:
 
 
 def _net(tree, st: Stacked, start: int, stop: int, scan: dict) -> torch.Tensor:
-    """[stop - start] float64 values of a net-level tree (errors in ``scan["errors"]``; see evaluate)."""
+    """[stop - start] float64 values of a net-level tree (errors in ``scan["errors"]``; see tree_values)."""
     if len(tree) == 3:
         return _fn(tree[0])(_net(tree[1], st, start, stop, scan), _net(tree[2], st, start, stop, scan))
     sub = tree[1]
     a = scan["subtrees"] = scan["subtrees"] + 1
     values, errors = _layer_values(sub, st, start, stop, scan["first_only"])
     scan["errors"] += [(a, *e) for e in errors]
-    aggregate = scan.get("aggregate") or _fn(tree[0])
-    return aggregate(values, st.mask[start:stop], st.counts[start:stop])
+    return _fn(tree[0])(values, st.mask[start:stop], st.counts[start:stop])
 
 
 MEMO_BYTES = 64 << 20  # layer values of recent layer-level subtrees kept per stacked set (least recently used go)
@@ -270,41 +270,30 @@ def _layer_values(sub, st: Stacked, start: int, stop: int, first_only: bool):
 PROBE_BYTES = 64 << 20  # stacks larger than this find errors on one item per group first
 
 
-def evaluate(tree, st: Stacked, start: int, stop: int, probe: bool | None = None, weights: dict | None = None,
-             default: float = 1.0) -> Result:
+def tree_values(tree, st: Stacked, start: int, stop: int, probe: bool | None = None) -> Result:
     """The values of ``tree`` (JSON form, net level) on samples ``start .. stop - 1`` of ``st``, up to
     the first sample that raises (see :class:`Result`); may be nan/inf. ``probe``: find the errors on
     one item per group before computing values (default: for stacks over ``PROBE_BYTES``), so that a
-    rejected tree costs little; else one pass computes everything and keeps the values before the error.
-    ``weights`` ({layer position: weight}, ``default`` for other positions; ``st`` stacked with positions):
-    the weighted sum of the root aggregation's per-layer terms instead (OpError "structure" for another root)."""
+    rejected tree costs little; else one pass computes everything and keeps the values before the error."""
     probe = st.nbytes > PROBE_BYTES if probe is None else probe
-    aggregate = None
-    if weights is not None:
-        terms = terms_of(tree, {tree[0]: _fn(tree[0])} if isinstance(tree, list) else {})
-        w = torch.zeros(stop - start, st.counts.shape[1], dtype=torch.float64)
-        for row, keys in enumerate(st.positions[start:stop]):
-            w[row, :len(keys)] = position_weights(weights, keys, default)
-
-        def aggregate(values, mask, counts):
-            return weighted_sum(terms(values, mask, counts), mask, w[:len(values)])
-
     with torch.no_grad():
-        scan = {"errors": [], "subtrees": -1, "first_only": probe, "aggregate": aggregate}
+        scan = {"errors": [], "subtrees": -1, "first_only": probe}
         values = _net(tree, st, start, stop, scan)
         err = _first(scan["errors"], st, start, stop)
         end = stop if err is None else err[0]
         if probe:
-            scan = {"errors": [], "subtrees": -1, "first_only": False, "aggregate": aggregate}
+            scan = {"errors": [], "subtrees": -1, "first_only": False}
             values = _net(tree, st, start, end, scan) if end > start else values[:0]
         values = values[:end - start]
     return Result(values.numpy(), err)
 
 
+
+
 def layer_terms(tree, st: Stacked, start: int, stop: int) -> Result:
     """The per-layer terms of ``tree`` (its root an aggregation over layers; OpError "structure" otherwise) on
     samples ``start .. stop - 1``: ``values`` [samples, max layers] (0 past a sample's last layer), up to the
-    first sample that raises, as :func:`evaluate`."""
+    first sample that raises, as :func:`tree_values`."""
     terms = terms_of(tree, {tree[0]: _fn(tree[0])} if isinstance(tree, list) else {})
     with torch.no_grad():
         values, errors = _layer_values(tree[1], st, start, stop, False)

@@ -69,7 +69,8 @@ EMQ_READINGS = {"emq_published": "R1: each layer's input tensors (virtual gradie
                 "emq_published_alt": "R2: each layer's scalar multiplied by its bit-width"}
 
 
-def proxy_label(path: Path) -> str:
+def method_label(path: Path) -> str:
+    """How the result tables name an evolved (or EMQ) proxy file."""
     path = Path(path)
     if path.stem in EMQ_LABELS:
         return EMQ_LABELS[path.stem]
@@ -225,7 +226,7 @@ def main(argv=None) -> int:
         paths = [Path(p) for p in args.proxy] if args.proxy else default_proxies() + EMQ_PUBLISHED
         proxies = {}
         for p in paths:
-            label = proxy_label(p)
+            label = method_label(p)
             if label in proxies:
                 label = f"evolved ({p})"
             proxies[label] = load_proxy(p)

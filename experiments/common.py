@@ -135,7 +135,7 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
     column's reports come from the same scores."""
     import numpy as np
 
-    from evoproxy.evaluation import evaluate, report
+    from evoproxy.evaluation import proxy_reports, report
     from mqbench.benchmarks import BenchRef
 
     _, b = BenchRef.resolve(bench, table)
@@ -150,7 +150,7 @@ def score_with_cache(bench: str, proxies: list[str], samples, seed: int, split: 
     if missing:
         log(f"scoring {len(missing)} proxies on {len(ids)} {split} items: {', '.join(missing)}")
         items: dict = {}
-        evaluate(bench, missing, samples, seed, split, table=table, jobs=jobs, items=items)
+        proxy_reports(bench, missing, samples, seed, split, table=table, jobs=jobs, items=items)
         new = not cache_csv.exists()
         with open(cache_csv, "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["key", "id", "score", "error", "seconds"])

@@ -29,15 +29,15 @@ import torch
 
 
 def _stats(ids, names, device: str, cache_dir: Path) -> tuple[list, float]:
-    import primitives.items as items
     from mqbench.benchmarks import BenchRef
-    from primitives.items import StatsRequest, items_statistics
+    from primitives.items import StatsRequest
+    from primitives.workspace import Workspace
 
-    ref, _ = BenchRef.resolve("nb201-cifar10")
-    items._NETWORKS.clear()  # measure extraction, not the per-process memo
+    workspace = Workspace(*BenchRef.resolve("nb201-cifar10"))  # a fresh one: extraction measured, not its store
+    workspace.batch(64)  # the CIFAR-10 batch is read outside the timings
     request = StatsRequest.of(names, 0, 0.01, 64, device)
     start = time.perf_counter()
-    out = items_statistics(ref, ids, request, jobs=1, progress=False, cache_dir=cache_dir)
+    out = workspace.statistics(ids, request, jobs=1, progress=False, cache_dir=cache_dir)
     return out, time.perf_counter() - start
 
 
@@ -61,9 +61,6 @@ def nb201_check(n: int, cpu_n: int, device: str, seed: int, tmp: Path) -> dict:
     bench = get_benchmark("nb201-cifar10")
     names = [p for p in available_names(bench) if getattr(REGISTRY[p], "default", True) and not uses_hessian([p])]
     ids = bench.sample(n, seed, "all")
-    from primitives.items import batch_for
-
-    batch_for(bench, 64)  # the CIFAR-10 batch is read once, outside the timings
     on_device, dev_s = _stats(ids, names, device, tmp / "stats-device")
     cpu_ids = ids[:cpu_n]
     on_cpu, cpu_s = _stats(cpu_ids, names, "cpu", tmp / "stats-cpu")

@@ -16,7 +16,7 @@ search seed s:
 * **best hand-made**: the best registered proxy by holdout Spearman in the committed tables, its per-item scores
   read from the committed ``items*.csv`` (no training, the same for every seed).
 
-Statistics come from :func:`primitives.items.items_statistics` (one request for every proxy, disk-cached); the
+Statistics come from the benchmark's :class:`primitives.workspace.Workspace` (one request for every proxy, disk-cached); the
 per-layer terms are kept in a feature file under ``cache_root()/parametric`` so a re-run only refits.
 Writes ``results/parametric/table.{csv,md}``, ``sizes.{csv,md}``, ``runs.csv`` (one row per fit) and
 ``sizes.png``.
@@ -68,7 +68,7 @@ def features(bench: str, ids, parzc_proxies: dict, evolved: dict, jobs: int) -> 
     from mqbench.benchmarks import BenchRef
     from mqbench.dataroot import cache_root
     from primitives.core import fixed_threads
-    from primitives.items import items_statistics
+    from primitives.workspace import Workspace
 
     request = union_request(list(parzc_proxies.values()) + list(evolved.values()))
     key = json.dumps([bench, sorted(ids), repr(request), {k: p.to_json()["tree"] for k, p in parzc_proxies.items()},
@@ -80,12 +80,12 @@ def features(bench: str, ids, parzc_proxies: dict, evolved: dict, jobs: int) -> 
                 "terms": {int(s): {int(i): None if t is None else tuple(t) for i, t in v} for s, v in data["terms"].items()},
                 "seconds": data["seconds"]}
     log(f"{bench}: statistics of {len(ids)} items ({request})")
-    ref, _ = BenchRef.resolve(bench)
+    workspace = Workspace(*BenchRef.resolve(bench))
     rows, terms, t0 = {}, {s: {} for s in evolved}, time.time()
     for start in range(0, len(ids), CHUNK):
         chunk = list(ids[start:start + CHUNK])
         with fixed_threads(1):  # small tensors: on a shared CPU, more threads made the terms ~40x slower
-            stats = items_statistics(ref, chunk, request, jobs=jobs, progress=False)
+            stats = workspace.statistics(chunk, request, jobs=jobs, progress=False)
             rows.update(zip(chunk, item_rows(parzc_proxies, stats)))
             for s, proxy in evolved.items():
                 terms[s].update(zip(chunk, term_rows(proxy, stats)))

@@ -46,9 +46,9 @@ def _read_done(path: Path) -> dict:
 
 def _scores(proxies: list[str], ids: list, args) -> dict:
     """{proxy: {id: score}}: the per-item scores committed in results/mq_correlation/items_resnet20.csv
-    (written by ``experiments.mq_correlation`` through ``evoproxy.evaluation.evaluate``; a proxy file is
-    keyed by its content hash), and ``evaluate`` for any (proxy, id) missing there."""
-    from evoproxy.evaluation import evaluate
+    (written by ``experiments.mq_correlation`` through ``evoproxy.evaluation.proxy_reports``; a proxy file is
+    keyed by its content hash), and ``proxy_reports`` for any (proxy, id) missing there."""
+    from evoproxy.evaluation import proxy_reports
     from experiments.common import _proxy_key
 
     cache = REPO / "results" / "mq_correlation" / "items_resnet20.csv"
@@ -64,7 +64,7 @@ def _scores(proxies: list[str], ids: list, args) -> dict:
     if missing:
         log(f"scoring {len(missing)} proxies not in {cache.name}: {', '.join(missing)}")
         items: dict = {}
-        evaluate(BENCH, missing, samples=args.configs, seed=args.seed, split="holdout", jobs=args.jobs, items=items, progress=False)
+        proxy_reports(BENCH, missing, samples=args.configs, seed=args.seed, split="holdout", jobs=args.jobs, items=items, progress=False)
         for r in items["results"]:
             for p in missing:
                 out[p][r["id"]] = r["scores"][p]

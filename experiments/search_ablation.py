@@ -72,9 +72,9 @@ def config_for(short: str, setting: str, seed: int, out: Path, jobs: int):
 def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """(scores [proxy, item], truth, size, ids) of ``proxies`` on the benchmark's holdout sample."""
     from evoproxy.searchdata import DataRecipe
-    from evoproxy.vectorised import evaluate, stack
+    from evoproxy.vectorised import stack, tree_values
     from mqbench.benchmarks import BenchRef
-    from primitives.items import items_statistics
+    from primitives.workspace import Workspace
 
     ref, bench = BenchRef.resolve(config.bench, config.table, config.gt_column, config.checkpoint)
     saved = json.loads((Path(config.out) / "config.json").read_text())
@@ -83,12 +83,13 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
     recipe = DataRecipe.for_bench(ref, ids, saved["terminals_used"], saved["hutchinson_probes_used"], config.noise_std,
                                   config.batch)
     scores = np.full((len(proxies), len(ids)), np.nan)
+    workspace = Workspace(ref, bench)
     for a in range(0, len(ids), CHUNK):
-        stats = items_statistics(ref, ids[a:a + CHUNK], recipe.request, jobs=jobs, progress=True,
-                                 cache_dir=recipe.cache_dir)
+        stats = workspace.statistics(ids[a:a + CHUNK], recipe.request, jobs=jobs, progress=True,
+                                     cache_dir=recipe.cache_dir)
         st = stack(stats, names=sorted({n for p in proxies for n in p.tree.terminals()}))  # once for every member
         for k, p in enumerate(proxies):
-            result = evaluate(p.tree.to_json(), st, 0, len(stats))
+            result = tree_values(p.tree.to_json(), st, 0, len(stats))
             scores[k, a:a + len(result.values)] = p.orientation * np.asarray(result.values, dtype=float)
         del stats, st
     return scores, np.asarray(bench.ground_truth(ids), float), np.asarray(bench.size(ids), float), ids
@@ -96,11 +97,11 @@ def holdout_scores(config, proxies: list, jobs: int) -> tuple[np.ndarray, np.nda
 
 def check_against_evaluate(config, proxy, n: int, scores: np.ndarray, jobs: int) -> float:
     """Max relative difference between this experiment's holdout scores and ``evoproxy.evaluate`` on ``n`` items."""
-    from evoproxy.evaluation import evaluate
+    from evoproxy.evaluation import proxy_reports
 
     h = [v for v in BENCHES.values() if v["bench"] == config.bench][0]["holdout"]
     items: dict = {}
-    evaluate(config.bench, [proxy], h["samples"], h["seed"], "holdout", jobs=jobs, items=items, progress=False)
+    proxy_reports(config.bench, [proxy], h["samples"], h["seed"], "holdout", jobs=jobs, items=items, progress=False)
     label = next(iter(items["results"][0]["scores"]))
     ref = np.array([r["scores"][label] for r in items["results"][:n]], dtype=float)
     ours = scores[:n]

@@ -6,7 +6,7 @@ For each benchmark, three phases run as separate child processes (so each one's 
 memory is measured on its own, by ``os.wait4``; it is the maximum over the process and the worker
 processes it reaped) with a fresh, private primitives cache:
 
-1. ``extract`` — the search samples' primitives (``searchdata.load_stats``), written to the cache;
+1. ``extract`` — the search samples' primitives (``searchdata.load_samples``), written to the cache;
 2. ``evolve`` — ``evoproxy search`` with those primitives already cached (loading them included);
 3. ``evaluate`` — ``evoproxy evaluate`` of the best proxy on ``--eval-samples`` holdout items.
 """

@@ -55,16 +55,17 @@ def verify(path: Path, bench: str, items: str, seed: int, jobs: int, table: str 
     # score exactly these ids: a one-off "all" split of the chosen ids through the evaluator's protocol
     from evoproxy.scoring import resolve_scorers, score_items
     from mqbench.benchmarks import BenchRef
-    from primitives.items import batch_for
     from primitives.many import batch_hash
+    from primitives.workspace import Workspace
 
     ref, b = BenchRef.resolve(bench, table)
     b.verify()
+    workspace = Workspace(ref, b)
     scorers = resolve_scorers(list(labels.values()))
-    results = score_items(ref, ids, scorers, batch, jobs=jobs, desc=f"{len(scorers)} proxies")
+    results = score_items(workspace, ids, scorers, batch, jobs=jobs, desc=f"{len(scorers)} proxies")
     data["seconds"] = time.perf_counter() - start
     out = {"file": str(path), "bench": bench, "items": len(ids), "proxies": {},
-           "batch_sha256": batch_hash(*batch_for(b, batch))}
+           "batch_sha256": batch_hash(*workspace.batch(batch))}
     worst = 0.0
     for key in keys:
         label = labels[key]

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.parallel import on_env_change
 from mqbench.table import SPLITS, MQTable, sample_ids, split_ids
 
 if TYPE_CHECKING:
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
 
 TABLES_DIR = Path(__file__).resolve().parent / "tables"
 _BENCHMARKS: dict[str, Callable[..., "Benchmark"]] = {}
-_LOADED: dict = {}
-on_env_change(_LOADED.clear)
 
 
 def register_benchmark(name: str):
@@ -64,7 +61,8 @@ def get_benchmark(name, table: str | Path | None = None, gt_column: str | None =
 
 @dataclass(frozen=True)
 class BenchRef:
-    """A picklable reference that resolves a benchmark (workers rebuild it once each, :func:`load_bench`)."""
+    """A picklable reference that resolves a benchmark (:func:`load_bench`; a worker process resolves it once,
+    in its :class:`primitives.workspace.Workspace`)."""
 
     name: str | BenchmarkSpec  # a registered name, a spec file's absolute path or a BenchmarkSpec
     table: str | None = None
@@ -77,30 +75,16 @@ class BenchRef:
         """(reference naming the table's resolved file, benchmark): workers then never depend on their environment."""
         ckpt = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
         bench = load_bench(cls(name, None if table is None else str(table), gt_column, checkpoint=ckpt))
-        ref = cls(bench.handle, str(bench.source), gt_column, bench.stamp(), ckpt)
-        remember(ref, bench)
-        return ref, bench
+        return cls(bench.handle, str(bench.source), gt_column, bench.stamp(), ckpt), bench
 
 
 BenchSpec = BenchRef  # deprecated name of BenchRef
 
 
 def load_bench(ref: BenchRef) -> "Benchmark":
-    """The benchmark of ``ref``; cached per process when its table is an explicit path (a default
-    table depends on the environment's data root, so it is resolved afresh)."""
-    if ref.table is None:
-        return get_benchmark(ref.name, gt_column=ref.gt_column, checkpoint=ref.checkpoint)
-    if ref not in _LOADED:
-        remember(ref, get_benchmark(ref.name, table=ref.table, gt_column=ref.gt_column, checkpoint=ref.checkpoint))
-    return _LOADED[ref]
-
-
-def remember(ref: BenchRef, bench: "Benchmark") -> None:
-    """Cache ``bench`` under ``ref``, forgetting older versions of the same table."""
-    same = (ref.name, ref.table, ref.gt_column, ref.checkpoint)
-    for old in [k for k in _LOADED if (k.name, k.table, k.gt_column, k.checkpoint) == same]:
-        del _LOADED[old]
-    _LOADED[ref] = bench
+    """The benchmark of ``ref``, resolved afresh (nothing is kept here: a process that needs it more than once
+    holds it, e.g. in a :class:`primitives.workspace.Workspace`)."""
+    return get_benchmark(ref.name, table=ref.table, gt_column=ref.gt_column, checkpoint=ref.checkpoint)
 
 
 class Benchmark(ABC):

@@ -33,6 +33,7 @@ from mqbench.devices import device_tag, resolve_device
 from mqbench.errors import ConfigError, DataError
 from mqbench.fileio import FileLock, append_line, atomic_write_text, complete_lines, has_torn_tail, make_folder
 from mqbench.imagefolder import Preprocess
+from mqbench.parallel import Setup
 from mqbench.ptq import PTQSettings, fp_top1
 from mqbench.quant import BitLayout, bops, default_bit_layout, layer_macs, model_size_mb, quantizable_layers
 
@@ -100,7 +101,8 @@ def planned_rows(layout: BitLayout, configs: int, seed: int,
 
 @dataclass(frozen=True)
 class BuildJob:
-    """What a worker needs to evaluate configurations (picklable; each worker loads data once)."""
+    """What a worker needs to evaluate configurations (picklable, hashable: the :class:`mqbench.parallel.Setup`
+    of :func:`build_context`, so each process loads the model and the data once)."""
 
     model: str
     checkpoint: str
@@ -113,30 +115,35 @@ class BuildJob:
     preprocess: Preprocess | None = None  # ImageFolder resize/crop (None: 256/224)
 
 
-_WORKER_CACHE: dict = {}
+def build_context(job: BuildJob) -> tuple:
+    """(FP model, :class:`mqbench.buildcontext.Images`) of ``job``: what a process evaluating its configurations
+    loads once (the state of ``job_setup(job)``)."""
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
+    return load_model(job.model, job.checkpoint, job.data), Images(job.data, job.data_source, job.normalization,
+                                                                    job.ptq, job.preprocess)
 
 
-def _context(job: BuildJob):
-    if job not in _WORKER_CACHE:
-        if job.threads is not None:
-            torch.set_num_threads(job.threads)
-        fp_model = load_model(job.model, job.checkpoint, job.data)
-        images = Images(job.data, job.data_source, job.normalization, job.ptq, job.preprocess)
-        _WORKER_CACHE.clear()
-        _WORKER_CACHE[job] = (fp_model, images)
-    return _WORKER_CACHE[job]
+def job_setup(job: BuildJob) -> Setup:
+    """The per-process state of ``job`` (:func:`build_context`, built once per process)."""
+    return Setup(build_context, (job,))
 
 
 def evaluate_config(job: BuildJob, full_bits: list[int]) -> tuple[float, float]:
-    """(top-1 %, seconds) of one configuration, in the calling process."""
-    fp_model, images = _context(job)
+    """(top-1 %, seconds) of one configuration, in the calling process (its model and data loaded once per
+    process, :func:`job_setup`)."""
+    return _evaluate(job_setup(job).state(), job, full_bits)
+
+
+def _evaluate(context: tuple, job: BuildJob, full_bits: list[int]) -> tuple[float, float]:
+    fp_model, images = context
     start = time.perf_counter()
     acc = ptq_accuracy(fp_model, full_bits, images, job.ptq, device=job.device)
     return acc, time.perf_counter() - start
 
 
-def _evaluate_row(job: BuildJob, index: int, kind: str, full_bits: list[int]):
-    acc, seconds = evaluate_config(job, full_bits)
+def _evaluate_row(context: tuple, job: BuildJob, index: int, kind: str, full_bits: list[int]):
+    acc, seconds = _evaluate(context, job, full_bits)
     return index, kind, acc, seconds
 
 
@@ -311,7 +318,7 @@ def _build_locked(model, configs, seed, out: Path, jobs, checkpoint, ptq, data_s
     wall = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"PTQ {model}", unit="cfg", disable=not progress, dynamic_ncols=True)
     try:
-        for index, kind, acc, seconds in map_unordered(_evaluate_row, tasks, jobs=jobs):
+        for index, kind, acc, seconds in map_unordered(_evaluate_row, tasks, jobs=jobs, setup=job_setup(job)):
             cfg = by_index.pop(index, None)
             if cfg is None:  # never twice, whatever a backend delivers
                 continue

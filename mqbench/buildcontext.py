@@ -127,6 +127,7 @@ class Images:
                  jobs: int = 1):
         self.data, self.normalization, self.preprocess = data, normalization, preprocess
         self.counted: int | None = None  # readable evaluation images, once a pass has counted them
+        self._listing = None  # an ImageFolder tree's evaluation split, listed on the first pass
         if data is None:  # the pre-datasets CIFAR-10 path, byte for byte
             from mqbench.cifar10 import load_split, normalize, sample_indices
 
@@ -163,11 +164,14 @@ class Images:
         if self._test is not None:
             yield self._test
             return
-        from mqbench.datasets import iterate_split
+        from mqbench import imagefolder
+        from mqbench.datasets import iterate_split, parse_dataset
 
+        if self._listing is None:  # listed once per build process (50k files), not once per configuration
+            self._listing = imagefolder.list_split(parse_dataset(self.data).source(), "val")
         kw = {"preprocess": self.preprocess} if self.preprocess is not None else {}
         yield from iterate_split(self.data, "val", EVAL_BATCH_FOLDER, normalization=self.normalization,
-                                 progress=False, **kw)
+                                 progress=False, listing=self._listing, **kw)
 
 
 def split_top1(model: nn.Module, images: Images, batch: int) -> tuple[float, int]:

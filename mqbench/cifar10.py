@@ -9,9 +9,9 @@ Four source layouts are understood (see ``load_split``):
 * the official ``cifar-10-batches-bin`` folder (1 label byte + 3072 pixel bytes per record).
 
 Decoded splits are cached as ``.npy`` files under ``cache_root()/cifar10/``, keyed by a cheap
-fingerprint of the source, and memoized in-process. Images are uint8 ``[N, 3, 32, 32]`` tensors,
-labels int64 ``[N]`` tensors; the tensors returned by ``load_split`` are shared by later calls
-and must be treated as read-only.
+fingerprint of the source; nothing is kept in memory between calls (a caller that needs a batch
+more than once keeps it: :class:`primitives.workspace.Workspace`). Images are uint8
+``[N, 3, 32, 32]`` tensors, labels int64 ``[N]`` tensors.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ import torch
 from PIL import Image
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.parallel import on_env_change
 from mqbench.dataroot import cache_root, require
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -52,7 +51,6 @@ _BATCH_FILES = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
     "test": ("test_batch",),
 }
-_MEMO: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _oneline(text: object) -> str:
@@ -397,22 +395,11 @@ def load_split(split: str, source: str | os.PathLike | None = None) -> tuple[tor
 
     ``source`` is an archive, an extracted folder tree, or an official batches folder; None means
     the data root's CIFAR-10 (``require("cifar10")``). Order is deterministic (sorted by path for
-    image trees, file order for batches). The returned tensors are shared: do not modify them.
+    image trees, file order for batches). Read from the disk cache when it holds the split.
     """
     _check_split(split)
-    path = _resolve_source(source)
-    stamp = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
-    key = (split, str(path), stamp)
-    if key not in _MEMO:
-        images, labels = _load_or_decode(path, split)
-        _MEMO[key] = (torch.from_numpy(images), torch.from_numpy(labels))
-    return _MEMO[key]
-
-
-@on_env_change
-def clear_memo() -> None:
-    """Forget the splits kept in memory by ``load_split`` (the disk cache stays)."""
-    _MEMO.clear()
+    images, labels = _load_or_decode(_resolve_source(source), split)
+    return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 def _stats(name: str) -> tuple[torch.Tensor, torch.Tensor]:

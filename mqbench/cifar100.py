@@ -7,7 +7,8 @@ superclasses); ``meta`` holds ``b"fine_label_names"``. The pickles are never unp
 files; :func:`mqbench.cifar10.read_pickled_dict` (its restricted unpickler) resolves exactly the three numpy globals an
 array needs (``_reconstruct``, ``ndarray``, ``dtype``) and refuses every other one with a one-line
 :class:`DataError`, so no user code can run; the arrays must then be uint8 (an object array is
-refused too). Splits are memoized in-process per file size and mtime.
+refused too). Nothing is kept in memory between calls (a caller that needs a batch more than once keeps
+it: :class:`primitives.workspace.Workspace`).
 """
 from __future__ import annotations
 
@@ -19,12 +20,10 @@ import torch
 
 from mqbench.cifar10 import read_pickled_dict
 from mqbench.errors import ConfigError, DataError
-from mqbench.parallel import on_env_change
 
 SPLITS = ("train", "test")
 NUM_CLASSES = 100
 NORMALIZATION = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-_MEMO: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _unpickle(file: Path) -> dict:
@@ -56,8 +55,6 @@ def _read(file: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_split(folder: str | os.PathLike, split: str, coarse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (uint8 ``[N, 3, 32, 32]``) and fine (or ``coarse``) labels (int64 ``[N]``) of ``split``.
-
-    The returned tensors are shared by later calls: treat them as read-only.
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown CIFAR-100 split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -65,12 +62,8 @@ def load_split(folder: str | os.PathLike, split: str, coarse: bool = False) -> t
     file = folder / split
     if not file.is_file():
         raise DataError(f"missing CIFAR-100 file {file} (expected the official cifar-100-python folder)")
-    stat = file.stat()
-    key = (str(file), stat.st_size, stat.st_mtime_ns, coarse)
-    if key not in _MEMO:
-        images, labels = _read(file, "coarse_labels" if coarse else "fine_labels")
-        _MEMO[key] = (torch.from_numpy(images), torch.from_numpy(labels))
-    return _MEMO[key]
+    images, labels = _read(file, "coarse_labels" if coarse else "fine_labels")
+    return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 def class_names(folder: str | os.PathLike) -> tuple[str, ...]:
@@ -83,7 +76,3 @@ def class_names(folder: str | os.PathLike) -> tuple[str, ...]:
         raise DataError(f"corrupt CIFAR-100 file {meta}: 'fine_label_names' is not a list of {NUM_CLASSES} names")
     return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
 
-
-@on_env_change
-def clear_memo() -> None:
-    _MEMO.clear()

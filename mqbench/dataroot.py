@@ -3,6 +3,13 @@
 The data root is ``$EVOPROXY_DATA`` or, when unset, ``../shared/data`` relative to the repository
 root. Decoded or derived caches go under ``$EVOPROXY_CACHE`` or ``<data root>/.cache``, falling back
 to ``~/.cache/evoproxy`` when the data root is read-only. Nothing is ever written inside the package.
+
+One memo stays at module level, on purpose: :func:`file_sha256` keeps the content hash of a file under
+(path, size, mtime). It is a fact about a file, not about a benchmark, data root or process setup (a
+changed file has another key; a changed ``EVOPROXY_DATA`` names other paths), so it is process-wide by
+nature, and it spares re-hashing a checkpoint of hundreds of MB each time a benchmark, a network or a spec
+verifies it. Every other memo lives with the object that needs it (:class:`primitives.workspace.Workspace`,
+:class:`mqbench.parallel.Setup`).
 """
 from __future__ import annotations
 
@@ -157,11 +164,11 @@ def _source_of(file_name: str) -> str:
     return "not a file evoproxy knows; ask whoever built the table"
 
 
-_SHA_MEMO: dict[tuple, str] = {}
+_SHA_MEMO: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: see the module docstring
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file (memoised per path, size and mtime)."""
+    """sha256 of a file (memoised per path, size and mtime: the one module-level memo, see the module docstring)."""
     import hashlib
 
     st = path.stat()

@@ -256,12 +256,15 @@ def load_batch(ref: str | DatasetRef, split: str, n: int, seed: int, *, balanced
 
 def iterate_split(ref: str | DatasetRef, split: str, batch_size: int = 250, *, normalization: str | None = None,
                   jobs: int = 1, strict: bool = False, progress: bool = True,
-                  preprocess: Preprocess = Preprocess()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  preprocess: Preprocess = Preprocess(),
+                  listing: "imagefolder.FolderSplit | None" = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalized (x, y) batches covering the whole split in its fixed order (sorted paths for trees).
 
     ImageFolder trees are decoded batch by batch (through the cache), so a 50k-image split never
     sits in memory at once; unreadable images are skipped (counted on stderr at the end) or, with
     ``strict``, a one-line DataError. Arguments are checked when called, not when iterated.
+    ``listing``: the tree's split as the caller already listed it (:func:`mqbench.imagefolder.list_split`;
+    None: listed here).
     """
     ref = parse_dataset(ref)
     _check_split(ref, split)
@@ -276,7 +279,8 @@ def iterate_split(ref: str | DatasetRef, split: str, batch_size: int = 250, *, n
         images, labels = _in_memory_split(ref, split)
         return ((normalize(images[s: s + batch_size], norm), labels[s: s + batch_size])
                 for s in range(0, labels.numel(), batch_size))
-    listing = imagefolder.list_split(ref.source(), split)
+    if listing is None:
+        listing = imagefolder.list_split(ref.source(), split)
 
     def batches():
         errors: list[str] = []

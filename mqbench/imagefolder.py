@@ -36,13 +36,12 @@ import PIL
 from PIL import Image
 
 from mqbench.errors import ConfigError, DataError
-from mqbench.parallel import map_items, on_env_change
+from mqbench.parallel import map_items
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _FORMAT = "imagefolder-cache/1"  # change to invalidate every cached image
 _CHUNK = 16  # images per parallel task
 _BAR_MIN = 64  # show a progress bar from this many images to decode
-_LISTINGS: dict[tuple, "FolderSplit"] = {}
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def _class_dirs(folder: Path) -> list[os.DirEntry]:
 
 
 def list_split(root: str | os.PathLike, split: str) -> FolderSplit:
-    """The images of ``<root>/<split>`` (memoized per root, split and class-folder mtimes)."""
+    """The images of ``<root>/<split>``, listed afresh (a caller that needs them more than once keeps them)."""
     root = Path(root).expanduser().resolve()
     folder = root / split
     if not folder.is_dir():
@@ -95,9 +94,6 @@ def list_split(root: str | os.PathLike, split: str) -> FolderSplit:
         where = f"folders there: {', '.join(present)}" if present else "no such folder"
         raise DataError(f"no split {split!r} in image folder {root} ({where}); expected {root}/{split}/<class>/*.jpg")
     dirs = _class_dirs(folder)
-    key = (str(root), split, tuple((e.name, e.stat().st_mtime_ns) for e in dirs))
-    if key in _LISTINGS:
-        return _LISTINGS[key]
     names = [e.name for e in dirs]
     reference = names
     if split != "train" and (root / "train").is_dir():
@@ -119,15 +115,7 @@ def list_split(root: str | os.PathLike, split: str) -> FolderSplit:
         labels.extend([index[name]] * len(images))
     if not files:
         raise DataError(f"no images in {folder} (expected {folder}/<class>/*.jpg|*.jpeg|*.png)")
-    listing = FolderSplit(root, split, tuple(reference), tuple(files), np.asarray(labels, dtype=np.int64))
-    _LISTINGS[key] = listing
-    return listing
-
-
-@on_env_change
-def clear_memo() -> None:
-    """Forget the listings kept in memory (the decoded-image cache on disk stays)."""
-    _LISTINGS.clear()
+    return FolderSplit(root, split, tuple(reference), tuple(files), np.asarray(labels, dtype=np.int64))
 
 
 # --------------------------------------------------------------------------------------------

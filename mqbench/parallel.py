@@ -20,9 +20,17 @@ calls, and a worker keeps the environment it was started with (a Dask worker, th
 machine). A program (or a test) that changes ``EVOPROXY_DATA`` / ``EVOPROXY_CACHE`` between two
 parallel calls would otherwise have workers reading the old data root. Every parallel task is
 therefore wrapped in :func:`call_with_env`, which applies the caller's values first and, when they
-changed, runs the reset hooks that modules holding such memos registered with
-:func:`on_env_change` (explicit hooks, not a lookup of module attributes by name). On a multi-machine
-cluster these paths must therefore exist on every worker (a shared file system).
+changed, empties the process's state slot (below). On a multi-machine cluster these paths must
+therefore exist on every worker (a shared file system).
+
+**Per-process state.** What every task of a call shares (a benchmark resolved once, its batch and
+statistics: :class:`primitives.workspace.Workspace`, or the search samples built from it) is named by a
+:class:`Setup`, ``build(*args)``. ``map_items(..., setup=s)`` calls ``fn(state, *before, item, *after)``
+with ``state = s.state()``: in the calling process the object the caller already built (``Setup(...,
+local=obj)``; it is never pickled), in a worker the one built there by the first task that needed it and
+kept in the process's one state slot (:func:`process_state`) for the next tasks. The slot is this
+project's only per-process store of such objects: it holds the latest setup's state and is emptied
+when the environment changes.
 """
 from __future__ import annotations
 
@@ -36,20 +44,49 @@ from mqbench.errors import ConfigError
 
 ENV_KEYS = ("EVOPROXY_DATA", "EVOPROXY_CACHE")
 BACKENDS = ("loky", "dask")
-_RESET_HOOKS: list[Callable[[], None]] = []
+_SLOT: dict = {}  # the per-process state slot: {Setup: its state}, the latest setup only (module docstring)
 
 
-def on_env_change(hook: Callable[[], None]) -> Callable[[], None]:
-    """Register ``hook()`` to clear a per-process memo that depends on the data root or cache (usable as a decorator)."""
-    if hook not in _RESET_HOOKS:
-        _RESET_HOOKS.append(hook)
-    return hook
+class Setup:
+    """How a process builds the state the tasks of a parallel call share: ``build(*args)`` (a top-level
+    function and picklable, hashable arguments). ``local``: that state, already built by the caller, used in
+    the calling process and never pickled (a worker builds its own, once)."""
+
+    __slots__ = ("build", "args", "local")
+
+    def __init__(self, build: Callable, args: tuple = (), local=None):
+        self.build, self.args, self.local = build, tuple(args), local
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Setup) and (self.build, self.args) == (other.build, other.args)
+
+    def __hash__(self) -> int:
+        return hash((self.build, self.args))
+
+    def __reduce__(self):
+        return Setup, (self.build, self.args)  # the caller's own state stays home
+
+    def __repr__(self) -> str:
+        return f"Setup({getattr(self.build, '__qualname__', self.build)}, {self.args!r})"
+
+    def state(self):
+        """The caller's ``local`` state, or this process's (see :func:`process_state`)."""
+        return self.local if self.local is not None else process_state(self)
 
 
-def reset_memos() -> None:
-    """Run every registered reset hook (e.g. after a test changed the data root)."""
-    for hook in _RESET_HOOKS:
-        hook()
+def process_state(setup: Setup):
+    """The state of ``setup`` in this process: built on first use and kept in the slot until another setup
+    needs it or the environment changes."""
+    if setup not in _SLOT:
+        state = setup.build(*setup.args)
+        _SLOT.clear()  # one state per process keeps memory bounded
+        _SLOT[setup] = state
+    return _SLOT[setup]
+
+
+def clear_state() -> None:
+    """Empty this process's state slot (done by :func:`call_with_env` when the data root or cache changed)."""
+    _SLOT.clear()
 
 
 def snapshot_env() -> dict:
@@ -67,7 +104,7 @@ def call_with_env(env: dict, fn, *args, **kwargs):
             else:
                 os.environ[key] = value
     if changed:
-        reset_memos()
+        clear_state()
     return fn(*args, **kwargs)
 
 
@@ -156,9 +193,16 @@ def use_backend(name: str = "loky", scheduler: str | None = None, *, jobs: int =
 
 # ------------------------------------------------------------------------------------------ maps
 
+def _task(setup: Setup | None, fn, before: tuple, item, after: tuple):
+    """One item's call: ``fn(*before, item, *after)``, with the setup's state first when there is one."""
+    if setup is None:
+        return fn(*before, item, *after)
+    return fn(setup.state(), *before, item, *after)
+
+
 def _call_shared(env: dict, fn, shared: tuple, item):
-    before, after = shared
-    return call_with_env(env, fn, *before, item, *after)
+    setup, before, after = shared
+    return call_with_env(env, _task, setup, fn, before, item, after)
 
 
 @contextlib.contextmanager
@@ -188,9 +232,11 @@ def _dask_completed(client, futures: list) -> Iterator:
 
 
 def map_items(fn, items, before: tuple = (), after: tuple = (), *, jobs: int = 1, progress: bool = True,
-              desc: str = "", unit: str = "item") -> list:
+              desc: str = "", unit: str = "item", setup: Setup | None = None) -> list:
     """``[fn(*before, item, *after) for item in items]`` in order; when ``jobs`` > 1 in worker processes of the
-    current backend (each task sees the caller's data root, see :func:`call_with_env`), with a tqdm bar on stderr."""
+    current backend (each task sees the caller's data root, see :func:`call_with_env`), with a tqdm bar on stderr.
+    With ``setup``, ``fn(state, *before, item, *after)``: the state of the setup in the process that runs the
+    item (the caller's ``local`` one with ``jobs`` = 1, see :class:`Setup`)."""
     from tqdm import tqdm
 
     items = list(items)
@@ -199,13 +245,13 @@ def map_items(fn, items, before: tuple = (), after: tuple = (), *, jobs: int = 1
     try:
         if jobs == 1 or len(items) <= 1:
             for item in items:
-                out.append(fn(*before, item, *after))
+                out.append(_task(setup, fn, tuple(before), item, tuple(after)))
                 bar.update(1)
         elif current_backend().name == "dask":
             with _keep_random_state():
                 client = current_backend().client()
                 env = snapshot_env()
-                [shared] = client.scatter([(tuple(before), tuple(after))], broadcast=True, hash=False)
+                [shared] = client.scatter([(setup, tuple(before), tuple(after))], broadcast=True, hash=False)
                 futures = [client.submit(_call_shared, env, fn, shared, item, pure=False) for item in items]
                 out = [None] * len(items)
                 try:
@@ -219,7 +265,8 @@ def map_items(fn, items, before: tuple = (), after: tuple = (), *, jobs: int = 1
 
             env = snapshot_env()
             runner = Parallel(n_jobs=min(jobs, len(items)), backend="loky", return_as="generator")
-            for res in runner(delayed(call_with_env)(env, fn, *before, item, *after) for item in items):
+            for res in runner(delayed(call_with_env)(env, _task, setup, fn, tuple(before), item, tuple(after))
+                              for item in items):
                 out.append(res)
                 bar.update(1)
     finally:
@@ -227,13 +274,18 @@ def map_items(fn, items, before: tuple = (), after: tuple = (), *, jobs: int = 1
     return out
 
 
-def map_unordered(fn, arg_tuples, *, jobs: int = 1) -> Iterator:
+def _unordered_task(setup: Setup | None, fn, args: tuple):
+    return fn(*args) if setup is None else fn(setup.state(), *args)
+
+
+def map_unordered(fn, arg_tuples, *, jobs: int = 1, setup: Setup | None = None) -> Iterator:
     """``fn(*args)`` for every tuple, yielded as they finish (any order), on the current backend when
-    ``jobs`` > 1. Each result is yielded once, also when the backend re-ran a task lost with a worker."""
-    arg_tuples = list(arg_tuples)
+    ``jobs`` > 1. Each result is yielded once, also when the backend re-ran a task lost with a worker.
+    With ``setup``, ``fn(state, *args)`` as in :func:`map_items`."""
+    arg_tuples = [tuple(args) for args in arg_tuples]
     if jobs == 1 or not arg_tuples:
         for args in arg_tuples:
-            yield fn(*args)
+            yield _unordered_task(setup, fn, args)
         return
     env = snapshot_env()
     if current_backend().name == "dask":
@@ -241,7 +293,7 @@ def map_unordered(fn, arg_tuples, *, jobs: int = 1) -> Iterator:
 
         state = random.getstate()  # as in map_items, between the caller's steps (see _keep_random_state)
         client = current_backend().client()
-        futures = [client.submit(call_with_env, env, fn, *args, pure=False) for args in arg_tuples]
+        futures = [client.submit(call_with_env, env, _unordered_task, setup, fn, args, pure=False) for args in arg_tuples]
         for _, res in _dask_completed(client, futures):
             random.setstate(state)
             yield res
@@ -251,4 +303,4 @@ def map_unordered(fn, arg_tuples, *, jobs: int = 1) -> Iterator:
     from joblib import Parallel, delayed
 
     runner = Parallel(n_jobs=min(jobs, len(arg_tuples)), backend="loky", return_as="generator_unordered")
-    yield from runner(delayed(call_with_env)(env, fn, *args) for args in arg_tuples)
+    yield from runner(delayed(call_with_env)(env, _unordered_task, setup, fn, args) for args in arg_tuples)

@@ -107,7 +107,7 @@ from primitives import richkernels as rk
 from primitives.kernels import (  # noqa: F401  (re-exported)
     BLOCK_PROBE_TAG, DATA, FD_REL_STEP, GRAD_PASSES, HESSIAN, INPUT_PASSES, NOISE, PASS_ORDER, PERTURB, QUANT, STATIC,
     VIRTUAL, Capture,
-    ExtractionError, LayerCtx, LayerInfo, block_param_counts, compute, derive_seed, fixed_threads, generator,
+    ExtractionError, LayerCtx, LayerInfo, block_param_counts, derive_seed, fixed_threads, generator,
     layer_candidates, layer_contexts, owned, p_act_grad, p_act_in, p_act_out, p_act_x_grad, p_bitwidth, p_fisher,
     p_hessian_block_trace, p_hessian_diag, p_hessian_trace, p_params, p_quant_error, p_size_mb, p_weight,
     p_weight_grad, p_weight_q, prepare_batch)
@@ -232,8 +232,8 @@ class Primitive:
     name: str
     description: str
     pass_: str
-    needs: frozenset  # subset of {"act_in", "act_out", "out", "wgrad", "ograd"}; hessian: {"hdiag"} / {"hblock"}
-    fn: Callable[[LayerCtx, Capture | None], torch.Tensor]  # a primitives.kernels function
+    needs: frozenset  # what its pass records (Capture.values keys): act_in, act_out, out, wgrad, ograd; hdiag, ...
+    fn: Callable  # a kernel function: fn(Capture) for a pass's primitive, fn(LayerCtx) for a static/quant one
     default: bool = True  # part of names=None (when its pass is available)
 
 
@@ -432,6 +432,12 @@ def extract(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, bi
                         FD_REL_STEP)
 
 
+def compute(prim: Primitive, ctx: LayerCtx, captures: Mapping) -> torch.Tensor:
+    """Primitive ``prim`` of one layer: its function on the layer (static, quantization primitives) or on what
+    its pass recorded for the layer."""
+    return prim.fn(ctx) if prim.pass_ in (STATIC, QUANT) else prim.fn(captures[prim.pass_][ctx.index])
+
+
 def pass_needs(names) -> dict[str, set]:
     """{pass: what it must record} for the primitives ``names`` ({} when only static/quantization ones)."""
     passes: dict[str, set] = {}
@@ -461,7 +467,7 @@ def _extract(model, inputs, targets, bit_config, wanted, probes, max_elements, s
         tensors = {}
         for n in wanted:
             prim = REGISTRY[n]
-            t = compute(ctx, prim.fn, prim.pass_, captures)
+            t = compute(prim, ctx, captures)
             if max_elements is not None and t.numel() > max_elements:
                 key = (li, t.numel())
                 if key not in index_cache:

@@ -1,44 +1,37 @@
-"""Benchmark items -> per-layer statistics, the one way every scorer gets them.
+"""The protocol every scorer's statistics follow: which batch, which seeds, which statistics of an item.
 
-    request = StatsRequest(("weight", "weight_grad", "quant_error"), hutchinson_probes=0)
-    stats = items_statistics(ref, ids, request, jobs=2)      # one NetworkStats per id, in order
-    one = item_statistics(ref, ids[0], request)               # the same for one item (a worker's view)
+    request = StatsRequest.of(("weight", "weight_grad", "quant_error"), hutchinson_probes=0)
+    inputs, targets = batch_for(bench, 64)                    # the protocol's batch of a benchmark
+    stats = Workspace(ref, bench).statistics(ids, request)    # applied per item: primitives.workspace
 
 Protocol: one batch ``sample_batch("train", batch, seed=BATCH_SEED, normalization=bench.normalization)``,
 extraction seed ``PROXY_SEED``, one torch thread, full tensors, on the CPU unless ``StatsRequest.device``
 says otherwise (a non-CPU device enters the disk cache's key). The benchmark says which network an
-item is (``network_key`` / ``network``) and which bit configuration, if any (``bit_config``); this
-module does the rest without asking what kind of benchmark it is:
+item is (``network_key`` / ``network``) and which bit configuration, if any (``bit_config``); the
+statistics are taken without asking what kind of benchmark it is:
 
 * the statistics of a *network* (every primitive but the quantization ones) are extracted once per
-  network key and cached on disk under ``cache_root()/primitives`` (and in a small per-process
-  memo), so a second run over the same items recomputes nothing;
+  network key and cached on disk under ``cache_root()/primitives`` (by
+  :class:`primitives.workspace.Workspace`, which also keeps the last few in memory), so a second run over
+  the same items recomputes nothing;
 * the quantization primitives of an item's bit configuration (``weight_q``, ``quant_error``,
-  ``bitwidth``, ``size_mb``) are added to the network's statistics with the benchmark's quantizer,
-  one quantization per layer and bit-width, sharing the network's tensors.
+  ``bitwidth``, ``size_mb``) are added to the network's statistics with the benchmark's quantizer
+  (:func:`with_bit_config`), one quantization per layer and bit-width, sharing the network's tensors.
 """
 from __future__ import annotations
 
-import functools
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
 from mqbench.devices import resolve_device
 from mqbench.errors import ConfigError
-from mqbench.parallel import on_env_change
 from primitives.core import HESSIAN, QUANT, REGISTRY, LayerStats, NetworkStats
 
 PROXY_SEED = 0  # seed of the proxies' own randomness (noise inputs, probes, power iterations)
 BATCH_SEED = 0  # seed of the batch of training images every item is scored on
 QUANT_NAMES = tuple(n for n, p in REGISTRY.items() if p.pass_ == QUANT)
-NETWORK_MEMO_SIZE = 2
-_NETWORKS: "OrderedDict[tuple, NetworkStats]" = OrderedDict()
-_BATCHES: dict = {}
-on_env_change(_NETWORKS.clear)
-on_env_change(_BATCHES.clear)
 
 
 def uses_hessian(names) -> bool:
@@ -86,85 +79,24 @@ class StatsRequest:
 
 
 def batch_for(bench, batch: int):
-    """(inputs, targets) of the protocol's batch for ``bench`` (memoised per process)."""
+    """(inputs, targets) of the protocol's batch for ``bench``, read afresh (a workspace keeps it:
+    :meth:`primitives.workspace.Workspace.batch`)."""
     dataset = getattr(bench, "dataset", "cifar10")
-    key = (dataset, bench.normalization, int(batch))
-    if key not in _BATCHES:
-        if dataset == "cifar10":  # the built-in protocol (the committed per-item scores were taken on it)
-            from mqbench.cifar10 import sample_batch
+    if dataset == "cifar10":  # the built-in protocol (the committed per-item scores were taken on it)
+        from mqbench.cifar10 import sample_batch
 
-            _BATCHES[key] = sample_batch("train", int(batch), seed=BATCH_SEED, normalization=bench.normalization)
-        else:  # a spec's own data (cifar100=PATH, imagefolder=PATH): the same seeded class-balanced draw
-            from mqbench.datasets import load_batch
+        return sample_batch("train", int(batch), seed=BATCH_SEED, normalization=bench.normalization)
+    # a spec's own data (cifar100=PATH, imagefolder=PATH): the same seeded class-balanced draw
+    from mqbench.datasets import load_batch
 
-            _BATCHES[key] = load_batch(dataset, "train", int(batch), BATCH_SEED, normalization=bench.normalization,
-                                       progress=False)
-    return _BATCHES[key]
+    return load_batch(dataset, "train", int(batch), BATCH_SEED, normalization=bench.normalization, progress=False)
 
 
-def _check(bench, request: StatsRequest) -> None:
+def check_request(bench, request: StatsRequest) -> None:
+    """A one-line error when ``request`` asks for quantization statistics of a benchmark without bit configurations."""
     _, quant = split_names(request.names)
     if quant and bench.quantizer is None:
         raise ConfigError(f"{', '.join(quant)} need a benchmark with bit configurations; {bench.name} has none")
-
-
-def _build_network(ref, reps: dict, network_key):
-    from mqbench.benchmarks import load_bench
-
-    bench = load_bench(ref)
-    return bench.network(reps[network_key]), network_key
-
-
-def _networks(ref, bench, reps: dict, request: StatsRequest, jobs: int, progress: bool, cache_dir) -> dict:
-    """{network_key: NetworkStats without quantization primitives}, from the memo, the disk cache or extraction."""
-    from primitives.many import extract_many
-
-    out, todo = {}, []
-    for key in reps:
-        memo_key = (ref, key, request)
-        if memo_key in _NETWORKS:
-            _NETWORKS.move_to_end(memo_key)
-            out[key] = _NETWORKS[memo_key]
-        else:
-            todo.append(key)
-    if todo:
-        inputs, targets = batch_for(bench, request.batch)
-        if cache_dir is None:
-            from mqbench.dataroot import cache_root
-
-            cache_dir = cache_root() / "primitives"
-        found = extract_many(todo, functools.partial(_build_network, ref, reps), (inputs, targets, BATCH_SEED),
-                             jobs=jobs, cache_dir=cache_dir, progress=progress, **request.network_kwargs())
-        for key, st in zip(todo, found):
-            out[key] = st
-            if len(todo) <= NETWORK_MEMO_SIZE:
-                _NETWORKS[(ref, key, request)] = st
-                while len(_NETWORKS) > NETWORK_MEMO_SIZE:
-                    _NETWORKS.popitem(last=False)
-    return out
-
-
-def items_statistics(ref, ids, request: StatsRequest, *, jobs: int = 1, progress: bool = True,
-                     cache_dir=None) -> list[NetworkStats]:
-    """One ``NetworkStats`` per id of benchmark ``ref`` (a :class:`mqbench.benchmarks.BenchRef`), in order."""
-    from mqbench.benchmarks import load_bench
-
-    bench = load_bench(ref)
-    _check(bench, request)
-    ids = list(ids)
-    reps: dict = {}
-    for item in ids:
-        reps.setdefault(bench.network_key(item), item)
-    networks = _networks(ref, bench, reps, request, jobs, progress, cache_dir)
-    _, quant = split_names(request.names)
-    quantized: dict = {}
-    return [with_bit_config(networks[bench.network_key(i)], bench.bit_config(i), quant, bench.quantizer, quantized)
-            for i in ids]
-
-
-def item_statistics(ref, item, request: StatsRequest, cache_dir=None) -> NetworkStats:
-    """``items_statistics`` of one item, in this process (no progress bar)."""
-    return items_statistics(ref, [item], request, progress=False, cache_dir=cache_dir)[0]
 
 
 def with_bit_config(fp: NetworkStats, bits, quant_names, quantizer, quantized: dict | None = None) -> NetworkStats:
@@ -188,7 +120,7 @@ def with_bit_config(fp: NetworkStats, bits, quant_names, quantizer, quantized: d
             numel = math.prod(layer.weight_shape)
             stub = SimpleNamespace(bias=torch.empty(layer.params - numel))  # what the size formula reads of the module
             ctx = LayerCtx(i, layer.name, layer.kind, stub, layer.tensors["weight"], int(b), quantizer)
-            quantized[key] = {n: REGISTRY[n].fn(ctx, None) for n in quant_names}
+            quantized[key] = {n: REGISTRY[n].fn(ctx) for n in quant_names}
         if quant_names:
             tensors.update(quantized[key])
         layers.append(LayerStats(layer.name, layer.kind, layer.weight_shape, layer.input_shape,

@@ -26,7 +26,7 @@ STATIC, DATA, NOISE, PERTURB, HESSIAN, QUANT = "static", "data", "noise", "pertu
 INPUT_PASSES = (DATA, NOISE, PERTURB)
 # EMQ's virtual gradient: d(sum of logits)/dW on an all-ones input of the batch's shape (no loss, no labels)
 VIRTUAL = "virtual"
-GRAD_PASSES = INPUT_PASSES + (VIRTUAL,)  # passes of one forward + one autograd.grad (Capture fields by needs)
+GRAD_PASSES = INPUT_PASSES + (VIRTUAL,)  # passes of one forward + one autograd.grad (Capture values by needs)
 PASS_ORDER = (DATA, NOISE, PERTURB, VIRTUAL, HESSIAN)
 FD_REL_STEP = 1e-3  # finite-difference step h = FD_REL_STEP * rms of all probed weights
 # seed tag of hessian_block_trace's probes: the hawq_v2 baseline's stream, so that baseline is expressible
@@ -52,11 +52,8 @@ def generator(*parts) -> torch.Generator:
 @contextlib.contextmanager
 def fixed_threads(n: int | None):
     """Run torch's intra-op work on ``n`` threads (None: leave as is), restoring the old count."""
-    if n is None:
-        yield
-        return
     old = torch.get_num_threads()
-    if old != n:
+    if n is not None and n != old:
         torch.set_num_threads(n)
     try:
         yield
@@ -66,19 +63,14 @@ def fixed_threads(n: int | None):
 
 
 # ----------------------------------------------------------------------------------- layers, bits
-def layer_kind(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Conv2d):
-        return "conv"
-    if isinstance(module, nn.Linear):
-        return "linear"
-    return None
+LAYER_KINDS = ((nn.Conv2d, "conv"), (nn.Linear, "linear"))  # the layers statistics are taken of, and their kind
 
 
 def layer_candidates(model: nn.Module) -> dict:
     """{id(module): (name, kind)} of every Conv2d/Linear of ``model`` (registration order)."""
     candidates = {}
     for name, module in model.named_modules():
-        kind = layer_kind(module)
+        kind = next((k for cls, k in LAYER_KINDS if isinstance(module, cls)), None)
         if kind is not None and id(module) not in candidates:
             candidates[id(module)] = (name, kind)
     if not candidates:
@@ -159,26 +151,23 @@ def block_param_counts(model: nn.Module, layer_names: Sequence[str]) -> list[int
 
 # ----------------------------------------------------------------------------------- what passes record
 @dataclass
-class Capture:
-    """What one pass recorded for one layer (only the fields its primitives need)."""
-
-    act_in: torch.Tensor | None = None  # [N, C_in] spatial mean
-    act_out: torch.Tensor | None = None  # [N, C_out] spatial mean
-    out: torch.Tensor | None = None  # full output, detached
-    wgrad: torch.Tensor | None = None  # dL/dW
-    ograd: torch.Tensor | None = None  # dL/d(output), full
-    hdiag: torch.Tensor | None = None  # Hutchinson diagonal
-    hblock: float | None = None  # block Hutchinson trace of the layer's Hessian block
-    cache: dict = field(default_factory=dict)
-
-
-@dataclass
 class LayerInfo:
+    """A Conv2d/Linear layer as a pass's forward hook met it (shapes per sample)."""
+
     name: str
-    kind: str
+    kind: str  # "conv" or "linear"
     module: nn.Module
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+
+
+@dataclass
+class Capture:
+    """What one pass recorded for one layer: ``values`` {what: tensor}, only what the pass's primitives need (the
+    keys of ``Primitive.needs``) and what they derive from it."""
+
+    layer: LayerInfo
+    values: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -205,12 +194,6 @@ def layer_contexts(model: nn.Module, layers: Sequence[LayerInfo], bits: Sequence
                      model=model, layer_names=names, shared=shared) for i, info in enumerate(layers)]
 
 
-def compute(ctx: LayerCtx, fn: Callable, pass_: str, captures: Mapping) -> torch.Tensor:
-    """Primitive function ``fn`` of one layer on the captures of its pass (None for static/quant ones)."""
-    caps = captures.get(pass_)
-    return fn(ctx, None if caps is None else caps[ctx.index])
-
-
 def owned(t: torch.Tensor) -> torch.Tensor:
     """A detached contiguous CPU tensor that owns exactly its storage (so torch.save stores only it; the
     layout also fixes the summation order of the operators' reductions)."""
@@ -232,68 +215,70 @@ def spatial_mean(t: torch.Tensor, kind: str) -> torch.Tensor:
     return t.mean(dim=tuple(range(1, t.dim() - 1)))
 
 
-def per_sample_ag(ctx: LayerCtx, cap: Capture) -> torch.Tensor:
+def per_sample_ag(cap: Capture) -> torch.Tensor:
     """s[n, c] = sum over spatial positions of a * dL/da (shared by fisher and act_x_grad)."""
-    if "ag" not in cap.cache:
-        prod = cap.out * cap.ograd
+    if "ag" not in cap.values:
+        prod = cap.values["out"] * cap.values["ograd"]
         if prod.dim() > 2:
-            dims = tuple(range(2, prod.dim())) if ctx.kind == "conv" else tuple(range(1, prod.dim() - 1))
+            dims = tuple(range(2, prod.dim())) if cap.layer.kind == "conv" else tuple(range(1, prod.dim() - 1))
             prod = prod.sum(dim=dims)
-        cap.cache["ag"] = prod
-    return cap.cache["ag"]
+        cap.values["ag"] = prod
+    return cap.values["ag"]
 
 
-def positions(ctx: LayerCtx, cap: Capture) -> int:
-    t = cap.out
+def positions(cap: Capture) -> int:
+    t = cap.values["out"]
     if t.dim() <= 2:
         return 1
-    return math.prod(t.shape[2:]) if ctx.kind == "conv" else math.prod(t.shape[1:-1])
+    return math.prod(t.shape[2:]) if cap.layer.kind == "conv" else math.prod(t.shape[1:-1])
 
 
-def p_weight(ctx, cap):
+# a static or quantization primitive is a function of the layer (LayerCtx), one of a pass of what the pass
+# recorded for the layer (Capture)
+def p_weight(ctx):
     return ctx.weight
 
 
-def p_params(ctx, cap):
+def p_params(ctx):
     if "block_params" not in ctx.shared:
         ctx.shared["block_params"] = block_param_counts(ctx.model, ctx.layer_names)
     return torch.tensor(ctx.shared["block_params"][ctx.index], dtype=torch.int64)
 
 
-def p_weight_grad(ctx, cap):
-    return cap.wgrad
+def p_weight_grad(cap):
+    return cap.values["wgrad"]
 
 
-def p_act_in(ctx, cap):
-    return cap.act_in
+def p_act_in(cap):
+    return cap.values["act_in"]
 
 
-def p_act_out(ctx, cap):
-    return cap.act_out
+def p_act_out(cap):
+    return cap.values["act_out"]
 
 
-def p_act_grad(ctx, cap):
-    return spatial_mean(cap.ograd, ctx.kind)
+def p_act_grad(cap):
+    return spatial_mean(cap.values["ograd"], cap.layer.kind)
 
 
-def p_fisher(ctx, cap):
-    return 0.5 * per_sample_ag(ctx, cap).pow(2).sum(dim=0)
+def p_fisher(cap):
+    return 0.5 * per_sample_ag(cap).pow(2).sum(dim=0)
 
 
-def p_act_x_grad(ctx, cap):
-    return per_sample_ag(ctx, cap).sum(dim=0) / (cap.out.shape[0] * positions(ctx, cap))
+def p_act_x_grad(cap):
+    return per_sample_ag(cap).sum(dim=0) / (cap.values["out"].shape[0] * positions(cap))
 
 
-def p_hessian_diag(ctx, cap):
-    return cap.hdiag
+def p_hessian_diag(cap):
+    return cap.values["hdiag"]
 
 
-def p_hessian_trace(ctx, cap):
-    return cap.hdiag.sum()
+def p_hessian_trace(cap):
+    return cap.values["hdiag"].sum()
 
 
-def p_hessian_block_trace(ctx, cap):
-    return torch.tensor(cap.hblock, dtype=ctx.weight.dtype)
+def p_hessian_block_trace(cap):
+    return torch.tensor(cap.values["hblock"], dtype=cap.layer.module.weight.dtype)
 
 
 def quantized(ctx: LayerCtx) -> torch.Tensor:
@@ -306,18 +291,18 @@ def quantized(ctx: LayerCtx) -> torch.Tensor:
     return ctx.cache["wq"]
 
 
-def p_weight_q(ctx, cap):
+def p_weight_q(ctx):
     return quantized(ctx)
 
 
-def p_quant_error(ctx, cap):
+def p_quant_error(ctx):
     return ctx.weight - quantized(ctx)
 
 
-def p_bitwidth(ctx, cap):
+def p_bitwidth(ctx):
     return torch.tensor(int(ctx.bits), dtype=torch.int32)
 
 
-def p_size_mb(ctx, cap):
+def p_size_mb(ctx):
     bias = ctx.module.bias.numel() if getattr(ctx.module, "bias", None) is not None else 0
     return torch.tensor(layer_size_mb(ctx.weight.numel(), bias, int(ctx.bits)), dtype=torch.float64)

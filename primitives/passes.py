@@ -4,8 +4,9 @@ traces, finite differences). See :mod:`primitives.core` for the conventions.
 
 Each pass is a step function (``data_step``, ``noise_step``, ``hessian_step``, ...) on a :class:`PassRun`, the
 network's passes so far; :func:`pass_steps` picks the steps a set of primitives needs and :func:`run_steps` runs
-them, so that an exported proxy module carries only its own passes (no name of an optional step or estimator
-appears in code every proxy reaches).
+them. What a pass's forward hook records of a layer is a list of recorders (``record_act_in``, ...: one function
+per statistic, ``RECORDERS``), picked by :func:`pass_recorders`. So an exported proxy module carries only its own
+passes and recorders (no name of an optional step, recorder or estimator appears in code every proxy reaches).
 
 Torch, math and the standard library only (plus :mod:`primitives.kernels`): like that module, the functions a
 proxy reaches are copied into exported proxy modules, and :mod:`primitives.core` calls it.
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from primitives.kernels import (BLOCK_PROBE_TAG, DATA, FD_REL_STEP, HESSIAN, NOISE, PASS_ORDER, PERTURB, VIRTUAL,
                                 Capture, ExtractionError, LayerInfo, derive_seed, generator, spatial_mean)
-from primitives.richkernels import RICH_NEEDS, SIGN_NEEDS, record_signs, rich_data_pass
+from primitives.richkernels import RICH_NEEDS, record_hkernel, record_sign, rich_data_pass
 
 
 def run_passes(model: nn.Module, candidates: dict, x, y, passes: Mapping, probes: int, seed: int, noise_std: float,
@@ -32,14 +33,14 @@ def run_passes(model: nn.Module, candidates: dict, x, y, passes: Mapping, probes
     Returns (layers [LayerInfo] in hook order, {pass: one Capture per layer}, the data pass's loss or
     None). Buffers are restored after every pass and ``requires_grad`` flags at the end."""
     passes = {p: set(n) for p, n in passes.items()} or {DATA: set()}
-    run = PassRun(model, candidates, x, y, passes, probes, seed, noise_std, channels_last, hessian_method, fd_step)
+    run = PassRun(model, candidates, x, y, passes, probes, seed, noise_std, channels_last, hessian_method, fd_step,
+                  pass_recorders(passes))
     return run_steps(run, pass_steps(passes, hessian_method))
 
 
 def pass_steps(passes: Mapping, hessian_method: str = "exact") -> list:
     """The step functions that run ``passes`` in PASS_ORDER (an exported proxy module carries only these)."""
-    inputs = {DATA: signs_data_step if DATA in passes and passes[DATA] & SIGN_NEEDS else data_step,
-              NOISE: noise_step, PERTURB: perturb_step, VIRTUAL: virtual_step}
+    inputs = {DATA: data_step, NOISE: noise_step, PERTURB: perturb_step, VIRTUAL: virtual_step}
     steps = [inputs[p] for p in PASS_ORDER if p in passes and p in inputs]
     if DATA in passes and passes[DATA] & RICH_NEEDS:  # ZiCo mini-batches, input Jacobian, graph
         steps.insert(1, rich_step)
@@ -48,6 +49,30 @@ def pass_steps(passes: Mapping, hessian_method: str = "exact") -> list:
     if HESSIAN in passes and "hblock" in passes[HESSIAN]:
         steps.append(block_trace_step)
     return steps
+
+
+def record_act_in(cap: Capture, inp: torch.Tensor, out: torch.Tensor) -> None:
+    cap.values["act_in"] = spatial_mean(inp.detach(), cap.layer.kind).clone()
+
+
+def record_act_out(cap: Capture, inp: torch.Tensor, out: torch.Tensor) -> None:
+    cap.values["act_out"] = spatial_mean(out.detach(), cap.layer.kind).clone()
+
+
+def record_out(cap: Capture, inp: torch.Tensor, out: torch.Tensor) -> None:
+    cap.values["out"] = out.detach()
+
+
+# what a pass's forward hook records of a layer (the gradients "wgrad" / "ograd" come from run_pass's
+# autograd.grad after the forward)
+RECORDERS = {"act_in": record_act_in, "act_out": record_act_out, "out": record_out, "sign": record_sign,
+             "hkernel": record_hkernel}
+
+
+def pass_recorders(passes: Mapping) -> dict:
+    """{pass: its forward recorders} of ``passes`` ({pass: what it must record}), passes without any left out."""
+    out = {p: tuple(fn for what, fn in RECORDERS.items() if what in needs) for p, needs in passes.items()}
+    return {p: fns for p, fns in out.items() if fns}
 
 
 def run_steps(run: "PassRun", steps) -> tuple:
@@ -80,6 +105,7 @@ class PassRun:
     channels_last: bool = True
     hessian_method: str = "exact"
     fd_step: float | None = FD_REL_STEP
+    recorders: Mapping = field(default_factory=dict)  # pass -> its forward recorders (pass_recorders)
     layers: list | None = None  # LayerInfo in hook order (the first pass's)
     captures: dict = field(default_factory=dict)  # pass -> one Capture per layer
     loss: float | None = None  # the data pass's
@@ -92,13 +118,13 @@ class PassRun:
         for b, saved in self.buffers:
             b.data.copy_(saved)
 
-    def run(self, xp, needs, yp=None, sum_logits=False, hessian=None, on_input=None):
+    def run(self, xp, needs, yp=None, sum_logits=False, hessian=None, recorders=()):
         """:func:`run_pass` on ``xp`` (re-run in safe mode when needed), buffers restored after it."""
         expected = None if self.layers is None else [l.module for l in self.layers]
         for safe in (False, True):
             try:
                 result = run_pass(self.model, self.candidates, xp, self.y if yp is None else yp, frozenset(needs),
-                                  expected, safe, sum_logits, hessian, on_input)
+                                  expected, safe, sum_logits, hessian, recorders)
             finally:
                 self.restore()
             if result is not None:
@@ -109,9 +135,9 @@ class PassRun:
         """``xp`` in the input passes' memory layout (channels_last for 4-d inputs when asked)."""
         return xp.contiguous(memory_format=torch.channels_last) if self.channels_last and xp.dim() == 4 else xp
 
-    def record(self, pass_, order, caps, loss=None):
+    def record(self, pass_, caps, loss=None):
         if self.layers is None:
-            self.layers = order
+            self.layers = [c.layer for c in caps]
         self.captures[pass_] = caps
         if pass_ == DATA:
             self.loss = loss
@@ -119,32 +145,28 @@ class PassRun:
 
 def data_step(run: PassRun):
     """The data pass: the batch itself."""
-    run.record(DATA, *run.run(run.layout(run.x), run.passes[DATA]))
-
-
-def signs_data_step(run: PassRun):
-    """The data pass, also recording the sign codes of the layers' inputs (act_sign, hamming_kernel)."""
-    run.record(DATA, *run.run(run.layout(run.x), run.passes[DATA], on_input=record_signs))
+    run.record(DATA, *run.run(run.layout(run.x), run.passes[DATA], recorders=run.recorders.get(DATA, ())))
 
 
 def noise_step(run: PassRun):
     """The noise pass: N(0, 1) inputs of the batch's shape."""
     x = run.x
     xp = torch.randn(x.shape, generator=generator("noise", run.seed), dtype=x.dtype).to(x.device)
-    run.record(NOISE, *run.run(run.layout(xp), run.passes[NOISE]))
+    run.record(NOISE, *run.run(run.layout(xp), run.passes[NOISE], recorders=run.recorders.get(NOISE, ())))
 
 
 def perturb_step(run: PassRun):
     """The perturb pass: the batch plus noise_std * N(0, 1)."""
     x = run.x
     xp = x + run.noise_std * torch.randn(x.shape, generator=generator("perturb", run.seed), dtype=x.dtype).to(x.device)
-    run.record(PERTURB, *run.run(run.layout(xp), run.passes[PERTURB]))
+    run.record(PERTURB, *run.run(run.layout(xp), run.passes[PERTURB], recorders=run.recorders.get(PERTURB, ())))
 
 
 def virtual_step(run: PassRun):
     """EMQ's virtual gradient: an all-ones batch of the batch's shape, the sum of the logits as objective."""
     xp = torch.ones(run.x.shape, dtype=run.x.dtype, device=run.x.device)
-    run.record(VIRTUAL, *run.run(run.layout(xp), run.passes[VIRTUAL], sum_logits=True))
+    run.record(VIRTUAL, *run.run(run.layout(xp), run.passes[VIRTUAL], sum_logits=True,
+                                 recorders=run.recorders.get(VIRTUAL, ())))
 
 
 def rich_step(run: PassRun):
@@ -160,51 +182,47 @@ def hessian_step(run: PassRun):
     """The joint Hutchinson diagonal (exact Hessian-vector products) on the contiguous batch."""
     seed = derive_seed("hutchinson", run.seed)
     hessian = None if run.probes <= 0 else (lambda g, w, caps: hutchinson_diag(g, w, caps, run.probes, seed))
-    order, caps, _ = run.run(run.x, set(), hessian=hessian)
-    run.record(HESSIAN, order, caps)
+    run.record(HESSIAN, run.run(run.x, set(), hessian=hessian)[0])
 
 
 def fd_hessian_step(run: PassRun):
     """The joint Hutchinson diagonal from finite differences of weight gradients (channels_last like the input passes)."""
     base = None
     if run.hessian_method == "fd" and DATA in run.captures and "wgrad" in run.passes[DATA]:
-        base = [c.wgrad for c in run.captures[DATA]]  # same input, layout and weights: reuse g(w)
-    order, caps = fd_hessian(run.run, run.layout(run.x), run.probes, derive_seed("hutchinson", run.seed),
-                             run.hessian_method, base, run.layers, run.fd_step)
-    run.record(HESSIAN, order, caps)
+        base = [c.values["wgrad"] for c in run.captures[DATA]]  # same input, layout and weights: reuse g(w)
+    run.record(HESSIAN, fd_hessian(run.run, run.layout(run.x), run.probes, derive_seed("hutchinson", run.seed),
+                                   run.hessian_method, base, run.layers, run.fd_step))
 
 
 def block_trace_step(run: PassRun):
     """hessian_block_trace: exact block Hessian-vector products on the contiguous batch, like the joint estimate."""
     if HESSIAN not in run.captures:  # no joint estimate: a no-grad forward finds the layers if needed
-        order = run.layers if run.layers is not None else run.run(run.x, set())[0]
-        run.record(HESSIAN, order, [Capture() for _ in order])
+        order = run.layers if run.layers is not None else [c.layer for c in run.run(run.x, set())[0]]
+        run.record(HESSIAN, [Capture(layer) for layer in order])
     try:
         traces = block_hessian_traces(run.model, [l.module.weight for l in run.layers], run.x, run.y, run.probes,
                                       derive_seed(BLOCK_PROBE_TAG, run.seed))
     finally:
         run.restore()
     for cap, value in zip(run.captures[HESSIAN], traces):
-        cap.hblock = value
+        cap.values["hblock"] = value
 
 
 def run_pass(model, candidates: dict, x, y, needs: frozenset, expected: list | None, safe: bool = False,
-             sum_logits: bool = False, hessian=None, on_input=None):
+             sum_logits: bool = False, hessian=None, recorders=()):
     """One forward (+ backward) of ``model`` on (x, y) with hooks on the Conv2d/Linear modules.
 
-    The objective is the mean cross-entropy of the logits, or with ``sum_logits`` the sum of all logits
-    (EMQ's virtual gradient; ``y`` unused). ``hessian(weight grads, weights, captures)``, when given, runs on
-    the weight gradients' graph (:func:`hutchinson_diag`); ``on_input(capture, layer input, kind, needs)``,
-    when given, records from each layer's input in the hook (:func:`record_signs`).
+    Each hook makes the layer's :class:`Capture` and calls ``recorders`` ``(capture, layer input, output)`` on it
+    (:data:`RECORDERS`); one ``torch.autograd.grad`` after the forward gives the captures' "wgrad" (dL/dW) and
+    "ograd" (dL/d(output), full) when ``needs`` has them. The objective is the mean cross-entropy of the logits, or
+    with ``sum_logits`` the sum of all logits (EMQ's virtual gradient; ``y`` unused). ``hessian(weight grads,
+    weights, captures)``, when given, runs on the weight gradients' graph (:func:`hutchinson_diag`).
 
-    Returns (layers as LayerInfo in hook order, captures, loss), or None when a layer output was
-    modified in place later in the forward (re-run with ``safe``, which hands a clone of each layer
-    output to the rest of the model).
+    Returns (captures in hook order, loss), or None when a layer output was modified in place later in the
+    forward (re-run with ``safe``, which hands a clone of each layer output to the rest of the model).
     """
-    order: list[LayerInfo] = []
     caps: list[Capture] = []
-    outs: list[torch.Tensor] = []
-    versions: list[int] = []
+    outs: list[tuple[torch.Tensor, int]] = []  # the kept layer outputs and their versions at the hook
     seen: set[int] = set()
     keep_out = "out" in needs or "ograd" in needs
 
@@ -215,23 +233,15 @@ def run_pass(model, candidates: dict, x, y, needs: frozenset, expected: list | N
         seen.add(key)
         name, kind = candidates[key]
         inp = args[0] if args else None
-        order.append(LayerInfo(name, kind, module, tuple(inp.shape[1:]) if isinstance(inp, torch.Tensor) else (),
-                               tuple(output.shape[1:])))
-        cap = Capture()
-        if "act_in" in needs:
-            cap.act_in = spatial_mean(inp.detach(), kind).clone()
-        if "act_out" in needs:
-            cap.act_out = spatial_mean(output.detach(), kind).clone()
-        if on_input is not None:
-            on_input(cap, inp, kind, needs)
-        if keep_out:
-            outs.append(output)
-            versions.append(output._version)
-            if "out" in needs:
-                cap.out = output.detach()
+        cap = Capture(LayerInfo(name, kind, module, tuple(inp.shape[1:]) if isinstance(inp, torch.Tensor) else (),
+                                tuple(output.shape[1:])))
+        for record in recorders:
+            record(cap, inp, output)
         caps.append(cap)
-        if safe and keep_out:
-            return output.clone()
+        if keep_out:
+            outs.append((output, output._version))
+            if safe:
+                return output.clone()
         return None
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if id(m) in candidates]
@@ -246,31 +256,31 @@ def run_pass(model, candidates: dict, x, y, needs: frozenset, expected: list | N
     finally:
         for h in handles:
             h.remove()
-    if expected is not None and [l.module for l in order] != expected:
+    if expected is not None and [c.layer.module for c in caps] != expected:
         raise ExtractionError("the set or order of Conv2d/Linear layers changed between passes "
                               "(input-dependent control flow is not supported)")
-    if keep_out and any(o._version != v for o, v in zip(outs, versions)):
+    if any(o._version != v for o, v in outs):
         if safe:
             raise ExtractionError("a layer output was modified in place even with cloned outputs")
         return None  # caller re-runs in safe mode
     loss_value = float(loss.detach())
     if not (grad_w or grad_o):
-        return order, caps, loss_value
-    weights = [l.module.weight for l in order] if grad_w else []
-    grads = torch.autograd.grad(loss, weights + (outs if grad_o else []), allow_unused=True,
+        return caps, loss_value
+    weights = [c.layer.module.weight for c in caps] if grad_w else []
+    grads = torch.autograd.grad(loss, weights + ([o for o, _ in outs] if grad_o else []), allow_unused=True,
                                 create_graph=hessian is not None)
     nw = len(weights)
     for i, cap in enumerate(caps):
-        if grad_w and "wgrad" in needs:
+        if "wgrad" in needs:
             g = grads[i]
-            cap.wgrad = torch.zeros_like(weights[i]).detach() if g is None else g.detach()
+            cap.values["wgrad"] = torch.zeros_like(weights[i]).detach() if g is None else g.detach()
         if grad_o:
             g = grads[nw + i]
-            cap.ograd = torch.zeros_like(outs[i]).detach() if g is None else g.detach()
+            cap.values["ograd"] = torch.zeros_like(outs[i][0]).detach() if g is None else g.detach()
     if hessian is not None:
         hessian(grads[:nw], weights, caps)
     del grads, loss, logits
-    return order, caps, loss_value
+    return caps, loss_value
 
 
 def hutchinson_diag(grads, weights, caps, probes: int, probe_seed: int) -> None:
@@ -290,7 +300,7 @@ def hutchinson_diag(grads, weights, caps, probes: int, probe_seed: int) -> None:
                 if hz[i] is not None:
                     diag[i].addcmul_(zs[i], hz[i])
     for i, cap in enumerate(caps):
-        cap.hdiag = diag[i].div_(probes)
+        cap.values["hdiag"] = diag[i].div_(probes)
 
 
 def block_hessian_traces(model, weights, x, y, probes: int, probe_seed: int) -> list[float]:
@@ -327,14 +337,14 @@ def fd_hessian(run, xp, probes: int, probe_seed: int, method: str, base, layers,
     ``run(xp, needs)`` is one plain gradient pass (buffers restored after it). ``base`` is
     g(w) from the data pass when it can be reused (forward differences only). Same probes z as the
     exact path; the weights are perturbed in place and restored bit-identically from copies.
-    Returns (layers, captures).
+    Returns one capture per layer (its "hdiag").
     """
     order = layers
     if method == "fd" and base is None:
-        order, caps0, _ = run(xp, {"wgrad"})
-        base = [c.wgrad for c in caps0]
+        caps0, _ = run(xp, {"wgrad"})
+        order, base = [c.layer for c in caps0], [c.values["wgrad"] for c in caps0]
     elif order is None:
-        order, _, _ = run(xp, set())  # a no-grad forward, just to find the layers and their order
+        order = [c.layer for c in run(xp, set())[0]]  # a no-grad forward, just to find the layers and their order
     weights = [l.module.weight for l in order]
     saved = [w.detach().clone() for w in weights]
     numel = sum(w.numel() for w in saved)
@@ -348,8 +358,7 @@ def fd_hessian(run, xp, probes: int, probe_seed: int, method: str, base, layers,
             for w, s, z in zip(weights, saved, zs):
                 w.copy_(s)
                 w.add_(z, alpha=sign * h)
-        _, caps, _ = run(xp, {"wgrad"})
-        return [c.wgrad for c in caps]
+        return [c.values["wgrad"] for c in run(xp, {"wgrad"})[0]]
 
     try:
         for _ in range(probes):
@@ -366,9 +375,4 @@ def fd_hessian(run, xp, probes: int, probe_seed: int, method: str, base, layers,
         with torch.no_grad():
             for w, s in zip(weights, saved):
                 w.copy_(s)
-    caps = []
-    for d in diag:
-        cap = Capture()
-        cap.hdiag = d.div_(probes)
-        caps.append(cap)
-    return order, caps
+    return [Capture(layer, {"hdiag": d.div_(probes)}) for layer, d in zip(order, diag)]

@@ -59,19 +59,19 @@ import torch
 from primitives.kernels import Capture, ExtractionError, spatial_mean
 
 ZICO_SPLITS = 2  # mini-batches of ZiCo's gradient statistics (its reference code splits the batch in two)
-SIGN_NEEDS = frozenset({"sign", "hkernel"})  # recorded by run_pass's hook from the layer input
 RICH_NEEDS = frozenset({"zico", "jacobian", "graph"})  # recorded by rich_data_pass after the data pass
 GRAPH_KEYS = ("depth", "paths", "residual", "io_paths", "longest", "shortest")
 
 
-def record_signs(cap: Capture, inp: torch.Tensor, kind: str, needs) -> None:
-    """act_sign / hamming_kernel of one layer input (called from the data pass's forward hook)."""
-    code = inp.detach() > 0
-    if "sign" in needs:
-        cap.cache["sign"] = spatial_mean(code.to(inp.dtype), kind)
-    if "hkernel" in needs:
-        c = code.flatten(1).to(torch.float32)
-        cap.cache["hkernel"] = c @ c.T + (1 - c) @ (1 - c).T
+def record_sign(cap: Capture, inp: torch.Tensor, out: torch.Tensor) -> None:
+    """act_sign of one layer input (a forward recorder of the data pass, :func:`primitives.passes.run_pass`)."""
+    cap.values["sign"] = spatial_mean((inp.detach() > 0).to(inp.dtype), cap.layer.kind)
+
+
+def record_hkernel(cap: Capture, inp: torch.Tensor, out: torch.Tensor) -> None:
+    """hamming_kernel of one layer input (a forward recorder of the data pass)."""
+    c = (inp.detach() > 0).flatten(1).to(torch.float32)
+    cap.values["hkernel"] = c @ c.T + (1 - c) @ (1 - c).T
 
 
 def rich_data_pass(run, model, candidates: dict, x, y, needs, layers, caps) -> None:
@@ -84,17 +84,17 @@ def rich_data_pass(run, model, candidates: dict, x, y, needs, layers, caps) -> N
             raise ExtractionError(f"grad_absmean/grad_std split the batch into {ZICO_SPLITS} mini-batches: "
                                   f"it needs at least {ZICO_SPLITS} samples, got {n}")
         bounds = [(i * n // ZICO_SPLITS, (i + 1) * n // ZICO_SPLITS) for i in range(ZICO_SPLITS)]
-        grads = [[c.wgrad for c in run(x[a:b], {"wgrad"}, y[a:b])[1]] for a, b in bounds]
+        grads = [[c.values["wgrad"] for c in run(x[a:b], {"wgrad"}, y[a:b])[0]] for a, b in bounds]
         for li, cap in enumerate(caps):
             g = torch.stack([grads[i][li] for i in range(ZICO_SPLITS)])
-            cap.cache["zico"] = (g.abs().mean(dim=0), g.std(dim=0, unbiased=False))
+            cap.values["zico"] = (g.abs().mean(dim=0), g.std(dim=0, unbiased=False))
     if needs & {"jacobian", "graph"}:
         jacobian, features = input_pass(model, candidates, x, layers, "jacobian" in needs, "graph" in needs)
         for li, cap in enumerate(caps):
             if jacobian is not None:
-                cap.cache["jacobian"] = jacobian
+                cap.values["jacobian"] = jacobian
             if features is not None:
-                cap.cache["graph"] = features[li]
+                cap.values["graph"] = features[li]
 
 
 def input_pass(model, candidates: dict, x, layers, jacobian: bool, graph: bool):
@@ -196,49 +196,49 @@ def dag_features(n: int, edges, src, sink, layer_at) -> list[dict]:
     return out
 
 
-def p_act_sign(ctx, cap):
-    return cap.cache["sign"]
+def p_act_sign(cap):
+    return cap.values["sign"]
 
 
-def p_hamming_kernel(ctx, cap):
-    return cap.cache["hkernel"]
+def p_hamming_kernel(cap):
+    return cap.values["hkernel"]
 
 
-def p_grad_absmean(ctx, cap):
-    return cap.cache["zico"][0]
+def p_grad_absmean(cap):
+    return cap.values["zico"][0]
 
 
-def p_grad_std(ctx, cap):
-    return cap.cache["zico"][1]
+def p_grad_std(cap):
+    return cap.values["zico"][1]
 
 
-def p_input_jacobian(ctx, cap):
-    return cap.cache["jacobian"]
+def p_input_jacobian(cap):
+    return cap.values["jacobian"]
 
 
 def graph_value(cap, key: str) -> torch.Tensor:
-    return torch.tensor(float(cap.cache["graph"][key]), dtype=torch.float64)
+    return torch.tensor(float(cap.values["graph"][key]), dtype=torch.float64)
 
 
-def p_graph_depth(ctx, cap):
+def p_graph_depth(cap):
     return graph_value(cap, "depth")
 
 
-def p_graph_paths(ctx, cap):
+def p_graph_paths(cap):
     return graph_value(cap, "paths")
 
 
-def p_graph_residual(ctx, cap):
+def p_graph_residual(cap):
     return graph_value(cap, "residual")
 
 
-def p_graph_io_paths(ctx, cap):
+def p_graph_io_paths(cap):
     return graph_value(cap, "io_paths")
 
 
-def p_graph_longest(ctx, cap):
+def p_graph_longest(cap):
     return graph_value(cap, "longest")
 
 
-def p_graph_shortest(ctx, cap):
+def p_graph_shortest(cap):
     return graph_value(cap, "shortest")

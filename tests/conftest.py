@@ -22,9 +22,7 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("EVOPROXY_CACHE", str(tmp_path / "cache"))
-    cifar10.clear_memo()
     yield
-    cifar10.clear_memo()
 
 
 def write_image_tree(root, per_class: dict[str, int], seed: int = 0) -> None:

@@ -274,7 +274,6 @@ def _exact_block_hessians(ctx):
 
 
 def test_hawq_v2_by_hand_and_block_traces_vs_exact():
-    baselines.clear_network_cache()
     bits = [3, 2, 4]
     ctx = _mq_ctx(bits)
     probes = 64
@@ -291,7 +290,6 @@ def test_hawq_v2_by_hand_and_block_traces_vs_exact():
 
 
 def test_hawq_v1_top_eigenvalues_vs_exact_and_cached(monkeypatch):
-    baselines.clear_network_cache()
     ctx = _mq_ctx([4, 3, 2])
     model = ctx.base_model
     eig = mqp.hessian_top_eigenvalues(ctx)
@@ -309,7 +307,6 @@ def test_hawq_v1_top_eigenvalues_vs_exact_and_cached(monkeypatch):
 
 
 def test_ompq_qe_bsynflow_bsnip_by_hand():
-    baselines.clear_network_cache()
     bits = [4, 2, 3]
     ctx = _mq_ctx(bits)
     model = ctx.base_model

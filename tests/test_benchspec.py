@@ -115,7 +115,7 @@ def _scores(d: dict) -> dict:
 
 
 def test_nb201_spec_scores_equal_the_builtin(search_root, plugin):
-    from evoproxy.evaluation import evaluate
+    from evoproxy.evaluation import proxy_reports
     from mqbench.benchmarks import get_benchmark
 
     spec = _write(plugin, NB201_SPEC.format(factory="nb201"))
@@ -128,7 +128,7 @@ def test_nb201_spec_scores_equal_the_builtin(search_root, plugin):
     out = {}
     for bench in ("nb201-cifar10", str(spec)):
         d = {}
-        reps = evaluate(bench, proxies, 3, 1, "holdout", batch=10, progress=False, items=d)
+        reps = proxy_reports(bench, proxies, 3, 1, "holdout", batch=10, progress=False, items=d)
         out[bench] = (d, reps)
     (a, ra), (b, rb) = out["nb201-cifar10"], out[str(spec)]
     assert a["ids"] == b["ids"] and list(a["truth"]) == list(b["truth"]) and list(a["size"]) == list(b["size"])
@@ -138,7 +138,7 @@ def test_nb201_spec_scores_equal_the_builtin(search_root, plugin):
 
 
 def test_mq_spec_scores_equal_the_builtin(tiny_data_root, plugin):
-    from evoproxy.evaluation import evaluate
+    from evoproxy.evaluation import proxy_reports
     from mqbench.benchmarks import get_benchmark
 
     table = _mq_table(tiny_data_root, plugin)
@@ -150,15 +150,15 @@ def test_mq_spec_scores_equal_the_builtin(tiny_data_root, plugin):
     assert np.allclose(computed.size(mine.ids), builtin.size(builtin.ids), atol=1e-6)  # model size from the bits
     proxies = ["bit_sum", "qe", "hawq_v1", "examples/proxies/model_size.json", "examples/proxies/fisher.json"]
     a, b = {}, {}
-    evaluate("mq-resnet20-cifar10", proxies, 3, 0, "all", table=table, batch=10, progress=False, items=a)
-    evaluate(str(spec), proxies, 3, 0, "all", batch=10, progress=False, items=b)
+    proxy_reports("mq-resnet20-cifar10", proxies, 3, 0, "all", table=table, batch=10, progress=False, items=a)
+    proxy_reports(str(spec), proxies, 3, 0, "all", batch=10, progress=False, items=b)
     assert a["ids"] == b["ids"] and list(a["truth"]) == list(b["truth"]) and list(a["size"]) == list(b["size"])
     assert _scores(a) == _scores(b)
     assert all(not r["errors"] for r in a["results"] + b["results"])
 
 
 def test_a_spec_object_works_in_python_and_travels_to_workers(search_root, plugin):
-    from evoproxy.evaluation import evaluate
+    from evoproxy.evaluation import proxy_reports
     from mqbench.benchmarks import BenchRef, load_bench
     from mqbench.spec import BenchmarkSpec, load_spec
 
@@ -170,9 +170,9 @@ def test_a_spec_object_works_in_python_and_travels_to_workers(search_root, plugi
     assert pickle.loads(pickle.dumps(handle)) == handle and handle.name == obj
     assert load_bench(pickle.loads(pickle.dumps(handle))).ids == bench.ids
     d1, d2 = {}, {}
-    evaluate(obj, ["synflow", "examples/proxies/snip.json"], 2, 0, batch=10, progress=False, items=d1, jobs=2)
+    proxy_reports(obj, ["synflow", "examples/proxies/snip.json"], 2, 0, batch=10, progress=False, items=d1, jobs=2)
     spec = _write(plugin, NB201_SPEC.format(factory="nb201"))
-    evaluate(str(spec), ["synflow", "examples/proxies/snip.json"], 2, 0, batch=10, progress=False, items=d2)
+    proxy_reports(str(spec), ["synflow", "examples/proxies/snip.json"], 2, 0, batch=10, progress=False, items=d2)
     assert _scores(d1) == _scores(d2) and not any(r["errors"] for r in d1["results"])  # workers rebuilt the object
     file_handle, _ = BenchRef.resolve(str(plugin / "spec.toml"))
     assert file_handle.name == str((plugin / "spec.toml").resolve()) and ";" in file_handle.stamp

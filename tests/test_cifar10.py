@@ -22,11 +22,9 @@ _USER_CACHE = os.environ.get("EVOPROXY_CACHE")
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    """Every test gets its own cache folder and an empty in-process memo."""
+    """Every test gets its own cache folder (nothing is kept in memory between calls)."""
     monkeypatch.setenv("EVOPROXY_CACHE", str(tmp_path / "cache"))
-    cifar10.clear_memo()
     yield tmp_path / "cache" / "cifar10"
-    cifar10.clear_memo()
 
 
 def _jpeg(rng: np.random.Generator) -> bytes:
@@ -187,9 +185,6 @@ def test_default_source_comes_from_data_root(archive, tmp_path, monkeypatch):
 def test_cache_miss_then_hit_without_reading_archive(archive, private_cache, monkeypatch):
     images, labels = cifar10.load_split("train", archive)
     assert sorted(p.name.split(".", 1)[1] for p in private_cache.iterdir()) == ["images.npy", "labels.npy"]
-    assert cifar10.load_split("train", archive)[0] is images  # in-process memo
-
-    cifar10.clear_memo()
 
     def no_archive(*args, **kwargs):
         raise AssertionError("archive opened despite the cache")
@@ -203,7 +198,6 @@ def test_corrupt_cache_is_rebuilt(archive, private_cache):
     images, _ = cifar10.load_split("test", archive)
     (cache_file,) = private_cache.glob("*.images.npy")
     cache_file.write_bytes(cache_file.read_bytes()[:200])  # a half-written file
-    cifar10.clear_memo()
     assert torch.equal(cifar10.load_split("test", archive)[0], images)
     assert np.load(cache_file).shape == tuple(images.shape)  # rewritten whole
     assert not list(private_cache.glob("*.tmp"))
@@ -216,7 +210,6 @@ def test_changed_source_invalidates_cache(tree, tmp_path, private_cache):
     os.utime(tree / "test" / "cat" / "0000.jpg", ns=(1, 1))
     _archive(tree, archive)
     os.utime(archive, ns=(2, 2))  # a different size or mtime makes a different fingerprint
-    cifar10.clear_memo()
     after = cifar10.load_split("test", archive)[0]
     assert not torch.equal(before, after)
     assert len(list(private_cache.glob("*.images.npy"))) == 1  # the stale cache was dropped

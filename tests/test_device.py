@@ -97,7 +97,7 @@ def test_cpu_device_equals_default_table_build(tiny_data_root, tmp_path):
 
 def test_cpu_device_equals_default_evaluate_and_search_settings(tiny_data_root, tmp_path):
     from conftest import tiny_mq_meta, write_mq_table
-    from evoproxy.evaluation import evaluate
+    from evoproxy.evaluation import proxy_reports
     from evoproxy.searchconfig import SearchConfig
 
     meta = tiny_mq_meta(tiny_data_root)
@@ -106,8 +106,8 @@ def test_cpu_device_equals_default_evaluate_and_search_settings(tiny_data_root, 
     table = write_mq_table(tmp_path, meta, rows)
     kw = dict(samples=4, seed=0, split="all", table=table, batch=10, progress=False)
     items_a, items_b = {}, {}
-    a = evaluate("mq-resnet20-cifar10", ["qe", "bsnip"], items=items_a, **kw)
-    b = evaluate("mq-resnet20-cifar10", ["qe", "bsnip"], device="cpu", items=items_b, **kw)
+    a = proxy_reports("mq-resnet20-cifar10", ["qe", "bsnip"], items=items_a, **kw)
+    b = proxy_reports("mq-resnet20-cifar10", ["qe", "bsnip"], device="cpu", items=items_b, **kw)
     assert [r["scores"] for r in items_a["results"]] == [r["scores"] for r in items_b["results"]]
     assert all(np.isfinite(v) for r in items_b["results"] for v in r["scores"].values())
     assert all("device" not in rep for rep in (*a.values(), *b.values()))

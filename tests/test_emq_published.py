@@ -116,12 +116,12 @@ def test_published_proxy_files_parse_score_and_export(name, power, tmp_path):
 
 
 def test_published_proxy_scores_on_an_mq_table(tiny_data_root, tmp_path):
-    from evoproxy.evaluation import evaluate
+    from evoproxy.evaluation import proxy_reports
     from test_evaluate import _fake_mq_table
 
     table = _fake_mq_table(tiny_data_root, tmp_path)
     files = [str(EXAMPLES / "emq_published.json"), str(EXAMPLES / "emq_published_alt.json")]
-    reps = evaluate("mq-resnet20-cifar10", files, 6, 0, "all", table=str(table), batch=4, progress=False)
+    reps = proxy_reports("mq-resnet20-cifar10", files, 6, 0, "all", table=str(table), batch=4, progress=False)
     for rep in reps.values():
         assert rep["failed"] == 0 and rep["n"] == 6, rep["failures"]
         assert rep["spearman"] > 0  # the fake table's accuracy grows with the bits

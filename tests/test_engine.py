@@ -16,7 +16,7 @@ from evoproxy.screening import score_range
 from evoproxy.fitness import oriented_fitness, subsets
 from evoproxy.ops import OPS, OpError
 from evoproxy.space import ProxyTree, SearchSpace, is_emq_shaped
-from evoproxy.tree import ProxyFileError, canonical, evaluate_tree, load_proxy, parse_proxy, parse_tree, render
+from evoproxy.tree import ProxyFileError, canonical, load_proxy, parse_proxy, parse_tree, render, tree_value
 from primitives.core import LayerStats, NetworkStats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,9 +112,9 @@ def test_tree_value_equals_hand_computation():
     st = _net()
     tree = parse_tree(SNIP)
     expected = sum(float((l["weight_grad"].double() * l["weight"].double()).abs().sum()) for l in st.layers)
-    assert evaluate_tree(tree, st) == pytest.approx(expected, rel=1e-6)
+    assert tree_value(tree, st) == pytest.approx(expected, rel=1e-6)
     st_b = _net(bits=[2, 3, 4])
-    assert evaluate_tree(parse_tree(["layer_sum", ["mean", "bitwidth"]]), st_b) == 9
+    assert tree_value(parse_tree(["layer_sum", ["mean", "bitwidth"]]), st_b) == 9
 
 
 def test_json_round_trip_canonical_and_render():

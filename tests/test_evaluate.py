@@ -143,9 +143,10 @@ def test_cli_baselines_writes_tables_and_json(nb201_root, tmp_path, capsys):
 
 def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_root, monkeypatch):
     from evoproxy import baselines
-    from evoproxy.evaluation import evaluate
+    from evoproxy.evaluation import proxy_reports
     from evoproxy.scoring import resolve_scorers, score_items
     from mqbench.benchmarks import BenchRef
+    from primitives.workspace import Workspace
 
     def flaky(ctx):
         """flaky = a test proxy: NaN on one architecture, an exception on another."""
@@ -158,15 +159,15 @@ def test_failures_are_counted_with_reasons_and_jobs_do_not_change_scores(nb201_r
 
     flaky.proxy_name, flaky.kind, flaky.needs = "flaky", "nas", ()
     monkeypatch.setitem(baselines._REGISTRY, "flaky", flaky)
-    rep = evaluate("nb201-cifar10", ["flaky"], 6, 0, "all", batch=10, progress=False)["flaky"]
+    rep = proxy_reports("nb201-cifar10", ["flaky"], 6, 0, "all", batch=10, progress=False)["flaky"]
     assert rep["failed"] == 2 and rep["n"] == 4
     reasons = sorted(f["reason"] for f in rep["failures"])
     assert reasons == ["RuntimeError: boom second line", "non-finite score (nan)"]
 
     ref = BenchRef("nb201-cifar10")
     snip = resolve_scorers(["snip"])
-    one = score_items(ref, [0, 5], snip, 10, jobs=1, progress=False)
-    two = score_items(ref, [0, 5], snip, 10, jobs=2, progress=False)
+    one = score_items(Workspace(ref), [0, 5], snip, 10, jobs=1, progress=False)
+    two = score_items(Workspace(ref), [0, 5], snip, 10, jobs=2, progress=False)
     assert [r["scores"] for r in one] == [r["scores"] for r in two]
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evoproxy.baselines import ProxyContext, clear_network_cache, get_proxy
-from evoproxy.scoring import model_statistics
+from evoproxy.baselines import ProxyContext, get_proxy
+from evoproxy.scoring import proxy_statistics
 from evoproxy.tree import load_proxy
 from mqbench.cifar10 import normalize
 from mqbench.networks.nb201 import NB201Network
@@ -33,7 +33,7 @@ def _batch(seed=0, n=8):
 
 
 def _plain_stats(proxy, model, x, y):
-    (stats,) = model_statistics(proxy, model, x, y)
+    (stats,) = proxy_statistics(proxy, model, x, y)
     return stats
 
 
@@ -60,7 +60,7 @@ def mq_setup():
 
 def _mq_stats(proxy, model, x, y, configs):
     """As the scoring path does on MQ benchmarks: FP statistics once, quantization ones per configuration."""
-    return model_statistics(proxy, model, x, y, configs, quantizer=quantize_weight)
+    return proxy_statistics(proxy, model, x, y, configs, quantizer=quantize_weight)
 
 
 def _mq_baseline(name, model, x, y, bits):
@@ -73,12 +73,8 @@ def test_mq_baseline_as_a_tree(name, mq_setup):
     model, configs = mq_setup
     proxy = load_proxy(EXAMPLES / f"{name}.json")
     x, y = _batch(1)
-    clear_network_cache()
-    try:
-        for bits, st in zip(configs, _mq_stats(proxy, model, x, y, configs)):
-            assert proxy.value(st) == pytest.approx(_mq_baseline(name, model, x, y, bits), rel=REL), (name, bits)
-    finally:
-        clear_network_cache()
+    for bits, st in zip(configs, _mq_stats(proxy, model, x, y, configs)):
+        assert proxy.value(st) == pytest.approx(_mq_baseline(name, model, x, y, bits), rel=REL), (name, bits)
 
 
 def test_examples_parse_and_cover_the_listed_baselines():

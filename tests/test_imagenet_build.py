@@ -103,9 +103,9 @@ fixed_layers = [0, -1]
 batch = 4
 hutchinson_probes = 0
 """)
-    from evoproxy.evaluation import evaluate
+    from evoproxy.evaluation import proxy_reports
 
-    reports = evaluate(str(spec), ["bit_sum", "qe"], samples=None, seed=0, split="all", batch=4, progress=False)
+    reports = proxy_reports(str(spec), ["bit_sum", "qe"], samples=None, seed=0, split="all", batch=4, progress=False)
     assert reports["bit_sum"]["n"] == len(rows) and reports["qe"]["failed"] == 0
 
     # the spec's own images for the statistics batch: a seeded, class-balanced draw of the tree's train split
@@ -119,7 +119,7 @@ hutchinson_probes = 0
     inputs, targets = batch_for(bench, 4)
     assert bench.dataset.startswith("imagefolder=") and tuple(inputs.shape) == (4, 3, 224, 224)
     assert len(set(targets.tolist())) == 4 and torch.equal(batch_for(bench, 4)[0], inputs)
-    reports = evaluate(str(on_tree), ["qe"], samples=None, seed=0, split="all", batch=4, progress=False)
+    reports = proxy_reports(str(on_tree), ["qe"], samples=None, seed=0, split="all", batch=4, progress=False)
     assert reports["qe"]["failed"] == 0
     bad = tmp_path / "bad_data.toml"
     bad.write_text(spec.read_text() + '[data]\ndataset = "imagenett"\n')

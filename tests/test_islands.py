@@ -17,7 +17,7 @@ from evoproxy.ops import OPS
 from evoproxy.opkernels import evaluate_tree as evaluate_json
 from evoproxy.screening import CostMeter, op_cost, score_range, tree_cost
 from evoproxy.searchconfig import SearchConfig
-from evoproxy.tree import evaluate_tree, parse_tree
+from evoproxy.tree import parse_tree, tree_value
 
 TINY = dict(bench="nb201-cifar10", samples=8, population=6, generations=3, batch=8, seed=3, progress=False)
 ISLANDS = dict(islands=2, migration_interval=1, migrants=1, restart_after=1)
@@ -99,7 +99,7 @@ def test_cost_bound_rejects_deterministically(stats):
     values = [run(st, functions) for st in stats[:3]]
     assert meter.total == cost > 0
     assert values == [run(st, {n: op.fn for n, op in OPS.items()}) for st in stats[:3]]  # metering: same scores
-    assert values == pytest.approx([evaluate_tree(tree, st) for st in stats[:3]], rel=1e-6)  # = the stacked evaluator
+    assert values == pytest.approx([tree_value(tree, st) for st in stats[:3]], rel=1e-6)  # = the stacked evaluator
     ok = score_range(tree, stats, 0, 3, cost_bound=cost)
     assert ok.reason is None and ok.scores == pytest.approx(values, rel=1e-5)
     over = score_range(tree, stats, 0, 3, cost_bound=cost - 1)
@@ -119,17 +119,16 @@ def test_cost_bound_rejects_deterministically(stats):
 
 
 def test_time_budget_sizes_follow_the_rule():
-    # neither size given: a schedule 4x wider than long, total population sqrt(4 F / 4.5) rounded down to the ladder;
-    # generations open
-    assert choose_sizes(10.0, 600.0, 1, None, None) == (64, MAX_GENERATIONS)  # F = 6000: sqrt(5333) = 73.0 -> 64
-    assert choose_sizes(10.0, 600.0, 4, None, None) == (16, MAX_GENERATIONS)  # 73.0 / 4 = 18.3 -> 16
+    # neither size given: square schedule, total population sqrt(F / 4.5) rounded down to the ladder; generations open
+    assert choose_sizes(10.0, 600.0, 1, None, None) == (32, MAX_GENERATIONS)  # F = 6000: sqrt(1333) = 36.5 -> 32
+    assert choose_sizes(10.0, 600.0, 4, None, None) == (8, MAX_GENERATIONS)  # 36.5 / 4 = 9.1 -> 8
     assert choose_sizes(10.0, 600.0, 1, 32, None) == (32, MAX_GENERATIONS)
     assert choose_sizes(10.0, 600.0, 1, None, 29) == (32, 29)  # 6000 / (4.5 * 30) = 44.4 -> 32
     assert choose_sizes(0.0, 600.0, 1, None, None) == (MIN_POPULATION, MAX_GENERATIONS)  # nothing affordable
     assert choose_sizes(1e9, 1e9, 1, None, None)[0] == POPULATIONS[-1]
-    assert choose_sizes(1.0, 600.0, 1, None, None, smallest=40) == (40, MAX_GENERATIONS)  # above elites/migrants
+    assert choose_sizes(10.0, 600.0, 1, None, None, smallest=40) == (40, MAX_GENERATIONS)  # above elites/migrants
     # a run of the same command a few percent faster or slower gets the same population
-    assert {choose_sizes(10.0 * f, 600.0, 1, None, None)[0] for f in (0.9, 0.95, 1.0, 1.05)} == {64}
+    assert {choose_sizes(10.0 * f, 600.0, 1, None, None)[0] for f in (0.9, 0.95, 1.0, 1.05)} == {32}
 
 
 def test_stop_rule_learns_the_pace_and_patience():

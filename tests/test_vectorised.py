@@ -14,7 +14,7 @@ from evoproxy.opkernels import OpError, evaluate_tree as evaluate_json
 from evoproxy.ops import OPS
 from evoproxy.screening import _CAUGHT, _is_constant, _rejected, score_range
 from evoproxy.space import SearchSpace
-from evoproxy.tree import evaluate_tree, parse_tree
+from evoproxy.tree import parse_tree, tree_value
 from primitives import PRIMITIVES
 
 
@@ -169,7 +169,7 @@ def test_random_trees_equal_each_network_alone(stats, structure, probe_bytes, mo
             assert same(a, b), (tree.to_json(), (start, stop), a, b)
             outcomes[a.reason] = outcomes.get(a.reason, 0) + 1
         if a.reason is None:  # the library's single network: a stack of one
-            assert a.scores == pytest.approx([evaluate_tree(tree, st) for st in stats[1:3]], rel=1e-5)
+            assert a.scores == pytest.approx([tree_value(tree, st) for st in stats[1:3]], rel=1e-5)
     assert outcomes.get(None, 0) >= 20 and outcomes.get("shape", 0) >= 5  # both valid and rejected trees were checked
 
 
@@ -178,7 +178,7 @@ def test_first_error_in_network_order(stats):
     st = vectorised.stack(stats)
     # the last synthetic network has a 520-way classifier: gram of the weight raises "size" there only
     tree = ["layer_sum", ["sum", ["gram", "weight"]]]
-    result = vectorised.evaluate(tree, st, 0, len(stats))
+    result = vectorised.tree_values(tree, st, 0, len(stats))
     assert result.error is not None and result.error[0] == len(stats) - 1
     assert isinstance(result.error[1], OpError) and result.error[1].reason == "size"
     assert len(result.values) == len(stats) - 1
@@ -210,9 +210,9 @@ def test_stack_of_named_statistics(stats):
     tree = ["layer_mean", ["l1", ["mul", "weight", "weight_grad"]]]
     part = vectorised.stack(stats, names={"weight", "weight_grad"})
     assert all(set(g.stores) <= {"weight", "weight_grad"} for g in part.groups)
-    full = vectorised.evaluate(tree, vectorised.stack(stats), 0, len(stats)).values
-    assert (vectorised.evaluate(tree, part, 0, len(stats)).values == full).all()
-    missing = vectorised.evaluate(["layer_sum", ["sum", "act_out"]], part, 0, len(stats)).error
+    full = vectorised.tree_values(tree, vectorised.stack(stats), 0, len(stats)).values
+    assert (vectorised.tree_values(tree, part, 0, len(stats)).values == full).all()
+    missing = vectorised.tree_values(["layer_sum", ["sum", "act_out"]], part, 0, len(stats)).error
     assert missing[0] == 0 and missing[1].reason == "missing"
 
 
@@ -221,17 +221,17 @@ def test_layer_values_memo_is_reused_and_bounded(stats, monkeypatch):
     memo stays under MEMO_BYTES."""
     st = vectorised.stack(stats)
     tree = ["nadd", ["layer_sum", ["l1", "weight"]], ["layer_mean", ["l1", "weight"]]]
-    first = vectorised.evaluate(tree, st, 0, len(stats))
+    first = vectorised.tree_values(tree, st, 0, len(stats))
     assert len(st.memo) == 1
-    assert (vectorised.evaluate(tree, st, 0, len(stats)).values == first.values).all()
+    assert (vectorised.tree_values(tree, st, 0, len(stats)).values == first.values).all()
     bad = ["layer_sum", ["sum", ["gram", "weight"]]]  # raises "size" on the last network
     for _ in range(2):
-        err = vectorised.evaluate(bad, st, 0, len(stats)).error
+        err = vectorised.tree_values(bad, st, 0, len(stats)).error
         assert err[0] == len(stats) - 1 and err[1].reason == "size"
     one = st.memo[next(iter(st.memo))][0].numel() * 8
     monkeypatch.setattr(vectorised, "MEMO_BYTES", 2 * one)
     for name in ("weight", "weight_grad", "act_out", "act_in"):
-        vectorised.evaluate(["layer_sum", ["mean", name]], st, 0, len(stats))
+        vectorised.tree_values(["layer_sum", ["mean", name]], st, 0, len(stats))
     assert st.memo_bytes <= 2 * one and len(st.memo) == 2
 
 

@@ -20,11 +20,12 @@ def _write_items(path, rows):
 def test_rescoring_matches_and_reports_differences(search_root, tmp_path, capsys):
     from evoproxy.scoring import resolve_scorers, score_items
     from mqbench.benchmarks import BenchRef, get_benchmark
+    from primitives.workspace import Workspace
 
     ids = get_benchmark("nb201-cifar10").sample(3, 0, "all")
-    ref, _ = BenchRef.resolve("nb201-cifar10")
+    ref, bench = BenchRef.resolve("nb201-cifar10")
     names = ["params", "grad_norm"]
-    results = score_items(ref, ids, resolve_scorers(names), 10, progress=False)
+    results = score_items(Workspace(ref, bench), ids, resolve_scorers(names), 10, progress=False)
     rows = [(n, i, r["scores"][n]) for n in names for i, r in zip(ids, results)]
     path = tmp_path / "items.csv"
     _write_items(path, rows)

@@ -6,8 +6,10 @@
     print(result.bits_str, result.size_mb, result.bops_g, result.score, result.optimiser, result.top1)
 
 ``proxy``: a registered MQ baseline name (``evoproxy baselines --list``: ``hawq_v2``, ``bit_sum``,
-``model_size``, ...), a proxy JSON file, a parsed :class:`evoproxy.tree.Proxy`, or a function of
-the configuration (searchable-layer bit tuple -> float). Higher score = predicted more accurate.
+``model_size``, ...), a proxy JSON file (calibrated or not), a parsed :class:`evoproxy.tree.Proxy`, a
+:class:`evoproxy.scoring.Scorer` (e.g. ``callable_scorer(f)`` for ``f(model, inputs, targets, bit_config)``),
+or an *objective*: a function of the configuration itself (searchable-layer bit tuple -> float); see
+:mod:`evoproxy.allocation.scoring`. Higher score = predicted more accurate.
 ``model``: a model with a committed MQ-Bench table (``resnet20``, ``resnet32``); the allowed bits,
 the fixed first/last layers (at 8 bits), the layer sizes/MACs and the PTQ settings come from it.
 ``budget``: see :mod:`evoproxy.allocation.model` (``"uniform-K"``, ``"0.1MB"``/``"98KB"``/a number
@@ -30,8 +32,9 @@ from pathlib import Path
 
 from evoproxy.allocation.model import BATCH, Budget, ModelInfo, load_model, parse_budget
 from evoproxy.allocation.optimise import SEED, maximise
-from evoproxy.allocation.scoring import FailureCounter, config_scorer, proxy_label, resolve_proxy
+from evoproxy.allocation.scoring import FailureCounter, config_scorer, resolve_target
 from evoproxy.errors import ConfigError
+from evoproxy.scoring import proxy_label
 
 __all__ = ["Allocation", "Allocator", "Budget", "allocate", "parse_budget"]
 
@@ -80,9 +83,9 @@ class Allocator:
         self.info = info if info is not None else load_model(model, table, batch)
         self.label = label or proxy_label(proxy)
         self.seed = int(seed)
-        resolved = resolve_proxy(proxy)
+        target = resolve_target(proxy)
         with fixed_threads(1):
-            self.score = FailureCounter(config_scorer(self.info, resolved))
+            self.score = FailureCounter(config_scorer(self.info, target))
 
     def score_of(self, config) -> float:
         """The proxy's score of one configuration (nan when it fails)."""

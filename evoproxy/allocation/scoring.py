@@ -1,106 +1,89 @@
-"""A proxy's score of one bit configuration of a model: the one place allocation turns proxies into numbers.
+"""Allocation's driver: a proxy's score of one bit configuration of a model.
 
-:func:`config_scorer` is the narrow entry point: ``config_scorer(info, proxy)`` -> ``score(config)``
-(config = bit-widths of the searchable layers; higher = predicted more accurate), for
+    target = resolve_target(proxy)           # a Scorer (evoproxy.scoring.as_scorer) or an objective fn(config)
+    score = config_scorer(info, target)      # score(config) -> float; config = bits of the searchable layers
 
-* a registered MQ baseline name (``hawq_v2``, ``bit_sum``, ...): the baseline on a
-  :class:`~evoproxy.baselines.ProxyContext` of the FP network with the configuration's bits, as
-  ``evoproxy.scoring.score_item`` builds it (per-network caches such as Hessian traces are paid once);
-* a parsed :class:`~evoproxy.tree.Proxy` (or a proxy file's path): FP statistics extracted once,
-  quantization statistics (``weight_q``, ``quant_error``, ``bitwidth``, ``size_mb``) added per
-  configuration (:func:`primitives.items.with_bit_config`, one quantization per layer and bit-width);
-* a callable ``fn(config) -> float`` (a custom objective), used as is.
+What allocation maximises is either
+
+* a :class:`~evoproxy.scoring.Scorer`, the one description of a proxy (a registered MQ baseline name, a proxy
+  file, a ``Proxy``, a calibrated proxy, or ``callable_scorer(f)`` for ``f(model, inputs, targets, bit_config)``):
+  the driver builds what the scorer's kind reads for the configuration and asks the scorer for its value
+  (:meth:`~evoproxy.scoring.Scorer.bind`), as the evaluation driver does for benchmark items:
+
+  - statistics: the FP network's statistics extracted once, the quantization statistics (``weight_q``,
+    ``quant_error``, ``bitwidth``, ``size_mb``) added per configuration (:func:`primitives.items.with_bit_config`,
+    one quantization per layer and bit-width);
+  - a :class:`~evoproxy.baselines.ProxyContext` of the FP network with the configuration's bits (per-network
+    caches such as Hessian traces are paid once);
+
+* or an *objective*: a plain callable ``fn(config) -> float`` of the configuration itself (higher = better),
+  used as is.
 
 Protocol as the MQ evaluation: the model's batch (64 training images, seed 0), proxy seed 0, one torch thread.
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Callable
 
 from evoproxy.errors import ConfigError, EvoproxyError
-from evoproxy.scoring import reason
+from evoproxy.scoring import CONTEXT, STATISTICS, Scorer, as_scorer, reason
 from primitives.items import PROXY_SEED
 
 
-def proxy_label(proxy) -> str:
-    """How results name a proxy: the baseline name, the file path, the formula or the function name."""
-    from evoproxy.tree import Proxy
+def resolve_target(proxy):
+    """What allocation maximises: an objective (a plain callable ``fn(config)``) as is, else the proxy's
+    :class:`Scorer` (:func:`evoproxy.scoring.as_scorer`: ConfigError listing the registered names for an unknown
+    one), which must score bit configurations (ConfigError for a baseline of networks)."""
+    from evoproxy.baselines import proxy_names
 
-    if isinstance(proxy, Proxy):
-        return proxy.source or proxy.formula
-    if isinstance(proxy, (str, Path)):
-        return str(proxy)
-    return getattr(proxy, "__name__", type(proxy).__name__)
-
-
-def resolve_proxy(proxy):
-    """A registered MQ baseline's name, a parsed Proxy or a callable (ConfigError otherwise)."""
-    from evoproxy.baselines import get_proxy, proxy_names
-    from evoproxy.tree import Proxy, load_proxy
-
-    if isinstance(proxy, Proxy) or (callable(proxy) and not isinstance(proxy, (str, Path))):
+    if callable(proxy):
         return proxy
-    if isinstance(proxy, str) and proxy in proxy_names("mq"):
-        return proxy
-    if isinstance(proxy, Path) or (isinstance(proxy, str) and (proxy.endswith(".json") or "/" in proxy
-                                                               or Path(proxy).is_file())):
-        return load_proxy(proxy)
-    if isinstance(proxy, str):
-        if proxy in proxy_names("nas"):
-            raise ConfigError(f"proxy {proxy!r} scores networks, not bit configurations; "
-                              f"MQ proxies: {', '.join(proxy_names('mq'))}")
-        get_proxy(proxy)  # unknown name: ConfigError listing the registered ones
-    raise ConfigError(f"proxy must be an MQ baseline name, a proxy file or a Proxy, got {proxy!r}")
+    scorer = as_scorer(proxy)
+    if scorer.kind == "baseline" and scorer.bench_kind == "nas":
+        raise ConfigError(f"proxy {scorer.payload!r} scores networks, not bit configurations; "
+                          f"MQ proxies: {', '.join(proxy_names('mq'))}")
+    return scorer
 
 
-def config_scorer(info, proxy) -> Callable[[tuple], float]:
-    """``score(config) -> float`` of ``proxy`` (already resolved by :func:`resolve_proxy`) on ``info``'s model."""
-    if isinstance(proxy, str):
-        return _baseline_scorer(info, proxy)
-    from evoproxy.tree import Proxy
-
-    if isinstance(proxy, Proxy):
-        return _proxy_scorer(info, proxy)
-    return lambda config: float(proxy(tuple(config)))
+def config_scorer(info, target) -> Callable[[tuple], float]:
+    """``score(config) -> float`` of ``target`` (from :func:`resolve_target`) on ``info``'s model."""
+    if not isinstance(target, Scorer):
+        return lambda config: float(target(tuple(config)))
+    value = target.bind()
+    source = SOURCES[target.reads](info, target)
+    return lambda config: value(source(config))
 
 
-def _baseline_scorer(info, name: str) -> Callable[[tuple], float]:
-    """Registered MQ baseline ``name`` on a configuration, through ProxyContext as evaluate.score_item does."""
-    from evoproxy.baselines import ProxyContext, get_proxy
-    from mqbench.quant import quantize_weight
-
-    fn = get_proxy(name)
-    inputs, targets = info.batch()
-
-    def score(config):
-        ctx = ProxyContext(info.fp_model, inputs, targets, bit_config=info.full_bits(config), seed=PROXY_SEED,
-                           quantizer=quantize_weight, model_key=info.model_key, act_bits=info.act_bits,
-                           prefetch=tuple(sorted(fn.needs)))
-        return float(fn(ctx))
-
-    return score
-
-
-def _proxy_scorer(info, proxy) -> Callable[[tuple], float]:
-    """An evolved proxy's score: FP statistics once, quantization statistics added per configuration
-    (the scoring path's protocol, :func:`evoproxy.scoring.model_statistics`)."""
+def _statistics_source(info, scorer: Scorer) -> Callable[[tuple], object]:
+    """config -> the model's NetworkStats with that configuration's quantization statistics: FP statistics once,
+    quantization statistics added per configuration (the scoring path's protocol, :func:`evoproxy.scoring.proxy_statistics`)."""
     import copy
 
-    from evoproxy.scoring import model_statistics
+    from evoproxy.scoring import proxy_statistics
     from mqbench.quant import quantize_weight
     from primitives.items import split_names, with_bit_config
 
     inputs, targets = info.batch()
-    (fp_stats,) = model_statistics(proxy, copy.deepcopy(info.fp_model).eval(), inputs, targets)
-    _, quant_names = split_names(proxy.tree.terminals())
+    (fp_stats,) = proxy_statistics(scorer, copy.deepcopy(info.fp_model).eval(), inputs, targets)
+    _, quant_names = split_names(scorer.needs)
     quantized: dict = {}
+    return lambda config: with_bit_config(fp_stats, info.full_bits(config), quant_names, quantize_weight, quantized)
 
-    def score(config):
-        return float(proxy.value(with_bit_config(fp_stats, info.full_bits(config), quant_names, quantize_weight, quantized)))
 
-    return score
+def _context_source(info, scorer: Scorer) -> Callable[[tuple], object]:
+    """config -> a ProxyContext of the FP network with that configuration's bits, as the evaluation driver builds it."""
+    from evoproxy.baselines import ProxyContext
+    from mqbench.quant import quantize_weight
+
+    inputs, targets = info.batch()
+    prefetch = tuple(sorted(scorer.needs))
+    return lambda config: ProxyContext(info.fp_model, inputs, targets, bit_config=info.full_bits(config), seed=PROXY_SEED,
+                                       quantizer=quantize_weight, model_key=info.model_key, act_bits=info.act_bits,
+                                       prefetch=prefetch)
+
+
+SOURCES = {STATISTICS: _statistics_source, CONTEXT: _context_source}  # what a scorer's kind reads, per configuration
 
 
 class FailureCounter:

@@ -14,10 +14,11 @@ the benchmark's train/eval mode on every access, so a proxy may modify it), ``in
 ``stats(names, probes=0)`` (``primitives.extract`` with the context's quantizer, computed lazily
 and cached per context; names listed in ``prefetch`` are extracted together on the first call, so
 several proxies share one extraction; the scoring path passes ``stats_source`` instead, which serves
-them from :mod:`primitives.items`: network statistics once per network and disk-cached), ``memo(key, fn)`` (per-context cache, e.g. a Jacobian used by
-two proxies) and ``network_cached(key, fn)`` (an in-process cache per *network*: for MQ benchmarks
-the FP network is the same for every configuration, so Hessian eigenvalues/traces or layer
-orthogonality are computed once and reused across configurations).
+them from the benchmark's :class:`primitives.workspace.Workspace`: network statistics once per network and
+disk-cached), ``memo(key, fn)`` (per-context cache, e.g. a Jacobian used by two proxies) and
+``network_cached(key, fn)`` (a cache per *network*, on disk and in the ``network_store`` the caller passes
+(the scoring path: its workspace): for MQ benchmarks the FP network is the same for every configuration, so
+Hessian eigenvalues/traces or layer orthogonality are computed once and reused across configurations).
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import copy
 import hashlib
 import sys
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,8 +36,6 @@ from evoproxy.errors import ConfigError
 
 KINDS = ("nas", "mq")
 _REGISTRY: dict[str, Callable] = {}
-_NETWORK_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
-NETWORK_CACHE_SIZE = 256
 
 
 def register(name: str, kind: str = "nas", needs=()):
@@ -82,10 +80,6 @@ def describe(name: str) -> str:
     return (get_proxy(name).__doc__ or "").strip().splitlines()[0]
 
 
-def clear_network_cache() -> None:
-    _NETWORK_CACHE.clear()
-
-
 @dataclass
 class ProxyContext:
     """What a baseline sees of one benchmark item (see the module docstring)."""
@@ -100,6 +94,7 @@ class ProxyContext:
     act_bits: int = 8
     prefetch: tuple[str, ...] = ()
     stats_source: Callable | None = None  # (names, probes) -> NetworkStats; the scoring path's shared cache
+    network_store: object = None  # keeps network_cached values in memory: recall(key) / remember(key, value) (a Workspace)
     progress: bool = False  # show progress bars inside long per-network computations (see steps())
     extract_seconds: float = 0.0
     _stats: list = field(default_factory=list, repr=False)
@@ -163,18 +158,18 @@ class ProxyContext:
         return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def network_cached(self, key, fn: Callable[[], object]):
-        """``fn()`` once per network (model_key, batch and seed): in this process, and on disk under
-        ``cache_root()/network`` so other workers and later runs reuse it; per context without a model_key."""
+        """``fn()`` once per network (model_key, batch and seed): on disk under ``cache_root()/network`` so other
+        contexts, workers and later runs reuse it, and in ``network_store`` when given; per context without a
+        model_key."""
         if self.model_key is None:
             return self.memo(("network", key), fn)
-        full = (self.model_key, self.batch_digest, int(self.seed), key)
-        if full in _NETWORK_CACHE:
-            _NETWORK_CACHE.move_to_end(full)
-            return _NETWORK_CACHE[full]
-        value = _disk_cached(full, fn)
-        _NETWORK_CACHE[full] = value
-        while len(_NETWORK_CACHE) > NETWORK_CACHE_SIZE:
-            _NETWORK_CACHE.popitem(last=False)
+        full = ("baseline network value", self.model_key, self.batch_digest, int(self.seed), key)
+        store = self.network_store
+        if store is not None and (value := store.recall(full)) is not None:
+            return value
+        value = self.memo(full, lambda: _disk_cached(full[1:], fn))
+        if store is not None:
+            store.remember(full, value)
         return value
 
 
@@ -233,5 +228,4 @@ def prunable_layers(model: nn.Module) -> list[nn.Module]:
 # register the baselines
 from evoproxy.baselines import nas, mq  # noqa: E402,F401,I001
 
-__all__ = ["ProxyContext", "register", "get_proxy", "proxy_names", "describe", "prunable_layers",
-           "clear_network_cache"]
+__all__ = ["ProxyContext", "register", "get_proxy", "proxy_names", "describe", "prunable_layers"]

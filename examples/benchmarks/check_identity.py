@@ -30,7 +30,7 @@ def main(which: list[str]) -> int:
     os.environ["EVOPROXY_CACHE"] = tempfile.mkdtemp(prefix="evoproxy-identity-")
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
-    from evoproxy.evaluation import evaluate
+    from evoproxy.evaluation import proxy_reports
 
     worst = 0.0
     for key in which or list(PAIRS):
@@ -38,7 +38,7 @@ def main(which: list[str]) -> int:
         runs = {}
         for bench in (builtin, spec):
             items, t0 = {}, time.perf_counter()
-            reports = evaluate(bench, proxies, samples=50, seed=1, items=items, progress=False)
+            reports = proxy_reports(bench, proxies, samples=50, seed=1, items=items, progress=False)
             runs[bench] = (items, reports, time.perf_counter() - t0)
         (a, ra, ta), (b, rb, tb) = runs[builtin], runs[spec]
         assert a["ids"] == b["ids"], "different samples"
