@@ -8,7 +8,9 @@ on, ``--jobs 1`` so that the whole request runs in this process), loads its stat
 call from a function of one project module into a function of another is an edge; the report counts
 
 * **stays**: module entries by a call (consecutive calls inside one module are one stay);
-* **climbs**: calls from a lower floor into a higher one (mqbench < primitives < evoproxy < experiments);
+* **climbs**: calls from a lower floor into a higher one (mqbench < primitives < evoproxy's rooms, bottom-up:
+  language < scoring < evolution, fitting, allocation < the surface < experiments; the import contracts
+  forbid such imports, so a climb is a callback handed down);
 * **returns**: calls into a module that is already on the call stack below the caller (a module left and
   entered again before the request is over: a callback).
 
@@ -21,11 +23,15 @@ import sys
 
 from experiments.common import log, results_dir, write_report
 
-FLOORS = {"mqbench": 0, "primitives": 1, "evoproxy": 2, "experiments": 3}
+FLOORS = {"mqbench": 0, "primitives": 1, "evoproxy": 5, "experiments": 6}
+ROOMS = {"language": 2, "errors": 2, "scoring": 3, "evolution": 4, "fitting": 4, "allocation": 4}  # evoproxy's
 
 
 def floor(module: str) -> int | None:
-    return FLOORS.get(module.split(".", 1)[0])
+    parts = module.split(".")
+    if parts[0] == "evoproxy" and len(parts) > 1 and parts[1] in ROOMS:
+        return ROOMS[parts[1]]
+    return FLOORS.get(parts[0])
 
 
 class CallTrace:
