@@ -157,6 +157,11 @@ def test_time_budget_run_records_its_sizes(search_root, tmp_path):
     assert "only wall-clock" in sizing["wall_clock"] and sizing["trees_per_second"] > 0
     assert (config["population"], config["generations"]) == (sizing["population"], sizing["generations"])
     assert result.stopped and "time budget" in result.stopped  # the budget was spent before generation 1
+    # the budget's clock starts after the preparation (loading the statistics, the workers' warm-up)
+    status = json.loads((run / "run.json").read_text())
+    searched = sizing["calibration_seconds"] + sum(float(r["seconds"]) for r in csv.DictReader(open(run / "log.csv")))
+    assert status["preparation_seconds"] > 0 and sizing["warmup_seconds"] >= 0
+    assert searched <= status["elapsed_seconds"] < searched + status["preparation_seconds"]
     # a resume adopts the recorded sizes (nothing measured again) and sees the run finished
     again = run_search(SearchConfig(out=str(run), bench="nb201-cifar10", samples=8, batch=8, seed=3, progress=False,
                                     time_budget=0.5), resume=True)

@@ -9,7 +9,11 @@ generation 0 from the rate it measures on this machine:
    time ``CALIBRATION_TREES`` more: ``rate`` = trees / seconds. (Timing the first trees measured the
    start-up: a 600 s NB201 run measured 1.8 trees/s and then evolved at about 20.) Every scored tree
    stays in the memo.
-2. **Afford**: ``F = rate * (time_budget - seconds spent so far)`` trees.
+2. **Afford**: ``F = rate * (time_budget - seconds searched so far)`` trees. The budget counts the search
+   itself: the calibration trees, the generations and the checkpoints. Loading the statistics (in this process
+   and, in the warm-up, in the workers) is preparation: it comes before the budget's clock starts, and
+   ``run.json`` records it as ``preparation_seconds`` (a first run extracts the statistics; later runs read
+   them from the disk cache, and the budget buys the same search either way).
 3. **Population** (when not given): a square schedule, total ``sqrt(F / TREES_PER_SLOT)`` (or
    ``F / (TREES_PER_SLOT * (generations + 1))`` when the generations are given), split over the
    islands and rounded *down* to the ladder ``POPULATIONS`` (steps of 1.5x), so that the small
@@ -113,9 +117,10 @@ def sizing_record(rate: float, trees: int, seconds: float, left: float, populati
             "given": given}
 
 
-def size_for_budget(search, t_prep: float) -> None:
+def size_for_budget(search) -> None:
     """Size ``search.config``'s unset population/generations (a fresh :class:`evoproxy.evolution.engine.Search` whose
-    statistics are loaded; ``t_prep``: when it started) and set ``search.sizing``."""
+    statistics are loaded) and set ``search.sizing`` (its ``warmup_seconds`` are preparation, its
+    ``calibration_seconds`` part of the search: step 2 of the module docstring)."""
     import dataclasses
     import random
     import time
@@ -125,18 +130,20 @@ def size_for_budget(search, t_prep: float) -> None:
     c = search.config
     random.seed(derive_seed("search-calibration", 0))  # the same trees for every seed: the sizes follow the machine
     warmup = [search.space.random_tree() for _ in range(WARMUP_TREES)]
+    t_warm = time.perf_counter()
     search._score(warmup, search._new_counts())  # starts the workers, loads the statistics in them (untimed)
     t0 = time.perf_counter()
     trees = [search.space.random_tree() for _ in range(CALIBRATION_TREES)]
     search._score(trees, search._new_counts())  # the memo keeps them
     seconds = max(time.perf_counter() - t0, 1e-6)
     rate = CALIBRATION_TREES / seconds
-    left = c.time_budget - (time.perf_counter() - t_prep)
+    left = c.time_budget - seconds
     given = {"population": c.population, "generations": c.generations}
     population, generations = choose_sizes(rate, left, c.islands, c.population, c.generations,
                                            smallest=smallest_population(c))
     search.config = dataclasses.replace(c, population=population, generations=generations)
     search.sizing = sizing_record(rate, CALIBRATION_TREES, seconds, left, population, generations, given)
+    search.sizing["warmup_seconds"] = round(t0 - t_warm, 3)
 
 
 def resize_for_budget(search) -> bool:

@@ -157,7 +157,7 @@ class Search:
         self.val_memo: dict[str, float] = {}  # hall-of-fame key -> fitness on the validation items (--validation)
         self.children: list[dict] = []  # children.csv rows (audit)
         self.elapsed = 0.0
-        self.prep_seconds = 0.0  # extraction of the search samples' statistics (part of elapsed)
+        self.prep_seconds = 0.0  # loading (or extracting) the statistics, and the workers' warm-up: not in elapsed
         self.stopped = None
 
     def _state_json(self) -> dict:
@@ -215,7 +215,7 @@ class Search:
                 self.out.rmdir()
             raise
 
-    def _open_run_dir(self, t_prep: float) -> None:
+    def _open_run_dir(self) -> None:
         import dataclasses
 
         from evoproxy.evolution.budget import size_for_budget
@@ -237,7 +237,7 @@ class Search:
                 print(f"note: {self.out} has no checkpoint yet; starting from generation 0", file=sys.stderr)
             self._fresh_state()
             if self.config.population is None or self.config.generations is None:
-                size_for_budget(self, t_prep)
+                size_for_budget(self)
         self.config.validate()
         if self.config.population is None or self.config.generations is None:
             raise ConfigError(f"the checkpoint in {self.out} has no population/generations; pass them")
@@ -450,11 +450,17 @@ class Search:
 
         t_prep = time.perf_counter()
         self._prepare()
-        self._open_run_dir(t_prep)
+        prepared = time.perf_counter() - t_prep
+        self._open_run_dir()
         c = self.config  # its sizes are known now
-        if self.generation < 0:
-            self.prep_seconds = time.perf_counter() - t_prep
-            self.elapsed += self.prep_seconds
+        if self.generation < 0:  # the budget's clock starts after the preparation (evoproxy.evolution.budget)
+            sized = self.sizing if self.sizing and self.sizing.get("sized_by") == "time_budget" else {}
+            self.prep_seconds = prepared + sized.get("warmup_seconds", 0.0)
+            self.elapsed += sized.get("calibration_seconds", 0.0)
+            if c.progress:
+                print(f"statistics of {len(self.ids)} search items{f' and {len(self.val_ids)} validation items' if self.val_ids else ''} "
+                      f"ready in {self.prep_seconds:.0f} s{' (before the time budget starts)' if c.time_budget else ''}",
+                      file=sys.stderr)
         bar = tqdm(total=None if c.generations >= MAX_GENERATIONS else c.generations + 1, initial=self.generation + 1, desc="search", unit="gen",
                    file=sys.stderr, disable=not c.progress, dynamic_ncols=True)
         try:

@@ -67,7 +67,7 @@ def run_status(search) -> dict:
     """``run.json``: how far the run got and why it stopped (the time budget, --patience, or not yet)."""
     budget = search.config.time_budget
     return {"generation": search.generation, "elapsed_seconds": round(search.elapsed, 3),
-            "extraction_seconds": round(search.prep_seconds, 3), "time_budget": budget,
+            "preparation_seconds": round(search.prep_seconds, 3), "time_budget": budget,
             "budget_used": None if not budget else round(search.elapsed / budget, 4),
             "stopped": search.stopped or ("finished: --generations reached" if search.generation >= search.config.generations
                                           else None)}

@@ -134,7 +134,8 @@ class SearchConfig:
                         choices=BACKENDS)
     scheduler: str | None = _opt(None, "address of a running Dask scheduler (e.g. tcp://host:8786) to run on; "
                                        "needs --backend dask, and --jobs about its worker count")
-    time_budget: float | None = _opt(None, "seconds for the whole search (the only wall-clock setting): stop after "
+    time_budget: float | None = _opt(None, "seconds of searching (the only wall-clock setting; loading the statistics "
+                                           "comes first, uncounted): stop after "
                                            "the generation that would exceed it; unset --population/--generations are "
                                            "sized to fit it from a measured scoring rate (evoproxy.evolution.budget)")
     progress: bool = _opt(True, "no progress bar", flag="--quiet")

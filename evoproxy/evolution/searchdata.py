@@ -62,7 +62,7 @@ class SearchSamples:
 
     def setup(self) -> Setup:
         """How a worker process builds its own samples of this recipe (these ones in this process)."""
-        return Setup(load_samples, (self.recipe,), local=self)
+        return Setup(stacked_samples, (self.recipe,), local=self)
 
 
 def load_samples(recipe: DataRecipe, workspace=None, jobs: int = 1, progress: bool = False) -> SearchSamples:
@@ -74,3 +74,11 @@ def load_samples(recipe: DataRecipe, workspace=None, jobs: int = 1, progress: bo
         workspace = Workspace(recipe.ref)
     stats = workspace.statistics(recipe.ids, recipe.request, jobs=jobs, progress=progress, cache_dir=recipe.cache_dir)
     return SearchSamples(recipe, stats)
+
+
+def stacked_samples(recipe: DataRecipe) -> SearchSamples:
+    """:func:`load_samples` with the stacked form built too: a worker's whole state in its one build, so that
+    its memory does not grow in a later task (:func:`mqbench.parallel.process_state`)."""
+    samples = load_samples(recipe)
+    samples.stacked
+    return samples
