@@ -23,8 +23,7 @@ import textwrap
 import tokenize
 
 from evoproxy.errors import ConfigError
-from evoproxy.language.ops import OPS
-from evoproxy.language.tree import terminal_symbol
+from evoproxy.language.tree import render_json
 
 KERNELS = ("mqbench.quant.kernels", "primitives.kernels", "primitives.richkernels", "primitives.passes",
            "evoproxy.language.opkernels")  # dependency order
@@ -202,13 +201,6 @@ def names_used(code: str) -> set:
 
 # ------------------------------------------------------------------------------------- the tree as code
 
-def render(tree) -> str:
-    """The plain rendering of a JSON (sub)tree, as ``evoproxy show`` writes formulas."""
-    if isinstance(tree, str):
-        return terminal_symbol(tree)
-    return OPS[tree[0]].text.format(*(render(c) for c in tree[1:]))
-
-
 LINE_WIDTH = 110  # a line's comment shows its node's formula when the line stays this short
 
 
@@ -225,7 +217,7 @@ class _Writer:
             self.count += 1
             scope[key] = f"t{self.count}"
             line = f"{indent}{scope[key]} = {expr}"
-            note = f"  # {render(node)}"
+            note = f"  # {render_json(node)}"
             self.lines.append(line + note if len(line + note) <= LINE_WIDTH else line)
         return scope[key]
 
@@ -248,7 +240,7 @@ class _Writer:
             a, b = self.net(node[1], scope, indent), self.net(node[2], scope, indent)
             return self.assign(scope, node, f"{self.refs[node[0]]}({a}, {b})", indent)
         values = f"v{self.count + 1}"
-        line, note = f"{indent}{values} = []", f"  # per layer: {render(node[1])}"
+        line, note = f"{indent}{values} = []", f"  # per layer: {render_json(node[1])}"
         self.lines += [line + note if len(line + note) <= LINE_WIDTH else line,
                        f"{indent}for i, layer in enumerate(layers):"]
         last = self.layer(node[1], {}, indent + "    ")
@@ -269,4 +261,4 @@ def formula_lines(tree, refs: dict, terms: str | None = None, indent: str = "   
     return writer.lines, result
 
 
-__all__ = ["KERNELS", "formula_lines", "function_ref", "kernel_names", "names_used", "pick", "render"]
+__all__ = ["KERNELS", "formula_lines", "function_ref", "kernel_names", "names_used", "pick"]

@@ -21,11 +21,11 @@ import re
 import textwrap
 from pathlib import Path
 
-from evoproxy.codegen import KERNELS, formula_lines, function_ref, names_used, pick, render
+from evoproxy.codegen import KERNELS, formula_lines, function_ref, names_used, pick
 from evoproxy.errors import ConfigError
 from evoproxy.language.ops import OPS
 from evoproxy.language.opkernels import LAYER_TERMS
-from evoproxy.language.tree import Proxy, load_proxy
+from evoproxy.language.tree import Proxy, load_proxy, render_json
 from primitives.core import HESSIAN, INPUT_PASSES, QUANT, REGISTRY, STATIC, pass_needs
 from primitives.kernels import DATA
 from primitives.passes import pass_recorders, pass_steps
@@ -164,7 +164,7 @@ def _proxy_code(proxy: Proxy, names: list[str], needs_bits: bool, outside: dict)
         bits = "bits_per_layer(bit_config, [l.name for l in layers])" if needs_bits else "[None] * len(layers)"
         contexts = f"        contexts = layer_contexts(model, layers, {bits}, {'quantize_weight' if needs_bits else None})\n"
     formula_doc = textwrap.fill(
-        f"{render(tree)} (before the orientation) on one network: ``layers`` one dict {{primitive name: tensor}} per "
+        f"{render_json(tree)} (before the orientation) on one network: ``layers`` one dict {{primitive name: tensor}} per "
         "layer, ``counts`` each layer's weight count"
         + (", ``names`` each layer's position key (layer_position)." if weighted else "."), 110,
         initial_indent='    """', subsequent_indent="    ")[7:]

@@ -1,10 +1,13 @@
-"""Crash-safe file writes and a lock file, shared by the table builder, the search and the experiments.
+"""Crash-safe file writes, a lock file and CSV tables read with one-line errors, shared by the table builder,
+the search and the experiments.
 
 * :func:`atomic_write_text`: write a temp file of a unique name, fsync, rename over the target
   (readers see the old or the new file, never a partial one; two writers of the same file each
   replace it whole, the last one wins);
 * :func:`append_line`: append one line and fsync it (an append-only log survives a kill);
 * :func:`complete_lines`: the lines of such a log, cutting off a torn last line left by a crash;
+* :func:`read_csv_rows`: a CSV table's header and rows with their line numbers, a missing or unreadable file
+  as one line (:class:`DataError`);
 * :class:`FileLock`: one writer at a time for a run folder or a table (a second one gets a one-line
   :class:`LockHeld` error). The lock is a file created with ``O_CREAT|O_EXCL`` (atomic, also on
   NFS v3+) holding the owner's pid, host and a random token; a lock left by a killed process on
@@ -13,6 +16,7 @@
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import secrets
@@ -74,6 +78,21 @@ def complete_lines(path: str | Path) -> list[str]:
             os.fsync(fh.fileno())
         data = data[:cut]
     return data.decode("utf-8").splitlines()
+
+
+def read_csv_rows(path: str | Path, what: str = "table") -> tuple[list[str], list[tuple[int, dict]]]:
+    """(header, [(line number, row)]) of the CSV table at ``path``, rows as :class:`csv.DictReader` gives them
+    (the first row on line 2). A missing file is ``DataError("<what> not found: <path>")``, an undecodable or
+    malformed one ``DataError("<path> is not a readable CSV: ...")``."""
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            return header, list(enumerate(reader, start=2))
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} is not a readable CSV: {exc}") from None
 
 
 def check_writable_folder(folder: str | Path, what: str) -> None:

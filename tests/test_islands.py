@@ -14,8 +14,8 @@ from evoproxy.api import run_search
 from experiments.tools.fuzz import synthetic_stats
 from evoproxy.evolution.islands import Individual, Island, migrate
 from evoproxy.language.ops import OPS
-from evoproxy.language.opkernels import evaluate_tree as evaluate_json
-from evoproxy.evolution.screening import CostMeter, op_cost, score_range, tree_cost
+from evoproxy.language.cost import CostMeter, evaluate_tree as evaluate_json, op_cost, tree_cost
+from evoproxy.evolution.screening import score_range
 from evoproxy.evolution.searchconfig import SearchConfig
 from evoproxy.language.tree import parse_tree, tree_value
 

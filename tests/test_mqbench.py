@@ -15,6 +15,7 @@ from mqbench.networks.resnet_cifar import CifarResNet
 from mqbench.quant.ptq import PTQSettings, quantize_and_calibrate
 from mqbench.quant.fakequant import default_bit_layout, fold_batchnorm, quant_layers, quantize_weight
 from mqbench.bench.table import MQTable, compare_tables
+from mqbench.fileio import read_csv_rows
 
 TINY_PTQ = PTQSettings(calib_images=20, act_calib_images=10, bn_batch=10, eval_batch=10)
 
@@ -216,6 +217,18 @@ def _nb201_csv(path, rows, header=("ArchitectureString", "CIFAR10TestAccuracy200
 ARCHS = ["|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
          "|none~0|+|nor_conv_1x1~0|none~1|+|skip_connect~0|none~1|none~2|",
          "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"]
+
+
+def test_csv_tables_read_with_line_numbers_and_one_line_errors(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n3,4\n")
+    assert read_csv_rows(path) == (["a", "b"], [(2, {"a": "1", "b": "2"}), (3, {"a": "3", "b": "4"})])
+    with pytest.raises(DataError, match=r"^NAS-Bench-201 table not found: .*missing\.csv$"):
+        read_csv_rows(tmp_path / "missing.csv", "NAS-Bench-201 table")
+    path.write_bytes(b"a,b\n\xff\xfe,2\n")
+    with pytest.raises(DataError, match="is not a readable CSV") as exc:
+        read_csv_rows(path)
+    assert "\n" not in str(exc.value)
 
 
 def test_nb201_benchmark_columns_and_errors(tmp_path):

@@ -10,9 +10,10 @@ import torch
 
 import evoproxy.language.vectorised as vectorised
 from experiments.tools.fuzz import synthetic_stats
-from evoproxy.language.opkernels import OpError, evaluate_tree as evaluate_json
+from evoproxy.language.cost import OPERATOR_ERRORS, evaluate_tree as evaluate_json
+from evoproxy.language.opkernels import OpError
 from evoproxy.language.ops import OPS
-from evoproxy.evolution.screening import _CAUGHT, _is_constant, _rejected, score_range
+from evoproxy.evolution.screening import _is_constant, _rejected, score_range
 from evoproxy.language.space import SearchSpace
 from evoproxy.language.tree import parse_tree, tree_value
 from primitives import PRIMITIVES
@@ -137,7 +138,7 @@ def reference(tree, stats, start, stop):
         try:
             v = evaluate_json(tree.to_json(), [l.tensors for l in st.layers], [math.prod(l.weight_shape) for l in st.layers],
                               FUNCTIONS, [l.name for l in st.layers])
-        except _CAUGHT as exc:
+        except OPERATOR_ERRORS as exc:
             return _rejected(exc, 0.0).reason, None
         if not math.isfinite(v):
             return "nan", None

@@ -14,13 +14,9 @@ search holds and passes here) in two stages:
 
 **The cost bound** replaces the former wall-clock time-out, the one screening rule that depended on
 the machine's speed. The cost of a tree on a sample range is a count that depends only on the tree
-and the shapes of the samples' statistics: the sum, over every (sample, layer) and every operator
-application below an aggregation, of :func:`op_cost` — the elements of a tensor operator's output
-(``gram``/``matmul``: its multiply-adds, output elements x row length) and the elements a reduction
-reads (``logdet``: d0^2 k + d0^3 for its Gram matrix and determinant). :func:`tree_cost` computes
-the total from one layer per shape signature and aggregation subtree, by running the operators on a
-batch of one item with :class:`CostMeter` wrapping them, before anything is evaluated: a tree over
-the bound is rejected as ``cost`` even when it would also fail another rule. The search's log counts them in
+and the shapes of the samples' statistics (the tensor elements its operators process; the language counts it:
+:func:`evoproxy.language.cost.tree_cost`, which defines the count), asked for before anything is evaluated: a tree
+over the bound is rejected as ``cost`` even when it would also fail another rule. The search's log counts them in
 its ``rejected_cost`` column (named ``rejected_timeout`` in logs written before; :func:`evoproxy.evolution.runfiles.read_log`
 reads those as ``rejected_cost``). ``time_bound`` (seconds, a ``timeout`` rejection) remains for tools such as
 :mod:`experiments.tools.fuzz`; the search does not use it.
@@ -43,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evoproxy.language.cost import OPERATOR_ERRORS, tree_cost
 from evoproxy.language.ops import OpError
 from evoproxy.language.tree import parse_tree
 
@@ -67,115 +64,6 @@ def _is_constant(values: np.ndarray) -> bool:
     return bool(np.all(values == values[0])) or float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.max(np.abs(values))))
 
 
-# ------------------------------------------------------------------------------------- cost bound
-
-def op_cost(name: str, arg_shapes, out_shape) -> int:
-    """Tensor elements one application of operator ``name`` processes (see the module docstring); depends on
-    the shapes only. ``arg_shapes``: its tensor arguments' shapes; ``out_shape``: its result's (() for a scalar)."""
-    from evoproxy.language.ops import OPS
-
-    kind = OPS[name].kind
-    if kind in ("unary", "binary"):
-        n = math.prod(out_shape)
-        if name in ("gram", "matmul"):
-            n *= math.prod(arg_shapes[0][1:])  # row length: multiply-adds of X Y^T
-        return int(n)
-    if kind == "reduce":
-        shape = arg_shapes[0]
-        if name == "logdet" and len(shape) > 0:
-            d0 = shape[0]
-            return int(d0 * d0 * math.prod(shape[1:]) + d0 ** 3)
-        return int(math.prod(shape))
-    return 0  # layer and network scalars
-
-
-class CostMeter:
-    """Counts :func:`op_cost` over the operators it wraps; passing ``bound`` raises ``OpError("cost")``."""
-
-    def __init__(self, bound: float = math.inf):
-        self.bound = bound
-        self.total = 0
-
-    def add(self, n: int) -> None:
-        self.total += n
-        if self.total > self.bound:
-            raise OpError("cost", f"over the cost bound of {self.bound:.4g} tensor elements")
-
-    def functions(self) -> dict:
-        """{operator name: function} for :func:`evoproxy.language.opkernels.evaluate_tree`, tensor operators and reductions
-        wrapped so that each application adds its cost (per item of a batch)."""
-        from evoproxy.language.ops import OPS
-
-        out = {}
-        for name, op in OPS.items():
-            if op.kind in ("unary", "binary", "reduce"):
-                out[name] = self._wrap(name, op.fn, op.kind == "reduce")
-            else:
-                out[name] = op.fn
-        return out
-
-    def _wrap(self, name, fn, reduce):
-        """``fn`` counting :func:`op_cost` of each item of its batched arguments (computed inline from ``numel``:
-        this runs on every operator call)."""
-        add = self.add
-        if name in ("gram", "matmul"):
-            def metered(*args):
-                result = fn(*args)
-                a = args[0]
-                add(result.numel() * (a.numel() // (a.shape[0] * a.shape[1])))
-                return result
-        elif name == "logdet":
-            def metered(x):
-                result = fn(x)
-                d0 = x.shape[1]
-                add(d0 * x.numel() + x.shape[0] * d0 ** 3)
-                return result
-        elif reduce:
-            def metered(x):
-                result = fn(x)
-                add(x.numel())
-                return result
-        else:
-            def metered(*args):
-                result = fn(*args)
-                add(result.numel())
-                return result
-        return metered
-
-
-def _terminals(tree) -> list:
-    return [tree] if isinstance(tree, str) else [t for c in tree[1:] for t in _terminals(c)]
-
-
-def _aggregations(tree) -> list:
-    """The subtrees below the aggregations over layers (a tree's root is an aggregation or a net binary op)."""
-    return [tree[1]] if len(tree) == 2 else _aggregations(tree[1]) + _aggregations(tree[2])
-
-
-def tree_cost(tree_json, stats, start: int, stop: int) -> int:
-    """The cost of ``tree_json`` on ``stats[start:stop]`` (what a :class:`CostMeter` counts over every sample's
-    evaluation when nothing fails), from one evaluation (a batch of one) per aggregation subtree and shape
-    signature of its terminals; a layer whose evaluation raises counts 0 (the evaluator rejects that tree on its
-    own rule)."""
-    from evoproxy.language.opkernels import layer_value
-
-    total, memo = 0, {}
-    for sub in _aggregations(tree_json):
-        names = sorted(set(_terminals(sub)))
-        for st in stats[start:stop]:
-            for layer in st.layers:
-                sig = (id(sub), tuple(tuple(layer.tensors[n].shape) if n in layer.tensors else None for n in names))
-                if sig not in memo:
-                    meter = CostMeter()
-                    try:
-                        layer_value(sub, layer.tensors, meter.functions(), layer.name)
-                        memo[sig] = meter.total
-                    except _CAUGHT:
-                        memo[sig] = 0
-                total += memo[sig]
-    return total
-
-
 def _rejected(exc: Exception, t0: float) -> Scored:
     if isinstance(exc, OpError):
         reason = exc.reason if exc.reason in ("size", "cost") else "shape"
@@ -184,10 +72,6 @@ def _rejected(exc: Exception, t0: float) -> Scored:
     # torch reports incompatible shapes as RuntimeError
     reason = "shape" if ("size" in text and "match" in text) or "shape" in text else "exception"
     return Scored(None, reason, f"{type(exc).__name__}: {text}", time.perf_counter() - t0)
-
-
-_CAUGHT = (OpError, RuntimeError, ValueError, IndexError, ZeroDivisionError, OverflowError, FloatingPointError,
-           ArithmeticError, MemoryError)
 
 
 def score_range(tree, stats, start: int, stop: int, time_bound: float | None = None,
@@ -212,7 +96,7 @@ def score_range(tree, stats, start: int, stop: int, time_bound: float | None = N
             raise result.error[1]
         if time_bound is not None and time.perf_counter() - t0 > time_bound:
             return Scored(None, "timeout", f"over {time_bound:g} s", time.perf_counter() - t0)
-    except _CAUGHT as exc:
+    except OPERATOR_ERRORS as exc:
         return _rejected(exc, t0)
     values = np.asarray(out, dtype=float)
     if check_constant and len(values) > 1 and _is_constant(values):

@@ -33,14 +33,14 @@ class Validation:
         """The search fitness of ``individual``'s scores on the validation items (its orientation kept; -inf
         when the formula fails or is not finite there)."""
         from evoproxy.evolution.fitness import fitness_value
-        from evoproxy.evolution.screening import _CAUGHT
+        from evoproxy.language.cost import OPERATOR_ERRORS
         from evoproxy.language.vectorised import tree_values
         from primitives.core import fixed_threads
 
         try:
             with fixed_threads(1):
                 result = tree_values(individual.tree.to_json(), self.stacked, 0, self.n)
-        except _CAUGHT:
+        except OPERATOR_ERRORS:
             return -math.inf
         values = individual.orientation * np.asarray(result.values, dtype=float)
         if result.error is not None or len(values) < self.n or not np.all(np.isfinite(values)):

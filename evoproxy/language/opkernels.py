@@ -1,5 +1,5 @@
 """The numeric kernels of the proxy language: one pure function per operator, with its guards, each taking
-a batch of items at once, and a tree's value on one network (a batch of one).
+a batch of items at once, and the pieces of a tree's value on one network (a batch of one).
 
 Tensor operators take and return ``[items, *shape]`` float32 tensors (an item is one layer's tensor; every
 item of a batch has one shape); reductions return ``[items]`` float64, computed in float64 from the float32
@@ -378,7 +378,8 @@ def s_div(a, b):
 # scalars; below an aggregation (layer) one argument is a reduction of a tensor and two combine layer scalars;
 # below a reduction everything is a tensor operator. One network is a batch of one: each layer's tensors go
 # through the operators as [1, *shape] (the search's evaluator, evoproxy.language.vectorised, batches many; an exported
-# proxy module states its tree as straight-line code over ``terminal`` and ``layer_row``).
+# proxy module states its tree as straight-line code over ``terminal`` and ``layer_row``; the per-network evaluator
+# that runs a tree through given operator functions, for the cost meter, is evoproxy.language.cost.evaluate_tree).
 
 def terminal(layer, name, layer_name="?"):
     """[1, *shape] float32: statistic ``name`` of one layer ({statistic name: tensor}) as a batch of one."""
@@ -396,44 +397,6 @@ def layer_row(values, counts):
         raise OpError("shape", "network without Conv2d/Linear layers")
     c = torch.tensor([[float(n) for n in counts]], dtype=torch.float64)
     return torch.cat(values).to(torch.float64)[None], torch.ones(1, len(values), dtype=torch.bool), c
-
-
-def evaluate_tree(tree, layers, counts, functions, layer_names=None) -> float:
-    """The value of ``tree`` on one network.
-
-    ``layers``: one mapping {statistic name: tensor} per layer (forward order); ``counts``: each
-    layer's weight count; ``functions``: {operator name: function}; ``layer_names`` name the layers in
-    errors. Raises :class:`OpError` when an operator cannot be applied; may return nan/inf."""
-    with torch.no_grad():
-        return float(_net(tree, layers, counts, functions, layer_names)[0])
-
-
-def _net(tree, layers, counts, functions, layer_names):
-    if len(tree) == 3:
-        return functions[tree[0]](_net(tree[1], layers, counts, functions, layer_names),
-                                  _net(tree[2], layers, counts, functions, layer_names))
-    return functions[tree[0]](*layer_matrix(tree[1], layers, counts, functions, layer_names))
-
-
-def layer_matrix(tree, layers, counts, functions, layer_names=None):
-    """:func:`layer_row` of the layer-level ``tree`` on each layer of one network."""
-    names = layer_names if layer_names is not None else [str(i) for i in range(len(layers))]
-    return layer_row([layer_value(tree, layer, functions, name) for layer, name in zip(layers, names)], counts)
-
-
-def layer_value(tree, layer, functions, layer_name="?"):
-    """[1] float64: the layer-level ``tree`` on one layer ({statistic name: tensor})."""
-    if len(tree) == 2:
-        return functions[tree[0]](tensor_value(tree[1], layer, functions, layer_name))
-    return functions[tree[0]](layer_value(tree[1], layer, functions, layer_name),
-                              layer_value(tree[2], layer, functions, layer_name))
-
-
-def tensor_value(tree, layer, functions, layer_name="?"):
-    """[1, *shape] float32: the tensor-level ``tree`` on one layer."""
-    if isinstance(tree, str):
-        return terminal(layer, tree, layer_name)
-    return functions[tree[0]](*(tensor_value(c, layer, functions, layer_name) for c in tree[1:]))
 
 
 # ------------------------------------------------------------------------------------- learned layer weights

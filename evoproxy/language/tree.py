@@ -76,23 +76,30 @@ def terminal_symbol(name: str, latex: bool = False) -> str:
 
 def canonical(tree: ProxyTree) -> str:
     """A string equal for trees that differ only in the order of commutative operands."""
+    return canonical_json(tree.to_json())
 
-    def node(name, parts):
-        if OPS[name].commutative:
-            parts = sorted(parts)
-        return f"{name}({','.join(parts)})"
 
-    return tree.fold(lambda name: name, node)
+def canonical_json(obj) -> str:
+    """:func:`canonical` of a tree's JSON form (walked here, so that the tree type is only asked for its JSON)."""
+    if isinstance(obj, str):
+        return obj
+    parts = [canonical_json(c) for c in obj[1:]]
+    if OPS[obj[0]].commutative:
+        parts = sorted(parts)
+    return f"{obj[0]}({','.join(parts)})"
 
 
 def render(tree: ProxyTree, latex: bool = False) -> str:
     """The formula in readable form (``latex=True``: a LaTeX math expression)."""
+    return render_json(tree.to_json(), latex)
 
-    def node(name, args):
-        op = OPS[name]
-        return (op.latex if latex else op.text).format(*args)
 
-    return tree.fold(lambda name: terminal_symbol(name, latex), node)
+def render_json(obj, latex: bool = False) -> str:
+    """:func:`render` of a tree's JSON form, or of a subtree's (a terminal's name renders as its symbol)."""
+    if isinstance(obj, str):
+        return terminal_symbol(obj, latex)
+    op = OPS[obj[0]]
+    return (op.latex if latex else op.text).format(*(render_json(c, latex) for c in obj[1:]))
 
 
 # ------------------------------------------------------------------------------------- parsing

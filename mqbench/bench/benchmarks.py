@@ -12,7 +12,6 @@ the model in ``bench.model_mode`` ("train" for freshly initialised NAS networks,
 """
 from __future__ import annotations
 
-import csv
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from mqbench.errors import ConfigError, DataError
+from mqbench.fileio import read_csv_rows
 from mqbench.bench.table import SPLITS, MQTable, sample_ids, split_ids
 
 if TYPE_CHECKING:
@@ -187,29 +187,22 @@ def read_nb201_csv(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """(architecture strings, {column: accuracies}) of a NATS-TSS CSV, validated."""
     from mqbench.networks.nb201 import parse_arch
 
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            if "ArchitectureString" not in header:
-                raise DataError(f"{path} has no ArchitectureString column (columns: {', '.join(header) or 'none'})")
-            gt_cols = [c for c in NB201_GT_COLUMNS if c in header]
-            if not gt_cols:
-                raise DataError(f"{path} has none of the accuracy columns {', '.join(NB201_GT_COLUMNS)}")
-            archs, values = [], {c: [] for c in gt_cols}
-            for lineno, row in enumerate(reader, start=2):
-                arch = row["ArchitectureString"]
-                try:
-                    parse_arch(arch)
-                    for c in gt_cols:
-                        values[c].append(float(row[c]))
-                except (ValueError, TypeError) as exc:
-                    raise DataError(f"{path} line {lineno}: {exc}") from None
-                archs.append(arch)
-    except FileNotFoundError:
-        raise DataError(f"NAS-Bench-201 table not found: {path}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path} is not a readable CSV: {exc}") from None
+    header, records = read_csv_rows(path, "NAS-Bench-201 table")
+    if "ArchitectureString" not in header:
+        raise DataError(f"{path} has no ArchitectureString column (columns: {', '.join(header) or 'none'})")
+    gt_cols = [c for c in NB201_GT_COLUMNS if c in header]
+    if not gt_cols:
+        raise DataError(f"{path} has none of the accuracy columns {', '.join(NB201_GT_COLUMNS)}")
+    archs, values = [], {c: [] for c in gt_cols}
+    for lineno, row in records:
+        arch = row["ArchitectureString"]
+        try:
+            parse_arch(arch)
+            for c in gt_cols:
+                values[c].append(float(row[c]))
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{path} line {lineno}: {exc}") from None
+        archs.append(arch)
     if not archs:
         raise DataError(f"{path} has no architectures")
     if len(set(archs)) != len(archs):

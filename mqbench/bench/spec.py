@@ -42,7 +42,6 @@ User-caused problems raise one-line :class:`ConfigError` / :class:`DataError` na
 """
 from __future__ import annotations
 
-import csv
 import importlib
 import math
 import re
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mqbench.errors import ConfigError, DataError
+from mqbench.fileio import read_csv_rows
 
 KINDS = ("nas", "mq")
 MODES = ("train", "eval")
@@ -335,20 +335,12 @@ def _bits(texts: list[str], where: str, column: str) -> tuple[int, ...]:
 
 def read_table(path: Path, spec: BenchmarkSpec, gt_column: str) -> SpecTable:
     """The spec's table, every id, number and bit-width checked (one-line DataError naming line, id and column)."""
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            wanted = [c for c in (spec.id_column, gt_column, spec.size_column, spec.bits_column, *spec.bits_columns) if c]
-            missing = [c for c in dict.fromkeys(wanted) if c not in header]
-            if missing:
-                raise DataError(f"table {path} has no column(s) {', '.join(map(repr, missing))} "
-                                f"(columns: {', '.join(header) or 'none'})")
-            records = [(lineno, row) for lineno, row in enumerate(reader, start=2)]
-    except FileNotFoundError:
-        raise DataError(f"table not found: {path}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path} is not a readable CSV: {exc}") from None
+    header, records = read_csv_rows(path, "table")
+    wanted = [c for c in (spec.id_column, gt_column, spec.size_column, spec.bits_column, *spec.bits_columns) if c]
+    missing = [c for c in dict.fromkeys(wanted) if c not in header]
+    if missing:
+        raise DataError(f"table {path} has no column(s) {', '.join(map(repr, missing))} "
+                        f"(columns: {', '.join(header) or 'none'})")
     if not records:
         raise DataError(f"table {path} has no rows")
     if spec.id_column is None:
