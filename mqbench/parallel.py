@@ -44,6 +44,7 @@ from mqbench.errors import ConfigError
 
 ENV_KEYS = ("EVOPROXY_DATA", "EVOPROXY_CACHE")
 BACKENDS = ("loky", "dask")
+LEAK_MARGIN = 300 * 10**6  # loky's own margin (process_executor._MAX_MEMORY_LEAK_SIZE), kept above a state
 _SLOT: dict = {}  # the per-process state slot: {Setup: its state}, the latest setup only (module docstring)
 
 
@@ -105,11 +106,8 @@ def _allow_for_state(resident: int) -> None:
         from joblib.externals.loky import process_executor
     except ImportError:
         return
-    margin = getattr(process_executor, "_EVOPROXY_LEAK_MARGIN", None)
-    if margin is None:
-        margin = process_executor._EVOPROXY_LEAK_MARGIN = getattr(process_executor, "_MAX_MEMORY_LEAK_SIZE", 0)
-    if margin and resident > 0:
-        process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE, margin + resident)
+    if resident > 0 and hasattr(process_executor, "_MAX_MEMORY_LEAK_SIZE"):
+        process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE, LEAK_MARGIN + resident)
 
 
 def clear_state() -> None:

@@ -99,8 +99,8 @@ def _save(path: Path, stats: core.NetworkStats) -> None:
 
 
 def _prepared(item, build, batch_seed, digest, cache_dir, kwargs):
-    """(model, model_key, extract kwargs, device, cache path or None) of ``item``: what both the cache lookup and
-    the extraction need."""
+    """(model, model_key, extract kwargs, device, cache key, cache path) of ``item`` (key and path None without a
+    cache): what both the cache lookup and the extraction need."""
     built = build(item)
     if not isinstance(built, tuple) or len(built) not in (2, 3):
         raise ConfigError(f"build({item!r}) must return (model, model_key) or (model, model_key, extract_kwargs)")
@@ -110,11 +110,11 @@ def _prepared(item, build, batch_seed, digest, cache_dir, kwargs):
         kw.update(built[2])
     device = resolve_device(kw.pop("device", None))
     kw.setdefault("seed", batch_seed if isinstance(batch_seed, int) else 0)
-    path = None
+    key = path = None
     if cache_dir is not None:
-        kw["cache_key"] = cache_key(item, model_key, batch_seed, digest, {**kw, "device": device})
-        path = Path(cache_dir) / f"{kw['cache_key']}.pt"
-    return model, model_key, kw, device, path
+        key = cache_key(item, model_key, batch_seed, digest, {**kw, "device": device})
+        path = Path(cache_dir) / f"{key}.pt"
+    return model, model_key, kw, device, key, path
 
 
 def _cached(path: Path | None, key: str | None) -> core.NetworkStats | None:
@@ -127,13 +127,12 @@ def _cached(path: Path | None, key: str | None) -> core.NetworkStats | None:
 
 def _lookup(item, build, batch_seed, digest, cache_dir, kwargs) -> core.NetworkStats | None:
     """``item``'s statistics from the disk cache, or None when they must be extracted."""
-    _, _, kw, _, path = _prepared(item, build, batch_seed, digest, cache_dir, kwargs)
-    return _cached(path, kw.get("cache_key"))
+    *_, key, path = _prepared(item, build, batch_seed, digest, cache_dir, kwargs)
+    return _cached(path, key)
 
 
 def _one(item, build, inputs, targets, batch_seed, digest, cache_dir, kwargs) -> core.NetworkStats:
-    model, model_key, kw, device, path = _prepared(item, build, batch_seed, digest, cache_dir, kwargs)
-    key = kw.pop("cache_key", None)
+    model, model_key, kw, device, key, path = _prepared(item, build, batch_seed, digest, cache_dir, kwargs)
     stats = _cached(path, key)
     if stats is not None:
         return stats
